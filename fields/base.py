@@ -1,0 +1,57 @@
+"""The one interface every field backend implements, and the registry that picks a backend by name.
+
+A field maps points (and view directions) to density and colour. The trainer, renderer, evaluation, viewer
+and exporters only ever call ``density``, ``forward`` and ``param_groups``; only the config decides which
+backend runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class Field(nn.Module):
+    """Base class of radiance fields over an axis-aligned scene box ``aabb`` [2, 3]."""
+
+    def __init__(self, aabb: torch.Tensor):
+        super().__init__()
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it."""
+        u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        inside = ((u >= 0) & (u <= 1)).all(-1)
+        return u.clamp(0, 1), inside
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """Volume density ``sigma >= 0`` at points ``x`` [N, 3] -> [N] (zero outside the box)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density [N] and colour [N, 3] in [0, 1] at points ``x`` seen along unit directions ``d``."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups with per-group learning rates (override to give grids their own)."""
+        return [{"name": "all", "params": list(self.parameters()), "lr": lr}]
+
+
+@dataclass
+class FieldConfig:
+    """Base of every backend's config; ``build`` returns the field for a scene box."""
+
+    def build(self, aabb: torch.Tensor) -> Field:
+        raise NotImplementedError
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
+    """A ReLU MLP with ``layers`` hidden layers of width ``hidden``."""
+    dims = [in_dim] + [hidden] * layers
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    mods.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*mods)

@@ -1,0 +1,70 @@
+"""Instant-NGP radiance field: multiresolution hash encoding, a small density MLP and a colour MLP on
+spherical-harmonics-encoded view directions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fields.base import Field, FieldConfig, mlp
+from fields.encodings import HashEncoding, sh_encode, trunc_exp
+
+
+@dataclass
+class HashGridConfig(FieldConfig):
+    """Hash-grid backend. Defaults are sized for a 2-core CPU and 200x200 images: fewer levels and a smaller
+    table than Instant-NGP's 16 x 2^19 keep the table in cache, and a finest resolution of 512 cells matches
+    what 200-pixel views can resolve."""
+
+    n_levels: int = 12
+    """Number of resolution levels."""
+    n_features: int = 2
+    """Features per level."""
+    log2_table_size: int = 17
+    """log2 of the hash table size per level."""
+    base_resolution: int = 16
+    """Coarsest grid resolution."""
+    max_resolution: int = 512
+    """Finest grid resolution."""
+    hidden: int = 64
+    """Width of the density and colour MLPs."""
+    geo_features: int = 15
+    """Features passed from the density MLP to the colour MLP."""
+    color_layers: int = 2
+    """Hidden layers of the colour MLP."""
+    grid_lr_scale: float = 1.0
+    """Learning rate of the hash table relative to the base learning rate."""
+
+    def build(self, aabb: torch.Tensor) -> "HashGridField":
+        return HashGridField(aabb, self)
+
+
+class HashGridField(Field):
+    def __init__(self, aabb: torch.Tensor, cfg: HashGridConfig):
+        super().__init__(aabb)
+        self.cfg = cfg
+        self.encoding = HashEncoding(cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution,
+                                     cfg.max_resolution)
+        self.density_net = mlp(self.encoding.out_dim, cfg.hidden, 1, 1 + cfg.geo_features)
+        self.color_net = mlp(16 + cfg.geo_features, cfg.hidden, cfg.color_layers, 3)
+
+    def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, inside = self.normalize(x)
+        h = self.density_net(self.encoding(u))
+        sigma = trunc_exp(h[:, 0] - 1.0) * inside  # the -1 starts training with a mostly empty box
+        return sigma, h[:, 1:]
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return self._geometry(x)[0]
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, geo = self._geometry(x)
+        rgb = torch.sigmoid(self.color_net(torch.cat([sh_encode(d), geo], -1)))
+        return sigma, rgb
+
+    def param_groups(self, lr: float) -> list[dict]:
+        grid = [self.encoding.table]
+        nets = [p for n, p in self.named_parameters() if not n.startswith("encoding.")]
+        return [{"name": "grid", "params": grid, "lr": lr * self.cfg.grid_lr_scale},
+                {"name": "mlp", "params": nets, "lr": lr}]

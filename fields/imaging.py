@@ -1,0 +1,46 @@
+"""Small image helpers shared by evaluation and export: colour maps, error maps, PNG writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+# Anchor colours of matplotlib's "turbo" map, sampled at 9 evenly spaced points; linear in between.
+_TURBO = torch.tensor([[0.190, 0.072, 0.232], [0.275, 0.417, 0.892], [0.153, 0.735, 0.891], [0.180, 0.935, 0.565],
+                       [0.640, 0.990, 0.235], [0.940, 0.820, 0.200], [0.985, 0.500, 0.130], [0.830, 0.180, 0.020],
+                       [0.480, 0.016, 0.011]])
+
+
+def colormap(values: torch.Tensor, lo: float | None = None, hi: float | None = None) -> torch.Tensor:
+    """Map scalars [...] to RGB [..., 3] in [0, 1] with a turbo-like map; range defaults to the data's."""
+    lo = values.min().item() if lo is None else lo
+    hi = values.max().item() if hi is None else hi
+    u = ((values - lo) / max(hi - lo, 1e-8)).clamp(0, 1) * (len(_TURBO) - 1)
+    i = u.floor().long().clamp(max=len(_TURBO) - 2)
+    f = (u - i)[..., None]
+    return _TURBO[i] * (1 - f) + _TURBO[i + 1] * f
+
+
+def depth_image(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Colour-mapped depth [H, W, 3] over the range of pixels the field covers (black where empty).
+
+    ``depth`` is the expected distance, not normalised by opacity (as compositing returns it)."""
+    d = depth / opacity.clamp_min(1e-6)
+    covered = opacity > 0.5
+    if covered.any():
+        lo, hi = d[covered].min().item(), d[covered].max().item()
+    else:
+        lo, hi = 0.0, 1.0
+    return colormap(d, lo, hi) * opacity[..., None].clamp(0, 1)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def write_png(path: Path, img: torch.Tensor) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, to_uint8(img))

@@ -1,0 +1,86 @@
+"""Run folders: creating them, and loading a trained run back (config, field, occupancy grid).
+
+Layout (see README): ``outputs/<scene>/<field>/<timestamp>/`` with ``config.yaml``, ``checkpoints/``,
+``metrics.jsonl``, ``eval/`` and ``exports/``. Every command that reads a run takes the folder or its
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from fields.base import Field
+from fields.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from fields.config import RunConfig
+from renderers.occupancy import OccupancyGrid
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used; the message names the folder and the problem."""
+
+
+def new_run_dir(output_dir: Path, scene: str, field: str) -> Path:
+    """A fresh, timestamped run folder (created)."""
+    base = Path(output_dir) / scene / field / time.strftime("%Y-%m-%d_%H%M%S")
+    run, n = base, 1
+    while run.exists():
+        run, n = base.with_name(f"{base.name}-{n}"), n + 1
+    run.mkdir(parents=True)
+    return run
+
+
+def resolve_run(path: Path) -> Path:
+    """The run folder for a folder or its ``config.yaml``; RunError if it is not a run."""
+    path = Path(path)
+    run = path.parent if path.name == "config.yaml" else path
+    if not (run / "config.yaml").is_file():
+        raise RunError(f"{path}: not a run folder (no config.yaml); pass outputs/<scene>/<field>/<run>")
+    return run
+
+
+def build_model(cfg: RunConfig, aabb) -> tuple[Field, OccupancyGrid]:
+    """A fresh field and occupancy grid for ``cfg`` over the scene box ``aabb``."""
+    return cfg.field_config.build(aabb), OccupancyGrid(aabb, cfg.grid_resolution)
+
+
+def newest_checkpoint(run: Path) -> tuple[Path, dict]:
+    """The newest checkpoint of a run that loads; a corrupt one is reported and the previous one used."""
+    problems = []
+    for path in list_checkpoints(run):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            warnings.warn(f"{e}; trying the previous checkpoint", stacklevel=2)
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise RunError(f"{run}: no usable checkpoint in {run / 'checkpoints'}{detail}")
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to render: config, field, grid (eval mode) and the step it was saved at."""
+
+    path: Path
+    config: RunConfig
+    field: Field
+    grid: OccupancyGrid
+    step: int
+
+    def split(self, name: str):
+        """A split of the run's scene, loaded as it was for training."""
+        return self.config.scene.load(name)
+
+
+def load_run(path: Path) -> LoadedRun:
+    """Load a run's config and newest checkpoint."""
+    run = resolve_run(path)
+    cfg = RunConfig.load(run / "config.yaml")
+    _, state = newest_checkpoint(run)
+    field, grid = build_model(cfg, state["grid"]["aabb"])
+    field.load_state_dict(state["field"])
+    grid.load_state_dict(state["grid"])
+    field.eval()
+    return LoadedRun(run, cfg, field, grid, int(state["step"]))

@@ -1,0 +1,196 @@
+"""Training a radiance field: ray batches from all training images, occupancy-grid marching, Adam with
+per-group learning rates, budgets in steps or seconds, metrics, checkpoints and resume.
+
+Every random draw of step ``s`` comes from a generator seeded with ``(seed, s)``, so a run resumed from a
+checkpoint draws exactly the batches an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fields.checkpoint import checkpoint_path, save_checkpoint
+from fields.config import RunConfig
+from fields.run import build_model, newest_checkpoint
+from renderers.render import render_rays
+from scenes import SceneSplit, image_rays
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+def psnr_from_mse(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
+class TrainingRays:
+    """All training pixels as rays, flattened once so a batch is a single gather."""
+
+    def __init__(self, data: SceneSplit):
+        rays = [image_rays(data.cameras, i) for i in range(len(data))]
+        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
+        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
+        self.rgba = data.images.reshape(-1, 4)
+
+    def __len__(self) -> int:
+        return self.rgba.shape[0]
+
+
+class Trainer:
+    """Owns the field, the occupancy grid and the optimizer of one run folder."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, console: Console | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.console = console or Console()
+        self.data = cfg.scene.load("train")
+        self.rays = TrainingRays(self.data)
+        self.field, self.grid = build_model(cfg, self.data.aabb)
+        self.step_size = cfg.render.step_size(self.grid.aabb)
+        groups = self.field.param_groups(cfg.train.lr)
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        self.optimizer = torch.optim.Adam(groups, eps=1e-15, weight_decay=cfg.train.weight_decay)
+        self.step, self.elapsed, self.n_rays = 0, 0.0, cfg.train.init_rays
+        self.last: dict = {}
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "elapsed": self.elapsed, "n_rays": self.n_rays,
+                "field": self.field.state_dict(), "grid": self.grid.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.grid.load_state_dict(state["grid"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed, self.n_rays = int(state["step"]), float(state["elapsed"]), int(state["n_rays"])
+
+    def save(self) -> Path:
+        return save_checkpoint(checkpoint_path(self.run_dir, self.step), self.state_dict())
+
+    def resume(self) -> None:
+        """Continue from the newest loadable checkpoint, dropping metrics logged after it."""
+        path, state = newest_checkpoint(self.run_dir)
+        self.load_state_dict(state)
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        self.console.print(f"Resumed {self.run_dir} from {path.name} (step {self.step}, {self.elapsed:.1f} s)")
+
+    # -- schedule ------------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the budget used, by steps or by time, whichever is further along."""
+        t = self.cfg.train
+        fractions = [0.0]
+        if t.max_steps:
+            fractions.append(self.step / t.max_steps)
+        if t.max_time:
+            fractions.append(self.elapsed / t.max_time)
+        return min(max(fractions), 1.0)
+
+    def done(self) -> bool:
+        t = self.cfg.train
+        return bool((t.max_steps and self.step >= t.max_steps) or (t.max_time and self.elapsed >= t.max_time))
+
+    def _set_lr(self) -> float:
+        t = self.cfg.train
+        factor = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)) * t.lr_final ** self.progress()
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    # -- one step ------------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimisation step; returns its metrics."""
+        t, step = self.cfg.train, self.step
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+        if step % t.grid_every == 0:
+            self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
+        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
+        rgba = self.rays.rgba[idx]
+        if t.random_background:
+            bg = torch.rand(self.n_rays, 3, generator=gen)
+        else:
+            bg = torch.tensor(self.data.background).expand(self.n_rays, 3)
+        target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
+        jitter = torch.rand(self.n_rays, generator=gen)
+        lr = self._set_lr()
+        out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
+                          density_fn=self.field.density, jitter=jitter)
+        n_samples = int(out["samples"])
+        loss = torch.nn.functional.mse_loss(out["rgb"], target)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if n_samples > 0:
+            loss.backward()
+            self.optimizer.step()
+        # Keep the number of samples per batch near the target (nerfacc's dynamic batch size).
+        self.n_rays = int(min(max(self.n_rays * t.target_samples / max(n_samples, 1), 64), t.max_rays))
+        self.step += 1
+        return {"loss": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples, "lr": lr}
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def train(self, callbacks: list[Callable[["Trainer"], None]] = (), show_progress: bool = True) -> None:
+        """Train until the budget is spent. Callbacks run after each step, outside the training clock.
+
+        Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.run_dir / "config.yaml")
+        t = self.cfg.train
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a")
+        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                       TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
+                                  "psnr {task.fields[psnr]:.2f}  {task.fields[sps]:.3g} samples/s"),
+                       TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
+        task = bar.add_task("train", total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
+        try:
+            with bar:
+                while not self.done():
+                    tic = time.perf_counter()
+                    m = self.train_step()
+                    dt = time.perf_counter() - tic
+                    self.elapsed += dt
+                    window["samples"] += m["samples"]
+                    window["time"] += dt
+                    window["loss"] += m["loss"]
+                    window["n"] += 1
+                    self.last = m
+                    if self.step % t.log_every == 0 or self.done():
+                        loss = window["loss"] / window["n"]
+                        record = {"step": self.step, "loss": loss, "psnr": psnr_from_mse(loss),
+                                  "samples_per_s": window["samples"] / max(window["time"], 1e-9),
+                                  "rays": self.n_rays, "lr": m["lr"], "elapsed": self.elapsed,
+                                  "occupied": self.grid.occupied_fraction()}
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                        bar.update(task, completed=self.progress(), step=self.step, loss=loss,
+                                   psnr=record["psnr"], sps=record["samples_per_s"])
+                        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+                    if self.step % t.ckpt_every == 0:
+                        self.save()
+                    for cb in callbacks:
+                        cb(self)
+                self.save()
+        except KeyboardInterrupt:
+            path = self.save()
+            self.console.print(f"Interrupted: saved {path}; continue with `fields train --resume {self.run_dir}`")
+            raise
+        except TrainingError as e:
+            kept = next(iter(sorted((self.run_dir / "checkpoints").glob("step-*.pt"))[-1:]), None)
+            raise TrainingError(f"{e}; training stopped. Last good checkpoint: {kept or 'none yet'}") from None
+        finally:
+            metrics_file.close()

@@ -1,0 +1,46 @@
+"""Front-to-back alpha compositing of packed samples (plain-PyTorch reference).
+
+For ray samples sorted by ``t``: ``alpha_i = 1 - exp(-sigma_i * dt_i)``, transmittance
+``T_i = exp(-sum_{j<i} sigma_j * dt_j)``, weight ``w_i = T_i * alpha_i``; the ray's colour is
+``sum w_i c_i + (1 - sum w_i) * background``. The per-ray exclusive sum is one global cumulative sum in float64
+minus each ray's offset, which keeps the transmittance accurate over many samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Index of each ray's first sample in the packed arrays, [n_rays] (rays without samples get their
+    would-be position)."""
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    return counts.cumsum(0) - counts
+
+
+def transmittance(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """``T_i = exp(-exclusive per-ray sum of tau)`` for packed optical depths ``tau = sigma * dt``."""
+    if tau.numel() == 0:
+        return tau
+    incl = tau.double().cumsum(0)
+    starts = ray_offsets(ray_indices, n_rays)
+    before = torch.cat([incl.new_zeros(1), incl])[starts]  # inclusive sum up to each ray's first sample
+    excl = incl - tau.double() - before[ray_indices]
+    return torch.exp(-excl).to(tau.dtype)
+
+
+def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
+              ray_indices: torch.Tensor, n_rays: int) -> dict[str, torch.Tensor]:
+    """Weights per sample and accumulated colour, opacity and expected depth per ray (differentiable).
+
+    Returns ``weights [S]``, ``rgb [n_rays, 3]`` (without background), ``opacity [n_rays]`` and
+    ``depth [n_rays]`` (expected distance along the ray, not normalised by opacity).
+    """
+    tau = sigmas * (t_ends - t_starts)
+    alphas = 1.0 - torch.exp(-tau)
+    weights = transmittance(tau, ray_indices, n_rays) * alphas
+    t_mid = 0.5 * (t_starts + t_ends)
+    rgb = torch.zeros(n_rays, 3, dtype=rgbs.dtype).index_add(0, ray_indices, weights[:, None] * rgbs)
+    opacity = torch.zeros(n_rays, dtype=weights.dtype).index_add(0, ray_indices, weights)
+    depth = torch.zeros(n_rays, dtype=weights.dtype).index_add(0, ray_indices, weights * t_mid)
+    return {"weights": weights, "rgb": rgb, "opacity": opacity, "depth": depth}

@@ -1,0 +1,90 @@
+"""Ray marching through the occupancy grid into packed samples (plain-PyTorch reference).
+
+Samples of a ray lie on a fixed lattice that starts where the ray enters the box (``t0``, optionally jittered
+by a fraction of a step for training): ``t_{k+1} = t_k + clamp(cone_angle * t_k, step_size, max_step)``, which
+is a constant step for ``cone_angle = 0`` and grows geometrically with distance otherwise (Instant-NGP's cone
+stepping). A sample ``[t_k, t_{k+1}]`` is emitted when its midpoint lies before the far bound and in an
+occupied cell. Output is packed (nerfacc's layout): flat sample arrays sorted by ray, then by ``t``. Because
+the lattice does not depend on which cells are empty, a native kernel that jumps over empty cells emits
+exactly the same samples as this reference, which evaluates every lattice point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Samples:
+    """Packed samples along rays: sample ``i`` belongs to ray ``ray_indices[i]`` and spans ``[t_starts, t_ends]``."""
+
+    ray_indices: torch.Tensor  # [S] int64, non-decreasing
+    t_starts: torch.Tensor  # [S]
+    t_ends: torch.Tensor  # [S]
+    n_rays: int
+
+    def __len__(self) -> int:
+        return self.ray_indices.shape[0]
+
+    def select(self, keep: torch.Tensor) -> "Samples":
+        return Samples(self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.n_rays)
+
+    def positions(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Midpoints [S, 3] and directions [S, 3] of the samples."""
+        t_mid = 0.5 * (self.t_starts + self.t_ends)
+        d = dirs[self.ray_indices]
+        return origins[self.ray_indices] + t_mid[:, None] * d, d
+
+
+def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, aabb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry and exit distances of rays through a box (slab method); ``t_far < t_near`` for a miss."""
+    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    t0 = (aabb[0] - origins) * inv
+    t1 = (aabb[1] - origins) * inv
+    return torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
+
+
+def lattice(t0: torch.Tensor, k: torch.Tensor, step_size: float, cone_angle: float, max_step: float) -> torch.Tensor:
+    """Position of lattice point ``k`` (float tensor) for rays starting at ``t0``; the closed form of the
+    recursion in the module docstring (constant, then geometric, then constant at ``max_step``)."""
+    if cone_angle <= 0:
+        return t0 + k * step_size
+    growth = math.log1p(cone_angle)
+    n1 = torch.ceil((step_size / cone_angle - t0) / step_size).clamp_min(0)
+    t1 = t0 + n1 * step_size
+    n2 = torch.ceil(torch.log((max_step / cone_angle) / t1) / growth).clamp_min(0)
+    t2 = t1 * torch.exp(n2 * growth)
+    geometric = t1 * torch.exp((k - n1) * growth)
+    return torch.where(k <= n1, t0 + k * step_size, torch.where(k <= n1 + n2, geometric, t2 + (k - n1 - n2) * max_step))
+
+
+def march_rays(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
+               step_size: float, near: float = 0.0, far: float = 1e10, cone_angle: float = 0.0,
+               max_step: float = 1e10, jitter: torch.Tensor | None = None) -> Samples:
+    """Packed samples in occupied cells of ``binary`` ([R, R, R] bool over ``aabb``) along unit-direction rays.
+
+    ``jitter`` [n_rays] in [0, 1) shifts each ray's lattice by that fraction of a step (stratified sampling).
+    """
+    n_rays = origins.shape[0]
+    t_near, t_far = ray_aabb(origins, dirs, aabb)
+    t_near, t_far = t_near.clamp_min(near), t_far.clamp_max(far)
+    t0 = t_near + (0.0 if jitter is None else jitter * step_size)
+    # Every lattice point up to the far bound is a candidate; steps are never shorter than step_size.
+    counts = torch.ceil((t_far - t0) / step_size).clamp_min(0).long()
+    counts = torch.where(t_far > t_near, counts, torch.zeros_like(counts))
+    ray = torch.repeat_interleave(torch.arange(n_rays), counts)
+    k = (torch.arange(ray.shape[0]) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)).float()
+    t_start = lattice(t0[ray], k, step_size, cone_angle, max_step)
+    t_end = lattice(t0[ray], k + 1, step_size, cone_angle, max_step)
+    mid = 0.5 * (t_start + t_end)
+    x = origins[ray] + mid[:, None] * dirs[ray]
+    res = torch.tensor(binary.shape)
+    u = (x - aabb[0]) / (aabb[1] - aabb[0])
+    ijk = torch.floor(u * res).long()
+    inside = ((ijk >= 0) & (ijk < res)).all(-1) & (mid < t_far[ray])
+    ijk = ijk.clamp_min(0).minimum(res - 1)
+    keep = inside & binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    return Samples(ray[keep], t_start[keep], t_end[keep], n_rays)

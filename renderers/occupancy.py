@@ -1,0 +1,70 @@
+"""Instant-NGP-style occupancy grid: which cells of the scene box can hold content.
+
+A density EMA per cell and a boolean mask derived from it. A cell counts as occupied when the opacity of one
+marching step through it, ``sigma * step_size``, exceeds ``min(alpha_thre, mean)`` (nerfacc's rule; see
+DESIGN.md for why the threshold is on opacity per step, not raw density). During warm-up every cell is
+re-evaluated; afterwards a random quarter of the cells plus up to as many occupied ones, as in Instant-NGP.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class OccupancyGrid(nn.Module):
+    """A single-cascade occupancy grid over an axis-aligned box. All state lives in buffers (checkpointed)."""
+
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128):
+        super().__init__()
+        self.resolution = int(resolution)
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        n = self.resolution**3
+        self.register_buffer("occs", torch.zeros(n))  # EMA of per-step opacity, flat in x-major (x, y, z) order
+        self.register_buffer("binary", torch.ones(self.resolution, self.resolution, self.resolution, dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def cell_size(self) -> torch.Tensor:
+        return (self.aabb[1] - self.aabb[0]) / self.resolution
+
+    def cell_centers(self, idx: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+        """World positions inside cells ``idx`` (flat indices); ``jitter`` in [0, 1)^3 picks the point."""
+        r = self.resolution
+        ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], -1).float()
+        frac = 0.5 if jitter is None else jitter
+        return self.aabb[0] + (ijk + frac) * self.cell_size
+
+    @torch.no_grad()
+    def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
+               alpha_thre: float = 0.01, ema_decay: float = 0.95, warmup: bool = True,
+               generator: torch.Generator | None = None, chunk: int = 1 << 18) -> None:
+        """Re-estimate occupancy from ``density_fn`` at one jittered point per chosen cell."""
+        n = self.occs.numel()
+        if warmup:
+            idx = torch.arange(n)
+        else:
+            rand = torch.randint(0, n, (n // 4,), generator=generator)
+            occupied = self.binary.flatten().nonzero()[:, 0]
+            if occupied.numel() > n // 4:
+                occupied = occupied[torch.randint(0, occupied.numel(), (n // 4,), generator=generator)]
+            idx = torch.cat([rand, occupied])
+        x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator))
+        occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
+        self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
+        thre = min(self.occs.mean().item(), alpha_thre)
+        self.binary.copy_((self.occs > thre).reshape(self.binary.shape))
+        self.updates += 1
+
+    def occupied_fraction(self) -> float:
+        return self.binary.float().mean().item()
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether points ``x`` [N, 3] fall in occupied cells (False outside the box)."""
+        r = self.resolution
+        u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        inside = ((u >= 0) & (u < 1)).all(-1)
+        ijk = (u * r).long().clamp(0, r - 1)
+        return self.binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & inside

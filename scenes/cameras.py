@@ -1,0 +1,113 @@
+"""Camera records shared by every loader, renderer and exporter.
+
+Conventions (see DESIGN.md): camera-to-world matrices in the OpenGL/Blender convention (+X right, +Y up,
+the camera looks down -Z), intrinsics in pixels, pixel centres at +0.5. Distortion, when present, is the
+OpenCV radial-tangential model ``k1 k2 p1 p2`` that nerfstudio's ``transforms.json`` uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Cameras:
+    """A batch of pinhole cameras that share one image size.
+
+    ``fx fy cx cy`` are per camera so that nerfstudio's per-frame overrides survive loading.
+    """
+
+    c2w: torch.Tensor  # [N, 4, 4] float32, OpenGL convention
+    fx: torch.Tensor  # [N]
+    fy: torch.Tensor  # [N]
+    cx: torch.Tensor  # [N]
+    cy: torch.Tensor  # [N]
+    width: int
+    height: int
+    distortion: torch.Tensor | None = None  # [N, 4] = k1 k2 p1 p2, or None for an ideal pinhole
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    def __getitem__(self, idx) -> "Cameras":
+        """Select cameras by index, slice or index tensor; always returns a batch."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        dist = None if self.distortion is None else self.distortion[idx]
+        return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
+                       self.width, self.height, dist)
+
+    def scaled(self, factor: float) -> "Cameras":
+        """The same cameras for images resized by ``factor`` (e.g. 0.5 halves the resolution)."""
+        return Cameras(self.c2w, self.fx * factor, self.fy * factor, self.cx * factor, self.cy * factor,
+                       max(1, round(self.width * factor)), max(1, round(self.height * factor)), self.distortion)
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """Camera centres in world space, [N, 3]."""
+        return self.c2w[:, :3, 3]
+
+    @staticmethod
+    def from_fov(c2w: torch.Tensor, width: int, height: int, fov_x: float) -> "Cameras":
+        """Cameras with a horizontal field of view in radians and the principal point at the image centre."""
+        n = c2w.shape[0]
+        focal = 0.5 * width / torch.tan(torch.tensor(0.5 * fov_x, dtype=torch.float64)).item()
+        full = lambda v: torch.full((n,), float(v))  # noqa: E731
+        return Cameras(c2w.float(), full(focal), full(focal), full(width / 2), full(height / 2), width, height)
+
+
+def undistort(u: torch.Tensor, v: torch.Tensor, dist: torch.Tensor, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert the OpenCV radial-tangential model (k1 k2 p1 p2) on normalised coordinates by Newton's method.
+
+    ``u, v`` are distorted normalised image coordinates; returns the undistorted ones. Same scheme as
+    nerfstudio's ``radial_and_tangential_undistort``.
+    """
+    k1, k2, p1, p2 = dist.unbind(-1)
+    x, y = u.clone(), v.clone()
+    for _ in range(iters):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * k2)
+        fx = radial * x + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - u
+        fy = radial * y + 2 * p2 * x * y + p1 * (r2 + 2 * y * y) - v
+        d_radial = k1 + 2 * r2 * k2  # d radial / d r2
+        fx_x = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x
+        fx_y = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        fy_x = 2 * x * y * d_radial + 2 * p2 * y + 2 * p1 * x
+        fy_y = radial + 2 * y * y * d_radial + 2 * p2 * x + 6 * p1 * y
+        det = fx_x * fy_y - fx_y * fy_x
+        det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
+        x = x - (fx * fy_y - fy * fx_y) / det
+        y = y - (fy * fx_x - fx * fy_x) / det
+    return x, y
+
+
+def distort(x: torch.Tensor, y: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the OpenCV radial-tangential model to undistorted normalised coordinates (the forward model)."""
+    k1, k2, p1, p2 = dist.unbind(-1)
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * k2)
+    return (radial * x + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            radial * y + 2 * p2 * x * y + p1 * (r2 + 2 * y * y))
+
+
+def pixel_rays(cams: Cameras, cam_idx: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-space rays through pixel positions ``(px, py)`` (pixel units; centres at +0.5) of cameras
+    ``cam_idx``. Returns origins and unit directions, each [..., 3]."""
+    u = (px - cams.cx[cam_idx]) / cams.fx[cam_idx]
+    v = (py - cams.cy[cam_idx]) / cams.fy[cam_idx]
+    if cams.distortion is not None:
+        u, v = undistort(u, v, cams.distortion[cam_idx])
+    dirs_cam = torch.stack([u, -v, -torch.ones_like(u)], -1)  # image y points down, camera +Y up
+    c2w = cams.c2w[cam_idx]
+    dirs = torch.nn.functional.normalize((c2w[..., :3, :3] @ dirs_cam[..., None])[..., 0], dim=-1)
+    return c2w[..., :3, 3].expand_as(dirs), dirs
+
+
+def image_rays(cams: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through every pixel centre of camera ``i``, each [H, W, 3]."""
+    py, px = torch.meshgrid(torch.arange(cams.height, dtype=torch.float32) + 0.5,
+                            torch.arange(cams.width, dtype=torch.float32) + 0.5, indexing="ij")
+    return pixel_rays(cams, torch.full_like(px, i, dtype=torch.long), px, py)
