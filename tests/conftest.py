@@ -67,7 +67,7 @@ def tiny_config(max_steps: int = 30, **train):
     return RunConfig(scene=SceneConfig(downscale=2),
                      field_config=HashGridConfig(n_levels=8, log2_table_size=14, max_resolution=128, hidden=32),
                      train=TrainConfig(max_time=None, max_steps=max_steps, target_samples=1 << 13, init_rays=512,
-                                       grid_warmup=64, log_every=10, **train),
+                                       grid_warmup=64, warmup_steps=10, log_every=10, **train),
                      grid_resolution=32)
 
 

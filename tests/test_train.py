@@ -22,7 +22,7 @@ def test_training_raises_psnr_above_bar(trained_run):
     trained = evaluate(run.field, run.grid, test, run.config.render, every=4, show_progress=False)
     fresh = Trainer(tiny_config(), trained_run.parent / "fresh")
     untrained = evaluate(fresh.field, fresh.grid, test, run.config.render, every=4, show_progress=False)
-    assert trained["psnr"] > 16.0, trained["psnr"]
+    assert trained["psnr"] > 17.0, trained["psnr"]  # measured 19.0 dB (seed 0)
     assert trained["psnr"] > untrained["psnr"] + 3.0
     lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(10, 201, 10))
