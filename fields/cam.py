@@ -37,10 +37,10 @@ def modulation_grid(n_planes: int, n_layers: int, height: int, width: int) -> nn
 
 
 def read_modulation(grid: nn.Parameter, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """gamma, beta [N, layers] at ``uv`` [P, N, 2]: product of the planes' gammas, sum of their betas."""
-    values = sample_planes(grid, uv)  # [P, N, 2L]
+    """gamma, beta [layers, N, 1] at ``uv`` [P, N, 2]: product of the planes' gammas, sum of their betas."""
+    values = sample_planes(grid, uv).permute(0, 2, 1)[..., None]  # [P, 2L, N, 1]
     n_layers = grid.shape[1] // 2
-    return values[..., :n_layers].prod(0), values[..., n_layers:].sum(0)
+    return values[:, :n_layers].prod(0), values[:, n_layers:].sum(0)
 
 
 @dataclass

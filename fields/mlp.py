@@ -61,7 +61,7 @@ class MLPConfig(FieldConfig):
 class ModulatedMLP(nn.Module):
     """A ReLU trunk of ``layers`` hidden layers of ``width``, re-reading the input after layer ``skip``.
 
-    ``forward(x, gamma, beta)`` with ``gamma``/``beta`` [N, layers] layer-normalises each hidden layer without
+    ``forward(x, gamma, beta)`` with ``gamma``/``beta`` [layers, N, 1] layer-normalises each hidden layer without
     an affine and applies ``h * gamma + beta`` (one scalar per layer and point, as in CAM) before the ReLU.
     """
 
@@ -81,7 +81,7 @@ class ModulatedMLP(nn.Module):
                 h = torch.cat([h, x], -1)
             h = linear(h)
             if gamma is not None:
-                h = F.layer_norm(h, (self.width,)) * gamma[:, i:i + 1] + beta[:, i:i + 1]
+                h = torch.addcmul(beta[i], F.layer_norm(h, (self.width,)), gamma[i])
             h = torch.relu(h)
         return h
 
