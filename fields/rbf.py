@@ -78,6 +78,15 @@ class GaussianRBF(nn.Module):
         return self.readout(self.activations(f))
 
 
+def spread_features(encoding: HashEncoding, scale: float = 0.05) -> HashEncoding:
+    """Re-initialise the feature table to U(-scale, scale). With the hash grid's usual 1e-4 every point starts
+    with the same RBF responses, hence the same density everywhere, and the occupancy grid (which keeps cells
+    above the mean) then marks the whole box empty before the first step."""
+    with torch.no_grad():
+        encoding.table.uniform_(-scale, scale)
+    return encoding
+
+
 def _groups(module: nn.Module, lr: float, cfg: RBFConfig) -> list[dict]:
     return [{"name": "grid", "params": [module.encoding.table], "lr": lr * cfg.grid_lr_scale},
             {"name": "rbf", "params": list(module.rbf.parameters()), "lr": lr * cfg.rbf_lr_scale}]
@@ -89,7 +98,7 @@ class RBFField(Field):
         if not 0 <= cfg.sh_degree <= 3:
             raise ValueError(f"rbf: sh_degree must be 0..3, got {cfg.sh_degree}")
         self.cfg = cfg
-        self.encoding = cfg.encoding()
+        self.encoding = spread_features(cfg.encoding())
         self.n_sh = (cfg.sh_degree + 1) ** 2
         self.rbf = GaussianRBF(self.encoding.out_dim, cfg.n_rbfs, 1 + 3 * self.n_sh)
 
@@ -119,7 +128,7 @@ class ImageRBF(ImageField):
     def __init__(self, cfg: RBFConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoding = cfg.encoding()
+        self.encoding = spread_features(cfg.encoding())
         self.rbf = GaussianRBF(self.encoding.out_dim, cfg.n_rbfs, 3)
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:

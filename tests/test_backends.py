@@ -38,9 +38,9 @@ SMALL = {
 }
 # Every backend must reach these on the 32x32 test image in FIT_STEPS full-image steps.
 FIT_STEPS = 200
-# (Measured over seeds 0-2 with the fit defaults: hashgrid 34.9-36.0, mlp 18.8-19.3, mlp-gaussian 21.7-22.6,
-# rbf 28.9-31.7, cam 28.2-31.0 dB; the image starts at about 10 dB.)
-FIT_PSNR = {"hashgrid": 32.0, "mlp": 17.0, "mlp-gaussian": 20.0, "rbf": 26.0, "cam": 26.0}
+# (Measured over seeds 0-2 with the fit defaults: hashgrid 34.9-36.0, mlp 28.5-28.9, mlp-gaussian 28.9-30.5,
+# rbf 26.6-30.6, cam 34.4-36.1 dB; the image starts at about 10 dB.)
+FIT_PSNR = {"hashgrid": 32.0, "mlp": 26.0, "mlp-gaussian": 26.0, "rbf": 24.0, "cam": 31.0}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,7 +207,7 @@ def heldout_psnr(trainer: Trainer, n: int = 1024) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["hashgrid", "mlp", "rbf", "cam"])
 def test_short_radiance_run_improves_psnr(name, tmp_path):
-    train = TrainConfig(max_time=None, max_steps=60, target_samples=1 << 12, init_rays=256, max_rays=1024,
+    train = TrainConfig(max_time=None, max_steps=100, target_samples=1 << 12, init_rays=256, max_rays=1024,
                         warmup_steps=5, grid_every=8, grid_warmup=32, log_every=20, ckpt_every=10_000)
     cfg = RunConfig(scene=SceneConfig(scene="procedural", downscale=2), field=name, field_config=small_config(name),
                     train=train, grid_resolution=32)
@@ -218,7 +218,7 @@ def test_short_radiance_run_improves_psnr(name, tmp_path):
     initial = {n: p.detach().clone() for n, p in trainer.field.named_parameters() if n.endswith("_grid")}
     trainer.train(show_progress=False)
     after = heldout_psnr(trainer)
-    assert after > before + 2.0, f"{name}: {before:.2f} -> {after:.2f} dB"
+    assert after > before + 1.5, f"{name}: {before:.2f} -> {after:.2f} dB"
     if name == "cam":  # every modulation parameter learns: gamma and beta of each plane and the view grid
         for n, p in trainer.field.named_parameters():
             if n.endswith("_grid"):
