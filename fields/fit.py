@@ -12,37 +12,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fields.base import ImageField
 from fields.evaluation import psnr
+from scenes.io import read_image
 
 
 class FitError(ValueError):
-    """An image that cannot be fitted or a budget that cannot run; the message names the problem."""
+    """A fit that cannot run (no budget)."""
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """An image file as float RGB [H, W, 3] in [0, 1]; RGBA is composited on white, grey is repeated."""
-    path = Path(path)
-    if not path.is_file():
-        raise FitError(f"{path}: image not found")
-    try:
-        arr = np.asarray(iio.imread(path))
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise FitError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    if arr.ndim == 2:
-        arr = arr[..., None].repeat(3, -1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or min(arr.shape[:2]) < 2:
-        raise FitError(f"{path}: expected an RGB or RGBA image, got an array of shape {arr.shape}")
-    img = torch.from_numpy(arr.astype(np.float32) / float(np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else 1))
-    if img.shape[-1] == 4:
-        img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
-    return img
+    """An image file as float RGB [H, W, 3] in [0, 1], composited on white where it has alpha (SceneError names
+    the file if it cannot be read)."""
+    rgba = read_image(Path(path))
+    return rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
 
 
 def fit_output_path(image: Path, field: str) -> Path:

@@ -23,7 +23,7 @@ from fields.imaging import write_png
 from fields.registry import FIELD_CONFIGS
 from fields.trainer import Trainer
 from renderers.render import render_rays
-from scenes import image_rays
+from scenes import SceneError, image_rays
 
 os.environ.setdefault("FIELDS_CACHE", "/tmp/fields-cache")
 
@@ -175,16 +175,18 @@ def test_fit_command_writes_image_next_to_input(tmp_path):
     assert fitted.shape == (32, 32, 3) and psnr(fitted, load_image(src)) > 12
 
 
-def test_fit_rejects_bad_images(tmp_path):
+def test_fit_rejects_bad_images_and_missing_budgets(tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not a png")
-    with pytest.raises(FitError, match="notes.png: not a readable image"):
+    with pytest.raises(SceneError, match="notes.png: cannot read image"):
         load_image(bad)
-    with pytest.raises(FitError, match="missing.png: image not found"):
+    with pytest.raises(SceneError, match="missing.png: image file not found"):
         load_image(tmp_path / "missing.png")
     with pytest.raises(SystemExit) as e:
         main(["fit", str(bad), "--quiet"])
     assert e.value.code == 2
+    with pytest.raises(FitError, match="budget"):
+        fit_image(small_config("mlp").build_image(), pattern_image(), steps=None, max_time=None)
 
 
 def heldout_psnr(trainer: Trainer, n: int = 1024) -> float:
