@@ -1,6 +1,7 @@
 """The one interface every field backend implements, and the registry that picks a backend by name.
 
-A field maps points (and view directions) to density and colour. The trainer, renderer, evaluation, viewer
+A field maps points (and view directions) to density and colour; ``ImageField`` is the same backend over 2-D
+pixel coordinates (``fields fit``). The trainer, renderer, evaluation, viewer
 and exporters only ever call ``density``, ``forward`` and ``param_groups``; only the config decides which
 backend runs.
 """
@@ -45,6 +46,21 @@ class FieldConfig:
 
     def build(self, aabb: torch.Tensor) -> Field:
         raise NotImplementedError
+
+    def build_image(self) -> "ImageField":
+        """The same backend as a 2-D neural field (``fields fit``)."""
+        raise NotImplementedError
+
+
+class ImageField(nn.Module):
+    """A 2-D neural field: pixel coordinates ``uv`` [N, 2] in [0, 1]^2 -> colour [N, 3] in [0, 1]."""
+
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups, as ``Field.param_groups``."""
+        return [{"name": "all", "params": list(self.parameters()), "lr": lr}]
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | eval``.
+"""The ``fields`` command line: ``fields train | eval | fit``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 import tyro
 from rich.console import Console
 
@@ -70,14 +71,57 @@ class _TrainOptions:
                       f"evaluate with `fields eval {run_dir}`")
 
 
-# One nested options group per backend (--hashgrid.n-levels ...), generated from the registry so that adding a
-# backend never touches the CLI.
-Train = dataclasses.make_dataclass(
-    "Train",
-    [(name, Annotated[cls, tyro.conf.arg(help=f"Options of the '{name}' backend.")],
-      dataclasses.field(default_factory=cls)) for name, cls in FIELD_CONFIGS.items()],
-    bases=(_TrainOptions,))
-Train.__doc__ = "Train a radiance field on a scene (default: the embedded procedural scene)."
+def with_backend_options(name: str, base: type, doc: str) -> type:
+    """``base`` plus one nested options group per backend (--hashgrid.n-levels ...), generated from the
+    registry so that adding a backend never touches the CLI."""
+    cls = dataclasses.make_dataclass(
+        name, [(field, Annotated[cfg, tyro.conf.arg(help=f"Options of the '{field}' backend.")],
+                dataclasses.field(default_factory=cfg)) for field, cfg in FIELD_CONFIGS.items()], bases=(base,))
+    cls.__doc__ = doc
+    return cls
+
+
+Train = with_backend_options("Train", _TrainOptions,
+                             "Train a radiance field on a scene (default: the embedded procedural scene).")
+
+
+@dataclass
+class _FitOptions:
+    image: tyro.conf.Positional[Path]
+    """Image file to fit (PNG, JPEG ...)."""
+    field: FieldName = "hashgrid"  # type: ignore[valid-type]
+    """Field backend; its options are under --<backend>.*"""
+    steps: int | None = None
+    """Step budget (None: no limit)."""
+    max_time: float | None = 60.0
+    """Time budget in seconds (None: no limit); stops at whichever budget runs out first."""
+    lr: float = 3e-2
+    """Base learning rate (Adam); backends scale it per parameter group. Higher than for training: image fits
+    run for fewer steps, and at 1e-2 every backend is still far from converged after a minute."""
+    batch: int = 1 << 13
+    """Random pixels per step."""
+    seed: int = 0
+    """Random seed (initialisation and pixel batches)."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def run(self) -> None:
+        from fields.fit import fit_image, fit_output_path, load_image
+        from fields.imaging import write_png
+
+        target = load_image(self.image)
+        torch.manual_seed(self.seed)
+        field = getattr(self, self.field).build_image()
+        result = fit_image(field, target, self.steps, self.max_time, self.lr, batch=self.batch, seed=self.seed,
+                           console=console, show_progress=not self.quiet)
+        out = fit_output_path(self.image, self.field)
+        write_png(out, result.image)
+        console.print(f"{self.field}: PSNR {result.psnr:.2f} dB after {result.steps} steps "
+                      f"({result.seconds:.1f} s); wrote {out}")
+
+
+Fit = with_backend_options("Fit", _FitOptions,
+                           "Fit a 2-D neural field (pixel coordinates -> RGB) to an image; writes <name>.fit-<field>.png.")
 
 
 @dataclass
@@ -105,7 +149,7 @@ class Eval:
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
 
 
-COMMANDS = {"train": Train, "eval": Eval}
+COMMANDS = {"train": Train, "eval": Eval, "fit": Fit}
 EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
 
 

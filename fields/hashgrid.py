@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fields.base import Field, FieldConfig, mlp
+from fields.base import Field, FieldConfig, ImageField, mlp
 from fields.encodings import HashEncoding, sh_encode, trunc_exp
+from fields.positional import lift_uv
 
 
 @dataclass
@@ -39,13 +40,19 @@ class HashGridConfig(FieldConfig):
     def build(self, aabb: torch.Tensor) -> "HashGridField":
         return HashGridField(aabb, self)
 
+    def build_image(self) -> "ImageHashGrid":
+        return ImageHashGrid(self)
+
+    def encoding(self) -> HashEncoding:
+        return HashEncoding(self.n_levels, self.n_features, self.log2_table_size, self.base_resolution,
+                            self.max_resolution)
+
 
 class HashGridField(Field):
     def __init__(self, aabb: torch.Tensor, cfg: HashGridConfig):
         super().__init__(aabb)
         self.cfg = cfg
-        self.encoding = HashEncoding(cfg.n_levels, cfg.n_features, cfg.log2_table_size, cfg.base_resolution,
-                                     cfg.max_resolution)
+        self.encoding = cfg.encoding()
         self.density_net = mlp(self.encoding.out_dim, cfg.hidden, 1, 1 + cfg.geo_features)
         self.color_net = mlp(16 + cfg.geo_features, cfg.hidden, cfg.color_layers, 3)
 
@@ -64,7 +71,26 @@ class HashGridField(Field):
         return sigma, rgb
 
     def param_groups(self, lr: float) -> list[dict]:
-        grid = [self.encoding.table]
-        nets = [p for n, p in self.named_parameters() if not n.startswith("encoding.")]
-        return [{"name": "grid", "params": grid, "lr": lr * self.cfg.grid_lr_scale},
-                {"name": "mlp", "params": nets, "lr": lr}]
+        return _groups(self, lr, self.cfg)
+
+
+def _groups(module: torch.nn.Module, lr: float, cfg: HashGridConfig) -> list[dict]:
+    nets = [p for n, p in module.named_parameters() if not n.startswith("encoding.")]
+    return [{"name": "grid", "params": [module.encoding.table], "lr": lr * cfg.grid_lr_scale},
+            {"name": "mlp", "params": nets, "lr": lr}]
+
+
+class ImageHashGrid(ImageField):
+    """The hash grid over pixel coordinates: the 3-D encoding on (u, v, 0.5), then a small MLP to RGB."""
+
+    def __init__(self, cfg: HashGridConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoding = cfg.encoding()
+        self.net = mlp(self.encoding.out_dim, cfg.hidden, 2, 3)
+
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(self.encoding(lift_uv(uv))))
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return _groups(self, lr, self.cfg)
