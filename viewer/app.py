@@ -69,7 +69,7 @@ class Viewer:
         size = float(np.linalg.norm(hi - lo))
         scene.add_box("/scene_box", color=(120, 120, 120), dimensions=tuple(hi - lo), position=tuple((lo + hi) / 2),
                       wireframe=True)
-        scene.add_frame("/world_axes", axes_length=0.15 * size, axes_radius=0.004 * size)
+        scene.add_frame("/world_axes", axes_length=0.1 * size, axes_radius=0.003 * size)
         aspect = cams.width / cams.height
         for i in range(len(cams)):
             wxyz, position = c2w_to_viser(cams.c2w[i].numpy())
@@ -79,8 +79,10 @@ class Viewer:
             frustum.on_click(self._jump_to)
         if len(cams):
             initial = self.server.initial_camera
+            # Start at the first training camera, looking at the box centre.
+            centre = (lo + hi) / 2
             initial.position = tuple(cams.c2w[0, :3, 3].tolist())
-            initial.look_at = tuple(((lo + hi) / 2).tolist())
+            initial.look_at = tuple(centre.tolist())
             initial.fov = vertical_fov(cams, 0)
 
     @staticmethod
@@ -97,7 +99,7 @@ class Viewer:
         gui = self.server.gui
         with gui.add_folder("Render"):
             self._mode = gui.add_dropdown("Mode", RENDER_MODES, initial_value="RGB")
-            self._max_side = gui.add_slider("Max resolution", min=64, max=1024, step=32, initial_value=max_side,
+            self._max_side = gui.add_slider("Max resolution", min=32, max=1024, step=16, initial_value=max_side,
                                             hint="Longer image side (px) once the camera stops; lower is faster.")
         self._mode.on_update(lambda _: self._invalidate())
         self._max_side.on_update(lambda _: self._invalidate())
@@ -120,14 +122,19 @@ class Viewer:
     def paused(self) -> bool:
         return not self._resume.is_set()
 
-    def _toggle_pause(self) -> None:
-        assert self._pause is not None
-        if self.paused:
-            self._resume.set()
-            self._pause.label, self._pause.icon = "Pause training", viser.Icon.PLAYER_PAUSE
-        else:
-            self._resume.clear()
+    def pause(self) -> None:
+        """Hold training at its next step (the Pause button)."""
+        self._resume.clear()
+        if self._pause is not None:
             self._pause.label, self._pause.icon = "Resume training", viser.Icon.PLAYER_PLAY
+
+    def resume(self) -> None:
+        self._resume.set()
+        if self._pause is not None:
+            self._pause.label, self._pause.icon = "Pause training", viser.Icon.PLAYER_PAUSE
+
+    def _toggle_pause(self) -> None:
+        self.resume() if self.paused else self.pause()
 
     @staticmethod
     def _stats_text(stats: dict) -> str:
