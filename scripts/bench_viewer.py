@@ -86,7 +86,7 @@ def main() -> None:
         cfg = RunConfig.load(work / "run" / "config.yaml")
         trainer = Trainer(cfg, work / "run", quiet)
         trainer.resume()
-        source = f"{args.run} (step {trainer.step})"
+        source = f"{cfg.scene.name} run {args.run.name} at step {trainer.step}"
     else:
         cfg = RunConfig(scene=SceneConfig(scene=args.scene), field="hashgrid", train=TrainConfig(max_time=args.warmup))
         trainer = Trainer(cfg, work / "run", quiet)
