@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | eval | fit``.
+"""The ``fields`` command line: ``fields train | eval | fit | view``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -46,6 +46,12 @@ class _TrainOptions:
     """Continue this run folder from its newest checkpoint (its saved config is used)."""
     quiet: bool = False
     """No progress bar."""
+    viewer: bool = False
+    """Watch training in the browser (viser); the viewer keeps serving after training until Ctrl-C."""
+    host: str = "127.0.0.1"
+    """Viewer bind address; 0.0.0.0 exposes it to the network."""
+    port: int = 7007
+    """Viewer port (the next free one is taken if it is busy)."""
 
     def run_config(self) -> RunConfig:
         return RunConfig(scene=self.scene, field=self.field, field_config=getattr(self, self.field),
@@ -63,12 +69,32 @@ class _TrainOptions:
             trainer = Trainer(cfg, None, console)  # loads the scene first: bad data leaves no empty run folder
             run_dir = trainer.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
             console.print(f"Run folder: {run_dir}")
+        viewer = self._open_viewer(trainer) if self.viewer else None
         try:
-            trainer.train(show_progress=not self.quiet)
-        except KeyboardInterrupt:
-            sys.exit(130)
+            trainer.train(callbacks=[viewer.on_step] if viewer else [], show_progress=not self.quiet)
+        except BaseException as e:
+            if viewer:
+                viewer.close()
+            if isinstance(e, KeyboardInterrupt):
+                sys.exit(130)
+            raise
         console.print(f"Trained {trainer.step} steps in {trainer.elapsed:.1f} s; "
                       f"evaluate with `fields eval {run_dir}`")
+        if viewer:
+            viewer.training_finished(trainer)
+            viewer.serve_forever()
+
+    def _open_viewer(self, trainer):
+        import torch
+
+        from viewer import RenderTarget, Viewer
+
+        target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.tensor(trainer.data.background),
+                              trainer.step)
+        viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, host=self.host, port=self.port,
+                        training=True, title=f"fields: {trainer.run_dir.name}", console=console)
+        console.print(f"Viewer at {viewer.url}")
+        return viewer
 
 
 def with_backend_options(name: str, base: type, doc: str) -> type:
@@ -149,7 +175,28 @@ class Eval:
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
 
 
-COMMANDS = {"train": Train, "eval": Eval, "fit": Fit}
+@dataclass
+class View:
+    """Open a trained run in the browser (viser web viewer); serves until Ctrl-C."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run folder (or its config.yaml)."""
+    host: str = "127.0.0.1"
+    """Bind address; 0.0.0.0 exposes the viewer to the network."""
+    port: int = 7007
+    """Port (the next free one is taken if it is busy)."""
+    max_resolution: int = 256
+    """Initial cap on the longer image side, in pixels (adjustable in the panel)."""
+
+    def run(self) -> None:
+        from viewer import Viewer
+
+        run = load_run(self.run_dir)
+        Viewer.for_run(run, host=self.host, port=self.port, max_side=self.max_resolution,
+                       console=console).serve_forever()
+
+
+COMMANDS = {"train": Train, "eval": Eval, "fit": Fit, "view": View}
 EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
 
 

@@ -1,0 +1,306 @@
+"""The web viewer with real parts: a viser server on a trained tiny run, driven over its websocket protocol and
+from headless Debian chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from fields.run import load_run
+from renderers.render import render_image
+from scenes.cameras import image_rays
+from viewer import Viewer
+from viewer.camera import c2w_to_viser, viewer_camera, viser_to_c2w
+from viewer.ws_client import ViserTab
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return load_run(trained_run)
+
+
+@pytest.fixture
+def viewer(loaded):
+    v = Viewer.for_run(loaded, port=free_port(), max_side=48, console=Console(file=io.StringIO()))
+    yield v
+    v.close()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0**2
+    return -10 * math.log10(max(mse, 1e-12))
+
+
+# -- camera conventions ----------------------------------------------------------------------------------------
+def test_viser_pose_maps_to_opengl_camera():
+    # A viser (OpenCV) camera at +3x looking at the origin with +z up: forward = -x, down = -z, right = +y.
+    rot = np.stack([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]], axis=1)
+    import viser.transforms as vtf
+
+    wxyz = vtf.SO3.from_matrix(rot).wxyz
+    cams = viewer_camera(wxyz, np.array([3.0, 0.0, 0.0]), fov_y=0.8, width=5, height=3)
+    _, dirs = image_rays(cams, 0)
+    assert torch.allclose(dirs[1, 2], torch.tensor([-1.0, 0.0, 0.0]), atol=1e-6)  # centre pixel looks at origin
+    assert dirs[0, 2, 2] > 0 and dirs[2, 2, 2] < 0  # top row looks up (+z), bottom row down
+    assert dirs[1, 4, 1] > 0 and dirs[1, 0, 1] < 0  # right column looks towards +y
+    c2w = viser_to_c2w(wxyz, np.array([3.0, 0.0, 0.0]))
+    back_wxyz, back_pos = c2w_to_viser(c2w)
+    assert np.allclose(viser_to_c2w(back_wxyz, back_pos), c2w, atol=1e-9)
+
+
+# -- websocket clients -----------------------------------------------------------------------------------------
+def final_image(tab: ViserTab, side: int, timeout: float = 60.0) -> np.ndarray:
+    """Images until one at the resolution cap arrives (previews come first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        img = tab.next_image(deadline - time.monotonic())
+        if img is not None and max(img.shape[:2]) == side:
+            return img
+    raise AssertionError(f"no {side}px image within {timeout} s")
+
+
+def test_viewer_renders_the_field_from_the_tab_camera(viewer, loaded):
+    """A tab at a training camera's pose gets the image render_image gives for that camera (JPEG aside)."""
+    cams = loaded.split("train").cameras
+    fov_y = 2 * math.atan(0.5 * cams.height / cams.fy[0].item())
+    tab = ViserTab(viewer.url, width=cams.width, height=cams.height, fov_y=fov_y)
+    try:
+        tab.send_camera(cams.c2w[0].numpy())
+        img = final_image(tab, 48)
+        assert img.shape == (48, 48, 3)
+        bg = torch.tensor(loaded.config.scene.background)
+        direct = render_image(loaded.field, loaded.grid, cams.scaled(48 / cams.width), 0, loaded.config.render, bg,
+                              loaded.field.density)["rgb"]
+        expected = (direct.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        assert psnr(img, expected) > 30
+        assert img.std() > 5  # not a blank frame
+
+        # Moving the camera (another training view) yields a new, different image.
+        tab.send_camera(cams.c2w[len(cams) // 2].numpy())
+        moved = final_image(tab, 48)
+        assert psnr(moved, img) < 25
+    finally:
+        tab.close()
+
+
+def test_two_tabs_have_their_own_cameras(viewer, loaded):
+    cams = loaded.split("train").cameras
+    tabs = [ViserTab(viewer.url, 64, 64), ViserTab(viewer.url, 64, 64)]
+    try:
+        for tab, i in zip(tabs, (0, len(cams) // 3)):
+            tab.send_camera(cams.c2w[i].numpy())
+        a, b = final_image(tabs[0], 48), final_image(tabs[1], 48)
+        assert len(viewer.renderers()) == 2
+        assert psnr(a, b) < 25
+        tabs[1].close()
+        deadline = time.monotonic() + 10
+        while len(viewer.renderers()) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(viewer.renderers()) == 1
+    finally:
+        for tab in tabs:
+            tab.close()
+
+
+# -- bind address ----------------------------------------------------------------------------------------------
+def non_loopback_ip() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_default_bind_is_loopback_and_exposing_warns(viewer, loaded):
+    assert viewer.server.get_host() == "127.0.0.1"
+    ip = non_loopback_ip()
+    if ip is not None:
+        with pytest.raises(OSError):
+            socket.create_connection((ip, viewer.server.get_port()), timeout=2).close()
+    from fields.cli import Train, View
+
+    assert View.host == "127.0.0.1" and Train.host == "127.0.0.1"
+    out = io.StringIO()
+    exposed = Viewer.for_run(loaded, host="0.0.0.0", port=free_port(), console=Console(file=out, width=200))
+    try:
+        assert "warning" in out.getvalue() and "0.0.0.0" in out.getvalue()
+    finally:
+        exposed.close()
+
+
+# -- pausing training ------------------------------------------------------------------------------------------
+def test_pause_holds_training_and_resume_finishes_it(trained_run, tmp_path):
+    from fields.trainer import Trainer
+    from viewer import RenderTarget
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    trainer = Trainer(load_run(run).config, run, Console(file=io.StringIO()))
+    trainer.resume()
+    start = trainer.step
+    trainer.cfg.train.max_steps = start + 4
+    target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.ones(3), trainer.step)
+    v = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True,
+               console=Console(file=io.StringIO()))
+    try:
+        v.pause()
+        thread = threading.Thread(target=trainer.train, kwargs={"callbacks": [v.on_step], "show_progress": False})
+        thread.start()
+        time.sleep(3.0)
+        assert trainer.step == start + 1  # one step, then held in the callback
+        assert "paused" in v._stats.content
+        v.resume()
+        thread.join(60)
+        assert not thread.is_alive() and trainer.step == start + 4
+        assert target.version == start + 4
+    finally:
+        v.resume()
+        v.close()
+
+
+# -- the command line in a browser -----------------------------------------------------------------------------
+class Chromium:
+    """Headless Debian chromium driven over the DevTools protocol."""
+
+    def __init__(self, width: int = 800, height: int = 600):
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={self.profile}",
+             f"--window-size={width},{height}", f"--remote-debugging-port={self.port}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=2))
+                page = next(p for p in pages if p["type"] == "page")
+                break
+            except (OSError, StopIteration, ValueError):
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise
+                time.sleep(0.2)
+        from websockets.sync.client import connect
+
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
+        self._id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=30))
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def screenshot(self, attempts: int = 20) -> np.ndarray:
+        """A PNG screenshot of the viewport; retried while a navigation is still attaching the page."""
+        for attempt in range(attempts):
+            try:
+                data = self.call("Page.captureScreenshot", format="png")["data"]
+                return iio.imread(base64.b64decode(data))[..., :3]
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        if hasattr(self, "ws"):
+            self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def rendered_fraction(shot: np.ndarray) -> float:
+    """Fraction of the central area (clear of the control panel and notifications) that is neither white
+    page nor thin overlay: the procedural scene's shaded solids are well below white."""
+    h, w = shot.shape[:2]
+    centre = shot[int(0.3 * h):int(0.8 * h), int(0.25 * w):int(0.58 * w)].astype(np.float32)
+    return float((centre.mean(-1) < 200).mean())
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (scripts/setup.sh installs it)")
+def test_fields_view_in_headless_chromium_then_ctrl_c(trained_run):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "fields.cli", "view", str(trained_run), "--port", str(port),
+                             "--max-resolution", "64"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: any(f"Serving the viewer at {url}" in ln for ln in lines), 60, 0.1), lines
+        browser = Chromium()
+        browser.call("Page.navigate", url=url)
+        shots: list[np.ndarray] = []
+
+        ok = wait_for(lambda: shots.append(browser.screenshot()) or rendered_fraction(shots[-1]) > 0.2, 60, 1.0)
+        assert ok, f"no rendered content on the page (fraction {rendered_fraction(shots[-1]):.3f})"
+
+        # The same page from a bare viser server (no field rendered) fails the check: it is not the empty page.
+        import viser
+
+        bare = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
+        try:
+            browser.call("Page.navigate", url=f"http://127.0.0.1:{bare.get_port()}")
+            time.sleep(4.0)
+            assert rendered_fraction(browser.screenshot()) < 0.05
+        finally:
+            bare.stop()
+    finally:
+        if browser is not None:
+            browser.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    output = "".join(lines)
+    assert rc == 0, output
+    assert "Traceback" not in output, output

@@ -1,0 +1,55 @@
+"""Conversions between viser's camera poses and the `Cameras` record the renderer takes.
+
+viser reports and accepts poses as ``wxyz`` (rotation camera -> world) and ``position`` in the OpenCV
+convention (+X right, +Y down, the camera looks down +Z), with a vertical field of view. `scenes` uses the
+OpenGL convention (+Y up, looking down -Z); the two differ by flipping the camera's Y and Z axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import viser.transforms as vtf
+
+from scenes.cameras import Cameras
+
+# Right-multiplying a camera-to-world rotation by this flips the camera's Y and Z axes (OpenCV <-> OpenGL).
+FLIP_YZ = np.diag([1.0, -1.0, -1.0])
+
+
+def viser_to_c2w(wxyz: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """OpenGL camera-to-world [4, 4] for a viser (OpenCV) pose."""
+    c2w = np.eye(4)
+    c2w[:3, :3] = vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix() @ FLIP_YZ
+    c2w[:3, 3] = np.asarray(position, dtype=np.float64)
+    return c2w
+
+
+def c2w_to_viser(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """viser (OpenCV) ``wxyz`` and ``position`` for an OpenGL camera-to-world matrix."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    rot = c2w[:3, :3] @ FLIP_YZ
+    u, _, vt = np.linalg.svd(rot)  # re-orthonormalise: float32 poses are not exactly rotations
+    return vtf.SO3.from_matrix(u @ vt).wxyz, c2w[:3, 3].copy()
+
+
+def image_size(aspect: float, max_side: int) -> tuple[int, int]:
+    """(width, height) with the given aspect ratio whose longer side is ``max_side`` pixels."""
+    if aspect >= 1:
+        return max_side, max(1, round(max_side / aspect))
+    return max(1, round(max_side * aspect)), max_side
+
+
+def viewer_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, width: int, height: int) -> Cameras:
+    """A single pinhole camera for a viser pose with vertical field of view ``fov_y`` (radians)."""
+    focal = 0.5 * height / math.tan(0.5 * fov_y)
+    c2w = torch.from_numpy(viser_to_c2w(wxyz, position)).float()[None]
+    one = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return Cameras(c2w, one(focal), one(focal), one(width / 2), one(height / 2), width, height)
+
+
+def vertical_fov(cams: Cameras, i: int) -> float:
+    """Vertical field of view (radians) of camera ``i``."""
+    return 2.0 * math.atan(0.5 * cams.height / cams.fy[i].item())

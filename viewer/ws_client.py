@@ -1,0 +1,64 @@
+"""A minimal client for viser's websocket protocol: it stands in for a browser tab, sending camera poses and
+receiving the background images the viewer renders. Tests and `scripts/bench_viewer.py` drive the viewer with
+it; a real browser is driven by the headless-chromium test.
+
+Wire format (viser 1.x, ``viser/infra/_infra.py``): the client sends plain msgpack dicts with a ``type`` key;
+the server sends windows of messages as ``[u64 msgpack size][u64 zstd size][zstd(msgpack)][aligned raw
+buffers]``. The websocket subprotocol names the viser version, which must match the server's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import imageio.v3 as iio
+import msgspec
+import numpy as np
+import viser
+import zstandard
+from websockets.sync.client import ClientConnection, connect
+
+from viewer.camera import c2w_to_viser
+
+
+def decode_window(frame: bytes) -> list[dict]:
+    """The messages of one server frame (binary buffers left as placeholders)."""
+    compressed_size = int.from_bytes(frame[8:16], "little")
+    inner = zstandard.ZstdDecompressor().decompress(frame[16:16 + compressed_size],
+                                                   max_output_size=int.from_bytes(frame[:8], "little"))
+    return list(msgspec.msgpack.decode(inner)["messages"])
+
+
+class ViserTab:
+    """One simulated browser tab connected to a viser server."""
+
+    def __init__(self, url: str, width: int = 320, height: int = 240, fov_y: float = 0.7):
+        self.width, self.height, self.fov_y = width, height, fov_y
+        ws_url = url.replace("http://", "ws://")
+        self.ws: ClientConnection = connect(ws_url, subprotocols=[f"viser-v{viser.__version__}"],
+                                            max_size=64 * 1024 * 1024, compression=None, open_timeout=10)
+
+    def send_camera(self, c2w: np.ndarray, look_at: np.ndarray = np.zeros(3)) -> None:
+        """Report the tab's camera as an OpenGL camera-to-world pose (converted to viser's convention)."""
+        wxyz, position = c2w_to_viser(c2w)
+        msg = {"type": "ViewerCameraMessage", "wxyz": [float(v) for v in wxyz],
+               "position": [float(v) for v in position], "fov": self.fov_y, "near": 0.01, "far": 1000.0,
+               "image_height": self.height, "image_width": self.width,
+               "look_at": [float(v) for v in look_at], "up_direction": [0.0, 0.0, 1.0]}
+        self.ws.send(msgspec.msgpack.encode(msg))
+
+    def next_image(self, timeout: float) -> np.ndarray | None:
+        """The next background image the server sends (uint8 [H, W, 3]), or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = self.ws.recv(timeout=left)
+            except TimeoutError:
+                return None
+            images = [m for m in decode_window(frame) if m["type"] == "BackgroundImageMessage" and m["rgb_data"]]
+            if images:
+                return iio.imread(images[-1]["rgb_data"])[..., :3]
+        return None
+
+    def close(self) -> None:
+        self.ws.close()
