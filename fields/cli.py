@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | eval``.
+"""The ``fields`` command line: ``fields train | eval | export``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -20,6 +20,7 @@ from rich.console import Console
 
 from fields.checkpoint import CheckpointError
 from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
+from fields.export.commands import Export
 from fields.registry import FIELD_CONFIGS
 from fields.run import RunError, load_run, new_run_dir, resolve_run
 from renderers.render import RenderConfig
@@ -105,7 +106,7 @@ class Eval:
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
 
 
-COMMANDS = {"train": Train, "eval": Eval}
+COMMANDS = {"train": Train, "eval": Eval, "export": Export}
 EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
 
 
