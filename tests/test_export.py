@@ -23,9 +23,11 @@ from renderers.render import RenderConfig
 from scenes import procedural
 from scenes.cameras import Cameras
 
-# Bar for a run trained 200 tiny steps; the Chamfer distance of an empty, box-filling or misplaced mesh is
-# several times larger (a mesh of the scene box itself scores about 0.4).
+# Bars for a run trained 200 tiny steps (measured: Chamfer 0.035, median point distance 0.041). A misplaced or
+# box-filling result scores several times worse: points spread uniformly over the box lie 0.39 from the surface
+# (median).
 TINY_RUN_CHAMFER = 0.06
+TINY_RUN_POINT_DISTANCE = 0.06
 
 
 class SDFField(Field):
@@ -52,8 +54,11 @@ def procedural_cameras(n: int = 16) -> Cameras:
 
 def test_mesh_of_an_exact_field_matches_the_true_surface_with_its_colours():
     field, grid = sdf_field()
-    mesh, threshold = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=96), show_progress=False)
-    assert threshold == pytest.approx(-math.log(0.5) / RenderConfig().step_size(field.aabb))
+    _, threshold = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=16), show_progress=False)
+    assert threshold == pytest.approx(-math.log(0.95) / RenderConfig().step_size(field.aabb))  # 5% per step
+    # At the sigmoid's midpoint the iso-surface is the true surface, so any error is the exporter's.
+    mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=96, threshold=500.0),
+                           show_progress=False)
     m = chamfer_fscore(sample_surface(mesh, 50000), procedural.surface_points(50000).numpy(), tau=0.02)
     assert m["fscore"] > 0.99 and m["chamfer"] < 0.015, m
     v = torch.tensor(mesh.vertices, dtype=torch.float32)
@@ -65,7 +70,7 @@ def test_mesh_of_an_exact_field_matches_the_true_surface_with_its_colours():
 
 def test_mesh_of_a_trained_run_loads_back_inside_the_box_near_the_true_surface(export_tiny_run, tmp_path):
     out = tmp_path / "mesh.ply"
-    main(["export", "mesh", str(export_tiny_run), "--resolution", "96", "--output", str(out), "--quiet"])
+    main(["export", "mesh", str(export_tiny_run), "--resolution", "64", "--output", str(out), "--quiet"])
     mesh = trimesh.load(out, process=False)
     lo, hi = np.array(procedural.AABB)
     assert len(mesh.faces) > 1000
@@ -149,11 +154,11 @@ def test_point_cloud_lies_on_the_surface(export_tiny_run, tmp_path):
     cloud = trimesh.load(out)
     assert len(cloud.vertices) == 2000 and cloud.colors.shape == (2000, 4)
     dist = procedural.sdf(torch.tensor(cloud.vertices, dtype=torch.float32)).abs()
-    assert dist.median() < 0.03
+    assert dist.median() < TINY_RUN_POINT_DISTANCE
 
 
 @pytest.mark.parametrize("args, message", [
-    (["video", "{run}", "--path", "zigzag"], "unknown camera path 'zigzag'"),
+    (["video", "{run}", "--path", "zigzag"], "--path 'zigzag': unknown camera path"),
     (["video", "{run}", "--resolution", "0"], "--resolution must be at least 2"),
     (["video", "{run}", "--outputs", "rgb,normals"], "unknown output(s) normals"),
     (["video", "{run}", "--path", "{tmp}/missing.json"], "camera path file not found"),

@@ -31,8 +31,9 @@ class Mesh:
     """Grid samples per side of the scene box."""
     threshold: float | None = None
     """Density iso-level (default: the density at which one marching step reaches --opacity)."""
-    opacity: float = 0.5
-    """Opacity per marching step that defines the default threshold."""
+    opacity: float = 0.05
+    """Opacity per marching step that defines the default threshold (the outer edge of the surface: low enough
+    for briefly trained fields, and a sharp surface of a well-trained one is crossed within a step anyway)."""
     format: Literal["ply", "obj", "glb"] = "ply"
     """File format (ignored when --output names a file with a suffix)."""
     clean: bool = True

@@ -27,7 +27,7 @@ from renderers.render import RenderConfig
 FORMATS = ("ply", "obj", "glb")
 
 
-def default_threshold(render_cfg: RenderConfig, aabb: torch.Tensor, opacity: float = 0.5) -> float:
+def default_threshold(render_cfg: RenderConfig, aabb: torch.Tensor, opacity: float = 0.05) -> float:
     """The density at which one marching step (``render_cfg.step_size``) reaches ``opacity``:
     ``1 - exp(-sigma * step) = opacity``."""
     return -math.log1p(-opacity) / render_cfg.step_size(aabb)
@@ -129,7 +129,7 @@ class MeshSettings:
 
     resolution: int = 256
     threshold: float | None = None
-    opacity: float = 0.5
+    opacity: float = 0.05
     clean: bool = True
     min_component: float = 0.05
     target_faces: int | None = None
