@@ -152,10 +152,11 @@ class PointCloud:
 class Export:
     """Export a trained run as a mesh, a video or a point cloud."""
 
-    what: tyro.conf.OmitSubcommandPrefixes[Union[  # noqa: UP007 (tyro reads the Union)
+    what: tyro.conf.OmitSubcommandPrefixes[Union[
         Annotated[Mesh, tyro.conf.subcommand("mesh")],
         Annotated[Video, tyro.conf.subcommand("video")],
         Annotated[PointCloud, tyro.conf.subcommand("pointcloud")]]]
+    """What to export."""
 
     def run(self) -> None:
         self.what.run()
