@@ -88,18 +88,19 @@ def section(rows: list[dict], command: str) -> str:
     lines = [f"Mesh export on the procedural scene (`{command}`), {time.strftime('%Y-%m-%d')}, {machine()}.",
              "Mesh: default `fields export mesh` settings; scores from equal numbers of points on the mesh and on the "
              "true surface; F-score threshold tau = 1% of the box side.", "",
-             "| field | steps | train s | train PSNR | threshold | faces | export s | Chamfer | precision | recall "
-             "| F-score@1% |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| field | run | steps | train s | train PSNR | threshold | faces | export s | Chamfer | precision "
+             "| recall | F-score@1% |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['field']} | {r['steps']} | {r['train_s']:.0f} | {r['psnr']:.2f} | {r['threshold']:.3g} "
-                     f"| {r['faces']} | {r['export_s']:.1f} | {r['chamfer']:.4f} | {r['precision']:.3f} "
+        chamfer = f"{r['chamfer']:.4f}" if r["faces"] else "no surface"
+        lines.append(f"| {r['field']} | {Path(r['run']).name} | {r['steps']} | {r['train_s']:.0f} | {r['psnr']:.2f} "
+                     f"| {r['threshold']:.3g} | {r['faces']} | {r['export_s']:.1f} | {chamfer} | {r['precision']:.3f} "
                      f"| {r['recall']:.3f} | {r['fscore']:.3f} |")
     for r in rows:
         if r["field"] == "hashgrid":
             verdict = "met" if r["fscore"] >= TARGET_FSCORE else "missed"
-            lines.append(f"\nTarget F-score@1% >= {TARGET_FSCORE} for hashgrid: {verdict} ({r['fscore']:.3f} after "
-                         f"{r['steps']} steps / {r['train_s']:.0f} s of training).")
+            lines.append(f"\nTarget F-score@1% >= {TARGET_FSCORE} for hashgrid: {verdict} by {Path(r['run']).name} "
+                         f"({r['fscore']:.3f} after {r['steps']} steps / {r['train_s']:.0f} s of training).")
     return "\n".join(lines)
 
 

@@ -161,4 +161,5 @@ def write_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
     fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ExportError(f"{path}: unknown mesh format '{fmt}' (known: {', '.join(FORMATS)})")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     mesh.export(path, file_type=fmt)
