@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | eval | fit | view``.
+"""The ``fields`` command line: ``fields train | eval | fit | view | export``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -21,6 +21,7 @@ from rich.console import Console
 
 from fields.checkpoint import CheckpointError
 from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
+from fields.export.commands import Export
 from fields.registry import FIELD_CONFIGS
 from fields.run import RunError, load_run, new_run_dir, resolve_run
 from renderers.render import RenderConfig
@@ -196,7 +197,7 @@ class View:
                        console=console).serve_forever()
 
 
-COMMANDS = {"train": Train, "eval": Eval, "fit": Fit, "view": View}
+COMMANDS = {"train": Train, "eval": Eval, "fit": Fit, "view": View, "export": Export}
 EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
 
 

@@ -24,16 +24,16 @@ def colormap(values: torch.Tensor, lo: float | None = None, hi: float | None = N
     return _TURBO[i] * (1 - f) + _TURBO[i + 1] * f
 
 
-def depth_image(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
-    """Colour-mapped depth [H, W, 3] over the range of pixels the field covers (black where empty).
+def depth_image(depth: torch.Tensor, opacity: torch.Tensor, lo: float | None = None,
+                hi: float | None = None) -> torch.Tensor:
+    """Colour-mapped depth [H, W, 3] (black where empty), over ``[lo, hi]`` or else the range of the pixels the
+    field covers (a video passes one range for all frames so that colours do not flicker).
 
     ``depth`` is the expected distance, not normalised by opacity (as compositing returns it)."""
     d = depth / opacity.clamp_min(1e-6)
     covered = opacity > 0.5
-    if covered.any():
-        lo, hi = d[covered].min().item(), d[covered].max().item()
-    else:
-        lo, hi = 0.0, 1.0
+    if lo is None or hi is None:
+        lo, hi = (d[covered].min().item(), d[covered].max().item()) if covered.any() else (0.0, 1.0)
     return colormap(d, lo, hi) * opacity[..., None].clamp(0, 1)
 
 

@@ -3,6 +3,17 @@
 # installed would pull a multi-GB CUDA build), then fields in editable mode with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# open3d (mesh clean-up) loads the system library libusb-1.0; install it where apt is available (as root in CI,
+# through sudo elsewhere) and carry on without it otherwise: `fields export mesh --no-clean` needs no open3d.
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+    if command -v apt-get >/dev/null; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+        { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libusb-1.0-0; } >/dev/null 2>&1 \
+            || echo "setup: could not install libusb-1.0-0; open3d mesh clean-up may be unavailable" >&2
+    else
+        echo "setup: apt-get not found; install libusb-1.0 yourself for open3d mesh clean-up" >&2
+    fi
+fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test,bench]"
 

@@ -1,0 +1,33 @@
+"""Exporters that turn a trained run into files: meshes, videos and point clouds.
+
+They use a run only through the Field interface (``density`` and ``forward``) and the renderer, so every
+backend exports the same way. Files go to ``<run>/exports/`` unless an output path is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked; the message names the file or option and the problem."""
+
+
+def output_path(run_dir: Path, output: Path | None, default_name: str) -> Path:
+    """Where an export is written: ``output`` if given (a folder gets ``default_name`` inside it), else
+    ``<run>/exports/<default_name>``; parent folders are created."""
+    if output is None:
+        path = Path(run_dir) / "exports" / default_name
+    elif Path(output).is_dir():
+        path = Path(output) / default_name
+    else:
+        path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def rgba8(colors: np.ndarray) -> np.ndarray:
+    """Opaque 8-bit RGBA [N, 4] from float RGB [N, 3] in [0, 1] (what mesh and point-cloud files store)."""
+    return np.concatenate([np.round(np.clip(colors, 0, 1) * 255), np.full((len(colors), 1), 255)], 1).astype(np.uint8)

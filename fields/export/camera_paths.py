@@ -1,0 +1,201 @@
+"""Camera paths for videos: orbit, spiral and interpolation derived from the training cameras, and
+nerfstudio ``camera_path`` JSON files.
+
+Derived paths look at the point nearest to every training camera's optical axis (the scene centre of an
+object capture), keep the cameras' mean distance, and turn about their mean up vector. Poses are
+camera-to-world in the OpenGL convention, like everywhere in fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fields.export import ExportError
+from scenes.cameras import Cameras
+
+PATH_TYPES = ("orbit", "spiral", "interpolate")
+
+
+@dataclass
+class SceneFrame:
+    """Where the training cameras look and from how far: centre [3], unit up [3], mean distance, and the
+    elevation angles (radians above the plane normal to ``up``) of the cameras."""
+
+    centre: torch.Tensor
+    up: torch.Tensor
+    radius: float
+    elevations: torch.Tensor
+
+
+def scene_frame(cams: Cameras) -> SceneFrame:
+    """The centre (least-squares intersection of the optical axes), up vector and radius of a camera set."""
+    origins = cams.centers.double()
+    forward = -torch.nn.functional.normalize(cams.c2w[:, :3, 2].double(), dim=-1)  # cameras look down -Z
+    proj = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]  # [N, 3, 3]
+    a, b = proj.sum(0), (proj @ origins[:, :, None]).sum(0)[:, 0]
+    if len(cams) >= 2 and torch.linalg.cond(a) < 1e6:
+        centre = torch.linalg.solve(a, b)
+    else:  # parallel axes (one camera, or a forward-facing capture): a point in front of the cameras
+        centre = origins.mean(0) + forward.mean(0)
+    up = torch.nn.functional.normalize(cams.c2w[:, :3, 1].double().mean(0), dim=0)
+    offsets = origins - centre
+    dist = offsets.norm(dim=-1).clamp_min(1e-9)
+    elevations = torch.asin(((offsets @ up) / dist).clamp(-1, 1))
+    return SceneFrame(centre.float(), up.float(), dist.mean().item(), elevations.float())
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world [4, 4] (OpenGL) of a camera at ``eye`` looking at ``target`` with ``up`` roughly up."""
+    back = torch.nn.functional.normalize(eye - target, dim=0)
+    right = torch.linalg.cross(up, back)
+    if right.norm() < 1e-6:  # looking straight along up: any right vector will do
+        right = torch.linalg.cross(torch.tensor([1.0, 0.0, 0.0]) if abs(back[0]) < 0.9 else torch.tensor([0.0, 1.0, 0.0]), back)
+    right = torch.nn.functional.normalize(right, dim=0)
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, torch.linalg.cross(back, right), back, eye
+    return c2w
+
+
+def _around(frame: SceneFrame, start: torch.Tensor, azimuths: torch.Tensor, elevations: torch.Tensor) -> torch.Tensor:
+    """Poses at ``azimuths``/``elevations`` on the sphere of ``frame.radius`` about its centre; azimuth 0 is the
+    direction of ``start`` (a camera position) projected onto the plane normal to ``up``."""
+    up = frame.up
+    a = start - frame.centre
+    a = a - (a @ up) * up
+    if a.norm() < 1e-6:
+        a = look_at(torch.zeros(3), -up, up)[:3, 0]  # any direction normal to up
+    a = torch.nn.functional.normalize(a, dim=0)
+    b = torch.linalg.cross(up, a)
+    poses = []
+    for az, el in zip(azimuths.tolist(), elevations.tolist()):
+        d = math.cos(el) * (math.cos(az) * a + math.sin(az) * b) + math.sin(el) * up
+        poses.append(look_at(frame.centre + frame.radius * d, frame.centre, up))
+    return torch.stack(poses)
+
+
+def orbit(cams: Cameras, n_frames: int) -> torch.Tensor:
+    """One turn about the up axis at the training cameras' mean elevation and distance, [n_frames, 4, 4]."""
+    frame = scene_frame(cams)
+    az = torch.arange(n_frames) * (2 * math.pi / n_frames)
+    return _around(frame, cams.centers[0], az, torch.full((n_frames,), frame.elevations.mean().item()))
+
+
+def spiral(cams: Cameras, n_frames: int, turns: float = 2.0) -> torch.Tensor:
+    """``turns`` turns about the up axis while the elevation swings once through the training cameras' range."""
+    frame = scene_frame(cams)
+    t = torch.arange(n_frames) / n_frames
+    lo, hi = frame.elevations.min().item(), frame.elevations.max().item()
+    el = 0.5 * (lo + hi) + 0.5 * (hi - lo) * torch.sin(2 * math.pi * t)
+    return _around(frame, cams.centers[0], 2 * math.pi * turns * t, el)
+
+
+def catmull_rom(points: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``n_out`` samples of the uniform Catmull-Rom spline through ``points`` [K, D] (end points repeated), from
+    the first point to the last."""
+    k = points.shape[0]
+    if k == 1:
+        return points.expand(n_out, -1).clone()
+    p = torch.cat([points[:1], points, points[-1:]])
+    s = torch.linspace(0, k - 1, n_out)
+    i = s.floor().long().clamp(max=k - 2)
+    t = (s - i)[:, None]
+    p0, p1, p2, p3 = p[i], p[i + 1], p[i + 2], p[i + 3]
+    return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                  + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
+
+
+def interpolate(cams: Cameras, n_frames: int, keyframes: int = 0) -> torch.Tensor:
+    """A smooth path through the training cameras in order (every one, or ``keyframes`` evenly spaced ones):
+    positions and viewing axes follow Catmull-Rom splines and are re-orthonormalised."""
+    idx = torch.arange(len(cams))
+    if 0 < keyframes < len(cams):
+        idx = torch.linspace(0, len(cams) - 1, keyframes).round().long()
+    c2w = cams.c2w[idx]
+    pos = catmull_rom(c2w[:, :3, 3], n_frames)
+    back = torch.nn.functional.normalize(catmull_rom(c2w[:, :3, 2], n_frames), dim=-1)
+    up = catmull_rom(c2w[:, :3, 1], n_frames)
+    return torch.stack([look_at(p, p - b, u) for p, b, u in zip(pos, back, up)])
+
+
+@dataclass
+class CameraPath:
+    """Poses [N, 4, 4] with their intrinsics, and the frame rate a path file asked for (None: the caller's)."""
+
+    cameras: Cameras
+    fps: float | None = None
+
+
+def load_camera_path(path: Path) -> CameraPath:
+    """A nerfstudio ``camera_path`` JSON (as written by its viewer's render panel): ``render_width``,
+    ``render_height``, ``fps`` and ``camera_path`` entries with a 4x4 ``camera_to_world`` and a vertical
+    ``fov`` in degrees. Poses are taken in the run's world frame."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path}: camera path file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("camera_path"), list) or not meta["camera_path"]:
+        raise ExportError(f"{path}: expected a nerfstudio camera path with a non-empty 'camera_path' list")
+    kind = meta.get("camera_type", "perspective")
+    if kind != "perspective":
+        raise ExportError(f"{path}: camera_type '{kind}' is not supported (only 'perspective')")
+    try:
+        width, height = int(meta["render_width"]), int(meta["render_height"])
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(f"{path}: 'render_width' and 'render_height' must be integers") from None
+    if width < 1 or height < 1:
+        raise ExportError(f"{path}: render size {width}x{height} must be positive")
+    poses, focals = [], []
+    for n, cam in enumerate(meta["camera_path"]):
+        try:
+            c2w = torch.tensor(cam["camera_to_world"], dtype=torch.float32).reshape(-1)
+            fov = float(cam["fov"])
+        except (KeyError, TypeError, ValueError):
+            raise ExportError(f"{path}: camera_path[{n}] needs 'camera_to_world' (16 numbers) and 'fov'") from None
+        if c2w.numel() not in (12, 16) or not 0 < fov < 180:
+            raise ExportError(f"{path}: camera_path[{n}] has {c2w.numel()} matrix entries (need 16) or "
+                              f"fov {fov} outside (0, 180) degrees")
+        poses.append(torch.cat([c2w, torch.tensor([0.0, 0.0, 0.0, 1.0])])[:16].reshape(4, 4))
+        focals.append(0.5 * height / math.tan(math.radians(fov) / 2))
+    n = len(poses)
+    f = torch.tensor(focals)
+    cams = Cameras(torch.stack(poses), f, f.clone(), torch.full((n,), width / 2), torch.full((n,), height / 2),
+                   width, height)
+    fps = meta.get("fps")
+    return CameraPath(cams, float(fps) if isinstance(fps, (int, float)) and fps > 0 else None)
+
+
+def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -> CameraPath:
+    """An orbit, spiral or interpolated path with the first training camera's intrinsics."""
+    if kind == "orbit":
+        poses = orbit(train, n_frames)
+    elif kind == "spiral":
+        poses = spiral(train, n_frames)
+    elif kind == "interpolate":
+        poses = interpolate(train, n_frames, keyframes)
+    else:
+        raise ExportError(f"unknown camera path '{kind}' (known: {', '.join(PATH_TYPES)}, or a .json file)")
+    one = train[0]
+    n = poses.shape[0]
+    full = lambda v: torch.full((n,), float(v))  # noqa: E731
+    cams = Cameras(poses, full(one.fx[0]), full(one.fy[0]), full(one.cx[0]), full(one.cy[0]), train.width,
+                   train.height)
+    return CameraPath(cams)
+
+
+def resized(cams: Cameras, height: int | None) -> Cameras:
+    """The cameras at ``height`` pixels (width by aspect ratio), both rounded to even sizes for H.264 video."""
+    h = cams.height if height is None else height
+    if h < 2:
+        raise ExportError(f"video resolution must be at least 2 pixels (got {h})")
+    h2 = max(2, h // 2 * 2)
+    w2 = max(2, round(cams.width * h2 / cams.height / 2) * 2)
+    sx, sy = w2 / cams.width, h2 / cams.height
+    return Cameras(cams.c2w, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, w2, h2, cams.distortion)

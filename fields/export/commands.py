@@ -1,0 +1,162 @@
+"""The ``fields export mesh | video | pointcloud`` subcommands (tyro dataclasses; ``fields/cli.py`` mounts them).
+
+Each loads the run, prints what it is about to do, shows progress bars while it works, and writes into
+``<run>/exports/`` unless ``--output`` names a file or folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import tyro
+from rich.console import Console
+
+from fields.export import ExportError, output_path
+from fields.run import load_run
+
+console = Console()
+RunDir = tyro.conf.Positional[Path]
+
+
+@dataclass
+class Mesh:
+    """Extract a vertex-coloured triangle mesh: density on a grid, marching cubes, clean-up (open3d)."""
+
+    run_dir: RunDir
+    """Run folder (or its config.yaml)."""
+    resolution: int = 256
+    """Grid samples per side of the scene box."""
+    threshold: float | None = None
+    """Density iso-level (default: the density at which one marching step reaches --opacity)."""
+    opacity: float = 0.05
+    """Opacity per marching step that defines the default threshold (the outer edge of the surface: low enough
+    for briefly trained fields, and a sharp surface of a well-trained one is crossed within a step anyway)."""
+    format: Literal["ply", "obj", "glb"] = "ply"
+    """File format (ignored when --output names a file with a suffix)."""
+    clean: bool = True
+    """Drop small floating components (open3d)."""
+    min_component: float = 0.05
+    """With --clean: drop components with fewer faces than this fraction of the largest one."""
+    target_faces: int | None = None
+    """Simplify to about this many faces (open3d quadric decimation)."""
+    output: Path | None = None
+    """Output file or folder (default: <run>/exports/)."""
+    quiet: bool = False
+    """No progress bars."""
+
+    def run(self) -> None:
+        from fields.export.mesh import MeshSettings, extract_mesh, write_mesh  # heavy imports only when used
+
+        run = load_run(self.run_dir)
+        settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
+                                self.target_faces)
+        tic = time.perf_counter()
+        mesh, threshold = extract_mesh(run.field, run.grid, run.config.render, settings, not self.quiet)
+        source = "given" if self.threshold is not None else f"one marching step {self.opacity:.0%} opaque"
+        console.print(f"Density threshold {threshold:.4g} ({source})")
+        path = output_path(run.path, self.output, f"mesh-step-{run.step:06d}.{self.format}")
+        if not path.suffix:
+            path = path.with_suffix(f".{self.format}")
+        write_mesh(mesh, path)
+        console.print(f"Mesh: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces in "
+                      f"{time.perf_counter() - tic:.1f} s -> {path}")
+
+
+@dataclass
+class Video:
+    """Render a camera path (orbit, spiral, through the training views, or a nerfstudio camera_path JSON) to mp4."""
+
+    run_dir: RunDir
+    """Run folder (or its config.yaml)."""
+    path: str = "orbit"
+    """orbit | spiral | interpolate | PATH.json (a nerfstudio camera_path file)."""
+    seconds: float = 6.0
+    """Length of derived paths (a JSON path keeps its own frames)."""
+    fps: float = 30.0
+    """Frames per second (a JSON path's own fps wins)."""
+    resolution: int | None = None
+    """Frame height in pixels, width by aspect ratio (default: the training images' / the JSON's)."""
+    outputs: str = "rgb,depth"
+    """Comma-separated outputs, one mp4 each: rgb, depth."""
+    keyframes: int = 0
+    """With --path interpolate: go through this many evenly spaced training cameras (0: all of them)."""
+    output: Path | None = None
+    """Output folder, or a file name whose stem prefixes each output (default: <run>/exports/)."""
+    quiet: bool = False
+    """No progress bars."""
+
+    def run(self) -> None:
+        from fields.export.camera_paths import PATH_TYPES, derived_path, load_camera_path, resized
+        from fields.export.video import parse_outputs, render_video
+
+        outputs = parse_outputs(self.outputs)
+        if self.resolution is not None and self.resolution < 2:
+            raise ExportError(f"--resolution must be at least 2 pixels (got {self.resolution})")
+        is_file = self.path.lower().endswith(".json")
+        if not is_file and self.path not in PATH_TYPES:
+            raise ExportError(f"--path '{self.path}': unknown camera path (known: {', '.join(PATH_TYPES)}, "
+                              "or a nerfstudio camera_path .json file)")
+        run = load_run(self.run_dir)
+        fps = self.fps
+        if is_file:
+            cam_path = load_camera_path(Path(self.path))
+            fps = cam_path.fps or fps
+            name = Path(self.path).stem
+        else:
+            n_frames = round(self.seconds * self.fps)
+            if n_frames < 1:
+                raise ExportError(f"--seconds {self.seconds} at --fps {self.fps} gives no frames")
+            cam_path = derived_path(run.split("train").cameras, self.path, n_frames, self.keyframes)
+            name = self.path
+        cams = resized(cam_path.cameras, self.resolution)
+        stem = output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}")
+        paths = {o: stem.with_name(f"{stem.stem}-{o}.mp4") for o in outputs}
+        console.print(f"Rendering {len(cams)} frames at {cams.width}x{cams.height}, {fps:g} fps")
+        tic = time.perf_counter()
+        render_video(run.field, run.grid, run.config.render, cams, fps, run.config.scene.background, paths,
+                     not self.quiet)
+        console.print(f"Video in {time.perf_counter() - tic:.1f} s -> {', '.join(str(p) for p in paths.values())}")
+
+
+@dataclass
+class PointCloud:
+    """Write a coloured point cloud (PLY) from the expected depth of training rays where the field is opaque."""
+
+    run_dir: RunDir
+    """Run folder (or its config.yaml)."""
+    num_points: int = 200_000
+    """Number of points."""
+    min_opacity: float = 0.95
+    """Only rays at least this opaque give a point."""
+    output: Path | None = None
+    """Output file or folder (default: <run>/exports/)."""
+    quiet: bool = False
+    """No progress bars."""
+
+    def run(self) -> None:
+        from fields.export.pointcloud import point_cloud, write_point_cloud
+
+        run = load_run(self.run_dir)
+        tic = time.perf_counter()
+        points, colors = point_cloud(run.field, run.grid, run.config.render, run.split("train").cameras,
+                                     self.num_points, self.min_opacity, show_progress=not self.quiet)
+        path = output_path(run.path, self.output, f"pointcloud-step-{run.step:06d}.ply")
+        write_point_cloud(points, colors, path)
+        console.print(f"Point cloud: {len(points)} points in {time.perf_counter() - tic:.1f} s -> {path}")
+
+
+@dataclass
+class Export:
+    """Export a trained run as a mesh, a video or a point cloud."""
+
+    what: tyro.conf.OmitSubcommandPrefixes[Union[
+        Annotated[Mesh, tyro.conf.subcommand("mesh")],
+        Annotated[Video, tyro.conf.subcommand("video")],
+        Annotated[PointCloud, tyro.conf.subcommand("pointcloud")]]]
+    """What to export."""
+
+    def run(self) -> None:
+        self.what.run()

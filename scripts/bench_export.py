@@ -1,0 +1,143 @@
+"""Mesh-export quality on the procedural scene, whose true surface is known: Chamfer distance and F-score.
+
+For each backend in ``--fields`` it trains the default procedural run (what ``fields train --field NAME``
+does), or takes ``--run``, exports a mesh with the default settings, and compares ``--samples`` points spread
+over the mesh with as many points on the true surface (``scenes.procedural.surface_points``). The F-score
+threshold is 1% of the scene box's largest side. Prints a table and rewrites its section of BENCHMARKS.md.
+
+    python scripts/bench_export.py                       # train hashgrid with the defaults (~2 min), measure
+    python scripts/bench_export.py --run outputs/procedural/hashgrid/<run> [more runs...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+
+from fields.config import RunConfig  # noqa: E402
+from fields.export import ExportError  # noqa: E402
+from fields.export.mesh import MeshSettings, default_threshold, extract_mesh, write_mesh  # noqa: E402
+from fields.export.surface_metrics import chamfer_fscore, sample_surface  # noqa: E402
+from fields.registry import FIELD_CONFIGS  # noqa: E402
+from fields.run import load_run, new_run_dir  # noqa: E402
+from scenes import procedural  # noqa: E402
+
+TARGET_FSCORE = 0.9  # for the hash grid after the default training run (issue 6)
+SECTION = "export"
+
+
+def train_default(field: str, output_dir: Path, console: Console) -> Path:
+    """Train ``fields train --field FIELD`` with every other option at its default; returns the run folder."""
+    from fields.trainer import Trainer
+
+    cfg = RunConfig(field=field, field_config=FIELD_CONFIGS[field]())
+    run_dir = new_run_dir(output_dir, cfg.scene.name, field)
+    console.print(f"training {field} (defaults: {cfg.train.max_time} s budget) -> {run_dir}")
+    Trainer(cfg, run_dir, console).train(show_progress=True)
+    return run_dir
+
+
+def last_metrics(run_dir: Path) -> dict:
+    lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def measure(run_dir: Path, resolution: int, samples: int, console: Console) -> dict:
+    """Export the run's mesh with the default settings and score it against the true surface (all zero when
+    the field has no surface at the default threshold yet)."""
+    run = load_run(run_dir)
+    if run.config.scene.name != procedural.NAME:
+        raise SystemExit(f"{run_dir}: a run of scene '{run.config.scene.name}', not '{procedural.NAME}'")
+    trained = last_metrics(run.path)
+    row = {"field": run.config.field, "run": str(run.path), "steps": run.step,
+           "train_s": trained.get("elapsed", float("nan")), "psnr": trained.get("psnr", float("nan"))}
+    settings = MeshSettings(resolution=resolution)
+    row["threshold"] = default_threshold(run.config.render, run.field.aabb, settings.opacity)
+    tic = time.perf_counter()
+    try:
+        mesh, _ = extract_mesh(run.field, run.grid, run.config.render, settings)
+    except ExportError as e:
+        console.print(f"[yellow]{run.path}: {e}[/yellow]")
+        return {**row, "faces": 0, "export_s": time.perf_counter() - tic, "chamfer": float("inf"),
+                "precision": 0.0, "recall": 0.0, "fscore": 0.0}
+    row["export_s"] = time.perf_counter() - tic
+    write_mesh(mesh, run.path / "exports" / f"mesh-step-{run.step:06d}.ply")
+    extent = (run.field.aabb[1] - run.field.aabb[0]).max().item()
+    scores = chamfer_fscore(sample_surface(mesh, samples), procedural.surface_points(samples).numpy(), 0.01 * extent)
+    return {**row, "faces": len(mesh.faces), **scores}
+
+
+def machine() -> str:
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average at the end {load} (a shared machine: times are noisy)")
+
+
+def section(rows: list[dict], command: str) -> str:
+    lines = [f"Mesh export on the procedural scene (`{command}`), {time.strftime('%Y-%m-%d')}, {machine()}.",
+             "Mesh: default `fields export mesh` settings; scores from equal numbers of points on the mesh and on the "
+             "true surface; F-score threshold tau = 1% of the box side.", "",
+             "| field | run | steps | train s | train PSNR | threshold | faces | export s | Chamfer | precision "
+             "| recall | F-score@1% |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        chamfer = f"{r['chamfer']:.4f}" if r["faces"] else "no surface"
+        lines.append(f"| {r['field']} | {Path(r['run']).name} | {r['steps']} | {r['train_s']:.0f} | {r['psnr']:.2f} "
+                     f"| {r['threshold']:.3g} | {r['faces']} | {r['export_s']:.1f} | {chamfer} | {r['precision']:.3f} "
+                     f"| {r['recall']:.3f} | {r['fscore']:.3f} |")
+    for r in rows:
+        if r["field"] == "hashgrid":
+            verdict = "met" if r["fscore"] >= TARGET_FSCORE else "missed"
+            lines.append(f"\nTarget F-score@1% >= {TARGET_FSCORE} for hashgrid: {verdict} by {Path(r['run']).name} "
+                         f"({r['fscore']:.3f} after {r['steps']} steps / {r['train_s']:.0f} s of training).")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace (or append) this script's section between its markers in BENCHMARKS.md."""
+    start, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
+    block = f"{start}\n{body}\n{end}"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + f"\n\n## Mesh export quality\n\n{block}\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, nargs="+", help="measure these procedural runs instead of training")
+    ap.add_argument("--fields", default="hashgrid", help="comma-separated backends to train and measure")
+    ap.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where trained runs go")
+    ap.add_argument("--resolution", type=int, default=256, help="mesh grid resolution")
+    ap.add_argument("--samples", type=int, default=200_000, help="points on each surface")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+    os.environ.setdefault("FIELDS_CACHE", str(Path.home() / ".cache" / "fields"))
+    console = Console()
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    unknown = [f for f in fields if f not in FIELD_CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELD_CONFIGS)})")
+    runs = args.run or [train_default(f, args.output_dir, console) for f in fields]
+    rows = [measure(r, args.resolution, args.samples, console) for r in runs]
+    body = section(rows, "python scripts/bench_export.py " + " ".join(sys.argv[1:]))
+    console.print(body)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", body)
+
+
+if __name__ == "__main__":
+    main()
