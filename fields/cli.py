@@ -209,12 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     except EXPECTED_ERRORS as e:
         if os.environ.get("FIELDS_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except RuntimeError as e:  # TrainingError and friends
         if os.environ.get("FIELDS_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -53,6 +53,7 @@ class Trainer:
         self.console = console or Console()
         self.data = cfg.scene.load("train")
         self.rays = TrainingRays(self.data)
+        torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)
         groups = self.field.param_groups(cfg.train.lr)
@@ -114,6 +115,9 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
         t, step = self.cfg.train, self.step
+        # NaN weights would not show in the loss: their samples are pruned and the batch renders as background.
+        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
+            raise TrainingError(f"field parameters became NaN/inf before step {step}")
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
         if step % t.grid_every == 0:
             self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
@@ -131,7 +135,7 @@ class Trainer:
         n_samples = int(out["samples"])
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step}")
+            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
         if n_samples > 0:
             loss.backward()

@@ -76,6 +76,12 @@ def trained_run(tmp_path_factory, procedural_root) -> Path:
     """A procedural run trained for 200 steps (shared by the tests that need a trained field)."""
     from fields.trainer import Trainer
 
+    from fields.hashgrid import HashGridConfig
+    from renderers.render import RenderConfig
+
+    cfg = tiny_config(max_steps=200, grid_every=8)
+    cfg.field_config = HashGridConfig(n_levels=8, log2_table_size=15, max_resolution=128)
+    cfg.render = RenderConfig(samples_per_diagonal=256)
     run_dir = tmp_path_factory.mktemp("runs") / "procedural"
-    Trainer(tiny_config(max_steps=200), run_dir).train(show_progress=False)
+    Trainer(cfg, run_dir).train(show_progress=False)
     return run_dir
