@@ -1,0 +1,284 @@
+// CPU build of the native kernels (C++17 + OpenMP). Loops are written so that g++ -O3 -march=native
+// vectorises the per-point arithmetic (blocks of points, structure-of-arrays scratch, no branches inside), and
+// the hash-grid backward partitions the work by level, so every thread owns its levels' table rows and the
+// gradient scatter needs no atomics.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fields {
+namespace cpu {
+namespace {
+
+constexpr int kBlock = 64;  // points per block: scratch stays in L1
+
+// Vertex rows and trilinear weights of a block of points at one level (structure of arrays).
+struct BlockCorners {
+  uint32_t row[8][kBlock];
+  float w[8][kBlock];
+  float frac[3][kBlock];
+};
+
+template <bool Dense>
+inline void block_corners(const float* __restrict x, int64_t nb, float res_f, uint32_t side, uint32_t table_size,
+                          BlockCorners& bc) {
+  const uint32_t s1 = Dense ? side : kPrime1, s2 = Dense ? side * side : kPrime2;
+#pragma omp simd
+  for (int i = 0; i < nb; ++i) {
+    float fr[3];
+    uint32_t lo[3], hi[3];
+    const uint32_t stride[3] = {1u, s1, s2};
+    for (int a = 0; a < 3; ++a) {
+      float pos = x[3 * i + a] * res_f;
+      float b = std::min(std::max(floorf(pos), 0.0f), res_f - 1.0f);
+      fr[a] = pos - b;
+      uint32_t bi = static_cast<uint32_t>(static_cast<int>(b));
+      lo[a] = bi * stride[a];
+      hi[a] = (bi + 1u) * stride[a];
+      bc.frac[a][i] = fr[a];
+    }
+    for (int c = 0; c < 8; ++c) {
+      uint32_t tx = (c & 1) ? hi[0] : lo[0], ty = (c & 2) ? hi[1] : lo[1], tz = (c & 4) ? hi[2] : lo[2];
+      bc.row[c][i] = Dense ? tx + ty + tz : ((tx ^ ty ^ tz) & (table_size - 1u));
+      float wx = (c & 1) ? fr[0] : 1.0f - fr[0], wy = (c & 2) ? fr[1] : 1.0f - fr[1];
+      float wz = (c & 4) ? fr[2] : 1.0f - fr[2];
+      bc.w[c][i] = wx * wy * wz;
+    }
+  }
+}
+
+inline void corners(const float* x, int64_t nb, float res_f, bool dense, uint32_t side, uint32_t table_size,
+                    BlockCorners& bc) {
+  if (dense)
+    block_corners<true>(x, nb, res_f, side, table_size, bc);
+  else
+    block_corners<false>(x, nb, res_f, side, table_size, bc);
+}
+
+// Features of one level for a block: out[i * out_stride + f] = sum_c w_c * table[row_c, f].
+template <int F>
+inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __restrict tab, int features,
+                         float* __restrict out, int64_t out_stride) {
+  const int nf = F > 0 ? F : features;
+  for (int f = 0; f < nf; ++f) {
+    float acc[kBlock];
+#pragma omp simd
+    for (int i = 0; i < kBlock; ++i) acc[i] = 0.0f;
+    for (int c = 0; c < 8; ++c) {
+#pragma omp simd
+      for (int i = 0; i < nb; ++i) acc[i] += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
+    }
+    for (int i = 0; i < nb; ++i) out[i * out_stride + f] = acc[i];
+  }
+}
+
+inline void level_params(const HashGrid& g, int l, float& res_f, bool& dense, uint32_t& side) {
+  res_f = static_cast<float>(g.res[l]);
+  dense = level_is_dense(g.res[l], g.table_size);
+  side = static_cast<uint32_t>(g.res[l]) + 1u;
+}
+
+}  // namespace
+
+void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
+  const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for collapse(2) schedule(static)
+    for (int l = 0; l < g.levels; ++l) {
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        float res_f;
+        bool dense;
+        uint32_t side;
+        level_params(g, l, res_f, dense, side);
+        const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
+        float* o = out + i0 * stride + static_cast<int64_t>(l) * g.features;
+        if (g.features == 2)
+          block_gather<2>(bc, nb, tab, 2, o, stride);
+        else
+          block_gather<0>(bc, nb, tab, g.features, o, stride);
+      }
+    }
+  }
+}
+
+void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,
+                          float* grad_x) {
+  const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
+  const int nf = g.features;
+  // Table gradient: each thread owns whole levels, so the scatter-add below is race-free without atomics.
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for schedule(dynamic, 1)
+    for (int l = 0; l < g.levels; ++l) {
+      float res_f;
+      bool dense;
+      uint32_t side;
+      level_params(g, l, res_f, dense, side);
+      float* gt = grad_table + static_cast<int64_t>(l) * g.table_size * nf;
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
+        for (int i = 0; i < nb; ++i) {
+          for (int f = 0; f < nf; ++f) {
+            const float gv = go[i * stride + f];
+            if (gv == 0.0f) continue;
+            for (int c = 0; c < 8; ++c) gt[static_cast<int64_t>(bc.row[c][i]) * nf + f] += bc.w[c][i] * gv;
+          }
+        }
+      }
+    }
+  }
+  if (grad_x == nullptr) return;
+  // Input gradient: per point, sum over levels of res * d(weights)/d(frac) . features.
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+      float gx[3][kBlock] = {};
+      for (int l = 0; l < g.levels; ++l) {
+        float res_f;
+        bool dense;
+        uint32_t side;
+        level_params(g, l, res_f, dense, side);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * nf;
+        const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
+        for (int i = 0; i < nb; ++i) {
+          const float fr[3] = {bc.frac[0][i], bc.frac[1][i], bc.frac[2][i]};
+          for (int c = 0; c < 8; ++c) {
+            float dot = 0.0f;
+            for (int f = 0; f < nf; ++f) dot += go[i * stride + f] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
+            for (int a = 0; a < 3; ++a) gx[a][i] += res_f * vertex_weight_dfrac(fr, c, a) * dot;
+          }
+        }
+      }
+      for (int i = 0; i < nb; ++i)
+        for (int a = 0; a < 3; ++a) grad_x[3 * (i0 + i) + a] = gx[a][i];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Marching: two passes over rays (count, then fill at the caller's offsets).
+
+namespace {
+struct CountEmit {
+  FIELDS_HD void operator()(int64_t, float, float) {}
+};
+struct FillEmit {
+  int64_t ray, pos;
+  int64_t* ray_indices;
+  float *t_starts, *t_ends;
+  void operator()(int64_t, float ts, float te) {
+    ray_indices[pos] = ray;
+    t_starts[pos] = ts;
+    t_ends[pos] = te;
+    ++pos;
+  }
+};
+}  // namespace
+
+void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                 MarchParams p, int64_t* counts) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    CountEmit emit;
+    counts[r] = march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+  }
+}
+
+void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    FillEmit emit{r, offsets[r], ray_indices, t_starts, t_ends};
+    march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Compositing, one ray per iteration (rays are independent; samples of a ray are contiguous).
+
+void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    double depth = 0.0;
+    for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
+      out[i] = transmittance_of(depth);
+      depth += static_cast<double>(tau[i]);
+    }
+  }
+}
+
+void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
+                       const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,
+                       float* depth) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    double optical = 0.0;
+    float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
+      const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+      const float w = transmittance_of(optical) * sample_alpha(tau);
+      optical += static_cast<double>(tau);
+      weights[i] = w;
+      for (int c = 0; c < 3; ++c) acc[c] += w * rgbs[3 * i + c];
+      acc[3] += w;
+      acc[4] += w * (0.5f * (t_starts[i] + t_ends[i]));
+    }
+    for (int c = 0; c < 3; ++c) rgb[3 * r + c] = acc[c];
+    opacity[r] = acc[3];
+    depth[r] = acc[4];
+  }
+}
+
+void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,
+                        const float* grad_depth, const float* sigmas, const float* rgbs, const float* t_starts,
+                        const float* t_ends, const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
+                        float* grad_rgbs) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    const int64_t i0 = offsets[r], i1 = offsets[r + 1];
+    const float gr[3] = {grad_rgb[3 * r], grad_rgb[3 * r + 1], grad_rgb[3 * r + 2]};
+    // dL/dw_i = G_i; dL/dtau_k = G_k T_{k+1} - sum_{i > k} G_i w_i (w_i depends on tau_k through T_i).
+    auto g_of = [&](int64_t i) {
+      float g = gr[0] * rgbs[3 * i] + gr[1] * rgbs[3 * i + 1] + gr[2] * rgbs[3 * i + 2] + grad_opacity[r] +
+                grad_depth[r] * (0.5f * (t_starts[i] + t_ends[i]));
+      return grad_weights ? g + grad_weights[i] : g;
+    };
+    double optical = 0.0, total = 0.0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
+      const float w = transmittance_of(optical) * sample_alpha(tau);
+      optical += static_cast<double>(tau);
+      total += static_cast<double>(g_of(i)) * w;
+    }
+    optical = 0.0;
+    double prefix = 0.0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
+      const float trans = transmittance_of(optical), w = trans * sample_alpha(tau);
+      optical += static_cast<double>(tau);
+      const double g = g_of(i);
+      prefix += g * w;
+      const double dtau = g * static_cast<double>(transmittance_of(optical)) - (total - prefix);
+      grad_sigmas[i] = static_cast<float>(dtau * dt);
+      for (int c = 0; c < 3; ++c) grad_rgbs[3 * i + c] = w * gr[c];
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fields
