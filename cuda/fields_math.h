@@ -141,12 +141,19 @@ struct Lattice {
     return static_cast<float>(t);
   }
 
-  // Approximate (real-valued) lattice index of distance t; only used to jump over empty cells, with a margin.
-  FIELDS_HD double index_of(double t) const {
-    if (cone <= 0.0) return (t - static_cast<double>(t0)) / static_cast<double>(step);
-    if (t <= t1) return (t - static_cast<double>(t0)) / step_d;
-    if (t <= t2) return n1 + log(t / t1) / growth;
-    return n1 + n2 + (t - t2) / max_step;
+  // A lattice index from which to continue marching once every midpoint before distance t is known to lie in
+  // an empty cell: no later than the first point whose midpoint reaches t (with a margin for rounding).
+  FIELDS_HD double resume_index(double t) const {
+    if (cone <= 0.0) return ceil((t - static_cast<double>(t0)) / static_cast<double>(step) - 0.5 - 0.01);
+    double k;  // real-valued index of the lattice point at t; the midpoint of point floor(k) - 1 is before t
+    if (t <= t1) {
+      k = (t - static_cast<double>(t0)) / step_d;
+    } else if (t <= t2) {
+      k = n1 + log(t / t1) / growth;
+    } else {
+      k = n1 + n2 + (t - t2) / max_step;
+    }
+    return floor(k - 0.01) - 1.0;
   }
 };
 
@@ -170,13 +177,14 @@ FIELDS_HD double shrunk_cell_exit(const float o[3], const float d[3], float t, c
   for (int a = 0; a < 3; ++a) {
     double extent = static_cast<double>(hi[a]) - lo[a], size = extent / res[a];
     // |x| <= |o| + |t d| <= 2|o| + |box|: a generous bound of the reference's rounding error, in cells.
-    double box = fmax(fabs(static_cast<double>(lo[a])), fabs(static_cast<double>(hi[a])));
+    const double abs_lo = fabs(static_cast<double>(lo[a])), abs_hi = fabs(static_cast<double>(hi[a]));
+    const double box = abs_lo > abs_hi ? abs_lo : abs_hi;
     double margin = 1e-4 + 8.0 * 1.2e-7 * res[a] * (2.0 * fabs(static_cast<double>(o[a])) + 3.0 * box) / extent;
     double x = static_cast<double>(o[a]) + static_cast<double>(t) * d[a];
     double c_lo = lo[a] + (cell[a] + margin) * size, c_hi = lo[a] + (cell[a] + 1 - margin) * size;
     if (!(x >= c_lo && x <= c_hi)) return -INFINITY;
-    if (d[a] > 0.0f) t_exit = fmin(t_exit, (c_hi - o[a]) / d[a]);
-    if (d[a] < 0.0f) t_exit = fmin(t_exit, (c_lo - o[a]) / d[a]);
+    const double t_a = d[a] > 0.0f ? (c_hi - o[a]) / d[a] : d[a] < 0.0f ? (c_lo - o[a]) / d[a] : INFINITY;
+    t_exit = t_a < t_exit ? t_a : t_exit;
   }
   return t_exit;
 }
@@ -190,8 +198,9 @@ struct MarchParams {
 
 // March one ray (renderers/marching.py:march_rays for a single ray): calls emit(k, t_start, t_end) for every
 // lattice point whose midpoint lies before the far bound in an occupied cell, in order; returns how many.
-// Empty cells are jumped over (to two lattice points before the exit of the shrunk cell), and every lattice
-// point that is evaluated uses the reference's float32 arithmetic, so the samples are exactly the reference's.
+// Empty cells are jumped over (to the first lattice point whose midpoint may leave the shrunk cell), and every
+// lattice point that is evaluated uses the reference's float32 arithmetic, so the samples are exactly the
+// reference's.
 template <class Emit>
 FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, const uint8_t* binary,
                             const MarchParams& p, Emit& emit) {
@@ -227,7 +236,7 @@ FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, co
     if (c >= 0) {
       double t_exit = shrunk_cell_exit(o, d, mid, p.lo, p.hi, p.res, cell);
       if (t_exit > mid) {
-        double kk = floor(lat.index_of(t_exit)) - 2.0;
+        double kk = lat.resume_index(t_exit);
         if (kk >= static_cast<double>(count)) break;
         if (kk > static_cast<double>(k)) {
           k = static_cast<int64_t>(kk);

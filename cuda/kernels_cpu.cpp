@@ -24,30 +24,48 @@ struct BlockCorners {
 };
 
 template <bool Dense>
+inline uint32_t combine(uint32_t tx, uint32_t ty, uint32_t tz, uint32_t mask) {
+  return Dense ? tx + ty + tz : ((tx ^ ty ^ tz) & mask);
+}
+
+// Same arithmetic as fields_math.h (cell_coord, axis_terms, vertex_row, vertex_weight), unrolled per axis and
+// per vertex so that the loop over points vectorises.
+template <bool Dense>
 inline void block_corners(const float* __restrict x, int64_t nb, float res_f, uint32_t side, uint32_t table_size,
                           BlockCorners& bc) {
-  const uint32_t s1 = Dense ? side : kPrime1, s2 = Dense ? side * side : kPrime2;
+  const uint32_t s1 = Dense ? side : kPrime1, s2 = Dense ? side * side : kPrime2, mask = table_size - 1u;
+  const float top = res_f - 1.0f;
 #pragma omp simd
   for (int i = 0; i < nb; ++i) {
-    float fr[3];
-    uint32_t lo[3], hi[3];
-    const uint32_t stride[3] = {1u, s1, s2};
-    for (int a = 0; a < 3; ++a) {
-      float pos = x[3 * i + a] * res_f;
-      float b = std::min(std::max(floorf(pos), 0.0f), res_f - 1.0f);
-      fr[a] = pos - b;
-      uint32_t bi = static_cast<uint32_t>(static_cast<int>(b));
-      lo[a] = bi * stride[a];
-      hi[a] = (bi + 1u) * stride[a];
-      bc.frac[a][i] = fr[a];
-    }
-    for (int c = 0; c < 8; ++c) {
-      uint32_t tx = (c & 1) ? hi[0] : lo[0], ty = (c & 2) ? hi[1] : lo[1], tz = (c & 4) ? hi[2] : lo[2];
-      bc.row[c][i] = Dense ? tx + ty + tz : ((tx ^ ty ^ tz) & (table_size - 1u));
-      float wx = (c & 1) ? fr[0] : 1.0f - fr[0], wy = (c & 2) ? fr[1] : 1.0f - fr[1];
-      float wz = (c & 4) ? fr[2] : 1.0f - fr[2];
-      bc.w[c][i] = wx * wy * wz;
-    }
+    const float px = x[3 * i] * res_f, py = x[3 * i + 1] * res_f, pz = x[3 * i + 2] * res_f;
+    // floor(p) clamped to [0, res - 1] as a truncation of the clamped value (equal for p >= 0; vectorises).
+    const float bx = static_cast<float>(static_cast<int>(std::min(std::max(px, 0.0f), top)));
+    const float by = static_cast<float>(static_cast<int>(std::min(std::max(py, 0.0f), top)));
+    const float bz = static_cast<float>(static_cast<int>(std::min(std::max(pz, 0.0f), top)));
+    const float fx = px - bx, fy = py - by, fz = pz - bz;
+    bc.frac[0][i] = fx;
+    bc.frac[1][i] = fy;
+    bc.frac[2][i] = fz;
+    const uint32_t ix = static_cast<uint32_t>(static_cast<int>(bx)), iy = static_cast<uint32_t>(static_cast<int>(by)),
+                   iz = static_cast<uint32_t>(static_cast<int>(bz));
+    const uint32_t x0 = ix, x1 = ix + 1u, y0 = iy * s1, y1 = (iy + 1u) * s1, z0 = iz * s2, z1 = (iz + 1u) * s2;
+    bc.row[0][i] = combine<Dense>(x0, y0, z0, mask);
+    bc.row[1][i] = combine<Dense>(x1, y0, z0, mask);
+    bc.row[2][i] = combine<Dense>(x0, y1, z0, mask);
+    bc.row[3][i] = combine<Dense>(x1, y1, z0, mask);
+    bc.row[4][i] = combine<Dense>(x0, y0, z1, mask);
+    bc.row[5][i] = combine<Dense>(x1, y0, z1, mask);
+    bc.row[6][i] = combine<Dense>(x0, y1, z1, mask);
+    bc.row[7][i] = combine<Dense>(x1, y1, z1, mask);
+    const float wx0 = 1.0f - fx, wy0 = 1.0f - fy, wz0 = 1.0f - fz;
+    bc.w[0][i] = wx0 * wy0 * wz0;
+    bc.w[1][i] = fx * wy0 * wz0;
+    bc.w[2][i] = wx0 * fy * wz0;
+    bc.w[3][i] = fx * fy * wz0;
+    bc.w[4][i] = wx0 * wy0 * fz;
+    bc.w[5][i] = fx * wy0 * fz;
+    bc.w[6][i] = wx0 * fy * fz;
+    bc.w[7][i] = fx * fy * fz;
   }
 }
 
@@ -128,10 +146,20 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
         const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
         corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
         const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
+        if (nf == 2) {
+          for (int i = 0; i < nb; ++i) {
+            const float g0 = go[i * stride], g1 = go[i * stride + 1];
+            for (int c = 0; c < 8; ++c) {
+              float* row = gt + 2 * static_cast<int64_t>(bc.row[c][i]);
+              row[0] += bc.w[c][i] * g0;
+              row[1] += bc.w[c][i] * g1;
+            }
+          }
+          continue;
+        }
         for (int i = 0; i < nb; ++i) {
           for (int f = 0; f < nf; ++f) {
             const float gv = go[i * stride + f];
-            if (gv == 0.0f) continue;
             for (int c = 0; c < 8; ++c) gt[static_cast<int64_t>(bc.row[c][i]) * nf + f] += bc.w[c][i] * gv;
           }
         }
