@@ -139,19 +139,19 @@ __global__ void composite_forward_kernel(const float* sigmas, const float* rgbs,
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n_rays) return;
   double optical = 0.0;
-  float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  double acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};  // float64 sums: rays can have thousands of samples
   for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
     const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
     const float w = transmittance_of(optical) * sample_alpha(tau);
     optical += static_cast<double>(tau);
     weights[i] = w;
-    for (int c = 0; c < 3; ++c) acc[c] += w * rgbs[3 * i + c];
-    acc[3] += w;
-    acc[4] += w * (0.5f * (t_starts[i] + t_ends[i]));
+    for (int c = 0; c < 3; ++c) acc[c] += static_cast<double>(w * rgbs[3 * i + c]);
+    acc[3] += static_cast<double>(w);
+    acc[4] += static_cast<double>(w * (0.5f * (t_starts[i] + t_ends[i])));
   }
-  for (int c = 0; c < 3; ++c) rgb[3 * r + c] = acc[c];
-  opacity[r] = acc[3];
-  depth[r] = acc[4];
+  for (int c = 0; c < 3; ++c) rgb[3 * r + c] = static_cast<float>(acc[c]);
+  opacity[r] = static_cast<float>(acc[3]);
+  depth[r] = static_cast<float>(acc[4]);
 }
 
 __global__ void composite_backward_kernel(const float* grad_weights, const float* grad_rgb,

@@ -1,7 +1,8 @@
 """Loader of the native kernels in ``cuda/`` and the autograd wrappers around them.
 
 The extension is JIT-built once with ``torch.utils.cpp_extension`` + ninja (``-O3 -march=native -fopenmp``,
-plus the CUDA build when torch has CUDA and nvcc is found) into ``$FIELDS_CACHE/native/<hash>``, keyed by the
+plus the CUDA build when torch has CUDA and nvcc is found) into torch's extension folder
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under ``fields_native/<hash>``, keyed by the
 sources, flags and torch version, so later imports load it in milliseconds. While compiling it prints one line.
 If the build fails (no compiler, no ninja...) a single warning says why and every op falls back to its
 plain-PyTorch reference; ``FIELDS_NATIVE=0`` forces the reference. Callers ask ``ops_for(tensor)``, which is
@@ -19,8 +20,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from scenes.registry import cache_dir
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
 CPU_SOURCES = ("bindings.cpp", "kernels_cpu.cpp")
@@ -43,6 +42,12 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available() and torch.version.cuda is not None and shutil.which("nvcc") is not None
 
 
+def build_root() -> Path:
+    """The folder that holds the cached builds, one subfolder per source/flag hash."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(base) / "fields_native"
+
+
 def _build_key(with_cuda: bool) -> str:
     h = hashlib.sha256()
     for name in CPU_SOURCES + HEADERS + (CUDA_SOURCES if with_cuda else ()):
@@ -59,7 +64,7 @@ def _build():
     with_cuda = _want_cuda()
     key = _build_key(with_cuda)
     name = f"fields_native_{key}"
-    build_dir = cache_dir() / "native" / key
+    build_dir = build_root() / key
     build_dir.mkdir(parents=True, exist_ok=True)
     if not (build_dir / f"{name}.so").exists():
         print(f"fields: compiling native kernels{' (CPU + CUDA)' if with_cuda else ''} into {build_dir} "

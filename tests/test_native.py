@@ -201,11 +201,15 @@ def packed_samples(n_rays=500, seed=0):
     counts = torch.randint(0, 60, (n_rays,), generator=g)
     counts[:5] = 0  # rays without samples
     counts[5] = 1
+    counts[6] = 3000  # a long ray: sums over thousands of samples must stay accurate
     ray = torch.repeat_interleave(torch.arange(n_rays), counts)
     n = ray.shape[0]
     dt = torch.rand(n, generator=g) * 0.05 + 1e-3
     t_starts = torch.rand(n, generator=g) * 3
     sigmas = torch.rand(n, generator=g) * 40
+    long_ray = ray == 6
+    sigmas[long_ray] = 0.4  # stays partly transparent over its 3000 samples
+    dt[long_ray] = 1e-3
     sigmas[::7] = 0.0
     rgbs = torch.rand(n, 3, generator=g)
     return [sigmas, rgbs, t_starts, t_starts + dt, ray, n_rays]
@@ -258,7 +262,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     for name in native.CPU_SOURCES + native.HEADERS:
         (tmp_path / name).write_text("this is not C++\n")
     monkeypatch.setenv("FIELDS_NATIVE", "1")
-    monkeypatch.setenv("FIELDS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "build_root", lambda: tmp_path / "build")
     monkeypatch.setattr(native, "SOURCE_DIR", tmp_path)
     monkeypatch.setattr(native, "_want_cuda", lambda: False)
     monkeypatch.setattr(native, "_state", {})
