@@ -252,7 +252,7 @@ FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, co
 // ---------------------------------------------------------------------------------------------------------
 // Compositing: alpha of one sample and transmittance after a float64 running optical depth.
 
-FIELDS_HD float sample_alpha(float tau) { return 1.0f - expf(-tau); }
+FIELDS_HD float sample_alpha(float tau) { return -expm1f(-tau); }  // no cancellation for small tau
 
 FIELDS_HD float transmittance_of(double depth_before) { return static_cast<float>(exp(-depth_before)); }
 

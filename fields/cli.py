@@ -59,8 +59,8 @@ class _TrainOptions:
             trainer.resume()
         else:
             cfg = self.run_config()
-            run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
-            trainer = Trainer(cfg, run_dir, console)
+            trainer = Trainer(cfg, None, console)  # loads the scene first: bad data leaves no empty run folder
+            run_dir = trainer.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
             console.print(f"Run folder: {run_dir}")
         try:
             trainer.train(show_progress=not self.quiet)

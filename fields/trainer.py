@@ -48,8 +48,8 @@ class TrainingRays:
 class Trainer:
     """Owns the field, the occupancy grid and the optimizer of one run folder."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, console: Console | None = None):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None):
+        self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
         self.data = cfg.scene.load("train")
         self.rays = TrainingRays(self.data)

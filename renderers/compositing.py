@@ -61,7 +61,7 @@ def composite_reference(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torc
     ``depth [n_rays]`` (expected distance along the ray, not normalised by opacity).
     """
     tau = sigmas * (t_ends - t_starts)
-    alphas = 1.0 - torch.exp(-tau)
+    alphas = -torch.expm1(-tau)  # 1 - exp(-tau) without cancellation for small tau
     weights = transmittance_reference(tau, ray_indices, n_rays) * alphas
     t_mid = 0.5 * (t_starts + t_ends)
     rgb = torch.zeros(n_rays, 3, dtype=rgbs.dtype).index_add(0, ray_indices, weights[:, None] * rgbs)

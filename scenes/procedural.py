@@ -109,9 +109,12 @@ def render(c2w: torch.Tensor, size: int, supersample: int = 2) -> np.ndarray:
     origins, dirs = image_rays(cams, 0)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     t = torch.full(origins.shape[:1], RADIUS - 1.8)
-    for _ in range(128):
-        d = sdf(origins + t[:, None] * dirs)
-        t = t + d
+    active = torch.arange(t.shape[0])
+    for it in range(128):  # sphere tracing; rays that converged or left the scene drop out every 8 steps
+        d = sdf(origins[active] + t[active, None] * dirs[active])
+        t[active] += d
+        if it % 8 == 7:
+            active = active[(d.abs() > 1e-5) & (t[active] < RADIUS + 1.8)]
     x = origins + t[:, None] * dirs
     hit = (sdf(x).abs() < 1e-3) & (t < RADIUS + 1.8)
     shade = 0.3 + 0.7 * (normals(x) @ LIGHT).clamp_min(0)[:, None]

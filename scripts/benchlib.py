@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: machine description and updating one section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).relative_to(ROOT).as_posix()
+                                            if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0],
+                                            *sys.argv[1:]])
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section between ``<!-- bench:name -->`` and ``<!-- /bench:name -->``."""
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    block = (f"<!-- bench:{name} -->\n{body.rstrip()}\n\n"
+             f"Command: `python {command()}` on {machine()}, {stamp}.\n<!-- /bench:{name} -->")
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nLatest figures; each section is rewritten by " \
+        "the script named in it.\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
