@@ -14,24 +14,24 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from fields.config import RunConfig, SceneConfig
-from fields.encodings import hash_encode, sh_encode
-from fields.trainer import Trainer
-from renderers import native
-from renderers.compositing import composite, transmittance
-from renderers.marching import march_rays
-from renderers.render import sample_rays
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import BENCHMARKS, write_section  # noqa: E402
+from fields.config import RunConfig, SceneConfig  # noqa: E402
+from fields.encodings import hash_encode, sh_encode  # noqa: E402
+from fields.trainer import Trainer  # noqa: E402
+from renderers import native  # noqa: E402
+from renderers.compositing import composite, transmittance  # noqa: E402
+from renderers.marching import march_rays  # noqa: E402
+from renderers.render import sample_rays  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -183,37 +183,15 @@ def native_profile(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, float]
     return list(stages.items())
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the ``<!-- bench:name -->`` ... ``<!-- /bench:name -->`` section of ``path``."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scene", default="lego")
     ap.add_argument("--data-root", type=Path, default=None, help="folder holding the scene (default: $FIELDS_DATA)")
-    ap.add_argument("--warmup-steps", type=int, default=150, help="native training steps before measuring")
-    ap.add_argument("--native-steps", type=int, default=48)
-    ap.add_argument("--reference-steps", type=int, default=16)
+    ap.add_argument("--warmup-steps", type=int, default=120, help="native training steps before measuring")
+    ap.add_argument("--native-steps", type=int, default=32)
+    ap.add_argument("--reference-steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--output", type=Path, default=BENCHMARKS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     console = Console()
@@ -222,18 +200,17 @@ def main() -> None:
 
     cfg = RunConfig(scene=SceneConfig(scene=args.scene, data_root=args.data_root))
     tic = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, Path(tmp), Console(quiet=True))
-        with path_mode(True):
-            for _ in range(args.warmup_steps):
-                tr.train_step()
-        console.print(f"warm-up: {args.warmup_steps} native steps, occupied {tr.grid.occupied_fraction():.1%}, "
-                      f"{tr.n_rays} rays/batch")
-        with path_mode(True):
-            batch = capture_batch(tr)
-        ops = op_timings(tr, batch, args.repeats)
-        steps = step_timings(tr, {True: args.native_steps, False: args.reference_steps})
-        profile = native_profile(tr, batch, args.repeats)
+    tr = Trainer(cfg, None, Console(quiet=True))  # no run folder: nothing is written
+    with path_mode(True):
+        for _ in range(args.warmup_steps):
+            tr.train_step()
+    console.print(f"warm-up: {args.warmup_steps} native steps, occupied {tr.grid.occupied_fraction():.1%}, "
+                  f"{tr.n_rays} rays/batch")
+    with path_mode(True):
+        batch = capture_batch(tr)
+    ops = op_timings(tr, batch, args.repeats)
+    steps = step_timings(tr, {True: args.native_steps, False: args.reference_steps})
+    profile = native_profile(tr, batch, args.repeats)
     total = time.perf_counter() - tic
 
     lines = ["| op | samples/call | native ms | reference ms | native M samples/s | speed-up |",
@@ -253,7 +230,7 @@ def main() -> None:
     body = "\n".join([
         "## Native kernels (`scripts/bench_kernels.py`)",
         "",
-        f"`python scripts/bench_kernels.py` on {machine()}; lego 200x200, default config, after "
+        f"Lego 200x200, default config, after "
         f"{args.warmup_steps} native warm-up steps (grid {tr.grid.occupied_fraction():.1%} occupied, "
         f"{batch['origins'].shape[0]} rays, {n_marched} marched -> {n_kept} kept samples per batch). "
         f"Took {total:.0f} s. Samples/s count the samples the field is trained on.",
@@ -266,7 +243,7 @@ def main() -> None:
     ])
     console.print(body)
     if not args.no_write:
-        write_section(args.output, "kernels", body)
+        write_section("kernels", body, args.output)
         console.print(f"updated {args.output}")
 
 
