@@ -194,7 +194,8 @@ TORCH_LIBRARY(fields, m) {
   m.def("has_cuda() -> bool", &has_cuda);
 }
 
-TORCH_LIBRARY_IMPL(fields, CPU, m) {
+// The same wrappers serve both devices: each one dispatches on its tensors' device.
+void register_impls(torch::Library& m) {
   m.impl("hash_encode_fwd", &hash_encode_fwd);
   m.impl("hash_encode_bwd", &hash_encode_bwd);
   m.impl("march_rays", &march_rays);
@@ -203,13 +204,8 @@ TORCH_LIBRARY_IMPL(fields, CPU, m) {
   m.impl("composite_bwd", &composite_bwd);
 }
 
+TORCH_LIBRARY_IMPL(fields, CPU, m) { register_impls(m); }
+
 #ifdef FIELDS_WITH_CUDA
-TORCH_LIBRARY_IMPL(fields, CUDA, m) {
-  m.impl("hash_encode_fwd", &hash_encode_fwd);
-  m.impl("hash_encode_bwd", &hash_encode_bwd);
-  m.impl("march_rays", &march_rays);
-  m.impl("transmittance", &transmittance);
-  m.impl("composite_fwd", &composite_fwd);
-  m.impl("composite_bwd", &composite_bwd);
-}
+TORCH_LIBRARY_IMPL(fields, CUDA, m) { register_impls(m); }
 #endif

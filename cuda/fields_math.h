@@ -256,4 +256,65 @@ FIELDS_HD float sample_alpha(float tau) { return -expm1f(-tau); }  // no cancell
 
 FIELDS_HD float transmittance_of(double depth_before) { return static_cast<float>(exp(-depth_before)); }
 
+// One ray's samples [i0, i1): transmittance before each sample, from optical depths tau.
+FIELDS_HD void transmittance_ray(const float* tau, int64_t i0, int64_t i1, float* out) {
+  double depth = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i] = transmittance_of(depth);
+    depth += static_cast<double>(tau[i]);
+  }
+}
+
+// One ray's weights w_i = T_i alpha_i and its colour, opacity and depth (sums in float64: rays can have
+// thousands of samples).
+FIELDS_HD void composite_ray_forward(const float* sigmas, const float* rgbs, const float* t_starts,
+                                     const float* t_ends, int64_t i0, int64_t i1, float* weights, float* rgb,
+                                     float* opacity, float* depth) {
+  double optical = 0.0, acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int64_t i = i0; i < i1; ++i) {
+    const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    weights[i] = w;
+    for (int c = 0; c < 3; ++c) acc[c] += static_cast<double>(w * rgbs[3 * i + c]);
+    acc[3] += static_cast<double>(w);
+    acc[4] += static_cast<double>(w * (0.5f * (t_starts[i] + t_ends[i])));
+  }
+  for (int c = 0; c < 3; ++c) rgb[c] = static_cast<float>(acc[c]);
+  *opacity = static_cast<float>(acc[3]);
+  *depth = static_cast<float>(acc[4]);
+}
+
+// Gradients of one ray's samples. With G_i = dL/dw_i (from the weights, rgb, opacity and depth gradients):
+// dL/dtau_k = G_k T_{k+1} - sum_{i > k} G_i w_i, since w_i depends on tau_k (k < i) through T_i.
+FIELDS_HD void composite_ray_backward(const float* grad_weights, const float gr[3], float grad_opacity,
+                                      float grad_depth, const float* sigmas, const float* rgbs,
+                                      const float* t_starts, const float* t_ends, int64_t i0, int64_t i1,
+                                      float* grad_sigmas, float* grad_rgbs) {
+  auto g_of = [&](int64_t i) {
+    float g = gr[0] * rgbs[3 * i] + gr[1] * rgbs[3 * i + 1] + gr[2] * rgbs[3 * i + 2] + grad_opacity +
+              grad_depth * (0.5f * (t_starts[i] + t_ends[i]));
+    return grad_weights ? g + grad_weights[i] : g;
+  };
+  double optical = 0.0, total = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    total += static_cast<double>(g_of(i)) * w;
+  }
+  optical = 0.0;
+  double prefix = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    const double g = g_of(i);
+    prefix += g * w;
+    const double dtau = g * static_cast<double>(transmittance_of(optical)) - (total - prefix);
+    grad_sigmas[i] = static_cast<float>(dtau * dt);
+    for (int c = 0; c < 3; ++c) grad_rgbs[3 * i + c] = w * gr[c];
+  }
+}
+
 }  // namespace fields

@@ -241,35 +241,16 @@ void march_fill(const float* origins, const float* dirs, const float* jitter, in
 
 void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out) {
 #pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < n_rays; ++r) {
-    double depth = 0.0;
-    for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
-      out[i] = transmittance_of(depth);
-      depth += static_cast<double>(tau[i]);
-    }
-  }
+  for (int64_t r = 0; r < n_rays; ++r) transmittance_ray(tau, offsets[r], offsets[r + 1], out);
 }
 
 void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
                        const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,
                        float* depth) {
 #pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < n_rays; ++r) {
-    double optical = 0.0;
-    double acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};  // float64 sums: rays can have thousands of samples
-    for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
-      const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
-      const float w = transmittance_of(optical) * sample_alpha(tau);
-      optical += static_cast<double>(tau);
-      weights[i] = w;
-      for (int c = 0; c < 3; ++c) acc[c] += static_cast<double>(w * rgbs[3 * i + c]);
-      acc[3] += static_cast<double>(w);
-      acc[4] += static_cast<double>(w * (0.5f * (t_starts[i] + t_ends[i])));
-    }
-    for (int c = 0; c < 3; ++c) rgb[3 * r + c] = static_cast<float>(acc[c]);
-    opacity[r] = static_cast<float>(acc[3]);
-    depth[r] = static_cast<float>(acc[4]);
-  }
+  for (int64_t r = 0; r < n_rays; ++r)
+    composite_ray_forward(sigmas, rgbs, t_starts, t_ends, offsets[r], offsets[r + 1], weights, rgb + 3 * r,
+                          opacity + r, depth + r);
 }
 
 void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,
@@ -277,35 +258,9 @@ void composite_backward(const float* grad_weights, const float* grad_rgb, const 
                         const float* t_ends, const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
                         float* grad_rgbs) {
 #pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < n_rays; ++r) {
-    const int64_t i0 = offsets[r], i1 = offsets[r + 1];
-    const float gr[3] = {grad_rgb[3 * r], grad_rgb[3 * r + 1], grad_rgb[3 * r + 2]};
-    // dL/dw_i = G_i; dL/dtau_k = G_k T_{k+1} - sum_{i > k} G_i w_i (w_i depends on tau_k through T_i).
-    auto g_of = [&](int64_t i) {
-      float g = gr[0] * rgbs[3 * i] + gr[1] * rgbs[3 * i + 1] + gr[2] * rgbs[3 * i + 2] + grad_opacity[r] +
-                grad_depth[r] * (0.5f * (t_starts[i] + t_ends[i]));
-      return grad_weights ? g + grad_weights[i] : g;
-    };
-    double optical = 0.0, total = 0.0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
-      const float w = transmittance_of(optical) * sample_alpha(tau);
-      optical += static_cast<double>(tau);
-      total += static_cast<double>(g_of(i)) * w;
-    }
-    optical = 0.0;
-    double prefix = 0.0;
-    for (int64_t i = i0; i < i1; ++i) {
-      const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
-      const float trans = transmittance_of(optical), w = trans * sample_alpha(tau);
-      optical += static_cast<double>(tau);
-      const double g = g_of(i);
-      prefix += g * w;
-      const double dtau = g * static_cast<double>(transmittance_of(optical)) - (total - prefix);
-      grad_sigmas[i] = static_cast<float>(dtau * dt);
-      for (int c = 0; c < 3; ++c) grad_rgbs[3 * i + c] = w * gr[c];
-    }
-  }
+  for (int64_t r = 0; r < n_rays; ++r)
+    composite_ray_backward(grad_weights, grad_rgb + 3 * r, grad_opacity[r], grad_depth[r], sigmas, rgbs,
+                           t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
 }
 
 }  // namespace cpu
