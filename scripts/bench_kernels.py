@@ -118,19 +118,25 @@ def op_timings(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, int, float
     return rows
 
 
-def step_timings(tr: Trainer, steps: dict[bool, int]) -> dict[bool, tuple[float, int, int]]:
-    """(seconds, samples, steps) of consecutive training steps from the same state, per path."""
+def step_timings(tr: Trainer, blocks: dict[bool, int]) -> dict[bool, tuple[float, int, int]]:
+    """(seconds, samples, steps) of the fastest block of ``grid_every`` consecutive training steps (so exactly
+    one occupancy-grid update each), every block from the same state, per path. The minimum over blocks
+    filters out other processes on a shared machine."""
     state = copy.deepcopy(tr.state_dict())
+    n_steps = tr.cfg.train.grid_every
     out = {}
-    for use_native, n_steps in steps.items():
-        tr.load_state_dict(copy.deepcopy(state))
+    for use_native, n_blocks in blocks.items():
         with path_mode(use_native):
-            tr.train_step()  # untimed: first-call allocations
             tr.load_state_dict(copy.deepcopy(state))
-            samples, tic = 0, time.perf_counter()
-            for _ in range(n_steps):
-                samples += tr.train_step()["samples"]
-            out[use_native] = (time.perf_counter() - tic, samples, n_steps)
+            tr.train_step()  # untimed: first-call allocations
+            for _ in range(n_blocks):
+                tr.load_state_dict(copy.deepcopy(state))
+                samples, tic = 0, time.perf_counter()
+                for _ in range(n_steps):
+                    samples += tr.train_step()["samples"]
+                elapsed = time.perf_counter() - tic
+                if use_native not in out or elapsed < out[use_native][0]:
+                    out[use_native] = (elapsed, samples, n_steps)
     tr.load_state_dict(state)
     return out
 
@@ -188,8 +194,8 @@ def main() -> None:
     ap.add_argument("--scene", default="lego")
     ap.add_argument("--data-root", type=Path, default=None, help="folder holding the scene (default: $FIELDS_DATA)")
     ap.add_argument("--warmup-steps", type=int, default=120, help="native training steps before measuring")
-    ap.add_argument("--native-steps", type=int, default=32)
-    ap.add_argument("--reference-steps", type=int, default=8)
+    ap.add_argument("--native-blocks", type=int, default=3, help="blocks of grid_every steps timed natively")
+    ap.add_argument("--reference-blocks", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--output", type=Path, default=BENCHMARKS)
     ap.add_argument("--no-write", action="store_true")
@@ -209,7 +215,7 @@ def main() -> None:
     with path_mode(True):
         batch = capture_batch(tr)
     ops = op_timings(tr, batch, args.repeats)
-    steps = step_timings(tr, {True: args.native_steps, False: args.reference_steps})
+    steps = step_timings(tr, {True: args.native_blocks, False: args.reference_blocks})
     profile = native_profile(tr, batch, args.repeats)
     total = time.perf_counter() - tic
 
@@ -220,7 +226,8 @@ def main() -> None:
                      f"{tref / tn:.1f}x |")
     (tn, sn, kn), (tref, sref, kref) = steps[True], steps[False]
     sps_n, sps_r = sn / tn, sref / tref
-    lines.append(f"| **training step** (mean of {kn} native / {kref} reference steps) | {sn // kn} | "
+    lines.append(f"| **training step** (mean over the fastest of {args.native_blocks} native / "
+                 f"{args.reference_blocks} reference blocks of {kn} steps) | {sn // kn} | "
                  f"{tn / kn * 1e3:.1f} | {tref / kref * 1e3:.1f} | **{sps_n / 1e6:.2f}** | **{sps_r and sps_n / sps_r:.1f}x** |")
     step_ms = tn / kn * 1e3
     prof = ["| stage of a native step | ms | share |", "| --- | ---: | ---: |"]
@@ -237,7 +244,8 @@ def main() -> None:
         "",
         *lines,
         "",
-        "Where a native step's time goes (same batch; stages timed separately, so shares need not sum to 100%):",
+        "Where a native step's time goes (same batch; medians of stages timed separately, so shares "
+        "need not sum to 100%; the rest is Python, batch drawing and loss bookkeeping):",
         "",
         *prof,
     ])
