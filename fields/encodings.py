@@ -1,6 +1,8 @@
-"""Input encodings shared by the field backends (plain-PyTorch reference implementations).
+"""Input encodings shared by the field backends.
 
-- ``HashEncoding``: Instant-NGP's multiresolution hash encoding (Mueller et al. 2022).
+- ``HashEncoding``: Instant-NGP's multiresolution hash encoding (Mueller et al. 2022); ``hash_encode`` runs the
+  native kernel (``renderers/native.py``) when it is built and ``hash_encode_reference``, its plain-PyTorch
+  oracle, otherwise.
 - ``sh_encode``: real spherical harmonics of a unit direction, up to degree 4 (16 coefficients).
 - ``trunc_exp``: exp with a clamped gradient, the usual density activation for hash grids.
 """
@@ -11,6 +13,8 @@ import math
 
 import torch
 from torch import nn
+
+from renderers import native
 
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's spatial hash primes (first is 1 for coherence)
 
@@ -68,6 +72,14 @@ PRIMES32 = tuple(_as_int32(p) for p in PRIMES)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor) -> torch.Tensor:
+    """Multiresolution hash encoding (see ``hash_encode_reference``): the native kernel when available."""
+    ops = native.ops_for(x, table)
+    if ops is None:
+        return hash_encode_reference(x, table, resolutions)
+    return native.HashEncode.apply(x.contiguous(), table, resolutions)
+
+
+def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor) -> torch.Tensor:
     """Multiresolution hash encoding of points ``x`` [N, 3] in [0, 1]^3 with ``table`` [L, T, F].
 
     Returns [N, L * F]: per level, trilinear interpolation of the features at the 8 surrounding vertices of a

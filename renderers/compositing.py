@@ -1,4 +1,6 @@
-"""Front-to-back alpha compositing of packed samples (plain-PyTorch reference).
+"""Front-to-back alpha compositing of packed samples: ``composite`` and ``transmittance`` run the native kernels
+when they are built, ``composite_reference`` and ``transmittance_reference`` (plain PyTorch, the oracles)
+otherwise.
 
 For ray samples sorted by ``t``: ``alpha_i = 1 - exp(-sigma_i * dt_i)``, transmittance
 ``T_i = exp(-sum_{j<i} sigma_j * dt_j)``, weight ``w_i = T_i * alpha_i``; the ray's colour is
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from renderers import native
+
 
 def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     """Index of each ray's first sample in the packed arrays, [n_rays] (rays without samples get their
@@ -19,6 +23,14 @@ def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
 
 
 def transmittance(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Transmittance before each packed sample (see ``transmittance_reference``), natively when available."""
+    ops = native.ops_for(tau)
+    if ops is None or tau.requires_grad:
+        return transmittance_reference(tau, ray_indices, n_rays)
+    return ops.transmittance(tau, native.ray_offsets(ray_indices, n_rays))
+
+
+def transmittance_reference(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     """``T_i = exp(-exclusive per-ray sum of tau)`` for packed optical depths ``tau = sigma * dt``."""
     if tau.numel() == 0:
         return tau
@@ -31,6 +43,18 @@ def transmittance(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> 
 
 def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
               ray_indices: torch.Tensor, n_rays: int) -> dict[str, torch.Tensor]:
+    """Weights, rgb, opacity and depth (see ``composite_reference``): the native kernel when available
+    (differentiable w.r.t. ``sigmas`` and ``rgbs``; the reference also when the ``t`` need gradients)."""
+    ops = native.ops_for(sigmas, rgbs, t_starts, t_ends)
+    if ops is None or t_starts.requires_grad or t_ends.requires_grad:
+        return composite_reference(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays)
+    weights, rgb, opacity, depth = native.Composite.apply(sigmas, rgbs, t_starts, t_ends,
+                                                          native.ray_offsets(ray_indices, n_rays))
+    return {"weights": weights, "rgb": rgb, "opacity": opacity, "depth": depth}
+
+
+def composite_reference(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
+                        ray_indices: torch.Tensor, n_rays: int) -> dict[str, torch.Tensor]:
     """Weights per sample and accumulated colour, opacity and expected depth per ray (differentiable).
 
     Returns ``weights [S]``, ``rgb [n_rays, 3]`` (without background), ``opacity [n_rays]`` and
@@ -38,7 +62,7 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torch.Tensor, 
     """
     tau = sigmas * (t_ends - t_starts)
     alphas = -torch.expm1(-tau)  # 1 - exp(-tau) without cancellation for small tau
-    weights = transmittance(tau, ray_indices, n_rays) * alphas
+    weights = transmittance_reference(tau, ray_indices, n_rays) * alphas
     t_mid = 0.5 * (t_starts + t_ends)
     rgb = torch.zeros(n_rays, 3, dtype=rgbs.dtype).index_add(0, ray_indices, weights[:, None] * rgbs)
     opacity = torch.zeros(n_rays, dtype=weights.dtype).index_add(0, ray_indices, weights)

@@ -1,4 +1,5 @@
-"""Ray marching through the occupancy grid into packed samples (plain-PyTorch reference).
+"""Ray marching through the occupancy grid into packed samples: ``march_rays`` runs the native kernel when it is
+built, ``march_rays_reference`` (plain PyTorch, the oracle) otherwise.
 
 Samples of a ray lie on a fixed lattice that starts where the ray enters the box (``t0``, optionally jittered
 by a fraction of a step for training): ``t_{k+1} = t_k + clamp(cone_angle * t_k, step_size, max_step)``, which
@@ -6,7 +7,9 @@ is a constant step for ``cone_angle = 0`` and grows geometrically with distance 
 stepping). A sample ``[t_k, t_{k+1}]`` is emitted when its midpoint lies before the far bound and in an
 occupied cell. Output is packed (nerfacc's layout): flat sample arrays sorted by ray, then by ``t``. Because
 the lattice does not depend on which cells are empty, a native kernel that jumps over empty cells emits
-exactly the same samples as this reference, which evaluates every lattice point.
+exactly the same samples as this reference, which evaluates every lattice point. For that, the constant-step
+lattice is float32 arithmetic and the cone-stepping branch is float64 rounded to float32, both reproducible
+operation for operation in C++/CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from renderers import native
 
 
 @dataclass
@@ -49,21 +54,37 @@ def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, aabb: torch.Tensor) -> t
 
 def lattice(t0: torch.Tensor, k: torch.Tensor, step_size: float, cone_angle: float, max_step: float) -> torch.Tensor:
     """Position of lattice point ``k`` (float tensor) for rays starting at ``t0``; the closed form of the
-    recursion in the module docstring (constant, then geometric, then constant at ``max_step``)."""
+    recursion in the module docstring (constant, then geometric, then constant at ``max_step``). The cone branch
+    is computed in float64 and rounded once, so that the native kernel reproduces it exactly."""
     if cone_angle <= 0:
         return t0 + k * step_size
+    dtype, t0, k = t0.dtype, t0.double(), k.double()
     growth = math.log1p(cone_angle)
     n1 = torch.ceil((step_size / cone_angle - t0) / step_size).clamp_min(0)
     t1 = t0 + n1 * step_size
     n2 = torch.ceil(torch.log((max_step / cone_angle) / t1) / growth).clamp_min(0)
     t2 = t1 * torch.exp(n2 * growth)
     geometric = t1 * torch.exp((k - n1) * growth)
-    return torch.where(k <= n1, t0 + k * step_size, torch.where(k <= n1 + n2, geometric, t2 + (k - n1 - n2) * max_step))
+    t = torch.where(k <= n1, t0 + k * step_size, torch.where(k <= n1 + n2, geometric, t2 + (k - n1 - n2) * max_step))
+    return t.to(dtype)
 
 
 def march_rays(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
                step_size: float, near: float = 0.0, far: float = 1e10, cone_angle: float = 0.0,
                max_step: float = 1e10, jitter: torch.Tensor | None = None) -> Samples:
+    """Packed samples in occupied cells (see ``march_rays_reference``): the native kernel when available, which
+    jumps over empty cells and emits exactly the reference's samples."""
+    ops = native.ops_for(origins, dirs, *(() if jitter is None else (jitter,)))
+    if ops is None:
+        return march_rays_reference(origins, dirs, binary, aabb, step_size, near, far, cone_angle, max_step, jitter)
+    ray, t_start, t_end = ops.march_rays(origins, dirs, binary, aabb, float(step_size), float(near), float(far),
+                                        float(cone_angle), float(max_step), jitter)
+    return Samples(ray, t_start, t_end, origins.shape[0])
+
+
+def march_rays_reference(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
+                         step_size: float, near: float = 0.0, far: float = 1e10, cone_angle: float = 0.0,
+                         max_step: float = 1e10, jitter: torch.Tensor | None = None) -> Samples:
     """Packed samples in occupied cells of ``binary`` ([R, R, R] bool over ``aabb``) along unit-direction rays.
 
     ``jitter`` [n_rays] in [0, 1) shifts each ray's lattice by that fraction of a step (stratified sampling).

@@ -29,7 +29,7 @@ def machine() -> str:
 
 
 def command() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).relative_to(ROOT).as_posix()
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).resolve().relative_to(ROOT).as_posix()
                                             if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0],
                                             *sys.argv[1:]])
 

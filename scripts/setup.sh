@@ -14,6 +14,11 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
         echo "setup: apt-get not found; install libusb-1.0 yourself for open3d mesh clean-up" >&2
     fi
 fi
+# The native kernels in cuda/ are JIT-compiled with g++ (ninja comes from pip); without g++ fields still runs,
+# on the slower plain-PyTorch reference, after one warning.
+if ! command -v g++ >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test,bench]"
 

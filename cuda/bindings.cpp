@@ -1,0 +1,211 @@
+// Torch bindings: registers the native kernels as torch ops (torch.ops.fields.*), checks and allocates tensors,
+// and dispatches on the device to the CPU build (fields::cpu) or, when compiled with FIELDS_WITH_CUDA, the
+// CUDA build (fields::cuda). The kernels themselves see only raw pointers and sizes.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#ifdef FIELDS_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include <tuple>
+
+#include "kernels.h"
+
+namespace {
+
+using at::Tensor;
+
+// Calls fields::cpu::NAME(args...) or fields::cuda::NAME(args..., stream) depending on `device`.
+#ifdef FIELDS_WITH_CUDA
+#define DISPATCH(device, NAME, ...)                                                                  \
+  do {                                                                                               \
+    if ((device).is_cuda()) {                                                                        \
+      fields::cuda::NAME(__VA_ARGS__, static_cast<void*>(at::cuda::getCurrentCUDAStream().stream())); \
+    } else {                                                                                         \
+      fields::cpu::NAME(__VA_ARGS__);                                                                \
+    }                                                                                                \
+  } while (0)
+#else
+#define DISPATCH(device, NAME, ...)                                                          \
+  do {                                                                                       \
+    TORCH_CHECK(!(device).is_cuda(), "fields native ops were built without CUDA support");   \
+    fields::cpu::NAME(__VA_ARGS__);                                                          \
+  } while (0)
+#endif
+
+Tensor f32(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  return t.contiguous();
+}
+
+const float* fptr(const Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+
+fields::HashGrid hash_grid(const Tensor& table, const Tensor& res32) {
+  TORCH_CHECK(table.dim() == 3, "table must be [L, T, F]");
+  const int64_t t = table.size(1);
+  TORCH_CHECK(t > 0 && (t & (t - 1)) == 0, "hash table size must be a power of two, got ", t);
+  TORCH_CHECK(res32.numel() == table.size(0), "one resolution per level expected");
+  return {table.data_ptr<float>(), res32.data_ptr<int32_t>(), static_cast<int>(table.size(0)), t,
+          static_cast<int>(table.size(2))};
+}
+
+Tensor hash_encode_fwd(const Tensor& x_, const Tensor& table_, const Tensor& resolutions) {
+  Tensor x = f32(x_, "x"), table = f32(table_, "table");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == 3, "x must be [N, 3]");
+  TORCH_CHECK(x.device() == table.device(), "x and table must be on the same device");
+  Tensor res = resolutions.to(x.device(), at::kInt).contiguous();
+  Tensor out = at::empty({x.size(0), table.size(0) * table.size(2)}, x.options());
+  if (x.size(0) == 0) return out;
+  DISPATCH(x.device(), hash_encode_forward, x.data_ptr<float>(), x.size(0), hash_grid(table, res),
+           out.data_ptr<float>());
+  return out;
+}
+
+std::tuple<Tensor, Tensor> hash_encode_bwd(const Tensor& grad_out_, const Tensor& x_, const Tensor& table_,
+                                           const Tensor& resolutions, bool need_x_grad) {
+  Tensor g = f32(grad_out_, "grad_out"), x = f32(x_, "x"), table = f32(table_, "table");
+  Tensor res = resolutions.to(x.device(), at::kInt).contiguous();
+  Tensor grad_table = at::zeros_like(table);
+  Tensor grad_x = need_x_grad ? at::zeros_like(x) : at::empty({0}, x.options());
+  if (x.size(0) == 0) return {grad_table, grad_x};
+  DISPATCH(x.device(), hash_encode_backward, g.data_ptr<float>(), x.data_ptr<float>(), x.size(0),
+           hash_grid(table, res), grad_table.data_ptr<float>(), need_x_grad ? grad_x.data_ptr<float>() : nullptr);
+  return {grad_table, grad_x};
+}
+
+std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tensor& dirs_, const Tensor& binary_,
+                                              const Tensor& aabb_, double step_size, double near, double far,
+                                              double cone_angle, double max_step,
+                                              const c10::optional<Tensor>& jitter_) {
+  Tensor origins = f32(origins_, "origins"), dirs = f32(dirs_, "dirs");
+  TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && dirs.sizes() == origins.sizes(),
+              "origins and dirs must be [R, 3]");
+  TORCH_CHECK(binary_.dim() == 3, "binary must be [X, Y, Z]");
+  TORCH_CHECK(step_size > 0, "step_size must be positive");
+  Tensor binary = binary_.to(origins.device(), at::kByte).contiguous();
+  Tensor aabb = aabb_.to(at::kCPU, at::kFloat).contiguous().reshape({6});
+  Tensor jitter;
+  if (jitter_.has_value()) jitter = f32(*jitter_, "jitter");
+  fields::MarchParams p;
+  for (int a = 0; a < 3; ++a) {
+    p.lo[a] = aabb[a].item<float>();
+    p.hi[a] = aabb[3 + a].item<float>();
+    p.res[a] = static_cast<int>(binary.size(a));
+  }
+  p.step = step_size;
+  p.near = near;
+  p.far = far;
+  p.cone = cone_angle;
+  p.max_step = max_step;
+  const int64_t n = origins.size(0);
+  const float* jp = jitter.defined() ? jitter.data_ptr<float>() : nullptr;
+  Tensor counts = at::empty({n}, origins.options().dtype(at::kLong));
+  if (n > 0)
+    DISPATCH(origins.device(), march_count, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
+             binary.data_ptr<uint8_t>(), p, counts.data_ptr<int64_t>());
+  Tensor offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
+  const int64_t total = offsets[n].item<int64_t>();
+  Tensor ray_indices = at::empty({total}, counts.options());
+  Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
+  if (total > 0)
+    DISPATCH(origins.device(), march_fill, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
+             binary.data_ptr<uint8_t>(), p, offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
+             t_starts.data_ptr<float>(), t_ends.data_ptr<float>());
+  return {ray_indices, t_starts, t_ends};
+}
+
+Tensor check_offsets(const Tensor& offsets, const Tensor& like) {
+  TORCH_CHECK(offsets.scalar_type() == at::kLong && offsets.dim() == 1 && offsets.numel() >= 1,
+              "offsets must be int64 [n_rays + 1]");
+  TORCH_CHECK(offsets.device() == like.device(), "offsets must be on the samples' device");
+  return offsets.contiguous();
+}
+
+Tensor transmittance(const Tensor& tau_, const Tensor& offsets_) {
+  Tensor tau = f32(tau_, "tau"), offsets = check_offsets(offsets_, tau_);
+  Tensor out = at::empty_like(tau);
+  const int64_t n_rays = offsets.numel() - 1;
+  if (tau.numel() > 0 && n_rays > 0)
+    DISPATCH(tau.device(), transmittance, tau.data_ptr<float>(), offsets.data_ptr<int64_t>(), n_rays,
+             out.data_ptr<float>());
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> composite_fwd(const Tensor& sigmas_, const Tensor& rgbs_,
+                                                         const Tensor& t_starts_, const Tensor& t_ends_,
+                                                         const Tensor& offsets_) {
+  Tensor sigmas = f32(sigmas_, "sigmas"), rgbs = f32(rgbs_, "rgbs");
+  Tensor t_starts = f32(t_starts_, "t_starts"), t_ends = f32(t_ends_, "t_ends");
+  Tensor offsets = check_offsets(offsets_, sigmas_);
+  TORCH_CHECK(rgbs.dim() == 2 && rgbs.size(1) == 3 && rgbs.size(0) == sigmas.numel(), "rgbs must be [S, 3]");
+  const int64_t n_rays = offsets.numel() - 1;
+  Tensor weights = at::empty_like(sigmas);
+  Tensor rgb = at::zeros({n_rays, 3}, sigmas.options()), opacity = at::zeros({n_rays}, sigmas.options());
+  Tensor depth = at::zeros({n_rays}, sigmas.options());
+  if (n_rays > 0 && sigmas.numel() > 0)
+    DISPATCH(sigmas.device(), composite_forward, sigmas.data_ptr<float>(), rgbs.data_ptr<float>(),
+             t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), offsets.data_ptr<int64_t>(), n_rays,
+             weights.data_ptr<float>(), rgb.data_ptr<float>(), opacity.data_ptr<float>(), depth.data_ptr<float>());
+  return {weights, rgb, opacity, depth};
+}
+
+std::tuple<Tensor, Tensor> composite_bwd(const c10::optional<Tensor>& grad_weights_, const Tensor& grad_rgb_,
+                                         const Tensor& grad_opacity_, const Tensor& grad_depth_,
+                                         const Tensor& sigmas_, const Tensor& rgbs_, const Tensor& t_starts_,
+                                         const Tensor& t_ends_, const Tensor& offsets_) {
+  Tensor sigmas = f32(sigmas_, "sigmas"), rgbs = f32(rgbs_, "rgbs");
+  Tensor t_starts = f32(t_starts_, "t_starts"), t_ends = f32(t_ends_, "t_ends");
+  Tensor grad_rgb = f32(grad_rgb_, "grad_rgb"), grad_opacity = f32(grad_opacity_, "grad_opacity");
+  Tensor grad_depth = f32(grad_depth_, "grad_depth"), offsets = check_offsets(offsets_, sigmas_);
+  Tensor grad_weights;
+  if (grad_weights_.has_value()) grad_weights = f32(*grad_weights_, "grad_weights");
+  const int64_t n_rays = offsets.numel() - 1;
+  Tensor grad_sigmas = at::zeros_like(sigmas), grad_rgbs = at::zeros_like(rgbs);
+  if (n_rays > 0 && sigmas.numel() > 0)
+    DISPATCH(sigmas.device(), composite_backward, grad_weights.defined() ? grad_weights.data_ptr<float>() : nullptr,
+             grad_rgb.data_ptr<float>(), grad_opacity.data_ptr<float>(), grad_depth.data_ptr<float>(),
+             sigmas.data_ptr<float>(), rgbs.data_ptr<float>(), t_starts.data_ptr<float>(), t_ends.data_ptr<float>(),
+             offsets.data_ptr<int64_t>(), n_rays, grad_sigmas.data_ptr<float>(), grad_rgbs.data_ptr<float>());
+  return {grad_sigmas, grad_rgbs};
+}
+
+bool has_cuda() {
+#ifdef FIELDS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fields, m) {
+  m.def("hash_encode_fwd(Tensor x, Tensor table, Tensor resolutions) -> Tensor");
+  m.def("hash_encode_bwd(Tensor grad_out, Tensor x, Tensor table, Tensor resolutions, bool need_x_grad)"
+        " -> (Tensor, Tensor)");
+  m.def("march_rays(Tensor origins, Tensor dirs, Tensor binary, Tensor aabb, float step_size, float near,"
+        " float far, float cone_angle, float max_step, Tensor? jitter) -> (Tensor, Tensor, Tensor)");
+  m.def("transmittance(Tensor tau, Tensor offsets) -> Tensor");
+  m.def("composite_fwd(Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("composite_bwd(Tensor? grad_weights, Tensor grad_rgb, Tensor grad_opacity, Tensor grad_depth,"
+        " Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets) -> (Tensor, Tensor)");
+  m.def("has_cuda() -> bool", &has_cuda);
+}
+
+// The same wrappers serve both devices: each one dispatches on its tensors' device.
+void register_impls(torch::Library& m) {
+  m.impl("hash_encode_fwd", &hash_encode_fwd);
+  m.impl("hash_encode_bwd", &hash_encode_bwd);
+  m.impl("march_rays", &march_rays);
+  m.impl("transmittance", &transmittance);
+  m.impl("composite_fwd", &composite_fwd);
+  m.impl("composite_bwd", &composite_bwd);
+}
+
+TORCH_LIBRARY_IMPL(fields, CPU, m) { register_impls(m); }
+
+#ifdef FIELDS_WITH_CUDA
+TORCH_LIBRARY_IMPL(fields, CUDA, m) { register_impls(m); }
+#endif

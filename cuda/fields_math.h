@@ -1,0 +1,320 @@
+// Shared math of the native kernels: inline functions compiled for the host (g++, the CPU build) and for the
+// device (nvcc, the CUDA build). Every function mirrors one step of the plain-PyTorch reference in
+// renderers/ and fields/encodings.py operation for operation in the same precision, so that the two builds and
+// the reference agree (marching emits bit-identical samples; see renderers/marching.py). Build with FMA
+// contraction off (-ffp-contract=off, nvcc --fmad=false): a fused multiply-add rounds differently from the
+// reference's separate multiply and add.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FIELDS_HD __host__ __device__ __forceinline__
+#else
+#define FIELDS_HD inline
+#endif
+
+namespace fields {
+
+// ---------------------------------------------------------------------------------------------------------
+// Hash-grid encoding (Instant-NGP): vertex indices and trilinear weights of one point at one level.
+
+constexpr uint32_t kPrime1 = 2654435761u;
+constexpr uint32_t kPrime2 = 805459861u;
+
+// Lower cell corner and fractional position along one axis; x == 1 stays in the last cell.
+FIELDS_HD void cell_coord(float x, float res, int res_i, int& base, float& frac) {
+  float pos = x * res;
+  float b = floorf(pos);
+  if (b > res - 1.0f) b = res - 1.0f;
+  if (b < 0.0f) b = 0.0f;  // outside [0, 1] the reference is undefined; stay in the table
+  frac = pos - b;
+  base = static_cast<int>(b);
+  (void)res_i;
+}
+
+// Per-axis index terms of the lower (lo) and upper (hi) vertex; combined by + (dense) or ^ (hashed).
+struct AxisTerms {
+  uint32_t lo[3], hi[3];
+};
+
+FIELDS_HD AxisTerms axis_terms(const int base[3], bool dense, uint32_t side) {
+  AxisTerms t;
+  const uint32_t stride[3] = {1u, dense ? side : kPrime1, dense ? side * side : kPrime2};
+  for (int a = 0; a < 3; ++a) {
+    t.lo[a] = static_cast<uint32_t>(base[a]) * stride[a];
+    t.hi[a] = static_cast<uint32_t>(base[a] + 1) * stride[a];
+  }
+  return t;
+}
+
+// Row of vertex c (bit 0: x upper, bit 1: y upper, bit 2: z upper) inside its level's table.
+FIELDS_HD uint32_t vertex_row(const AxisTerms& t, int c, bool dense, uint32_t table_size) {
+  uint32_t tx = (c & 1) ? t.hi[0] : t.lo[0];
+  uint32_t ty = (c & 2) ? t.hi[1] : t.lo[1];
+  uint32_t tz = (c & 4) ? t.hi[2] : t.lo[2];
+  return dense ? tx + ty + tz : ((tx ^ ty ^ tz) & (table_size - 1u));
+}
+
+// Trilinear weight of vertex c from the fractional position, in the reference's order (wx * wy) * wz.
+FIELDS_HD float vertex_weight(const float frac[3], int c) {
+  float wx = (c & 1) ? frac[0] : 1.0f - frac[0];
+  float wy = (c & 2) ? frac[1] : 1.0f - frac[1];
+  float wz = (c & 4) ? frac[2] : 1.0f - frac[2];
+  return wx * wy * wz;
+}
+
+// d(weight of vertex c) / d(frac[axis]).
+FIELDS_HD float vertex_weight_dfrac(const float frac[3], int c, int axis) {
+  float w[3], dw[3];
+  for (int a = 0; a < 3; ++a) {
+    bool up = (c >> a) & 1;
+    w[a] = up ? frac[a] : 1.0f - frac[a];
+    dw[a] = up ? 1.0f : -1.0f;
+  }
+  w[axis] = dw[axis];
+  return w[0] * w[1] * w[2];
+}
+
+FIELDS_HD bool level_is_dense(int res, int64_t table_size) {
+  int64_t side = static_cast<int64_t>(res) + 1;
+  return side * side * side <= table_size;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Ray-box intersection (slab method), exactly as renderers/marching.py:ray_aabb in float32.
+
+FIELDS_HD void ray_aabb(const float o[3], const float d[3], const float lo[3], const float hi[3], float& t_near,
+                        float& t_far) {
+  t_near = -INFINITY;
+  t_far = INFINITY;
+  for (int a = 0; a < 3; ++a) {
+    float dd = fabsf(d[a]) < 1e-12f ? 1e-12f : d[a];
+    float inv = 1.0f / dd;
+    float t0 = (lo[a] - o[a]) * inv;
+    float t1 = (hi[a] - o[a]) * inv;
+    t_near = fmaxf(t_near, fminf(t0, t1));
+    t_far = fminf(t_far, fmaxf(t0, t1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The per-ray sample lattice (renderers/marching.py:lattice): constant steps, then geometric growth
+// (cone stepping), then constant steps of max_step. cone_angle <= 0 is computed in float32 like the
+// reference; the cone branch in float64, rounded to float32 at the end (also like the reference).
+
+struct Lattice {
+  float t0;
+  float step;  // step_size rounded to float32, as torch does with a Python scalar
+  double cone, growth, step_d, max_step, n1, n2, t1, t2;
+
+  FIELDS_HD Lattice(float t0_, double step_size, double cone_angle, double max_step_) {
+    t0 = t0_;
+    step = static_cast<float>(step_size);
+    step_d = step_size;
+    cone = cone_angle;
+    max_step = max_step_;
+    growth = n1 = n2 = t1 = t2 = 0.0;
+    if (cone > 0.0) {
+      growth = log1p(cone);
+      double t0d = t0;
+      n1 = fmax(ceil((step_d / cone - t0d) / step_d), 0.0);
+      t1 = t0d + n1 * step_d;
+      n2 = fmax(ceil(log((max_step / cone) / t1) / growth), 0.0);
+      t2 = t1 * exp(n2 * growth);
+    }
+  }
+
+  // Position of lattice point k.
+  FIELDS_HD float at(int64_t k) const {
+    if (cone <= 0.0) return t0 + static_cast<float>(k) * step;
+    double kd = static_cast<double>(k);
+    double t;
+    if (kd <= n1) {
+      t = static_cast<double>(t0) + kd * step_d;
+    } else if (kd <= n1 + n2) {
+      t = t1 * exp((kd - n1) * growth);
+    } else {
+      t = t2 + (kd - n1 - n2) * max_step;
+    }
+    return static_cast<float>(t);
+  }
+
+  // A lattice index from which to continue marching once every midpoint before distance t is known to lie in
+  // an empty cell: no later than the first point whose midpoint reaches t (with a margin for rounding).
+  FIELDS_HD double resume_index(double t) const {
+    if (cone <= 0.0) return ceil((t - static_cast<double>(t0)) / static_cast<double>(step) - 0.5 - 0.01);
+    double k;  // real-valued index of the lattice point at t; the midpoint of point floor(k) - 1 is before t
+    if (t <= t1) {
+      k = (t - static_cast<double>(t0)) / step_d;
+    } else if (t <= t2) {
+      k = n1 + log(t / t1) / growth;
+    } else {
+      k = n1 + n2 + (t - t2) / max_step;
+    }
+    return floor(k - 0.01) - 1.0;
+  }
+};
+
+// Occupancy-grid cell of a point, exactly as the reference computes it in float32; -1 outside the grid.
+FIELDS_HD int64_t grid_cell(const float x[3], const float lo[3], const float hi[3], const int res[3], int cell[3]) {
+  for (int a = 0; a < 3; ++a) {
+    float u = (x[a] - lo[a]) / (hi[a] - lo[a]);
+    float c = floorf(u * static_cast<float>(res[a]));
+    if (!(c >= 0.0f && c < static_cast<float>(res[a]))) return -1;
+    cell[a] = static_cast<int>(c);
+  }
+  return (static_cast<int64_t>(cell[0]) * res[1] + cell[1]) * res[2] + cell[2];
+}
+
+// Distance at which the ray leaves cell `cell` shrunk on every side by more than the float32 rounding error of
+// the reference's cell computation, or -inf when the point at distance t is not inside that shrunk cell (then
+// no jump is safe). Lattice points strictly before that distance are certainly classified into `cell`.
+FIELDS_HD double shrunk_cell_exit(const float o[3], const float d[3], float t, const float lo[3], const float hi[3],
+                                  const int res[3], const int cell[3]) {
+  double t_exit = INFINITY;
+  for (int a = 0; a < 3; ++a) {
+    double extent = static_cast<double>(hi[a]) - lo[a], size = extent / res[a];
+    // |x| <= |o| + |t d| <= 2|o| + |box|: a generous bound of the reference's rounding error, in cells.
+    const double abs_lo = fabs(static_cast<double>(lo[a])), abs_hi = fabs(static_cast<double>(hi[a]));
+    const double box = abs_lo > abs_hi ? abs_lo : abs_hi;
+    double margin = 1e-4 + 8.0 * 1.2e-7 * res[a] * (2.0 * fabs(static_cast<double>(o[a])) + 3.0 * box) / extent;
+    double x = static_cast<double>(o[a]) + static_cast<double>(t) * d[a];
+    double c_lo = lo[a] + (cell[a] + margin) * size, c_hi = lo[a] + (cell[a] + 1 - margin) * size;
+    if (!(x >= c_lo && x <= c_hi)) return -INFINITY;
+    const double t_a = d[a] > 0.0f ? (c_hi - o[a]) / d[a] : d[a] < 0.0f ? (c_lo - o[a]) / d[a] : INFINITY;
+    t_exit = t_a < t_exit ? t_a : t_exit;
+  }
+  return t_exit;
+}
+
+// Marching parameters shared by every ray of a call.
+struct MarchParams {
+  float lo[3], hi[3];
+  int res[3];
+  double step, near, far, cone, max_step;
+};
+
+// March one ray (renderers/marching.py:march_rays for a single ray): calls emit(k, t_start, t_end) for every
+// lattice point whose midpoint lies before the far bound in an occupied cell, in order; returns how many.
+// Empty cells are jumped over (to the first lattice point whose midpoint may leave the shrunk cell), and every
+// lattice point that is evaluated uses the reference's float32 arithmetic, so the samples are exactly the
+// reference's.
+template <class Emit>
+FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, const uint8_t* binary,
+                            const MarchParams& p, Emit& emit) {
+  float t_near, t_far;
+  ray_aabb(o, d, p.lo, p.hi, t_near, t_far);
+  t_near = fmaxf(t_near, static_cast<float>(p.near));
+  t_far = fminf(t_far, static_cast<float>(p.far));
+  if (!(t_far > t_near)) return 0;
+  float step = static_cast<float>(p.step);
+  float t0 = t_near + jitter * step;
+  float cf = ceilf((t_far - t0) / step);
+  if (!(cf > 0.0f)) return 0;
+  int64_t count = static_cast<int64_t>(cf);
+  Lattice lat(t0, p.step, p.cone, p.max_step);
+  int64_t n = 0;
+  for (int64_t k = 0; k < count;) {
+    float ts = lat.at(k), te = lat.at(k + 1);
+    float mid = 0.5f * (ts + te);
+    if (!(mid < t_far)) {
+      if (p.cone <= 0.0) break;  // constant steps: later midpoints are no smaller (IEEE rounding is monotone)
+      ++k;
+      continue;
+    }
+    float x[3] = {o[0] + mid * d[0], o[1] + mid * d[1], o[2] + mid * d[2]};
+    int cell[3];
+    int64_t c = grid_cell(x, p.lo, p.hi, p.res, cell);
+    if (c >= 0 && binary[c]) {
+      emit(k, ts, te);
+      ++n;
+      ++k;
+      continue;
+    }
+    if (c >= 0) {
+      double t_exit = shrunk_cell_exit(o, d, mid, p.lo, p.hi, p.res, cell);
+      if (t_exit > mid) {
+        double kk = lat.resume_index(t_exit);
+        if (kk >= static_cast<double>(count)) break;
+        if (kk > static_cast<double>(k)) {
+          k = static_cast<int64_t>(kk);
+          continue;
+        }
+      }
+    }
+    ++k;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Compositing: alpha of one sample and transmittance after a float64 running optical depth.
+
+FIELDS_HD float sample_alpha(float tau) { return -expm1f(-tau); }  // no cancellation for small tau
+
+FIELDS_HD float transmittance_of(double depth_before) { return static_cast<float>(exp(-depth_before)); }
+
+// One ray's samples [i0, i1): transmittance before each sample, from optical depths tau.
+FIELDS_HD void transmittance_ray(const float* tau, int64_t i0, int64_t i1, float* out) {
+  double depth = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    out[i] = transmittance_of(depth);
+    depth += static_cast<double>(tau[i]);
+  }
+}
+
+// One ray's weights w_i = T_i alpha_i and its colour, opacity and depth (sums in float64: rays can have
+// thousands of samples).
+FIELDS_HD void composite_ray_forward(const float* sigmas, const float* rgbs, const float* t_starts,
+                                     const float* t_ends, int64_t i0, int64_t i1, float* weights, float* rgb,
+                                     float* opacity, float* depth) {
+  double optical = 0.0, acc[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int64_t i = i0; i < i1; ++i) {
+    const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    weights[i] = w;
+    for (int c = 0; c < 3; ++c) acc[c] += static_cast<double>(w * rgbs[3 * i + c]);
+    acc[3] += static_cast<double>(w);
+    acc[4] += static_cast<double>(w * (0.5f * (t_starts[i] + t_ends[i])));
+  }
+  for (int c = 0; c < 3; ++c) rgb[c] = static_cast<float>(acc[c]);
+  *opacity = static_cast<float>(acc[3]);
+  *depth = static_cast<float>(acc[4]);
+}
+
+// Gradients of one ray's samples. With G_i = dL/dw_i (from the weights, rgb, opacity and depth gradients):
+// dL/dtau_k = G_k T_{k+1} - sum_{i > k} G_i w_i, since w_i depends on tau_k (k < i) through T_i.
+FIELDS_HD void composite_ray_backward(const float* grad_weights, const float gr[3], float grad_opacity,
+                                      float grad_depth, const float* sigmas, const float* rgbs,
+                                      const float* t_starts, const float* t_ends, int64_t i0, int64_t i1,
+                                      float* grad_sigmas, float* grad_rgbs) {
+  auto g_of = [&](int64_t i) {
+    float g = gr[0] * rgbs[3 * i] + gr[1] * rgbs[3 * i + 1] + gr[2] * rgbs[3 * i + 2] + grad_opacity +
+              grad_depth * (0.5f * (t_starts[i] + t_ends[i]));
+    return grad_weights ? g + grad_weights[i] : g;
+  };
+  double optical = 0.0, total = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    total += static_cast<double>(g_of(i)) * w;
+  }
+  optical = 0.0;
+  double prefix = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float dt = t_ends[i] - t_starts[i], tau = sigmas[i] * dt;
+    const float w = transmittance_of(optical) * sample_alpha(tau);
+    optical += static_cast<double>(tau);
+    const double g = g_of(i);
+    prefix += g * w;
+    const double dtau = g * static_cast<double>(transmittance_of(optical)) - (total - prefix);
+    grad_sigmas[i] = static_cast<float>(dtau * dt);
+    for (int c = 0; c < 3; ++c) grad_rgbs[3 * i + c] = w * gr[c];
+  }
+}
+
+}  // namespace fields

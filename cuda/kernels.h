@@ -1,0 +1,52 @@
+// Entry points of the native kernels on raw pointers and sizes, one set per build: fields::cpu (kernels_cpu.cpp,
+// C++17 + OpenMP) and fields::cuda (kernels_cuda.cu, nvcc). No ATen here: bindings.cpp allocates the tensors,
+// checks shapes and dispatches on the device. All float tensors are float32 and contiguous; `offsets` are the
+// CSR offsets [n_rays + 1] of packed samples sorted by ray.
+#pragma once
+
+#include <cstdint>
+
+#include "fields_math.h"
+
+namespace fields {
+
+struct HashGrid {
+  const float* table;     // [L, T, F]
+  const int32_t* res;     // [L] cells per side of each level (device memory for the CUDA build)
+  int levels;
+  int64_t table_size;     // T, a power of two
+  int features;           // F
+};
+
+#define FIELDS_KERNEL_DECLS(...)                                                                            \
+  /* out [N, L * F] */                                                                                         \
+  void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out __VA_ARGS__);                          \
+  /* grad_table [L, T, F] zeroed by the caller; grad_x [N, 3] or null */                                       \
+  void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,    \
+                            float* grad_x __VA_ARGS__);                                                             \
+  /* samples per ray */                                                                                        \
+  void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,                \
+                   const uint8_t* binary, MarchParams p, int64_t* counts __VA_ARGS__);                              \
+  void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,                 \
+                  const uint8_t* binary, MarchParams p, const int64_t* offsets, int64_t* ray_indices,           \
+                  float* t_starts, float* t_ends __VA_ARGS__);                                                      \
+  void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out __VA_ARGS__);              \
+  void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,     \
+                         const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,    \
+                         float* depth __VA_ARGS__);                                                                 \
+  void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,          \
+                          const float* grad_depth, const float* sigmas, const float* rgbs,                      \
+                          const float* t_starts, const float* t_ends, const int64_t* offsets, int64_t n_rays,   \
+                          float* grad_sigmas, float* grad_rgbs __VA_ARGS__);
+
+namespace cpu {
+FIELDS_KERNEL_DECLS()
+}  // namespace cpu
+
+namespace cuda {
+FIELDS_KERNEL_DECLS(, void* stream)
+}  // namespace cuda
+
+#undef FIELDS_KERNEL_DECLS
+
+}  // namespace fields

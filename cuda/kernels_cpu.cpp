@@ -1,0 +1,267 @@
+// CPU build of the native kernels (C++17 + OpenMP). Loops are written so that g++ -O3 -march=native
+// vectorises the per-point arithmetic (blocks of points, structure-of-arrays scratch, no branches inside), and
+// the hash-grid backward partitions the work by level, so every thread owns its levels' table rows and the
+// gradient scatter needs no atomics.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fields {
+namespace cpu {
+namespace {
+
+constexpr int kBlock = 64;  // points per block: scratch stays in L1
+
+// Vertex rows and trilinear weights of a block of points at one level (structure of arrays).
+struct BlockCorners {
+  uint32_t row[8][kBlock];
+  float w[8][kBlock];
+  float frac[3][kBlock];
+};
+
+template <bool Dense>
+inline uint32_t combine(uint32_t tx, uint32_t ty, uint32_t tz, uint32_t mask) {
+  return Dense ? tx + ty + tz : ((tx ^ ty ^ tz) & mask);
+}
+
+// Same arithmetic as fields_math.h (cell_coord, axis_terms, vertex_row, vertex_weight), unrolled per axis and
+// per vertex so that the loop over points vectorises.
+template <bool Dense>
+inline void block_corners(const float* __restrict x, int64_t nb, float res_f, uint32_t side, uint32_t table_size,
+                          BlockCorners& bc) {
+  const uint32_t s1 = Dense ? side : kPrime1, s2 = Dense ? side * side : kPrime2, mask = table_size - 1u;
+  const float top = res_f - 1.0f;
+#pragma omp simd
+  for (int i = 0; i < nb; ++i) {
+    const float px = x[3 * i] * res_f, py = x[3 * i + 1] * res_f, pz = x[3 * i + 2] * res_f;
+    // floor(p) clamped to [0, res - 1] as a truncation of the clamped value (equal for p >= 0; vectorises).
+    const float bx = static_cast<float>(static_cast<int>(std::min(std::max(px, 0.0f), top)));
+    const float by = static_cast<float>(static_cast<int>(std::min(std::max(py, 0.0f), top)));
+    const float bz = static_cast<float>(static_cast<int>(std::min(std::max(pz, 0.0f), top)));
+    const float fx = px - bx, fy = py - by, fz = pz - bz;
+    bc.frac[0][i] = fx;
+    bc.frac[1][i] = fy;
+    bc.frac[2][i] = fz;
+    const uint32_t ix = static_cast<uint32_t>(static_cast<int>(bx)), iy = static_cast<uint32_t>(static_cast<int>(by)),
+                   iz = static_cast<uint32_t>(static_cast<int>(bz));
+    const uint32_t x0 = ix, x1 = ix + 1u, y0 = iy * s1, y1 = (iy + 1u) * s1, z0 = iz * s2, z1 = (iz + 1u) * s2;
+    bc.row[0][i] = combine<Dense>(x0, y0, z0, mask);
+    bc.row[1][i] = combine<Dense>(x1, y0, z0, mask);
+    bc.row[2][i] = combine<Dense>(x0, y1, z0, mask);
+    bc.row[3][i] = combine<Dense>(x1, y1, z0, mask);
+    bc.row[4][i] = combine<Dense>(x0, y0, z1, mask);
+    bc.row[5][i] = combine<Dense>(x1, y0, z1, mask);
+    bc.row[6][i] = combine<Dense>(x0, y1, z1, mask);
+    bc.row[7][i] = combine<Dense>(x1, y1, z1, mask);
+    const float wx0 = 1.0f - fx, wy0 = 1.0f - fy, wz0 = 1.0f - fz;
+    bc.w[0][i] = wx0 * wy0 * wz0;
+    bc.w[1][i] = fx * wy0 * wz0;
+    bc.w[2][i] = wx0 * fy * wz0;
+    bc.w[3][i] = fx * fy * wz0;
+    bc.w[4][i] = wx0 * wy0 * fz;
+    bc.w[5][i] = fx * wy0 * fz;
+    bc.w[6][i] = wx0 * fy * fz;
+    bc.w[7][i] = fx * fy * fz;
+  }
+}
+
+inline void corners(const float* x, int64_t nb, float res_f, bool dense, uint32_t side, uint32_t table_size,
+                    BlockCorners& bc) {
+  if (dense)
+    block_corners<true>(x, nb, res_f, side, table_size, bc);
+  else
+    block_corners<false>(x, nb, res_f, side, table_size, bc);
+}
+
+// Features of one level for a block: out[i * out_stride + f] = sum_c w_c * table[row_c, f].
+template <int F>
+inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __restrict tab, int features,
+                         float* __restrict out, int64_t out_stride) {
+  const int nf = F > 0 ? F : features;
+  for (int f = 0; f < nf; ++f) {
+    float acc[kBlock];
+#pragma omp simd
+    for (int i = 0; i < kBlock; ++i) acc[i] = 0.0f;
+    for (int c = 0; c < 8; ++c) {
+#pragma omp simd
+      for (int i = 0; i < nb; ++i) acc[i] += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
+    }
+    for (int i = 0; i < nb; ++i) out[i * out_stride + f] = acc[i];
+  }
+}
+
+inline void level_params(const HashGrid& g, int l, float& res_f, bool& dense, uint32_t& side) {
+  res_f = static_cast<float>(g.res[l]);
+  dense = level_is_dense(g.res[l], g.table_size);
+  side = static_cast<uint32_t>(g.res[l]) + 1u;
+}
+
+}  // namespace
+
+void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
+  const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for collapse(2) schedule(static)
+    for (int l = 0; l < g.levels; ++l) {
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        float res_f;
+        bool dense;
+        uint32_t side;
+        level_params(g, l, res_f, dense, side);
+        const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
+        float* o = out + i0 * stride + static_cast<int64_t>(l) * g.features;
+        if (g.features == 2)
+          block_gather<2>(bc, nb, tab, 2, o, stride);
+        else
+          block_gather<0>(bc, nb, tab, g.features, o, stride);
+      }
+    }
+  }
+}
+
+void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,
+                          float* grad_x) {
+  const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
+  const int nf = g.features;
+  // Table gradient: each thread owns whole levels, so the scatter-add below is race-free without atomics.
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for schedule(dynamic, 1)
+    for (int l = 0; l < g.levels; ++l) {
+      float res_f;
+      bool dense;
+      uint32_t side;
+      level_params(g, l, res_f, dense, side);
+      float* gt = grad_table + static_cast<int64_t>(l) * g.table_size * nf;
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
+        if (nf == 2) {
+          for (int i = 0; i < nb; ++i) {
+            const float g0 = go[i * stride], g1 = go[i * stride + 1];
+            for (int c = 0; c < 8; ++c) {
+              float* row = gt + 2 * static_cast<int64_t>(bc.row[c][i]);
+              row[0] += bc.w[c][i] * g0;
+              row[1] += bc.w[c][i] * g1;
+            }
+          }
+          continue;
+        }
+        for (int i = 0; i < nb; ++i) {
+          for (int f = 0; f < nf; ++f) {
+            const float gv = go[i * stride + f];
+            for (int c = 0; c < 8; ++c) gt[static_cast<int64_t>(bc.row[c][i]) * nf + f] += bc.w[c][i] * gv;
+          }
+        }
+      }
+    }
+  }
+  if (grad_x == nullptr) return;
+  // Input gradient: per point, sum over levels of res * d(weights)/d(frac) . features.
+#pragma omp parallel
+  {
+    BlockCorners bc;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
+      float gx[3][kBlock] = {};
+      for (int l = 0; l < g.levels; ++l) {
+        float res_f;
+        bool dense;
+        uint32_t side;
+        level_params(g, l, res_f, dense, side);
+        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
+        const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * nf;
+        const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
+        for (int i = 0; i < nb; ++i) {
+          const float fr[3] = {bc.frac[0][i], bc.frac[1][i], bc.frac[2][i]};
+          for (int c = 0; c < 8; ++c) {
+            float dot = 0.0f;
+            for (int f = 0; f < nf; ++f) dot += go[i * stride + f] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
+            for (int a = 0; a < 3; ++a) gx[a][i] += res_f * vertex_weight_dfrac(fr, c, a) * dot;
+          }
+        }
+      }
+      for (int i = 0; i < nb; ++i)
+        for (int a = 0; a < 3; ++a) grad_x[3 * (i0 + i) + a] = gx[a][i];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Marching: two passes over rays (count, then fill at the caller's offsets).
+
+namespace {
+struct CountEmit {
+  FIELDS_HD void operator()(int64_t, float, float) {}
+};
+struct FillEmit {
+  int64_t ray, pos;
+  int64_t* ray_indices;
+  float *t_starts, *t_ends;
+  void operator()(int64_t, float ts, float te) {
+    ray_indices[pos] = ray;
+    t_starts[pos] = ts;
+    t_ends[pos] = te;
+    ++pos;
+  }
+};
+}  // namespace
+
+void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                 MarchParams p, int64_t* counts) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    CountEmit emit;
+    counts[r] = march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+  }
+}
+
+void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) {
+    FillEmit emit{r, offsets[r], ray_indices, t_starts, t_ends};
+    march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Compositing, one ray per iteration (rays are independent; samples of a ray are contiguous).
+
+void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r) transmittance_ray(tau, offsets[r], offsets[r + 1], out);
+}
+
+void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
+                       const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,
+                       float* depth) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r)
+    composite_ray_forward(sigmas, rgbs, t_starts, t_ends, offsets[r], offsets[r + 1], weights, rgb + 3 * r,
+                          opacity + r, depth + r);
+}
+
+void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,
+                        const float* grad_depth, const float* sigmas, const float* rgbs, const float* t_starts,
+                        const float* t_ends, const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
+                        float* grad_rgbs) {
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t r = 0; r < n_rays; ++r)
+    composite_ray_backward(grad_weights, grad_rgb + 3 * r, grad_opacity[r], grad_depth[r], sigmas, rgbs,
+                           t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
+}
+
+}  // namespace cpu
+}  // namespace fields

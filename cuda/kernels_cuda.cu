@@ -1,0 +1,211 @@
+// CUDA build of the native kernels: the same ops as kernels_cpu.cpp on raw device pointers, sharing the math of
+// fields_math.h. No ATen here (compiles standalone with `nvcc -c`); bindings.cpp passes torch's current stream.
+// Build with --fmad=false so that marching reproduces the reference's float32 rounding exactly.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+
+namespace fields {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+inline void check_launch(const char* what) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+struct LevelCorners {
+  uint32_t row[8];
+  float w[8];
+  float frac[3];
+  float res;
+};
+
+__device__ __forceinline__ LevelCorners level_corners(const float* x, const HashGrid& g, int l) {
+  LevelCorners lc;
+  const int r = g.res[l];
+  lc.res = static_cast<float>(r);
+  const bool dense = level_is_dense(r, g.table_size);
+  int base[3];
+  for (int a = 0; a < 3; ++a) cell_coord(x[a], lc.res, r, base[a], lc.frac[a]);
+  const AxisTerms t = axis_terms(base, dense, static_cast<uint32_t>(r) + 1u);
+  for (int c = 0; c < 8; ++c) {
+    lc.row[c] = vertex_row(t, c, dense, static_cast<uint32_t>(g.table_size));
+    lc.w[c] = vertex_weight(lc.frac, c);
+  }
+  return lc;
+}
+
+__global__ void hash_forward_kernel(const float* __restrict__ x, int64_t n, HashGrid g, float* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int l = blockIdx.y;
+  if (i >= n) return;
+  const LevelCorners lc = level_corners(x + 3 * i, g, l);
+  const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
+  float* o = out + i * g.levels * g.features + static_cast<int64_t>(l) * g.features;
+  for (int f = 0; f < g.features; ++f) {
+    float acc = 0.0f;
+    for (int c = 0; c < 8; ++c) acc += lc.w[c] * tab[static_cast<int64_t>(lc.row[c]) * g.features + f];
+    o[f] = acc;
+  }
+}
+
+__global__ void hash_backward_table_kernel(const float* __restrict__ grad_out, const float* __restrict__ x,
+                                           int64_t n, HashGrid g, float* __restrict__ grad_table) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int l = blockIdx.y;
+  if (i >= n) return;
+  const LevelCorners lc = level_corners(x + 3 * i, g, l);
+  float* gt = grad_table + static_cast<int64_t>(l) * g.table_size * g.features;
+  const float* go = grad_out + i * g.levels * g.features + static_cast<int64_t>(l) * g.features;
+  for (int f = 0; f < g.features; ++f) {
+    const float gv = go[f];
+    if (gv == 0.0f) continue;
+    for (int c = 0; c < 8; ++c) atomicAdd(gt + static_cast<int64_t>(lc.row[c]) * g.features + f, lc.w[c] * gv);
+  }
+}
+
+__global__ void hash_backward_x_kernel(const float* __restrict__ grad_out, const float* __restrict__ x, int64_t n,
+                                       HashGrid g, float* __restrict__ grad_x) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  float gx[3] = {0.0f, 0.0f, 0.0f};
+  for (int l = 0; l < g.levels; ++l) {
+    const LevelCorners lc = level_corners(x + 3 * i, g, l);
+    const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
+    const float* go = grad_out + i * g.levels * g.features + static_cast<int64_t>(l) * g.features;
+    for (int c = 0; c < 8; ++c) {
+      float dot = 0.0f;
+      for (int f = 0; f < g.features; ++f) dot += go[f] * tab[static_cast<int64_t>(lc.row[c]) * g.features + f];
+      for (int a = 0; a < 3; ++a) gx[a] += lc.res * vertex_weight_dfrac(lc.frac, c, a) * dot;
+    }
+  }
+  for (int a = 0; a < 3; ++a) grad_x[3 * i + a] = gx[a];
+}
+
+struct CountEmit {
+  __device__ void operator()(int64_t, float, float) {}
+};
+
+struct FillEmit {
+  int64_t ray, pos;
+  int64_t* ray_indices;
+  float *t_starts, *t_ends;
+  __device__ void operator()(int64_t, float ts, float te) {
+    ray_indices[pos] = ray;
+    t_starts[pos] = ts;
+    t_ends[pos] = te;
+    ++pos;
+  }
+};
+
+__global__ void march_count_kernel(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
+                                   const uint8_t* binary, MarchParams p, int64_t* counts) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n_rays) return;
+  CountEmit emit;
+  counts[r] = march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+}
+
+__global__ void march_fill_kernel(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
+                                  const uint8_t* binary, MarchParams p, const int64_t* offsets,
+                                  int64_t* ray_indices, float* t_starts, float* t_ends) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n_rays) return;
+  FillEmit emit{r, offsets[r], ray_indices, t_starts, t_ends};
+  march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+}
+
+__global__ void transmittance_kernel(const float* tau, const int64_t* offsets, int64_t n_rays, float* out) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r < n_rays) transmittance_ray(tau, offsets[r], offsets[r + 1], out);
+}
+
+__global__ void composite_forward_kernel(const float* sigmas, const float* rgbs, const float* t_starts,
+                                         const float* t_ends, const int64_t* offsets, int64_t n_rays,
+                                         float* weights, float* rgb, float* opacity, float* depth) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r < n_rays)
+    composite_ray_forward(sigmas, rgbs, t_starts, t_ends, offsets[r], offsets[r + 1], weights, rgb + 3 * r,
+                          opacity + r, depth + r);
+}
+
+__global__ void composite_backward_kernel(const float* grad_weights, const float* grad_rgb,
+                                          const float* grad_opacity, const float* grad_depth, const float* sigmas,
+                                          const float* rgbs, const float* t_starts, const float* t_ends,
+                                          const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
+                                          float* grad_rgbs) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r < n_rays)
+    composite_ray_backward(grad_weights, grad_rgb + 3 * r, grad_opacity[r], grad_depth[r], sigmas, rgbs,
+                           t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
+}
+
+}  // namespace
+
+void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out, void* stream) {
+  dim3 grid(blocks_for(n), g.levels);
+  hash_forward_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, n, g, out);
+  check_launch("hash_encode_forward");
+}
+
+void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,
+                          float* grad_x, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  dim3 grid(blocks_for(n), g.levels);
+  hash_backward_table_kernel<<<grid, kThreads, 0, s>>>(grad_out, x, n, g, grad_table);
+  check_launch("hash_encode_backward");
+  if (grad_x != nullptr) {
+    hash_backward_x_kernel<<<blocks_for(n), kThreads, 0, s>>>(grad_out, x, n, g, grad_x);
+    check_launch("hash_encode_backward (x)");
+  }
+}
+
+void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                 MarchParams p, int64_t* counts, void* stream) {
+  march_count_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      origins, dirs, jitter, n_rays, binary, p, counts);
+  check_launch("march_count");
+}
+
+void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends,
+                void* stream) {
+  march_fill_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      origins, dirs, jitter, n_rays, binary, p, offsets, ray_indices, t_starts, t_ends);
+  check_launch("march_fill");
+}
+
+void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out, void* stream) {
+  transmittance_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(tau, offsets, n_rays,
+                                                                                               out);
+  check_launch("transmittance");
+}
+
+void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,
+                       const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,
+                       float* depth, void* stream) {
+  composite_forward_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      sigmas, rgbs, t_starts, t_ends, offsets, n_rays, weights, rgb, opacity, depth);
+  check_launch("composite_forward");
+}
+
+void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,
+                        const float* grad_depth, const float* sigmas, const float* rgbs, const float* t_starts,
+                        const float* t_ends, const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
+                        float* grad_rgbs, void* stream) {
+  composite_backward_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      grad_weights, grad_rgb, grad_opacity, grad_depth, sigmas, rgbs, t_starts, t_ends, offsets, n_rays,
+      grad_sigmas, grad_rgbs);
+  check_launch("composite_backward");
+}
+
+}  // namespace cuda
+}  // namespace fields

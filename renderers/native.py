@@ -1,0 +1,157 @@
+"""Loader of the native kernels in ``cuda/`` and the autograd wrappers around them.
+
+The extension is JIT-built once with ``torch.utils.cpp_extension`` + ninja (``-O3 -march=native -fopenmp``,
+plus the CUDA build when torch has CUDA and nvcc is found) into torch's extension folder
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under ``fields_native/<hash>``, keyed by the
+sources, flags and torch version, so later imports load it in milliseconds. While compiling it prints one line.
+If the build fails (no compiler, no ninja...) a single warning says why and every op falls back to its
+plain-PyTorch reference; ``FIELDS_NATIVE=0`` forces the reference. Callers ask ``ops_for(tensor)``, which is
+``None`` when the reference must be used for that tensor's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
+CPU_SOURCES = ("bindings.cpp", "kernels_cpu.cpp")
+CUDA_SOURCES = ("kernels_cuda.cu",)
+HEADERS = ("fields_math.h", "kernels.h")
+# No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17"]
+CUDA_CFLAGS = ["-O3", "--fmad=false", "-std=c++17"]
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def enabled() -> bool:
+    """False when ``FIELDS_NATIVE=0`` (or ``false``/``off``) asks for the plain-PyTorch reference."""
+    return os.environ.get("FIELDS_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _want_cuda() -> bool:
+    return torch.cuda.is_available() and torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def build_root() -> Path:
+    """The folder that holds the cached builds, one subfolder per source/flag hash."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(base) / "fields_native"
+
+
+def _build_key(with_cuda: bool) -> str:
+    h = hashlib.sha256()
+    for name in CPU_SOURCES + HEADERS + (CUDA_SOURCES if with_cuda else ()):
+        h.update(name.encode())
+        h.update((SOURCE_DIR / name).read_bytes())
+    h.update(repr((CFLAGS, CUDA_CFLAGS if with_cuda else None, torch.__version__, sys.version_info[:2])).encode())
+    return h.hexdigest()[:16]
+
+
+def _build():
+    """Compile (or load the cached build of) the extension; returns ``torch.ops.fields``."""
+    from torch.utils import cpp_extension
+
+    with_cuda = _want_cuda()
+    key = _build_key(with_cuda)
+    name = f"fields_native_{key}"
+    build_dir = build_root() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        print(f"fields: compiling native kernels{' (CPU + CUDA)' if with_cuda else ''} into {build_dir} "
+              "(once, about a minute)...", file=sys.stderr, flush=True)
+    sources = [str(SOURCE_DIR / s) for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
+    cflags = CFLAGS + (["-DFIELDS_WITH_CUDA"] if with_cuda else [])
+    cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_cuda_cflags=CUDA_CFLAGS,
+                       extra_ldflags=["-fopenmp"], extra_include_paths=[str(SOURCE_DIR)],
+                       build_directory=str(build_dir), is_python_module=False, verbose=False)
+    return torch.ops.fields
+
+
+def native_ops():
+    """``torch.ops.fields`` when the native build is enabled and loads, else ``None`` (after one warning)."""
+    if not enabled():
+        return None
+    with _lock:
+        if "ops" not in _state:
+            try:
+                _state["ops"] = _build()
+            except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
+                _state["ops"] = None
+                lines = str(e).strip().splitlines() or [type(e).__name__]
+                reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1]).strip()
+                warnings.warn(f"fields: native kernels unavailable, using the slower PyTorch reference ({reason})",
+                              RuntimeWarning, stacklevel=2)
+        return _state["ops"]
+
+
+def ops_for(*tensors: torch.Tensor):
+    """The native ops if they can run on these tensors (float32, CPU or a CUDA build on CUDA), else ``None``."""
+    ops = native_ops()
+    if ops is None:
+        return None
+    for t in tensors:
+        if t.dtype != torch.float32:
+            return None
+        if t.is_cuda and not ops.has_cuda():
+            return None
+        if not (t.is_cuda or t.device.type == "cpu"):
+            return None
+    return ops
+
+
+def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """CSR offsets [n_rays + 1] of packed samples sorted by ray."""
+    bounds = torch.arange(n_rays + 1, device=ray_indices.device, dtype=ray_indices.dtype)
+    return torch.searchsorted(ray_indices, bounds)
+
+
+# -- autograd wrappers -----------------------------------------------------------------------------------
+
+
+class HashEncode(torch.autograd.Function):
+    """Native hash encoding; backward returns the table gradient and, when ``x`` requires it, the input's."""
+
+    @staticmethod
+    def forward(ctx, x, table, resolutions):
+        ctx.save_for_backward(x, table, resolutions)
+        return torch.ops.fields.hash_encode_fwd(x, table, resolutions)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, table, resolutions = ctx.saved_tensors
+        grad_table, grad_x = torch.ops.fields.hash_encode_bwd(grad_out.contiguous(), x, table, resolutions,
+                                                              ctx.needs_input_grad[0])
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_table, None
+
+
+class Composite(torch.autograd.Function):
+    """Native packed compositing: weights, rgb, opacity, depth; differentiable w.r.t. sigmas and rgbs."""
+
+    @staticmethod
+    def forward(ctx, sigmas, rgbs, t_starts, t_ends, offsets):
+        out = torch.ops.fields.composite_fwd(sigmas, rgbs, t_starts, t_ends, offsets)
+        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, offsets)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_weights, g_rgb, g_opacity, g_depth):
+        sigmas, rgbs, t_starts, t_ends, offsets = ctx.saved_tensors
+        n_rays = offsets.numel() - 1
+
+        def dense(g, *shape):
+            return torch.zeros(*shape, dtype=sigmas.dtype, device=sigmas.device) if g is None else g.contiguous()
+
+        grad_sigmas, grad_rgbs = torch.ops.fields.composite_bwd(
+            None if g_weights is None else g_weights.contiguous(), dense(g_rgb, n_rays, 3),
+            dense(g_opacity, n_rays), dense(g_depth, n_rays), sigmas, rgbs, t_starts, t_ends, offsets)
+        return grad_sigmas, grad_rgbs, None, None, None

@@ -1,0 +1,292 @@
+"""Native kernels (cuda/) against their plain-PyTorch references: forward values, gradients, identical marching
+samples, edge cases; the CUDA build compiles with nvcc, and the CUDA ops match where a GPU exists."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fields.encodings import hash_encode_reference, level_resolutions
+from renderers import native
+from renderers.compositing import composite_reference, transmittance_reference
+from renderers.marching import march_rays_reference
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
+
+
+@pytest.fixture(scope="module")
+def ops():
+    if not native.enabled():
+        pytest.skip("FIELDS_NATIVE=0 forces the reference")
+    ops = native.native_ops()
+    assert ops is not None, "the native build failed (see the warning); g++ and ninja are required"
+    return ops
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def needs_device(device, ops):
+    if device == "cuda" and not ops.has_cuda():
+        pytest.skip("the native build has no CUDA support (torch without CUDA or nvcc missing)")
+
+
+# -- hash encoding -------------------------------------------------------------------------------------------
+
+def hash_inputs(n=3000, levels=8, log2_t=14, features=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    res = torch.tensor(level_resolutions(levels, 8, 256))
+    x = torch.rand(n, 3, generator=g)
+    # Edge cases: the box faces (0 and 1, x == 1 stays in the last cell) and exact cell borders of each level.
+    x[:8] = torch.tensor([[0.0, 0, 0], [1, 1, 1], [1, 0, 0.5], [0, 1, 1], [0.5, 0.5, 0.5], [1, 0.25, 0.75],
+                          [0.125, 1, 0], [0.0625, 0.1875, 1]])
+    for i, r in enumerate(res.tolist()):
+        k = torch.randint(0, r + 1, (40, 3), generator=g).float()
+        x[8 + 40 * i:8 + 40 * (i + 1)] = k / r
+    table = torch.randn(levels, 2**log2_t, features, generator=g) * 0.1
+    return x, table, res
+
+
+@pytest.mark.parametrize("features", [2, 4])
+@pytest.mark.parametrize("device", devices())
+def test_hash_encode_matches_reference(ops, device, features):
+    needs_device(device, ops)
+    x, table, res = hash_inputs(features=features)
+    assert ((res + 1) ** 3 <= table.shape[1]).any() and ((res + 1) ** 3 > table.shape[1]).any(), \
+        "inputs must exercise both dense and hashed levels"
+    xr, tr = x.clone().requires_grad_(), table.clone().requires_grad_()
+    xn, tn = x.to(device).requires_grad_(), table.to(device).requires_grad_()
+    ref = hash_encode_reference(xr, tr, res)  # the oracle runs on the CPU
+    out = native.HashEncode.apply(xn, tn, res.to(device))
+    assert (out.cpu() - ref).abs().max().item() < 1e-5
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    (out * g.to(device)).sum().backward()
+    assert (tn.grad.cpu() - tr.grad).abs().max().item() < 1e-5
+    scale = xr.grad.abs().max().item()
+    assert (xn.grad.cpu() - xr.grad).abs().max().item() < 1e-5 * max(scale, 1.0)
+
+
+def test_hash_encode_table_only_gradient(ops):
+    x, table, res = hash_inputs(n=500)
+    t = table.clone().requires_grad_()
+    native.HashEncode.apply(x, t, res).sum().backward()
+    tr = table.clone().requires_grad_()
+    hash_encode_reference(x, tr, res).sum().backward()
+    assert (t.grad - tr.grad).abs().max().item() < 1e-5
+
+
+def test_field_dispatches_to_native_and_matches_reference(ops, monkeypatch):
+    from fields.hashgrid import HashGridConfig
+
+    torch.manual_seed(0)
+    aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+    field = HashGridConfig(n_levels=6, log2_table_size=12, max_resolution=128).build(aabb)
+    x, d = torch.rand(700, 3) * 2.2 - 1.1, torch.nn.functional.normalize(torch.randn(700, 3), dim=-1)
+
+    def run():
+        field.zero_grad()
+        sigma, rgb = field(x, d)
+        (sigma.sum() + rgb.sum()).backward()
+        return sigma.detach(), rgb.detach(), field.encoding.table.grad.clone()
+
+    got = run()
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    want = run()
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() < 1e-5 * max(b.abs().max().item(), 1.0)
+
+
+# -- marching ------------------------------------------------------------------------------------------------
+
+def ray_batch(n=2000, seed=0, inside_frac=0.2):
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    origins = torch.randn(n, 3, generator=g) * 2.5  # some rays miss the box, some start inside it
+    k = int(n * inside_frac)
+    origins[:k] = torch.rand(k, 3, generator=g) * 1.8 - 0.9
+    return origins, dirs, torch.rand(n, generator=g)
+
+
+def grid_cases():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "random": torch.rand(16, 24, 32, generator=g) < 0.3,
+        "sparse": torch.rand(32, 32, 32, generator=g) < 0.03,
+        "empty": torch.zeros(16, 16, 16, dtype=torch.bool),
+        "full": torch.ones(8, 8, 8, dtype=torch.bool),
+    }
+
+
+def assert_same_samples(got, ref):
+    assert torch.equal(got.ray_indices, ref.ray_indices)
+    assert torch.equal(got.t_starts, ref.t_starts)
+    assert torch.equal(got.t_ends, ref.t_ends)
+
+
+def native_march(ops, origins, dirs, binary, aabb, step, near=0.0, far=1e10, cone=0.0, max_step=1e10, jitter=None):
+    from renderers.marching import Samples
+
+    ray, ts, te = ops.march_rays(origins, dirs, binary, aabb, step, near, far, cone, max_step, jitter)
+    return Samples(ray, ts, te, origins.shape[0])
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("grid", list(grid_cases()))
+@pytest.mark.parametrize("cone,jittered", [(0.0, False), (0.0, True), (1 / 64, True)])
+def test_march_rays_identical_samples(ops, device, grid, cone, jittered):
+    needs_device(device, ops)
+    binary = grid_cases()[grid]
+    aabb = torch.tensor([[-1.0, -1.2, -0.8], [1.0, 1.2, 0.8]])
+    origins, dirs, jitter = ray_batch()
+    step = (aabb[1] - aabb[0]).norm().item() / 256
+    ref = march_rays_reference(origins, dirs, binary, aabb, step, cone_angle=cone, max_step=8 * step,
+                               jitter=jitter if jittered else None)
+    dev = lambda t: t.to(device)  # noqa: E731
+    got = native_march(ops, dev(origins), dev(dirs), dev(binary), aabb, step, cone=cone, max_step=8 * step,
+                       jitter=dev(jitter) if jittered else None)
+    got_cpu = ref.__class__(got.ray_indices.cpu(), got.t_starts.cpu(), got.t_ends.cpu(), got.n_rays)
+    assert_same_samples(got_cpu, ref)
+    if grid == "empty":
+        assert len(ref) == 0
+    if grid == "full":
+        assert len(ref) > 0
+
+
+def test_march_rays_near_far_and_borders(ops):
+    """Axis-aligned rays exactly on cell borders and box faces, origins on the faces, near/far bounds."""
+    aabb = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    binary = torch.zeros(8, 8, 8, dtype=torch.bool)
+    binary[::2, 1::2, :] = True
+    binary[3, :, 5] = True
+    coords = torch.arange(9) / 8  # cell borders, including the faces 0 and 1
+    a, b = torch.meshgrid(coords, coords, indexing="ij")
+    a, b = a.flatten(), b.flatten()
+    zeros = torch.zeros_like(a)
+    origins = torch.cat([torch.stack([a, b, zeros - 0.5], -1), torch.stack([zeros, a, b], -1),
+                         torch.stack([a, zeros + 1.0, b], -1)])
+    dirs = torch.cat([torch.tensor([[0.0, 0, 1]]).expand(81, 3), torch.tensor([[1.0, 0, 0]]).expand(81, 3),
+                      torch.tensor([[0.0, -1, 0]]).expand(81, 3)])
+    diag = torch.nn.functional.normalize(torch.tensor([[1.0, 1, 1], [-1, 1, 1], [1, -1, 0]]), dim=-1)
+    origins = torch.cat([origins, torch.tensor([[-0.5, -0.5, -0.5], [1.5, -0.5, -0.5], [0.0, 1.0, 0.5]])])
+    dirs = torch.cat([dirs, diag]).contiguous()
+    for step, near, far in [(1 / 64, 0.0, 1e10), (1 / 16, 0.3, 1.2), (1 / 8, 0.0, 0.5)]:
+        ref = march_rays_reference(origins, dirs, binary, aabb, step, near, far)
+        assert len(ref) > 0
+        assert_same_samples(native_march(ops, origins, dirs, binary, aabb, step, near, far), ref)
+
+
+def test_march_rays_dispatch_and_empty_batch(ops):
+    from renderers.marching import march_rays
+
+    aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+    binary = torch.rand(16, 16, 16) < 0.5
+    origins, dirs, jitter = ray_batch(300, seed=3)
+    assert_same_samples(march_rays(origins, dirs, binary, aabb, 0.02, jitter=jitter),
+                        march_rays_reference(origins, dirs, binary, aabb, 0.02, jitter=jitter))
+    empty = march_rays(origins[:0], dirs[:0], binary, aabb, 0.02)
+    assert len(empty) == 0 and empty.t_starts.dtype == torch.float32
+
+
+# -- compositing ---------------------------------------------------------------------------------------------
+
+def packed_samples(n_rays=500, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 60, (n_rays,), generator=g)
+    counts[:5] = 0  # rays without samples
+    counts[5] = 1
+    counts[6] = 3000  # a long ray: sums over thousands of samples must stay accurate
+    ray = torch.repeat_interleave(torch.arange(n_rays), counts)
+    n = ray.shape[0]
+    dt = torch.rand(n, generator=g) * 0.05 + 1e-3
+    t_starts = torch.rand(n, generator=g) * 3
+    sigmas = torch.rand(n, generator=g) * 40
+    long_ray = ray == 6
+    sigmas[long_ray] = 0.4  # stays partly transparent over its 3000 samples
+    dt[long_ray] = 1e-3
+    sigmas[::7] = 0.0
+    rgbs = torch.rand(n, 3, generator=g)
+    return [sigmas, rgbs, t_starts, t_starts + dt, ray, n_rays]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_composite_matches_reference(ops, device):
+    needs_device(device, ops)
+    sigmas, rgbs, t_starts, t_ends, ray, n_rays = packed_samples()
+    s_r, c_r = sigmas.clone().requires_grad_(), rgbs.clone().requires_grad_()
+    s_n, c_n = sigmas.to(device).requires_grad_(), rgbs.to(device).requires_grad_()
+    ref = composite_reference(s_r, c_r, t_starts, t_ends, ray, n_rays)  # the oracle runs on the CPU
+    ray_d = ray.to(device)
+    got = native.Composite.apply(s_n, c_n, t_starts.to(device), t_ends.to(device), native.ray_offsets(ray_d, n_rays))
+    got = dict(zip(("weights", "rgb", "opacity", "depth"), got))
+    g = torch.Generator().manual_seed(5)
+    coef = {k: torch.randn(v.shape, generator=g) for k, v in ref.items()}
+    for k in ref:
+        assert (got[k].cpu() - ref[k]).abs().max().item() < 1e-5, k
+    sum(((ref[k] * coef[k]).sum() for k in ref)).backward()
+    sum(((got[k] * coef[k].to(device)).sum() for k in ref)).backward()
+    assert (c_n.grad.cpu() - c_r.grad).abs().max().item() < 1e-5
+    assert (s_n.grad.cpu() - s_r.grad).abs().max().item() < 1e-5
+    tau = sigmas * (t_ends - t_starts)
+    got_t = ops.transmittance(tau.to(device), native.ray_offsets(ray_d, n_rays))
+    assert (got_t.cpu() - transmittance_reference(tau, ray, n_rays)).abs().max().item() < 1e-6
+
+
+def test_composite_dispatch_rgb_only_and_transmittance(ops):
+    from renderers.compositing import composite, transmittance
+
+    sigmas, rgbs, t_starts, t_ends, ray, n_rays = packed_samples(seed=2)
+    s_n, s_r = sigmas.clone().requires_grad_(), sigmas.clone().requires_grad_()
+    composite(s_n, rgbs, t_starts, t_ends, ray, n_rays)["rgb"].sum().backward()
+    composite_reference(s_r, rgbs, t_starts, t_ends, ray, n_rays)["rgb"].sum().backward()
+    assert (s_n.grad - s_r.grad).abs().max().item() < 1e-5
+    tau = sigmas * (t_ends - t_starts)
+    assert (transmittance(tau, ray, n_rays) - transmittance_reference(tau, ray, n_rays)).abs().max().item() < 1e-6
+
+
+# -- loader: forced reference, build failure -----------------------------------------------------------------
+
+def test_fields_native_0_forces_reference(monkeypatch):
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    assert native.native_ops() is None and native.ops_for(torch.zeros(1)) is None
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
+    """A source that does not compile: one clear RuntimeWarning, then the reference path (no crash)."""
+    for name in native.CPU_SOURCES + native.HEADERS:
+        (tmp_path / name).write_text("this is not C++\n")
+    monkeypatch.setenv("FIELDS_NATIVE", "1")
+    monkeypatch.setattr(native, "build_root", lambda: tmp_path / "build")
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path)
+    monkeypatch.setattr(native, "_want_cuda", lambda: False)
+    monkeypatch.setattr(native, "_state", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.native_ops() is None
+        assert native.native_ops() is None
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "PyTorch reference" in messages[0]
+    x, table, res = hash_inputs(n=400, levels=2, log2_t=10)
+    from fields.encodings import hash_encode
+
+    assert torch.equal(hash_encode(x, table, res), hash_encode_reference(x, table, res))
+
+
+# -- CUDA build ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", sorted(p.name for p in SOURCE_DIR.glob("*.cu")))
+def test_cuda_sources_compile_standalone(source, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH")
+    cmd = [nvcc, "-c", "-std=c++17", "--fmad=false", "-I", str(SOURCE_DIR), str(SOURCE_DIR / source),
+           "-o", str(tmp_path / "out.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out.o").stat().st_size > 0
