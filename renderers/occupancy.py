@@ -1,7 +1,7 @@
 """Instant-NGP-style occupancy grid: which cells of the scene box can hold content.
 
 A density EMA per cell and a boolean mask derived from it. A cell counts as occupied when the opacity of one
-marching step through it, ``sigma * step_size``, exceeds ``min(alpha_thre, mean)`` (nerfacc's rule; see
+marching step through it, ``sigma * step_size``, reaches ``min(alpha_thre, mean)`` (nerfacc's rule; see
 DESIGN.md for why the threshold is on opacity per step, not raw density). During warm-up every cell is
 re-evaluated; afterwards a random quarter of the cells plus up to as many occupied ones, as in Instant-NGP.
 """
@@ -54,8 +54,9 @@ class OccupancyGrid(nn.Module):
         x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator))
         occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
         self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
-        thre = min(self.occs.mean().item(), alpha_thre)
-        self.binary.copy_((self.occs > thre).reshape(self.binary.shape))
+        thre = min(self.occs.double().mean().item(), alpha_thre)  # float64: a uniform field's mean is exact
+        # >= keeps a uniform field (every cell at the mean) occupied instead of emptying the box before training
+        self.binary.copy_((self.occs.double() >= thre).reshape(self.binary.shape))
         self.updates += 1
 
     def occupied_fraction(self) -> float:

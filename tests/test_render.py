@@ -130,3 +130,9 @@ def test_occupancy_grid_update_marks_dense_cells():
     assert grid.query(torch.zeros(1, 3)).item() and not grid.query(torch.tensor([[0.9, 0.9, 0.9]])).item()
     assert not grid.query(torch.tensor([[2.0, 0.0, 0.0]])).item()  # outside the box
     assert 0 < grid.occupied_fraction() < 0.2
+
+
+def test_occupancy_grid_keeps_a_uniform_field_occupied():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=4)
+    grid.update(lambda x: torch.full(x.shape[:1], 0.3), step_size=0.01, warmup=True)
+    assert grid.occupied_fraction() == 1.0  # nothing stands out, so nothing may be culled yet
