@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_section  # noqa: E402
 
 from fields.config import RunConfig  # noqa: E402
 from fields.export import ExportError  # noqa: E402
@@ -78,14 +79,9 @@ def measure(run_dir: Path, resolution: int, samples: int, console: Console) -> d
     return {**row, "faces": len(mesh.faces), **scores}
 
 
-def machine() -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average at the end {load} (a shared machine: times are noisy)")
-
-
-def section(rows: list[dict], command: str) -> str:
-    lines = [f"Mesh export on the procedural scene (`{command}`), {time.strftime('%Y-%m-%d')}, {machine()}.",
+def section(rows: list[dict]) -> str:
+    lines = ["## Mesh export quality (`scripts/bench_export.py`)", "",
+             "Mesh export on the procedural scene, whose true surface is known.",
              "Mesh: default `fields export mesh` settings; scores from equal numbers of points on the mesh and on the "
              "true surface; F-score threshold tau = 1% of the box side.", "",
              "| field | run | steps | train s | train PSNR | threshold | faces | export s | Chamfer | precision "
@@ -102,18 +98,6 @@ def section(rows: list[dict], command: str) -> str:
             lines.append(f"\nTarget F-score@1% >= {TARGET_FSCORE} for hashgrid: {verdict} by {Path(r['run']).name} "
                          f"({r['fscore']:.3f} after {r['steps']} steps / {r['train_s']:.0f} s of training).")
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's section between its markers in BENCHMARKS.md."""
-    start, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + f"\n\n## Mesh export quality\n\n{block}\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -133,10 +117,10 @@ def main() -> None:
         raise SystemExit(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(FIELD_CONFIGS)})")
     runs = args.run or [train_default(f, args.output_dir, console) for f in fields]
     rows = [measure(r, args.resolution, args.samples, console) for r in runs]
-    body = section(rows, "python scripts/bench_export.py " + " ".join(sys.argv[1:]))
+    body = section(rows)
     console.print(body)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", body)
+        write_section(SECTION, body)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +33,9 @@ from fields.trainer import Trainer  # noqa: E402
 from viewer import RenderTarget, Viewer  # noqa: E402
 from viewer.camera import c2w_to_viser, vertical_fov, viewer_camera  # noqa: E402
 from viewer.ws_client import ViserTab  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from benchlib import write_section  # noqa: E402
 
 
 
@@ -136,11 +138,11 @@ def main() -> None:
               flush=True)
 
     total = time.monotonic() - t_start
-    cpu = platform.processor() or platform.machine()
     lines = [
-        f"Command: `FIELDS_DATA=... python scripts/bench_viewer.py` on {cpu}, {torch.get_num_threads()} torch "
-        f"threads, torch {torch.__version__}; field: {source}; {args.phase:.0f} s per training phase; bench took "
-        f"{total:.0f} s. Rendering is plain PyTorch (one torch thread per viewer render thread).",
+        "## Viewer (`scripts/bench_viewer.py`)",
+        "",
+        f"Field: {source}; {args.phase:.0f} s per training phase; bench took {total:.0f} s. Each viewer render "
+        "thread uses one torch thread (native kernels where built).",
         "",
         "| preview (full frame) | idle fps | fps while training | training samples/s meanwhile |",
         "|---|---|---|---|",
@@ -158,19 +160,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", "viewer", "Viewer (`scripts/bench_viewer.py`)", section)
-
-
-def write_section(path: Path, name: str, title: str, body: str) -> None:
-    """Replace (or append) the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n## {title}\n\n{body}\n{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+        write_section("viewer", section)
 
 
 if __name__ == "__main__":

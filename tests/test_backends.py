@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from fields.base import Field, ImageField
+from fields.base import Field
 from fields.checkpoint import load_checkpoint, save_checkpoint
 from fields.cli import main
 from fields.config import RunConfig, SceneConfig, TrainConfig
