@@ -21,7 +21,7 @@ def fourier_encode(x: torch.Tensor, n_freqs: int, include_input: bool = True) ->
     parts = [x] if include_input else []
     if n_freqs > 0:
         scales = (2.0 ** torch.arange(n_freqs, dtype=x.dtype, device=x.device)) * math.pi
-        xb = (x[:, None, :] * scales[:, None]).reshape(x.shape[0], -1)  # [N, n_freqs * D]
+        xb = (x[:, None, :] * scales[:, None]).reshape(x.shape[0], n_freqs * x.shape[1])  # [N, n_freqs * D]; N may be 0
         parts += [torch.sin(xb), torch.cos(xb)]
     return torch.cat(parts, -1)
 
@@ -38,7 +38,7 @@ def gaussian_encode(x: torch.Tensor, n_basis: int, sigma: float) -> torch.Tensor
     """
     shifts = torch.linspace(0, 1, n_basis, dtype=x.dtype, device=x.device)
     s = sigma / max(n_basis - 1, 1)
-    return torch.exp(-0.5 * ((x[:, :, None] - shifts) / s) ** 2).reshape(x.shape[0], -1)
+    return torch.exp(-0.5 * ((x[:, :, None] - shifts) / s) ** 2).reshape(x.shape[0], x.shape[1] * n_basis)
 
 
 def sample_planes(planes: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:

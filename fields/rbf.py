@@ -115,7 +115,7 @@ class RBFField(Field):
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, coeffs = self._outputs(x, 1 + 3 * self.n_sh)
         sh = sh_encode(d, self.cfg.sh_degree + 1)  # [N, n_sh]
-        rgb = torch.sigmoid((coeffs.reshape(-1, 3, self.n_sh) * sh[:, None, :]).sum(-1))
+        rgb = torch.sigmoid((coeffs.reshape(coeffs.shape[0], 3, self.n_sh) * sh[:, None, :]).sum(-1))
         return sigma, rgb
 
     def param_groups(self, lr: float) -> list[dict]:

@@ -96,6 +96,8 @@ def test_shapes_ranges_and_density_agree(name):
     assert torch.isfinite(sigma).all() and (sigma >= 0).all() and (sigma[:8] == 0).all() and (sigma[8:] > 0).all()
     assert (rgb >= 0).all() and (rgb <= 1).all()
     assert torch.allclose(field.density(x), sigma, rtol=1e-5, atol=1e-6)
+    empty_sigma, empty_rgb = field(x[:0], d[:0])  # a batch whose samples were all culled
+    assert empty_sigma.shape == (0,) and empty_rgb.shape == (0, 3) and field.density(x[:0]).shape == (0,)
     image = small_config(name).build_image()
     out = image(torch.rand(100, 2))
     assert out.shape == (100, 3) and (out >= 0).all() and (out <= 1).all()
