@@ -13,13 +13,8 @@ targets of issue 4 between ``<!-- bench:backends -->`` markers in BENCHMARKS.md.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
-import shlex
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +23,9 @@ import tyro
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import write_section  # noqa: E402
 from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
 from fields.evaluation import evaluate  # noqa: E402
 from fields.fit import fit_image  # noqa: E402
@@ -107,15 +104,6 @@ def fit_target(test, size: int) -> torch.Tensor:
         .permute(1, 2, 0).clamp(0, 1)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 def targets(rows: dict[str, Row], t_end: float) -> list[str]:
     """Issue 4's targets, each as met or missed by how much (only those whose backends ran)."""
     out = []
@@ -134,7 +122,7 @@ def targets(rows: dict[str, Row], t_end: float) -> list[str]:
     return out
 
 
-def table(rows: dict[str, Row], opt: Options, command: str) -> str:
+def table(rows: dict[str, Row], opt: Options) -> str:
     times = sorted({t for r in rows.values() for t in r.psnr})
     head = ["backend", "params", "MB", "train samples/s"] + [f"PSNR @ {t:.0f} s" for t in times] + \
         [f"fit {opt.fit_size}px @ {opt.fit_time:.0f} s"]
@@ -145,20 +133,9 @@ def table(rows: dict[str, Row], opt: Options, command: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([
         f"### Field backends ({opt.scene} 200x200, test PSNR in dB over every {opt.every}th test view)", "",
-        f"`{command}` on {machine()}, {time.strftime('%Y-%m-%d %H:%M')}. The PSNR at "
-        f"{min(times):.0f} s is a snapshot of the {opt.max_time:.0f} s run (its learning rate was still decaying); "
+        f"The PSNR at {min(times):.0f} s is a snapshot of the {opt.max_time:.0f} s run (its learning rate was still decaying); "
         f"image fitting is a 2-D field (pixel -> RGB) on test view 0 resized to {opt.fit_size}x{opt.fit_size}.", "",
         *lines, "", "Targets (issue 4):", "", *targets(rows, opt.max_time)])
-
-
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace the text between ``<!-- bench:name -->`` and ``<!-- /bench:name -->`` (appended if missing)."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main(opt: Options) -> None:
@@ -178,12 +155,11 @@ def main(opt: Options) -> None:
                                      seed=opt.seed, console=console).psnr
             console.print(f"  {name}: image fit {row.fit_psnr:.2f} dB")
             rows[name] = row
-    command = "python scripts/bench_backends.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    body = table(rows, opt, command.strip())
+    body = table(rows, opt)
     console.print(body, highlight=False, markup=False)
     print(json.dumps({n: r.__dict__ for n, r in rows.items()}, default=str))
     if opt.write:
-        update_section(opt.output, SECTION, body)
+        write_section(SECTION, body, opt.output)
         console.print(f"Updated the '{SECTION}' section of {opt.output}")
 
 
