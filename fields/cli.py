@@ -171,7 +171,7 @@ class Eval:
         split = run.split(self.split)
         out = run.path / "eval" / f"{self.split}-step-{run.step:06d}"
         result = evaluate(run.field, run.grid, split, run.config.render, self.every, out, not self.quiet)
-        (run.path / "eval" / "metrics.json").write_text(json.dumps({k: v for k, v in result.items()}, indent=2))
+        (run.path / "eval" / "metrics.json").write_text(json.dumps(result, indent=2))
         console.print(f"{self.split}: PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
 

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fields.checkpoint import checkpoint_path, save_checkpoint
+from fields.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
 from renderers.render import render_rays
@@ -195,7 +195,7 @@ class Trainer:
             self.console.print(f"Interrupted: saved {path}; continue with `fields train --resume {self.run_dir}`")
             raise
         except TrainingError as e:
-            kept = next(iter(sorted((self.run_dir / "checkpoints").glob("step-*.pt"))[-1:]), None)
-            raise TrainingError(f"{e}; training stopped. Last good checkpoint: {kept or 'none yet'}") from None
+            kept = list_checkpoints(self.run_dir)
+            raise TrainingError(f"{e}; training stopped. Last good checkpoint: {kept[0] if kept else 'none yet'}") from None
         finally:
             metrics_file.close()
