@@ -67,7 +67,7 @@ def measure(run_dir: Path, resolution: int, samples: int, console: Console) -> d
     row["threshold"] = default_threshold(run.config.render, run.field.aabb, settings.opacity)
     tic = time.perf_counter()
     try:
-        mesh, _ = extract_mesh(run.field, run.grid, run.config.render, settings)
+        mesh, _ = extract_mesh(run.field, run.grid, run.config.render, settings, run.split("train").cameras)
     except ExportError as e:
         console.print(f"[yellow]{run.path}: {e}[/yellow]")
         return {**row, "faces": 0, "export_s": time.perf_counter() - tic, "chamfer": float("inf"),

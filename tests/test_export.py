@@ -41,24 +41,40 @@ class SDFField(Field):
         return self.density(x), procedural.albedo(x)
 
 
-def sdf_field() -> tuple[SDFField, OccupancyGrid]:
+class HollowField(SDFField):
+    """The procedural solids as shells 0.1 thick with empty insides: what a field that was never supervised
+    inside its objects looks like. Marching cubes meshes the inner walls too, which no camera can see."""
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        d = procedural.sdf(x)
+        return 1000.0 * torch.sigmoid(-d / 0.003) * torch.sigmoid((d + 0.1) / 0.003)
+
+
+def sdf_field(cls: type[SDFField] = SDFField) -> tuple[SDFField, OccupancyGrid]:
     aabb = torch.tensor(procedural.AABB)
-    field, grid = SDFField(aabb), OccupancyGrid(aabb, 32)
+    field, grid = cls(aabb), OccupancyGrid(aabb, 32)
     grid.update(field.density, RenderConfig().step_size(aabb))
     return field, grid
 
 
-def procedural_cameras(n: int = 16) -> Cameras:
-    return Cameras.from_fov(procedural.camera_poses(n, 0), 40, 40, procedural.FOV_X)
+def procedural_cameras(n: int = 16, size: int = 40) -> Cameras:
+    return Cameras.from_fov(procedural.camera_poses(n, 0), size, size, procedural.FOV_X)
+
+
+def training_cameras() -> Cameras:
+    """The procedural scene's training poses (at a small image size)."""
+    return procedural_cameras(procedural.SPLITS["train"], 50)
 
 
 def test_mesh_of_an_exact_field_matches_the_true_surface_with_its_colours():
     field, grid = sdf_field()
-    _, threshold = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=16), show_progress=False)
+    _, threshold = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=16, seen_only=False), None,
+                                show_progress=False)
     assert threshold == pytest.approx(-math.log(0.95) / RenderConfig().step_size(field.aabb))  # 5% per step
-    # At the sigmoid's midpoint the iso-surface is the true surface, so any error is the exporter's.
+    # At the sigmoid's midpoint the iso-surface is the true surface, so any error is the exporter's; keeping
+    # only the faces the training cameras see must not cost any of it.
     mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=96, threshold=500.0),
-                           show_progress=False)
+                           training_cameras(), show_progress=False)
     m = chamfer_fscore(sample_surface(mesh, 50000), procedural.surface_points(50000).numpy(), tau=0.02)
     assert m["fscore"] > 0.99 and m["chamfer"] < 0.015, m
     v = torch.tensor(mesh.vertices, dtype=torch.float32)
@@ -66,6 +82,20 @@ def test_mesh_of_an_exact_field_matches_the_true_surface_with_its_colours():
     assert outward.mean() > 0.95  # faces are wound so that normals point out of the object
     colors = mesh.visual.vertex_colors[:, :3].astype(np.float32) / 255
     assert np.abs(colors - procedural.albedo(v).numpy()).mean() < 0.05
+
+
+def test_faces_no_camera_sees_are_dropped():
+    """A hollow field's inner walls (0.1 inside the true surface) are meshed, then dropped as unseen."""
+    field, grid = sdf_field(HollowField)
+    settings = MeshSettings(resolution=64, threshold=500.0, seen_only=False)
+    everything, _ = extract_mesh(field, grid, RenderConfig(), settings, None, show_progress=False)
+    settings.seen_only = True
+    seen, _ = extract_mesh(field, grid, RenderConfig(), settings, training_cameras(), show_progress=False)
+    depth = lambda m: procedural.sdf(torch.tensor(m.vertices, dtype=torch.float32))  # noqa: E731
+    assert (depth(everything) < -0.08).float().mean() > 0.15  # the inner walls (a fifth of the area) are kept
+    assert (depth(seen) < -0.03).float().mean() < 0.005
+    ref = procedural.surface_points(50000).numpy()
+    assert chamfer_fscore(sample_surface(seen, 50000), ref, tau=0.02)["fscore"] > 0.98
 
 
 def test_mesh_of_a_trained_run_loads_back_inside_the_box_near_the_true_surface(trained_run, tmp_path):
@@ -84,8 +114,8 @@ def test_mesh_of_a_trained_run_loads_back_inside_the_box_near_the_true_surface(t
 @pytest.mark.parametrize("fmt", ["obj", "glb"])
 def test_other_mesh_formats_load_back_with_colours(fmt, tmp_path):
     field, grid = sdf_field()
-    mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=32, target_faces=2000),
-                           show_progress=False)
+    mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=32, target_faces=2000,
+                                                                     seen_only=False), None, show_progress=False)
     assert len(mesh.faces) <= 2000
     from fields.export.mesh import write_mesh
 
@@ -94,6 +124,10 @@ def test_other_mesh_formats_load_back_with_colours(fmt, tmp_path):
     assert len(back.faces) == len(mesh.faces)
     colors = back.visual.vertex_colors
     assert colors.shape[0] == len(back.vertices) and colors[:, :3].std() > 5
+    x, y, z = mesh.vertices.T
+    # glTF is y-up: our z-up world goes to (x, z, -y); the torus (lowest in z) is lowest in y there.
+    expected = np.stack([x, z, -y], 1) if fmt == "glb" else mesh.vertices
+    assert np.allclose(back.vertices, expected, atol=1e-5)
 
 
 def test_video_reads_back_with_the_right_frames_and_size(trained_run, tmp_path):

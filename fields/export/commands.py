@@ -42,8 +42,11 @@ class Mesh:
     """With --clean: drop components with fewer faces than this fraction of the largest one."""
     target_faces: int | None = None
     """Simplify to about this many faces (open3d quadric decimation)."""
+    seen_only: bool = True
+    """Keep only faces some training camera sees (drops hollow interiors and hidden floaters that marching
+    cubes closes but no image observed)."""
     output: Path | None = None
-    """Output file or folder (default: <run>/exports/)."""
+    """Output file or folder (default: <run>/exports/; GLB is written y-up as glTF requires)."""
     quiet: bool = False
     """No progress bars."""
 
@@ -52,9 +55,10 @@ class Mesh:
 
         run = load_run(self.run_dir)
         settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
-                                self.target_faces)
+                                self.target_faces, self.seen_only)
+        cameras = run.split("train").cameras if self.seen_only else None
         tic = time.perf_counter()
-        mesh, threshold = extract_mesh(run.field, run.grid, run.config.render, settings, not self.quiet)
+        mesh, threshold = extract_mesh(run.field, run.grid, run.config.render, settings, cameras, not self.quiet)
         source = "given" if self.threshold is not None else f"one marching step {self.opacity:.0%} opaque"
         console.print(f"Density threshold {threshold:.4g} ({source})")
         path = output_path(run.path, self.output, f"mesh-step-{run.step:06d}.{self.format}")

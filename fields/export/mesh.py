@@ -3,13 +3,19 @@
 The density is evaluated only where the run's occupancy grid (dilated by one cell) says there is content;
 elsewhere it is taken as zero, which is what the renderer assumes too. The iso-level defaults to the density
 at which one marching step of the run's renderer becomes ``opacity`` opaque, so it follows the field's own
-scale rather than a constant tuned for one scene. Vertex colours come from the field looking at each vertex
-along its inverted normal, i.e. as a camera facing the surface would see it.
+scale rather than a constant tuned for one scene. Faces that no training camera sees are dropped (see
+``fields/export/visibility.py``): inside a solid the field's density is never supervised, and marching cubes
+would otherwise close hollow interiors with surfaces nobody observed. Vertex colours come from the field
+looking at each vertex along its inverted normal, i.e. as a camera facing the surface would see it.
+
+GLB files are written y-up, as glTF requires (our world frame is z-up): ``write_mesh`` rotates the mesh by
+``Z_UP_TO_Y_UP`` for GLB only; PLY and OBJ keep the run's world coordinates.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +27,14 @@ from skimage import measure
 
 from fields.base import Field
 from fields.export import ExportError, rgba8
+from fields.export.visibility import seen_faces
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
+from scenes.cameras import Cameras
 
 FORMATS = ("ply", "obj", "glb")
+# World z-up -> glTF y-up (x stays, z becomes y, y becomes -z): a rotation, so handedness and winding are kept.
+Z_UP_TO_Y_UP = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
 
 
 def default_threshold(render_cfg: RenderConfig, aabb: torch.Tensor, opacity: float = 0.05) -> float:
@@ -133,21 +143,33 @@ class MeshSettings:
     clean: bool = True
     min_component: float = 0.05
     target_faces: int | None = None
+    seen_only: bool = True
 
 
 def extract_mesh(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, settings: MeshSettings,
-                 show_progress: bool = True) -> tuple[trimesh.Trimesh, float]:
-    """A vertex-coloured mesh of the field's surface and the density threshold used."""
+                 cameras: Cameras | None, show_progress: bool = True,
+                 progress: Progress | None = None) -> tuple[trimesh.Trimesh, float]:
+    """A vertex-coloured mesh of the field's surface and the density threshold used. With
+    ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
+    Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     if settings.target_faces is not None and settings.target_faces < 4:
         raise ExportError(f"--target-faces must be at least 4 (got {settings.target_faces})")
     if not 0 < settings.opacity < 1:
         raise ExportError(f"--opacity must be in (0, 1) (got {settings.opacity})")
+    if settings.seen_only and cameras is None:
+        raise ExportError("keeping only the faces the training cameras see needs the cameras (or --no-seen-only)")
     threshold = settings.threshold
     if threshold is None:
         threshold = default_threshold(render_cfg, field.aabb, settings.opacity)
-    with Progress(disable=not show_progress, transient=True) as progress:
+    bar = nullcontext(progress) if progress is not None else Progress(disable=not show_progress, transient=True)
+    with bar as progress:
         volume = density_volume(field, grid, settings.resolution, progress=progress)
         vertices, faces = marching_cubes(volume, threshold, field.aabb)
+        if settings.seen_only:
+            voxel = ((field.aabb[1] - field.aabb[0]).max().item()) / (settings.resolution - 1)
+            faces = faces[seen_faces(vertices, faces, cameras, 2 * voxel, progress)]
+            if not len(faces):
+                raise ExportError("no surface: none of the mesh's faces is seen by a training camera")
         if settings.clean or settings.target_faces is not None:
             vertices, faces = clean(vertices, faces, settings.min_component, settings.target_faces)
         mesh = trimesh.Trimesh(vertices, faces, process=False)
@@ -157,9 +179,12 @@ def extract_mesh(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, se
 
 
 def write_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
-    """Write ``mesh`` as PLY, OBJ or GLB, chosen by the file's suffix."""
+    """Write ``mesh`` as PLY, OBJ or GLB, chosen by the file's suffix; GLB is rotated to glTF's y-up."""
     fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ExportError(f"{path}: unknown mesh format '{fmt}' (known: {', '.join(FORMATS)})")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "glb":
+        mesh = mesh.copy()
+        mesh.apply_transform(Z_UP_TO_Y_UP)
     mesh.export(path, file_type=fmt)
