@@ -88,12 +88,15 @@ class _TrainOptions:
     def _open_viewer(self, trainer):
         import torch
 
+        from fields.export.run_exports import RunExporter
         from viewer import RenderTarget, Viewer
 
         target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.tensor(trainer.data.background),
                               trainer.step)
+        exporter = RunExporter(trainer.run_dir, trainer.field, trainer.grid, trainer.cfg.render, trainer.data.cameras,
+                               tuple(trainer.data.background), lambda: trainer.step)
         viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, host=self.host, port=self.port,
-                        training=True, title=f"fields: {trainer.run_dir.name}", console=console)
+                        training=True, title=f"fields: {trainer.run_dir.name}", console=console, exporter=exporter)
         console.print(f"Viewer at {viewer.url}")
         return viewer
 
@@ -190,11 +193,12 @@ class View:
     """Initial cap on the longer image side, in pixels (adjustable in the panel)."""
 
     def run(self) -> None:
+        from fields.export.run_exports import RunExporter
         from viewer import Viewer
 
         run = load_run(self.run_dir)
-        Viewer.for_run(run, host=self.host, port=self.port, max_side=self.max_resolution,
-                       console=console).serve_forever()
+        Viewer.for_run(run, host=self.host, port=self.port, max_side=self.max_resolution, console=console,
+                       exporter=RunExporter.for_run(run)).serve_forever()
 
 
 COMMANDS = {"train": Train, "eval": Eval, "fit": Fit, "view": View, "export": Export}

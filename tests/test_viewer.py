@@ -23,8 +23,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import trimesh
 from rich.console import Console
 
+from fields.export.run_exports import RunExporter
 from fields.run import load_run
 from renderers.render import render_image
 from scenes.cameras import image_rays
@@ -185,6 +187,56 @@ def test_pause_holds_training_and_resume_finishes_it(trained_run, tmp_path):
         assert target.version == start + 4
     finally:
         v.resume()
+        v.close()
+
+
+# -- export buttons --------------------------------------------------------------------------------------------
+def written_path(tab: ViserTab, status: str, what: str) -> Path | None:
+    text = tab.gui[status]["_markdown"]
+    return Path(text.split("`")[1]) if text.startswith(f"Wrote {what}") else None
+
+
+def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("exports"))
+    run = load_run(run_dir)
+    v = Viewer.for_run(run, port=free_port(), max_side=32, console=Console(file=io.StringIO()),
+                       exporter=RunExporter.for_run(run))
+    tab = ViserTab(v.url, 32, 32)
+    try:
+        tab.send_camera(run.split("train").cameras.c2w[0].numpy())  # viser takes GUI input after a camera
+        assert wait_for(lambda: v.server.get_clients(), 10, 0.05)
+        assert tab.wait_gui(lambda t: any(str(p.get("_markdown", "")).startswith("Exports go to")
+                                          for p in t.gui.values()), 10)
+        status = next(u for u, p in tab.gui.items() if str(p.get("_markdown", "")).startswith("Exports go to"))
+        mesh_button, video_button = tab.find("Export mesh"), tab.find("Export orbit video")
+
+        tab.set_value("Mesh resolution", 64)
+        tab.set_value("Mesh format", "glb")
+        tab.click("Export mesh")
+        assert tab.wait_gui(lambda t: written_path(t, status, "mesh"), 120), tab.gui[status]
+        mesh_path = written_path(tab, status, "mesh")
+        assert mesh_path.parent == run_dir.resolve() / "exports" and mesh_path.suffix == ".glb"
+        mesh = trimesh.load(mesh_path, force="mesh")
+        assert len(mesh.faces) > 100 and mesh.visual.vertex_colors[:, :3].std() > 5
+        updates = [u for uuid, u in tab.gui_updates if uuid == mesh_button]
+        assert {"disabled": True} in updates and not tab.gui[mesh_button]["disabled"]  # disabled while it ran
+        assert any(u.get("visible") for uuid, u in tab.gui_updates if tab.gui[uuid]["type"] == "GuiProgressBarMessage")
+
+        tab.set_value("Video height", 32)
+        tab.set_value("Video seconds", 2.0)
+        tab.click("Export orbit video")
+        assert tab.wait_gui(lambda t: t.gui[video_button]["disabled"], 30)
+        tab.click("Export mesh")  # ignored while the video runs
+        assert tab.wait_gui(lambda t: written_path(t, status, "orbit video"), 120), tab.gui[status]
+        video_path = written_path(tab, status, "orbit video")
+        assert video_path.parent == run_dir.resolve() / "exports"
+        assert iio.imread(video_path).shape == (60, 32, 32, 3)  # 2 s at 30 fps
+        time.sleep(1.0)
+        assert sorted((run_dir / "exports").iterdir()) == sorted([mesh_path, video_path])
+        assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "exports", "metrics.jsonl"]
+    finally:
+        tab.close()
         v.close()
 
 

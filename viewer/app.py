@@ -1,7 +1,8 @@
 """The viser web app: a run's field rendered from each browser tab's camera, the training cameras, the scene
-box and world axes, live training stats and Pause / Resume.
+box and world axes, live training stats and Pause / Resume, and export buttons when given an exporter.
 
-It binds 127.0.0.1 unless told otherwise (viser's own default is every interface); it never writes files.
+It binds 127.0.0.1 unless told otherwise (viser's own default is every interface). It writes files only
+through the exporter (``viewer/export_panel.py``), which keeps them in the run's ``exports/`` folder.
 Training drives it through `Viewer.on_step`, which the trainer calls after each step outside its clock.
 """
 
@@ -18,6 +19,7 @@ from rich.console import Console
 
 from scenes.cameras import Cameras
 from viewer.camera import c2w_to_viser, vertical_fov
+from viewer.export_panel import ExportPanel, Exporter
 from viewer.render_worker import RENDER_MODES, ClientRenderer, RenderMode, RenderTarget, View
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ class Viewer:
 
     def __init__(self, target: RenderTarget, cameras: Cameras, aabb: torch.Tensor, *, host: str = "127.0.0.1",
                  port: int = 7007, training: bool = False, max_side: int = 256, title: str = "fields",
-                 console: Console | None = None):
+                 console: Console | None = None, exporter: Exporter | None = None):
         self.target, self.console = target, console or Console()
         if host not in LOOPBACK:
             self.console.print(f"[yellow]warning:[/yellow] the viewer listens on {host}: anyone who can reach this "
@@ -47,6 +49,7 @@ class Viewer:
         self._stats_at, self._window_start, self._samples, self._sps = 0.0, None, 0, 0.0
         self._add_scene(cameras, aabb)
         self._add_gui(training, max_side)
+        self.exports = ExportPanel(self.server.gui, exporter, one_thread=training) if exporter else None
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(self._disconnect)
 

@@ -1,6 +1,7 @@
 """A minimal client for viser's websocket protocol: it stands in for a browser tab, sending camera poses and
-receiving the background images the viewer renders. Tests and `scripts/bench_viewer.py` drive the viewer with
-it; a real browser is driven by the headless-chromium test.
+GUI input (button clicks, slider values) and receiving the background images the viewer renders and the state
+of the GUI. Tests and `scripts/bench_viewer.py` drive the viewer with it; a real browser is driven by the
+headless-chromium test.
 
 Wire format (viser 1.x, ``viser/infra/_infra.py``): the client sends plain msgpack dicts with a ``type`` key;
 the server sends windows of messages as ``[u64 msgpack size][u64 zstd size][zstd(msgpack)][aligned raw
@@ -16,6 +17,8 @@ import msgspec
 import numpy as np
 import viser
 import zstandard
+from typing import Any, Callable
+
 from websockets.sync.client import ClientConnection, connect
 
 from viewer.camera import c2w_to_viser
@@ -30,13 +33,58 @@ def decode_window(frame: bytes) -> list[dict]:
 
 
 class ViserTab:
-    """One simulated browser tab connected to a viser server."""
+    """One simulated browser tab connected to a viser server.
+
+    ``gui`` holds the GUI components the server created, by uuid (their props, ``type`` and ``value``, kept
+    up to date from the server's updates); ``gui_updates`` is every update received, in order."""
 
     def __init__(self, url: str, width: int = 320, height: int = 240, fov_y: float = 0.7):
         self.width, self.height, self.fov_y = width, height, fov_y
+        self.gui: dict[str, dict[str, Any]] = {}
+        self.gui_updates: list[tuple[str, dict[str, Any]]] = []
         ws_url = url.replace("http://", "ws://")
         self.ws: ClientConnection = connect(ws_url, subprotocols=[f"viser-v{viser.__version__}"],
                                             max_size=64 * 1024 * 1024, compression=None, open_timeout=10)
+
+    def _receive(self, timeout: float) -> list[dict] | None:
+        """The messages of the next server frame (the GUI state updated from them), or None on timeout."""
+        try:
+            messages = decode_window(self.ws.recv(timeout=timeout))
+        except TimeoutError:
+            return None
+        for m in messages:
+            if m["type"] == "GuiUpdateMessage":
+                self.gui_updates.append((m["uuid"], m["updates"]))
+                if m["uuid"] in self.gui:
+                    self.gui[m["uuid"]].update(m["updates"])
+            elif m["type"].startswith("Gui") and isinstance(m.get("props"), dict) and "uuid" in m:
+                self.gui[m["uuid"]] = {**m["props"], "type": m["type"], "value": m.get("value")}
+        return messages
+
+    def find(self, label: str) -> str:
+        """The uuid of the GUI component labelled ``label``."""
+        for uuid, props in self.gui.items():
+            if props.get("label") == label:
+                return uuid
+        raise KeyError(f"no GUI component labelled {label!r} (have {[p.get('label') for p in self.gui.values()]})")
+
+    def set_value(self, label: str, value: Any) -> None:
+        """Change an input's value as a user would (a button's click is ``True``). viser ignores GUI input
+        from a tab until it has sent its first camera."""
+        self.ws.send(msgspec.msgpack.encode({"type": "GuiUpdateMessage", "uuid": self.find(label),
+                                             "updates": {"value": value}}))
+
+    def click(self, label: str) -> None:
+        self.set_value(label, True)
+
+    def wait_gui(self, predicate: Callable[["ViserTab"], bool], timeout: float) -> bool:
+        """Receive until ``predicate(self)`` holds (True) or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if (left := deadline - time.monotonic()) <= 0:
+                return False
+            self._receive(left)
+        return True
 
     def send_camera(self, c2w: np.ndarray, look_at: np.ndarray = np.zeros(3)) -> None:
         """Report the tab's camera as an OpenGL camera-to-world pose (converted to viser's convention)."""
@@ -51,11 +99,10 @@ class ViserTab:
         """The next background image the server sends (uint8 [H, W, 3]), or None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                frame = self.ws.recv(timeout=left)
-            except TimeoutError:
+            messages = self._receive(left)
+            if messages is None:
                 return None
-            images = [m for m in decode_window(frame) if m["type"] == "BackgroundImageMessage" and m["rgb_data"]]
+            images = [m for m in messages if m["type"] == "BackgroundImageMessage" and m["rgb_data"]]
             if images:
                 return iio.imread(images[-1]["rgb_data"])[..., :3]
         return None

@@ -28,6 +28,18 @@ def output_path(run_dir: Path, output: Path | None, default_name: str) -> Path:
     return path
 
 
+def inside_exports(run_dir: Path, name: str) -> Path:
+    """``<run>/exports/<name>`` (folder created), refusing with ExportError any name that resolves elsewhere:
+    ``..``, an absolute path, or an ``exports`` folder or file that is a link out of the run. The viewer's
+    export buttons write only through this."""
+    exports = Path(run_dir).resolve() / "exports"
+    path = (exports / name).resolve()
+    if path.parent != exports:
+        raise ExportError(f"{path}: refusing to write outside {exports} (the viewer writes only there)")
+    exports.mkdir(exist_ok=True)
+    return path
+
+
 def rgba8(colors: np.ndarray) -> np.ndarray:
     """Opaque 8-bit RGBA [N, 4] from float RGB [N, 3] in [0, 1] (what mesh and point-cloud files store)."""
     return np.concatenate([np.round(np.clip(colors, 0, 1) * 255), np.full((len(colors), 1), 255)], 1).astype(np.uint8)

@@ -6,6 +6,7 @@ whole video (the distances from the path's cameras to the occupied cells), so co
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -54,8 +55,9 @@ def video_writer(path: Path, fps: float):
 @torch.no_grad()
 def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, cams: Cameras, fps: float,
                  background: tuple[float, float, float], outputs: dict[str, Path],
-                 show_progress: bool = True) -> None:
-    """Render every camera of ``cams`` and write the frames of each output name to its mp4 path."""
+                 show_progress: bool = True, progress: Progress | None = None) -> None:
+    """Render every camera of ``cams`` and write the frames of each output name to its mp4 path. Progress goes
+    to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     if cams.width % 2 or cams.height % 2:
         raise ExportError(f"video frames must have even sizes for H.264 (got {cams.width}x{cams.height})")
     if fps <= 0:
@@ -64,7 +66,8 @@ def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, ca
     bg = torch.tensor(background, dtype=torch.float32)
     writers = {name: video_writer(path, fps) for name, path in outputs.items()}
     try:
-        with Progress(disable=not show_progress, transient=True) as progress:
+        bar = nullcontext(progress) if progress is not None else Progress(disable=not show_progress, transient=True)
+        with bar as progress:
             task = progress.add_task("frames", total=len(cams))
             for i in range(len(cams)):
                 out = render_image(field, grid, cams, i, render_cfg, bg, field.density)
