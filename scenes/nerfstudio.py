@@ -101,4 +101,5 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_e
     if downscale > 1:
         cams = cams.scaled(1.0 / downscale)
     aabb = torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)
-    return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files))
+    return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files),
+                      (tuple(float(c) for c in center), float(scale)))

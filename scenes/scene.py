@@ -25,6 +25,9 @@ class SceneSplit:
     aabb: torch.Tensor  # [2, 3] min and max corner of the scene box
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     file_paths: tuple[str, ...] = ()
+    # How the loader moved the dataset's poses into this world: position_world = (position_dataset - centre)
+    # * scale, rotations unchanged. nerfstudio-format scenes are re-centred and scaled; Blender scenes are not.
+    from_dataset: tuple[tuple[float, float, float], float] = ((0.0, 0.0, 0.0), 1.0)
 
     def __len__(self) -> int:
         return len(self.cameras)

@@ -157,12 +157,61 @@ def test_nerfstudio_camera_path_is_parsed(tmp_path):
     assert cams.cx[0].item() == 15 and cams.cy[0].item() == 10
 
 
+def test_nerfstudio_path_maps_back_through_the_dataparser_transform(tmp_path):
+    """A path made in nerfstudio's oriented, centred and scaled frame lands on our cameras: the training poses of a
+    nerfstudio-format scene, sent through a nerfstudio-style dataparser transform and back, are unchanged."""
+    from conftest import write_nerfstudio
+    from scenes.nerfstudio import load_nerfstudio
+
+    root = write_nerfstudio(tmp_path / "scene")
+    frames = json.loads((root / "transforms.json").read_text())["frames"]
+    split = load_nerfstudio(root, "train")
+    by_file = {str(root / f["file_path"]): torch.tensor(f["transform_matrix"], dtype=torch.float64) for f in frames}
+    dataset = torch.stack([by_file[f] for f in split.file_paths])
+    a, b = 0.7, -0.4  # nerfstudio's orientation: some rotation, a shift, then its scale
+    rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]], dtype=torch.float64)
+    rot = rot @ torch.tensor([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]],
+                             dtype=torch.float64)
+    transform = torch.cat([rot, torch.tensor([[0.3], [-1.2], [0.5]], dtype=torch.float64)], 1)
+    scale = 0.37
+    ns = torch.cat([transform, torch.tensor([[0.0, 0, 0, 1]], dtype=torch.float64)]) @ dataset
+    ns[:, :3, 3] *= scale
+    (tmp_path / "dataparser_transforms.json").write_text(json.dumps({"transform": transform.tolist(), "scale": scale}))
+    meta = {"render_height": 10, "render_width": 12, "camera_path": [
+        {"camera_to_world": p.reshape(-1).tolist(), "fov": 50.0} for p in ns]}
+    (tmp_path / "path.json").write_text(json.dumps(meta))
+    cams = load_camera_path(tmp_path / "path.json", tmp_path / "dataparser_transforms.json", split.from_dataset).cameras
+    assert torch.allclose(cams.c2w, split.cameras.c2w, atol=1e-5)
+    assert not torch.allclose(load_camera_path(tmp_path / "path.json").cameras.c2w, split.cameras.c2w, atol=1e-2)
+    (tmp_path / "bad.json").write_text('{"transform": [[1, 0, 0]], "scale": 1}')
+    with pytest.raises(ExportError, match="'transform' must be 3x4"):
+        load_camera_path(tmp_path / "path.json", tmp_path / "bad.json")
+
+
 def test_video_from_a_camera_path_file_renders_its_frames(trained_run, tmp_path):
     path, _ = nerfstudio_path_file(tmp_path)
     main(["export", "video", str(trained_run), "--path", str(path), "--outputs", "rgb",
           "--output", str(tmp_path), "--quiet"])
     (video,) = tmp_path.glob("video-camera_path-*-rgb.mp4")
     assert iio.imread(video).shape == (3, 20, 30, 3)
+
+
+def test_viewer_exports_cannot_leave_the_run_folder(tmp_path):
+    from fields.export import inside_exports
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert inside_exports(run, "mesh.ply") == run.resolve() / "exports" / "mesh.ply"
+    (tmp_path / "elsewhere").mkdir()
+    (run / "exports" / "link.ply").symlink_to(tmp_path / "elsewhere" / "x.ply")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "exports").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for run_dir, name in [(run, "../escape.ply"), (run, "/tmp/escape.ply"), (run, "sub/../../escape.ply"),
+                          (run, "link.ply"), (linked, "mesh.ply")]:
+        with pytest.raises(ExportError, match="refusing to write outside"):
+            inside_exports(run_dir, name)
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == []
 
 
 def test_derived_paths_circle_the_scene_centre():

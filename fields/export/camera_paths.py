@@ -3,7 +3,17 @@ nerfstudio ``camera_path`` JSON files.
 
 Derived paths look at the point nearest to every training camera's optical axis (the scene centre of an
 object capture), keep the cameras' mean distance, and turn about their mean up vector. Poses are
-camera-to-world in the OpenGL convention, like everywhere in fields.
+camera-to-world in the OpenGL convention, like everywhere in fields (and in nerfstudio).
+
+Frames of a nerfstudio camera path: ``ns-render`` feeds the path's ``camera_to_world`` to the model as it is
+(``get_path_from_json``), so the poses live in nerfstudio's *dataparser output* frame. For Blender-format
+scenes nerfstudio's blender dataparser applies no transform, and that frame is the dataset's own, which is
+also ours: such paths work as they are. Its nerfstudio-data dataparser instead orients, centres and scales the
+poses and records this in the run's ``dataparser_transforms.json`` (``transform`` T [3, 4], ``scale`` s:
+``pose_ns = [R_T R | s (R_T t + t_T)]``). Given that file, a path is mapped back to the dataset frame as
+nerfstudio's ``transform_poses_to_original_space`` does (translation / s, then T^-1), then into our world
+with the loader's own re-centring (``SceneSplit.from_dataset``). Without it the path is taken as already in
+the run's world frame.
 """
 
 from __future__ import annotations
@@ -130,10 +140,43 @@ class CameraPath:
     fps: float | None = None
 
 
-def load_camera_path(path: Path) -> CameraPath:
+def read_dataparser_transforms(path: Path) -> tuple[torch.Tensor, float]:
+    """``transform`` [3, 4] and ``scale`` of a nerfstudio ``dataparser_transforms.json``."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+        transform, scale = torch.tensor(meta["transform"], dtype=torch.float64), float(meta["scale"])
+    except FileNotFoundError:
+        raise ExportError(f"{path}: dataparser transforms file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{path}: expected nerfstudio dataparser transforms with 'transform' (3x4) and "
+                          f"'scale' ({type(e).__name__}: {e})") from None
+    if transform.shape != (3, 4) or not scale > 0:
+        raise ExportError(f"{path}: 'transform' must be 3x4 and 'scale' positive (got {list(transform.shape)}, "
+                          f"{scale})")
+    return transform, scale
+
+
+def nerfstudio_to_world(c2w: torch.Tensor, transform: torch.Tensor, scale: float,
+                        from_dataset: tuple[tuple[float, float, float], float]) -> torch.Tensor:
+    """Poses [N, 4, 4] from nerfstudio's dataparser output frame (``transform``, ``scale``) to our world
+    (``SceneSplit.from_dataset``: centre and scale of our loader)."""
+    inverse = torch.linalg.inv(torch.cat([transform, torch.tensor([[0.0, 0, 0, 1]], dtype=torch.float64)]))
+    poses = c2w.double().clone()
+    poses[:, :3, 3] /= scale
+    poses = inverse @ poses  # the dataset's own frame
+    centre, world_scale = from_dataset
+    poses[:, :3, 3] = (poses[:, :3, 3] - torch.tensor(centre, dtype=torch.float64)) * world_scale
+    return poses.float()
+
+
+def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
+                     from_dataset: tuple[tuple[float, float, float], float] | None = None) -> CameraPath:
     """A nerfstudio ``camera_path`` JSON (as written by its viewer's render panel): ``render_width``,
     ``render_height``, ``fps`` and ``camera_path`` entries with a 4x4 ``camera_to_world`` and a vertical
-    ``fov`` in degrees. Poses are taken in the run's world frame."""
+    ``fov`` in degrees. Poses are taken in the run's world frame, or mapped into it from nerfstudio's frame
+    when its ``dataparser_transforms`` file is given (and our loader's ``from_dataset``, default: none; see
+    the module docstring)."""
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -166,7 +209,11 @@ def load_camera_path(path: Path) -> CameraPath:
         focals.append(0.5 * height / math.tan(math.radians(fov) / 2))
     n = len(poses)
     f = torch.tensor(focals)
-    cams = Cameras(torch.stack(poses), f, f.clone(), torch.full((n,), width / 2), torch.full((n,), height / 2),
+    c2w = torch.stack(poses)
+    if dataparser_transforms is not None:
+        c2w = nerfstudio_to_world(c2w, *read_dataparser_transforms(dataparser_transforms),
+                                  from_dataset or ((0.0, 0.0, 0.0), 1.0))
+    cams = Cameras(c2w, f, f.clone(), torch.full((n,), width / 2), torch.full((n,), height / 2),
                    width, height)
     fps = meta.get("fps")
     return CameraPath(cams, float(fps) if isinstance(fps, (int, float)) and fps > 0 else None)

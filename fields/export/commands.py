@@ -76,7 +76,12 @@ class Video:
     run_dir: RunDir
     """Run folder (or its config.yaml)."""
     path: str = "orbit"
-    """orbit | spiral | interpolate | PATH.json (a nerfstudio camera_path file)."""
+    """orbit | spiral | interpolate | PATH.json (a nerfstudio camera_path file, poses in this run's world frame
+    unless --dataparser-transforms is given)."""
+    dataparser_transforms: Path | None = None
+    """With a PATH.json made by nerfstudio for a nerfstudio-format dataset: the dataparser_transforms.json of
+    that nerfstudio run, to map the path from nerfstudio's oriented, centred and scaled frame into ours.
+    (Blender-format scenes need none: nerfstudio leaves their poses as they are, like fields.)"""
     seconds: float = 6.0
     """Length of derived paths (a JSON path keeps its own frames)."""
     fps: float = 30.0
@@ -106,7 +111,8 @@ class Video:
         run = load_run(self.run_dir)
         fps = self.fps
         if is_file:
-            cam_path = load_camera_path(Path(self.path))
+            from_dataset = run.split("train").from_dataset if self.dataparser_transforms is not None else None
+            cam_path = load_camera_path(Path(self.path), self.dataparser_transforms, from_dataset)
             fps = cam_path.fps or fps
             name = Path(self.path).stem
         else:
