@@ -93,10 +93,9 @@ class _TrainOptions:
 
         target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.tensor(trainer.data.background),
                               trainer.step)
-        exporter = RunExporter(trainer.run_dir, trainer.field, trainer.grid, trainer.cfg.render, trainer.data.cameras,
-                               tuple(trainer.data.background), lambda: trainer.step)
         viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, host=self.host, port=self.port,
-                        training=True, title=f"fields: {trainer.run_dir.name}", console=console, exporter=exporter)
+                        training=True, title=f"fields: {trainer.run_dir.name}", console=console,
+                        exporter=RunExporter.for_trainer(trainer))
         console.print(f"Viewer at {viewer.url}")
         return viewer
 

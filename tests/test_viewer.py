@@ -240,6 +240,40 @@ def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run
         v.close()
 
 
+def test_training_carries_on_while_the_viewer_exports(trained_run, tmp_path):
+    from fields.trainer import Trainer
+    from viewer import RenderTarget
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("exports"))
+    trainer = Trainer(load_run(run).config, run, Console(file=io.StringIO()))
+    trainer.resume()
+    start = trainer.step
+    trainer.cfg.train.max_steps = start + 60
+    target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.ones(3), trainer.step)
+    v = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True,
+               console=Console(file=io.StringIO()), exporter=RunExporter.for_trainer(trainer))
+    thread = threading.Thread(target=trainer.train, kwargs={"callbacks": [v.on_step], "show_progress": False})
+    try:
+        thread.start()
+        assert wait_for(lambda: trainer.step > start + 2, 60, 0.05)
+        exporter, steps = v.exports.exporter, []
+        assert v.exports.start("mesh", lambda p: (steps.append(trainer.step), exporter.mesh(48, "ply", p),
+                                                  steps.append(trainer.step))[1])
+        assert not v.exports.start("mesh", lambda p: exporter.mesh(48, "obj", p))  # one export at a time
+        v.exports.join(120)
+        assert v.exports.status.content.startswith("Wrote mesh"), v.exports.status.content
+        assert steps[1] > steps[0]  # training advanced while the mesh was exported
+        (mesh,) = (run / "exports").iterdir()
+        assert steps[0] <= int(mesh.stem.split("-")[-1]) <= steps[1]  # named after the step it copied
+        assert len(trimesh.load(mesh).faces) > 100
+        thread.join(120)
+        assert trainer.step == start + 60
+    finally:
+        thread.join(120)
+        v.close()
+
+
 # -- the command line in a browser -----------------------------------------------------------------------------
 class Chromium:
     """Headless Debian chromium driven over the DevTools protocol."""

@@ -25,6 +25,7 @@ from scenes.cameras import Cameras
 
 if TYPE_CHECKING:
     from fields.run import LoadedRun
+    from fields.trainer import Trainer
 
 
 @dataclass
@@ -43,6 +44,12 @@ class RunExporter:
     def for_run(cls, run: "LoadedRun") -> "RunExporter":
         return cls(run.path, run.field, run.grid, run.config.render, run.split("train").cameras,
                    tuple(run.config.scene.background), lambda: run.step)
+
+    @classmethod
+    def for_trainer(cls, trainer: "Trainer") -> "RunExporter":
+        """Exports of a run while it trains (the field at the step an export starts)."""
+        return cls(trainer.run_dir, trainer.field, trainer.grid, trainer.cfg.render, trainer.data.cameras,
+                   tuple(trainer.data.background), lambda: trainer.step)
 
     def _snapshot(self) -> tuple[Field, OccupancyGrid, int]:
         step = self.step()
