@@ -240,6 +240,29 @@ def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run
         v.close()
 
 
+def test_a_failed_export_is_shown_and_the_buttons_come_back():
+    import viser
+
+    from fields.export import ExportError
+    from viewer.export_panel import ExportPanel
+
+    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
+    try:
+        panel = ExportPanel(server.gui, exporter=None, one_thread=False)
+
+        def fail(progress):
+            progress.update(progress.add_task("density", total=4), completed=2)
+            raise ExportError("no surface: the density never crosses the threshold")
+
+        assert panel.start("mesh", fail)
+        panel.join(10)
+        assert panel.status.content == "Export of mesh failed: no surface: the density never crosses the threshold"
+        assert not panel.running and not panel.mesh_button.disabled and not panel.video_button.disabled
+        assert not panel.progress.visible
+    finally:
+        server.stop()
+
+
 def test_training_carries_on_while_the_viewer_exports(trained_run, tmp_path):
     from fields.trainer import Trainer
     from viewer import RenderTarget
