@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from fields.base import FieldConfig
+from fields.checkpoint import atomic_write
 from fields.registry import FIELD_CONFIGS
 from renderers.render import RenderConfig
 from scenes import SceneSplit, find_scene, load_split
@@ -105,7 +106,9 @@ class RunConfig:
         return plain(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write atomically: a process killed mid-write leaves the previous config.yaml, never half of one."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
+        atomic_write(path, lambda f: f.write(text))
 
     @staticmethod
     def load(path: Path) -> "RunConfig":
