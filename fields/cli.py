@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -202,20 +203,30 @@ EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueErro
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a subcommand. Errors print one line (exit 2: bad input; 1: training stopped or a bug); ``--debug``
+    anywhere on the line, or FIELDS_DEBUG=1, shows tracebacks instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("FIELDS_DEBUG")) or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="fields",
-                                               description="Neural fields and 3D reconstruction on your CPU.")
+                                               description="Neural fields and 3D reconstruction on your CPU "
+                                               "(--debug: show tracebacks).")
+    if not debug:
+        warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
         cmd.run()
-    except EXPECTED_ERRORS as e:
-        if os.environ.get("FIELDS_DEBUG"):
+    except Exception as e:
+        if debug:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except RuntimeError as e:  # TrainingError and friends
-        if os.environ.get("FIELDS_DEBUG"):
-            raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        if isinstance(e, EXPECTED_ERRORS):
+            message, code = str(e), 2
+        elif isinstance(e, RuntimeError):  # TrainingError and friends
+            message, code = str(e), 1
+        else:
+            message, code = (f"unexpected {type(e).__name__}: {e} (a bug in fields; rerun with --debug for the "
+                             "traceback and please report it)"), 1
+        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class SceneConfig:
     """Divide image resolution by this integer factor."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour that transparent pixels are composited on for evaluation."""
+    allow_outside_data: bool = False
+    """Read images that the scene's JSON places outside its folder (../, absolute paths, symlinks out)."""
 
     @property
     def name(self) -> str:
@@ -43,7 +45,7 @@ class SceneConfig:
         return Path(self.data) if self.data is not None else find_scene(self.scene, self.data_root)
 
     def load(self, split: str) -> SceneSplit:
-        return load_split(self.folder(), split, self.downscale, self.background)
+        return load_split(self.folder(), split, self.downscale, self.background, self.allow_outside_data)
 
 
 @dataclass

@@ -99,10 +99,10 @@ class Video:
         if not is_file and self.path not in PATH_TYPES:
             raise ExportError(f"--path '{self.path}': unknown camera path (known: {', '.join(PATH_TYPES)}, "
                               "or a nerfstudio camera_path .json file)")
+        cam_path = load_camera_path(Path(self.path)) if is_file else None  # bad files fail before the run loads
         run = load_run(self.run_dir)
         fps = self.fps
-        if is_file:
-            cam_path = load_camera_path(Path(self.path))
+        if cam_path is not None:
             fps = cam_path.fps or fps
             name = Path(self.path).stem
         else:
