@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import torch
 import tyro
 from rich.console import Console
+from rich.markup import escape
 
 from fields.checkpoint import CheckpointError
 from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             message, code = (f"unexpected {type(e).__name__}: {e} (a bug in fields; rerun with --debug for the "
                              "traceback and please report it)"), 1
-        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+        console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # paths hold [ ]
         sys.exit(code)
 
 

@@ -316,3 +316,11 @@ def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
     assert "unexpected KeyError: 'surprise'" in out and "--debug" in out
     with pytest.raises(KeyError):
         cli.main(["eval", "somewhere", "--debug"])
+
+    def bad_scene(self):  # messages are printed as text: brackets in paths are not rich markup
+        raise SceneError("[/etc/passwd] frames[1] [bold]x")
+
+    monkeypatch.setattr(cli.Eval, "run", bad_scene)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "somewhere"])
+    assert e.value.code == 2 and "error: [/etc/passwd] frames[1] [bold]x" in capsys.readouterr().out
