@@ -26,6 +26,7 @@ from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
 from fields.export.commands import Export
 from fields.registry import FIELD_CONFIGS
 from fields.run import RunError, load_run, new_run_dir, resolve_run
+from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
 
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if isinstance(e, EXPECTED_ERRORS):
             message, code = str(e), 2
+        elif is_out_of_memory(e):
+            message, code = (f"out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                             "lower the resolution, --num-points or raise --downscale"), 1
         elif isinstance(e, RuntimeError):  # TrainingError and friends
             message, code = str(e), 1
         else:

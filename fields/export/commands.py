@@ -48,8 +48,9 @@ class Mesh:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.mesh import MeshSettings, extract_mesh, write_mesh  # heavy imports only when used
+        from fields.export.mesh import MeshSettings, check_mesh_memory, extract_mesh, write_mesh  # heavy imports
 
+        check_mesh_memory(self.resolution)  # before loading the run: fail at once
         run = load_run(self.run_dir)
         settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
                                 self.target_faces)
@@ -137,8 +138,9 @@ class PointCloud:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.pointcloud import point_cloud, write_point_cloud
+        from fields.export.pointcloud import check_point_memory, point_cloud, write_point_cloud
 
+        check_point_memory(self.num_points)
         run = load_run(self.run_dir)
         tic = time.perf_counter()
         points, colors = point_cloud(run.field, run.grid, run.config.render, run.split("train").cameras,
