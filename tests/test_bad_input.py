@@ -88,40 +88,37 @@ def nerfstudio_scene(tmp_path_factory):
     return write_nerfstudio(tmp_path_factory.mktemp("fuzz") / "ns", n=3, w=4, h=4)
 
 
+def load_with(root: Path, name: str, content: bytes) -> None:
+    """Replace the scene's file ``name`` by ``content``, check it loads or fails cleanly, and put it back."""
+    path = root / name
+    original = path.read_bytes()
+    try:
+        path.write_bytes(content)
+        check_loads_or_scene_error(root)
+    finally:
+        path.write_bytes(original)
+
+
+def mutated(path: Path, data) -> bytes:
+    return json.dumps(mutate(json.loads(path.read_text()), data)).encode()
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_blender_transforms(blender_scene, data):
-    path = blender_scene / "transforms_train.json"
-    original = path.read_text()
-    try:
-        path.write_text(json.dumps(mutate(json.loads(original), data)))
-        check_loads_or_scene_error(blender_scene)
-    finally:
-        path.write_text(original)
+    load_with(blender_scene, "transforms_train.json", mutated(blender_scene / "transforms_train.json", data))
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_nerfstudio_transforms(nerfstudio_scene, data):
-    path = nerfstudio_scene / "transforms.json"
-    original = path.read_text()
-    try:
-        path.write_text(json.dumps(mutate(json.loads(original), data)))
-        check_loads_or_scene_error(nerfstudio_scene)
-    finally:
-        path.write_text(original)
+    load_with(nerfstudio_scene, "transforms.json", mutated(nerfstudio_scene / "transforms.json", data))
 
 
 @FUZZ
 @given(raw=st.binary(max_size=64) | st.sampled_from([b"", b"{", b"[" * 100_000, b"\xff\xfe{}", b"NaN"]))
 def test_fuzzed_json_bytes(nerfstudio_scene, raw):
-    path = nerfstudio_scene / "transforms.json"
-    original = path.read_bytes()
-    try:
-        path.write_bytes(raw)
-        check_loads_or_scene_error(nerfstudio_scene)
-    finally:
-        path.write_bytes(original)
+    load_with(nerfstudio_scene, "transforms.json", raw)
 
 
 def png(width: int, height: int, depth: int, color_type: int, data: bytes) -> bytes:
