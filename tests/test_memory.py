@@ -14,7 +14,6 @@ from fields.export.mesh import MeshSettings, extract_mesh
 from fields.export.video import check_frame_memory
 from renderers.chunks import map_chunks
 from renderers.render import RenderConfig, render_image
-from scenes.cameras import Cameras
 from test_export import procedural_cameras, sdf_field
 
 
