@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,12 +19,14 @@ from typing import Annotated, Literal
 import torch
 import tyro
 from rich.console import Console
+from rich.markup import escape
 
 from fields.checkpoint import CheckpointError
 from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
 from fields.export.commands import Export
 from fields.registry import FIELD_CONFIGS
 from fields.run import RunError, load_run, new_run_dir, resolve_run
+from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
 
@@ -205,20 +208,33 @@ EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueErro
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a subcommand. Errors print one line (exit 2: bad input; 1: training stopped or a bug); ``--debug``
+    anywhere on the line, or FIELDS_DEBUG=1, shows tracebacks instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("FIELDS_DEBUG")) or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="fields",
-                                               description="Neural fields and 3D reconstruction on your CPU.")
+                                               description="Neural fields and 3D reconstruction on your CPU "
+                                               "(--debug: show tracebacks).")
+    if not debug:
+        warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
         cmd.run()
-    except EXPECTED_ERRORS as e:
-        if os.environ.get("FIELDS_DEBUG"):
+    except Exception as e:
+        if debug:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except RuntimeError as e:  # TrainingError and friends
-        if os.environ.get("FIELDS_DEBUG"):
-            raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        if isinstance(e, EXPECTED_ERRORS):
+            message, code = str(e), 2
+        elif is_out_of_memory(e):
+            message, code = (f"out of memory ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                             "lower the resolution, --num-points or raise --downscale"), 1
+        elif isinstance(e, RuntimeError):  # TrainingError and friends
+            message, code = str(e), 1
+        else:
+            message, code = (f"unexpected {type(e).__name__}: {e} (a bug in fields; rerun with --debug for the "
+                             "traceback and please report it)"), 1
+        console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # paths hold [ ]
+        sys.exit(code)
 
 
 if __name__ == "__main__":

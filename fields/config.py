@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from fields.base import FieldConfig
+from fields.checkpoint import atomic_write
 from fields.registry import FIELD_CONFIGS
 from renderers.render import RenderConfig
 from scenes import SceneSplit, find_scene, load_split
@@ -33,6 +34,8 @@ class SceneConfig:
     """Divide image resolution by this integer factor."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour that transparent pixels are composited on for evaluation."""
+    allow_outside_data: bool = False
+    """Read images that the scene's JSON places outside its folder (../, absolute paths, symlinks out)."""
 
     @property
     def name(self) -> str:
@@ -42,7 +45,7 @@ class SceneConfig:
         return Path(self.data) if self.data is not None else find_scene(self.scene, self.data_root)
 
     def load(self, split: str) -> SceneSplit:
-        return load_split(self.folder(), split, self.downscale, self.background)
+        return load_split(self.folder(), split, self.downscale, self.background, self.allow_outside_data)
 
 
 @dataclass
@@ -105,7 +108,9 @@ class RunConfig:
         return plain(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write atomically: a process killed mid-write leaves the previous config.yaml, never half of one."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
+        atomic_write(path, lambda f: f.write(text))
 
     @staticmethod
     def load(path: Path) -> "RunConfig":

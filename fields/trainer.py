@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fields.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
+from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
 from renderers.render import render_rays
@@ -30,6 +30,14 @@ class TrainingError(RuntimeError):
 
 def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line that does not parse (cut short by a kill)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class TrainingRays:
@@ -77,17 +85,29 @@ class Trainer:
         self.step, self.elapsed, self.n_rays = int(state["step"]), float(state["elapsed"]), int(state["n_rays"])
 
     def save(self) -> Path:
-        return save_checkpoint(checkpoint_path(self.run_dir, self.step), self.state_dict())
+        """Write a checkpoint of the current step; never one with NaN/inf weights (it would hide the good ones)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.field.parameters()):
+            raise TrainingError(f"field parameters became NaN/inf at step {self.step}; not saving them")
+        path = checkpoint_path(self.run_dir, self.step)
+        try:
+            return save_checkpoint(path, self.state_dict())
+        except OSError as e:  # disk full, read-only folder...: the previous checkpoints are untouched
+            raise TrainingError(f"cannot write checkpoint {path} ({e.strerror or e})") from None
 
     def resume(self) -> None:
-        """Continue from the newest loadable checkpoint, dropping metrics logged after it."""
+        """Continue from the newest loadable checkpoint, dropping metrics logged after it (and a line cut short
+        by a killed process) and temporary files of an interrupted checkpoint write."""
         path, state = newest_checkpoint(self.run_dir)
         self.load_state_dict(state)
+        remove_partial_writes(self.run_dir)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in metrics.read_text(errors="replace").splitlines() if _logged_step(line) <= self.step]
+            text = "".join(line + "\n" for line in kept).encode()
+            try:
+                atomic_write(metrics, lambda f: f.write(text))
+            except OSError as e:  # read-only or full disk
+                raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
         self.console.print(f"Resumed {self.run_dir} from {path.name} (step {self.step}, {self.elapsed:.1f} s)")
 
     # -- schedule ------------------------------------------------------------------------------------------
@@ -140,11 +160,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if n_samples > 0:
             loss.backward()
+            grads = [p.grad.detach().sum() for p in self.field.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
+                raise TrainingError(f"gradients became NaN/inf at step {step}")
             self.optimizer.step()
         # Keep the number of samples per batch near the target (nerfacc's dynamic batch size).
         self.n_rays = int(min(max(self.n_rays * t.target_samples / max(n_samples, 1), 64), t.max_rays))
         self.step += 1
         return {"loss": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples, "lr": lr}
+
+    def _stopped(self, problem: str) -> TrainingError:
+        """The error that ends training: the problem, the step, and the checkpoint it can resume from."""
+        kept = list_checkpoints(self.run_dir)
+        return TrainingError(f"{problem}; training stopped at step {self.step}. Saved: "
+                             f"{kept[0] if kept else 'no checkpoint yet'}; continue with "
+                             f"`fields train --resume {self.run_dir}` once the problem is fixed")
 
     # -- loop ----------------------------------------------------------------------------------------------
     def train(self, callbacks: list[Callable[["Trainer"], None]] = (), show_progress: bool = True) -> None:
@@ -152,10 +182,13 @@ class Trainer:
 
         Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.run_dir / "config.yaml")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / "config.yaml")
+            metrics_file = (self.run_dir / "metrics.jsonl").open("a")
+        except OSError as e:  # read-only or full disk
+            raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
         t = self.cfg.train
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
@@ -194,8 +227,10 @@ class Trainer:
             path = self.save()
             self.console.print(f"Interrupted: saved {path}; continue with `fields train --resume {self.run_dir}`")
             raise
-        except TrainingError as e:
-            kept = list_checkpoints(self.run_dir)
-            raise TrainingError(f"{e}; training stopped. Last good checkpoint: {kept[0] if kept else 'none yet'}") from None
+        except (TrainingError, OSError) as e:  # OSError: metrics.jsonl could not be written (disk full ...)
+            raise self._stopped(str(e)) from None
         finally:
-            metrics_file.close()
+            try:
+                metrics_file.close()
+            except OSError:  # flushing to a full disk; the error above already says what was saved
+                pass

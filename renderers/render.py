@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from renderers.chunks import map_chunks
 from renderers.compositing import composite, transmittance
 from renderers.marching import Samples, march_rays
 from renderers.occupancy import OccupancyGrid
@@ -75,11 +76,12 @@ def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Ten
 def render_image(radiance_fn: RadianceFn, grid: OccupancyGrid, cams: Cameras, i: int, cfg: RenderConfig,
                  background: torch.Tensor, density_fn: DensityFn | None = None,
                  chunk: int = 8192) -> dict[str, torch.Tensor]:
-    """Render camera ``i`` in chunks of rays; returns ``rgb [H, W, 3]``, ``depth [H, W]``, ``opacity [H, W]``."""
+    """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
+    ``depth [H, W]``, ``opacity [H, W]``."""
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    parts = [render_rays(radiance_fn, grid, o, d, cfg, background, density_fn)
-             for o, d in zip(origins.split(chunk), dirs.split(chunk))]
+    parts = map_chunks(lambda o, d: render_rays(radiance_fn, grid, o, d, cfg, background, density_fn),
+                       (origins, dirs), chunk)
     h, w = cams.height, cams.width
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:])
             for k in ("rgb", "depth", "opacity")}

@@ -21,7 +21,7 @@ def is_blender(root: Path) -> bool:
 
 
 def load_blender(root: Path, split: str = "train", downscale: int = 1,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> SceneSplit:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
     """Load one split. Image size comes from the first image; ``camera_angle_x`` gives the focal length.
 
     An optional top-level ``aabb`` ([[xmin, ymin, zmin], [xmax, ymax, zmax]]) overrides the default box; the
@@ -35,7 +35,7 @@ def load_blender(root: Path, split: str = "train", downscale: int = 1,
         raise SceneError(f"{path}: 'camera_angle_x' must be below pi radians, got {fov_x}")
     frames = get_frames(data, path)
     poses = np.stack([get_pose(f, path, i) for i, f in enumerate(frames)])
-    files = [resolve_image(root, f.get("file_path"), path, i) for i, f in enumerate(frames)]
+    files = [resolve_image(root, f.get("file_path"), path, i, allow_outside) for i, f in enumerate(frames)]
 
     images = read_images(files, downscale=downscale)  # the first image fixes the size of the others
     height, width = images.shape[1] * downscale, images.shape[2] * downscale
@@ -51,7 +51,7 @@ def _read_aabb(data: dict, path: Path):
         return DEFAULT_AABB
     try:
         box = np.asarray(data["aabb"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         box = None
     if box is None or box.shape != (2, 3) or not np.isfinite(box).all() or (box[1] <= box[0]).any():
         raise SceneError(f"{path}: 'aabb' must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min")

@@ -1,9 +1,15 @@
-"""Reading the files of a scene with errors that name the file and what is wrong with it."""
+"""Reading the files of a scene with errors that name the file and what is wrong with it.
+
+Images are checked from their header before they are decoded (size limit, equal sizes, room in memory), so a
+decompression bomb or a folder of huge photos fails in milliseconds instead of exhausting memory. Image paths
+must stay inside the scene folder (no ``..``, absolute paths or symlinks out of it) unless the caller allows it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,13 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image
+
+from scenes.memory import available_bytes, gigabytes
+
+MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger is a mistake or a decompression bomb
+MAX_COORDINATE = 1e10  # camera positions beyond this lose all precision in float32 rendering
+BYTES_PER_PIXEL = 64  # decoded RGBA float32, its stacked copy, and the training rays built from it
 
 
 class SceneError(ValueError):
@@ -25,6 +38,8 @@ def read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SceneError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise SceneError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise SceneError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
@@ -35,11 +50,24 @@ def get_number(obj: dict, key: str, path: Path, where: str = "", positive: bool 
     if key not in obj:
         raise SceneError(f"{path}: missing '{key}'{where}")
     value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise SceneError(f"{path}: '{key}'{where} must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise SceneError(f"{path}: '{key}'{where} must be positive, got {value!r}")
     return float(value)
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def get_frames(data: dict, path: Path) -> list[dict]:
@@ -60,41 +88,83 @@ def get_pose(frame: dict, path: Path, i: int) -> np.ndarray:
         raise SceneError(f"{path}: missing 'transform_matrix'{where}")
     try:
         m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SceneError(f"{path}: 'transform_matrix'{where} must be a 4x4 list of numbers") from None
     if m.shape == (3, 4):
         m = np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]])
     if m.shape != (4, 4):
         raise SceneError(f"{path}: 'transform_matrix'{where} must be 4x4, got shape {list(m.shape)}")
-    if not np.isfinite(m).all():
-        raise SceneError(f"{path}: 'transform_matrix'{where} contains NaN or inf")
-    rot = m[:3, :3]
-    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-2) or abs(np.linalg.det(rot) - 1) > 1e-2:
-        raise SceneError(f"{path}: 'transform_matrix'{where} is not a rigid transform (rotation not orthonormal)")
+    if problem := pose_problem(m):
+        raise SceneError(f"{path}: 'transform_matrix'{where} {problem}")
     return m
 
 
-def resolve_image(root: Path, file_path: Any, json_path: Path, i: int) -> Path:
-    """The image file a frame names; Blender omits the '.png' extension."""
-    if not isinstance(file_path, str) or not file_path:
+def pose_problem(m: np.ndarray) -> str | None:
+    """What is wrong with a 4x4 camera-to-world matrix (NaN/inf, not a rotation plus translation), or None."""
+    if not np.isfinite(m).all():
+        return "contains NaN or inf"
+    if np.abs(m).max() > MAX_COORDINATE:
+        return f"has entries beyond {MAX_COORDINATE:g} (rendering computes in float32)"
+    rot = m[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-2) or abs(np.linalg.det(rot) - 1) > 1e-2:
+        return "is not a rigid transform (rotation not orthonormal)"
+    if not np.allclose(m[3], [0, 0, 0, 1]):
+        return "is not a rigid transform (last row is not 0 0 0 1)"
+    return None
+
+
+def resolve_image(root: Path, file_path: Any, json_path: Path, i: int, allow_outside: bool = False) -> Path:
+    """The image file a frame names; Blender omits the '.png' extension. A path that leads out of ``root``
+    (``..``, absolute, or through a symlink) is refused unless ``allow_outside``."""
+    if not isinstance(file_path, str) or not file_path or "\0" in file_path:
         raise SceneError(f"{json_path}: 'file_path' in frames[{i}] must be a non-empty string")
     path = root / file_path
     if not path.suffix or not path.exists():
         for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
             if path.with_name(path.name + ext).exists():
-                return path.with_name(path.name + ext)
+                path = path.with_name(path.name + ext)
+                break
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise SceneError(f"{json_path}: 'file_path' in frames[{i}] ({file_path!r}) cannot be resolved ({first_line(e)})") from None
+    if not allow_outside and not inside:
+        raise SceneError(f"{json_path}: 'file_path' in frames[{i}] ({file_path!r}) leads outside the scene folder "
+                         f"{root}; pass --allow-outside-data if that is intended")
     return path
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it; SceneError if it is missing, unreadable
+    or larger than ``MAX_IMAGE_PIXELS``."""
+    if not path.is_file():
+        raise SceneError(f"{path}: image file not found")
+    bomb = (f"more than the {MAX_IMAGE_PIXELS >> 20} megapixel limit (a decompression bomb, or a photo to "
+            "downscale before training)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse it ourselves, below
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:  # Pillow's own limit, above ours
+        raise SceneError(f"{path}: image header claims {bomb}") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for empty, truncated or odd files
+        raise SceneError(f"{path}: cannot read image ({first_line(e)})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise SceneError(f"{path}: image header claims {width}x{height} pixels, {bomb}")
+    return width, height
 
 
 def read_image(path: Path) -> torch.Tensor:
     """An image as straight RGBA float32 [H, W, 4] in [0, 1]; grayscale and 16-bit are converted."""
-    if not path.is_file():
-        raise SceneError(f"{path}: image file not found")
+    image_size(path)
     try:
         img = np.asarray(iio.imread(path))
-    except Exception as e:  # imageio raises many types for broken files
-        raise SceneError(f"{path}: cannot read image ({e})") from None
-    if img.dtype == np.uint8:
+    except Exception as e:  # noqa: BLE001 - imageio raises many types for broken files
+        raise SceneError(f"{path}: cannot read image ({first_line(e)})") from None
+    if img.dtype == np.bool_:  # 1-bit images (masks)
+        arr = img.astype(np.float32)
+    elif img.dtype == np.uint8:
         arr = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:
         arr = img.astype(np.float32) / 65535.0
@@ -115,16 +185,25 @@ def read_image(path: Path) -> torch.Tensor:
 
 def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscale: int = 1) -> torch.Tensor:
     """Read images in parallel, check each has ``size`` = (width, height) (default: the first image's size), and
-    box-downscale them.
+    box-downscale them. Sizes and the memory they need are checked from the headers before anything is decoded.
 
     Downscaling averages premultiplied colour, as Pillow does for RGBA, so edges do not pick up the colour of
     transparent pixels.
     """
+    sizes = [image_size(p) for p in paths]
+    width, height = size if size is not None else sizes[0]
+    for path, (w, h) in zip(paths, sizes):
+        if (w, h) != (width, height):
+            raise SceneError(f"{path}: image is {w}x{h}, expected {width}x{height}")
+    need, free = len(paths) * width * height * BYTES_PER_PIXEL, available_bytes()
+    if need > free:
+        raise SceneError(f"{paths[0].parent}: {len(paths)} images of {width}x{height} need about {gigabytes(need)} "
+                         f"of memory, more than the {gigabytes(free)} available; pass --downscale "
+                         f"{math.ceil(math.sqrt(need / free))} or larger")
     with ThreadPoolExecutor(max_workers=4) as pool:
         images = list(pool.map(read_image, paths))
-    width, height = size if size is not None else (images[0].shape[1], images[0].shape[0])
     for path, img in zip(paths, images):
-        if img.shape[:2] != (height, width):
+        if img.shape[:2] != (height, width):  # the decoder disagrees with the header
             raise SceneError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
     stack = torch.stack(images)
     if downscale > 1:

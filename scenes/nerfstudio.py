@@ -56,7 +56,7 @@ def _split_indices(data: dict, frames: list[dict], split: str, test_every: int, 
     key = f"{split}_filenames"
     if key in data:
         names = data[key]
-        if not isinstance(names, list):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise SceneError(f"{path}: '{key}' must be a list of file paths")
         wanted = {str(Path(n)) for n in names}
         idx = [i for i, f in enumerate(frames) if str(Path(str(f.get("file_path")))) in wanted]
@@ -69,7 +69,7 @@ def _split_indices(data: dict, frames: list[dict], split: str, test_every: int, 
 
 
 def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_every: int = 8,
-                    background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> SceneSplit:
+                    background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
     """Load one split of a ``transforms.json`` scene."""
     root = Path(root)
     path = root / "transforms.json"
@@ -93,7 +93,7 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_e
                              "all images of a split must have one size")
         size = (w, h)
         params.append(p)
-    files = [resolve_image(root, frames[i].get("file_path"), path, i) for i in idx]
+    files = [resolve_image(root, frames[i].get("file_path"), path, i, allow_outside) for i in idx]
     images = read_images(files, size, downscale)
     p = torch.tensor(params, dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None

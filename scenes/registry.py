@@ -54,14 +54,15 @@ def find_scene(name: str, root: Path | None = None) -> Path:
 
 
 def load_split(path: Path, split: str = "train", downscale: int = 1,
-               background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> SceneSplit:
-    """Load one split of the scene folder at ``path``, detecting the format."""
+               background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
+    """Load one split of the scene folder at ``path``, detecting the format. Image paths that lead out of the
+    folder are refused unless ``allow_outside``."""
     path = Path(path)
     if not path.is_dir():
         raise SceneError(f"{path}: scene folder not found")
     if is_blender(path):
-        return load_blender(path, split, downscale, background)
+        return load_blender(path, split, downscale, background, allow_outside)
     if is_nerfstudio(path):
-        return load_nerfstudio(path, split, downscale, background=background)
+        return load_nerfstudio(path, split, downscale, background=background, allow_outside=allow_outside)
     raise SceneError(f"{path}: neither transforms_train.json (Blender format) nor transforms.json "
                      "(nerfstudio format) found")

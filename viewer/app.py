@@ -113,7 +113,10 @@ class Viewer:
             self._pause.on_click(lambda _: self._toggle_pause())
 
     def settings(self) -> tuple[RenderMode, int]:
-        return self._mode.value, int(self._max_side.value)
+        """Mode and resolution cap, clamped: GUI values arrive from the browser and are not trusted."""
+        mode = self._mode.value if self._mode.value in RENDER_MODES else "RGB"
+        side = self._max_side.value
+        return mode, int(min(max(side, 32), 1024)) if isinstance(side, (int, float)) and side == side else 256
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -166,8 +169,11 @@ class Viewer:
 
     @staticmethod
     def _view(camera: viser.CameraHandle) -> View:
-        return View(tuple(camera.wxyz.tolist()), tuple(camera.position.tolist()), float(camera.fov),
-                    float(camera.aspect))
+        try:
+            aspect = float(camera.aspect)
+        except ZeroDivisionError:  # a client that reports a 0-pixel canvas; the view is ignored as unusable
+            aspect = float("nan")
+        return View(tuple(camera.wxyz.tolist()), tuple(camera.position.tolist()), float(camera.fov), aspect)
 
     def renderers(self) -> dict[int, ClientRenderer]:
         """The render worker of each connected tab, by client id."""

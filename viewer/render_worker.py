@@ -48,6 +48,13 @@ class View:
     fov_y: float
     aspect: float
 
+    def usable(self) -> bool:
+        """False for what a browser (or anyone on the socket) may send but no camera is: NaN/inf, a zero
+        rotation, a field of view outside (0, pi), an aspect ratio that is not positive or absurd."""
+        values = (*self.wxyz, *self.position, self.fov_y, self.aspect)
+        return (all(math.isfinite(v) for v in values) and sum(v * v for v in self.wxyz) > 1e-12
+                and 0 < self.fov_y < math.pi and 1e-3 < self.aspect < 1e3 and max(map(abs, self.position)) < 1e10)
+
 
 @dataclass
 class RenderTarget:
@@ -98,12 +105,18 @@ class ClientRenderer:
         self._rays_per_s = 20_000.0  # refined by measurement
         self._stopped = False
         self.frames = 0  # images handed to ``show`` (tests and benchmarks read it)
+        self.ignored = 0  # requests refused as unusable views
+        self.errors: list[str] = []  # renders or sends that failed (the thread goes on with the next request)
         self.frame_seconds: deque[tuple[int, float]] = deque(maxlen=256)  # (pixels, seconds) of recent renders
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def request(self, view: View, moving: bool = True) -> None:
-        """Make ``view`` the one to render; ``moving=False`` (settings changed) skips the preview wait."""
+        """Make ``view`` the one to render; ``moving=False`` (settings changed) skips the preview wait. A view
+        that is no camera (NaN ...) is ignored: the tab keeps its last image."""
+        if not view.usable():
+            self.ignored += 1
+            return
         with self._cond:
             if view == self._view:
                 return
@@ -166,9 +179,14 @@ class ClientRenderer:
                     continue
                 version = self.target.version
             width, height = image_size(job.view.aspect, job.side)
-            cams = viewer_camera(np.array(job.view.wxyz), np.array(job.view.position), job.view.fov_y, width, height)
             tic = time.perf_counter()
-            img = self.target.image(cams, job.mode)
+            try:
+                cams = viewer_camera(np.array(job.view.wxyz), np.array(job.view.position), job.view.fov_y, width,
+                                     height)
+                img = self.target.image(cams, job.mode)
+            except Exception as e:  # noqa: BLE001 - one bad render must not end this tab's thread
+                self._failed(job, e)
+                continue
             seconds = time.perf_counter() - tic
             self._rays_per_s = 0.5 * self._rays_per_s + 0.5 * width * height / max(seconds, 1e-6)
             self.frame_seconds.append((width * height, seconds))
@@ -180,5 +198,16 @@ class ClientRenderer:
                 self._done = (job.serial, job.side)
                 if job.side >= self.settings()[1]:
                     self._shown_version, self._last_full = version, (time.monotonic(), seconds)
-            self.show(img)
+            try:
+                self.show(img)
+            except Exception as e:  # noqa: BLE001 - the tab went away while we rendered
+                self._failed(job, e)
+                continue
             self.frames += 1
+
+    def _failed(self, job: _Job, e: Exception) -> None:
+        """Remember the error and mark the job done, so the same request is not retried in a loop."""
+        self.errors.append(f"{type(e).__name__}: {e}")
+        with self._cond:
+            if job.serial == self._serial:
+                self._done = (job.serial, 1 << 30)

@@ -30,10 +30,16 @@ def output_path(run_dir: Path, output: Path | None, default_name: str) -> Path:
 
 def inside_exports(run_dir: Path, name: str) -> Path:
     """``<run>/exports/<name>`` (folder created), refusing with ExportError any name that resolves elsewhere:
-    ``..``, an absolute path, or an ``exports`` folder or file that is a link out of the run. The viewer's
-    export buttons write only through this."""
+    ``..``, an absolute path, a subfolder, an empty name or one with a NUL byte, or an ``exports`` folder or file
+    that is a link out of the run. Exports asked for from outside the command line (the viewer's buttons) are
+    written only through this, so a browser can never choose where files go."""
+    if not str(name).strip() or "\0" in str(name):
+        raise ExportError(f"{name!r}: not a valid export file name")
     exports = Path(run_dir).resolve() / "exports"
-    path = (exports / name).resolve()
+    try:
+        path = (exports / name).resolve()  # follows symlinks that already exist on the way
+    except (OSError, RuntimeError) as e:
+        raise ExportError(f"{name}: export path cannot be resolved ({e})") from None
     if path.parent != exports:
         raise ExportError(f"{path}: refusing to write outside {exports} (the viewer writes only there)")
     exports.mkdir(exist_ok=True)

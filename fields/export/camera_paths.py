@@ -23,12 +23,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fields.export import ExportError
 from scenes.cameras import Cameras
+from scenes.io import first_line, pose_problem
 
 PATH_TYPES = ("orbit", "spiral", "interpolate")
+MAX_SIDE = 16384  # pixels per side of a video frame (16K); more is a typo, and memory checks follow anyway
 
 
 @dataclass
@@ -180,32 +183,34 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ExportError(f"{path}: camera path file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ExportError(f"{path}: not valid JSON ({first_line(e)})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("camera_path"), list) or not meta["camera_path"]:
         raise ExportError(f"{path}: expected a nerfstudio camera path with a non-empty 'camera_path' list")
     kind = meta.get("camera_type", "perspective")
     if kind != "perspective":
         raise ExportError(f"{path}: camera_type '{kind}' is not supported (only 'perspective')")
-    try:
-        width, height = int(meta["render_width"]), int(meta["render_height"])
-    except (KeyError, TypeError, ValueError):
-        raise ExportError(f"{path}: 'render_width' and 'render_height' must be integers") from None
-    if width < 1 or height < 1:
-        raise ExportError(f"{path}: render size {width}x{height} must be positive")
+    width, height = meta.get("render_width"), meta.get("render_height")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+        raise ExportError(f"{path}: 'render_width' and 'render_height' must be integers")
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise ExportError(f"{path}: render size {width}x{height} must be 1 to {MAX_SIDE} pixels per side")
     poses, focals = [], []
     for n, cam in enumerate(meta["camera_path"]):
         try:
-            c2w = torch.tensor(cam["camera_to_world"], dtype=torch.float32).reshape(-1)
+            c2w = np.asarray(cam["camera_to_world"], dtype=np.float64).reshape(-1)
             fov = float(cam["fov"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ExportError(f"{path}: camera_path[{n}] needs 'camera_to_world' (16 numbers) and 'fov'") from None
-        if c2w.numel() not in (12, 16) or not 0 < fov < 180:
-            raise ExportError(f"{path}: camera_path[{n}] has {c2w.numel()} matrix entries (need 16) or "
+        if c2w.size not in (12, 16) or not 0 < fov < 180:
+            raise ExportError(f"{path}: camera_path[{n}] has {c2w.size} matrix entries (need 16) or "
                               f"fov {fov} outside (0, 180) degrees")
-        poses.append(torch.cat([c2w, torch.tensor([0.0, 0.0, 0.0, 1.0])])[:16].reshape(4, 4))
+        c2w = np.concatenate([c2w, [0.0, 0.0, 0.0, 1.0]])[:16].reshape(4, 4)
+        if problem := pose_problem(c2w):
+            raise ExportError(f"{path}: camera_path[{n}] 'camera_to_world' {problem}")
+        poses.append(torch.tensor(c2w, dtype=torch.float32))
         focals.append(0.5 * height / math.tan(math.radians(fov) / 2))
     n = len(poses)
     f = torch.tensor(focals)
@@ -216,7 +221,8 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
     cams = Cameras(c2w, f, f.clone(), torch.full((n,), width / 2), torch.full((n,), height / 2),
                    width, height)
     fps = meta.get("fps")
-    return CameraPath(cams, float(fps) if isinstance(fps, (int, float)) and fps > 0 else None)
+    ok = isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000
+    return CameraPath(cams, float(fps) if ok else None)
 
 
 def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -> CameraPath:

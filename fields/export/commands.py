@@ -51,8 +51,9 @@ class Mesh:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.mesh import MeshSettings, extract_mesh, write_mesh  # heavy imports only when used
+        from fields.export.mesh import MeshSettings, check_mesh_memory, extract_mesh, write_mesh  # heavy imports
 
+        check_mesh_memory(self.resolution)  # before loading the run: fail at once
         run = load_run(self.run_dir)
         settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
                                 self.target_faces, self.seen_only)
@@ -108,11 +109,15 @@ class Video:
         if not is_file and self.path not in PATH_TYPES:
             raise ExportError(f"--path '{self.path}': unknown camera path (known: {', '.join(PATH_TYPES)}, "
                               "or a nerfstudio camera_path .json file)")
+        cam_path = None
+        if is_file and self.dataparser_transforms is None:
+            cam_path = load_camera_path(Path(self.path))  # a bad file fails before the run loads
         run = load_run(self.run_dir)
         fps = self.fps
-        if is_file:
-            from_dataset = run.split("train").from_dataset if self.dataparser_transforms is not None else None
-            cam_path = load_camera_path(Path(self.path), self.dataparser_transforms, from_dataset)
+        if is_file and cam_path is None:
+            cam_path = load_camera_path(Path(self.path), self.dataparser_transforms,
+                                        run.split("train").from_dataset)
+        if cam_path is not None:
             fps = cam_path.fps or fps
             name = Path(self.path).stem
         else:
@@ -147,8 +152,9 @@ class PointCloud:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.pointcloud import point_cloud, write_point_cloud
+        from fields.export.pointcloud import check_point_memory, point_cloud, write_point_cloud
 
+        check_point_memory(self.num_points)
         run = load_run(self.run_dir)
         tic = time.perf_counter()
         points, colors = point_cloud(run.field, run.grid, run.config.render, run.split("train").cameras,

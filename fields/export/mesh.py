@@ -28,11 +28,14 @@ from skimage import measure
 from fields.base import Field
 from fields.export import ExportError, rgba8
 from fields.export.visibility import seen_faces
+from renderers.chunks import map_chunks
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from scenes.cameras import Cameras
+from scenes.memory import available_bytes, gigabytes
 
 FORMATS = ("ply", "obj", "glb")
+BYTES_PER_VOXEL = 16  # the float32 density grid, and skimage's float64 copy of it for marching cubes
 # World z-up -> glTF y-up (x stays, z becomes y, y becomes -z): a rotation, so handedness and winding are kept.
 Z_UP_TO_Y_UP = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
 
@@ -66,7 +69,7 @@ def density_volume(field: Field, grid: OccupancyGrid, resolution: int, chunk: in
         ijk = (u * grid.resolution).long().clamp(0, grid.resolution - 1)
         keep = occupied[ijk[:, 0], ijk[:, 1], ijk[:, 2]].nonzero()[:, 0]
         if keep.numel():
-            sigma = torch.cat([field.density(p) for p in pts[keep].split(chunk)])
+            sigma = torch.cat(map_chunks(field.density, (pts[keep],), chunk))
             volume[i].view(-1)[keep] = sigma.float()
         if task is not None:
             progress.advance(task)
@@ -125,11 +128,13 @@ def vertex_colors(field: Field, vertices: np.ndarray, normals: np.ndarray, chunk
     x = torch.tensor(np.asarray(vertices), dtype=torch.float32)
     d = -torch.nn.functional.normalize(torch.tensor(np.asarray(normals), dtype=torch.float32), dim=-1)
     task = progress.add_task("colours", total=len(x)) if progress is not None else None
-    out = []
-    for xc, dc in zip(x.split(chunk), d.split(chunk)):
-        out.append(field(xc, dc)[1].clamp(0, 1))
+
+    def colour(xc: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
         if task is not None:
             progress.advance(task, len(xc))
+        return field(xc, dc)[1].clamp(0, 1)
+
+    out = map_chunks(colour, (x, d), chunk)
     return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
 
 
@@ -146,12 +151,22 @@ class MeshSettings:
     seen_only: bool = True
 
 
+def check_mesh_memory(resolution: int) -> None:
+    """ExportError with the largest resolution that fits, when the density grid would not fit in memory."""
+    need, free = resolution**3 * BYTES_PER_VOXEL, available_bytes()
+    if need > free:
+        fits = int((free / BYTES_PER_VOXEL) ** (1 / 3))
+        raise ExportError(f"mesh --resolution {resolution} needs about {gigabytes(need)} of memory, more than the "
+                          f"{gigabytes(free)} available; use --resolution {fits} or lower")
+
+
 def extract_mesh(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, settings: MeshSettings,
                  cameras: Cameras | None, show_progress: bool = True,
                  progress: Progress | None = None) -> tuple[trimesh.Trimesh, float]:
     """A vertex-coloured mesh of the field's surface and the density threshold used. With
     ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
     Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
+    check_mesh_memory(settings.resolution)
     if settings.target_faces is not None and settings.target_faces < 4:
         raise ExportError(f"--target-faces must be at least 4 (got {settings.target_faces})")
     if not 0 < settings.opacity < 1:

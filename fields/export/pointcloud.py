@@ -19,6 +19,19 @@ from fields.export import ExportError, rgba8
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig, render_rays
 from scenes.cameras import Cameras, pixel_rays
+from scenes.memory import available_bytes, gigabytes
+
+BYTES_PER_POINT = 128  # positions and colours while collected, concatenated, and as trimesh copies them
+
+
+def check_point_memory(num_points: int) -> None:
+    """ExportError for a point count below 1 or too large for memory (with the largest that fits)."""
+    if num_points < 1:
+        raise ExportError(f"--num-points must be at least 1 (got {num_points})")
+    need, free = num_points * BYTES_PER_POINT, available_bytes()
+    if need > free:
+        raise ExportError(f"--num-points {num_points} needs about {gigabytes(need)} of memory, more than the "
+                          f"{gigabytes(free)} available; use --num-points {free // BYTES_PER_POINT} or fewer")
 
 
 @torch.no_grad()
@@ -26,8 +39,7 @@ def point_cloud(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, cam
                 min_opacity: float = 0.95, chunk: int = 8192, max_rays_per_point: int = 50, seed: int = 0,
                 show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``num_points`` points [N, 3] and colours [N, 3] in [0, 1] seen by the training cameras."""
-    if num_points < 1:
-        raise ExportError(f"--num-points must be at least 1 (got {num_points})")
+    check_point_memory(num_points)
     if not 0 < min_opacity <= 1:
         raise ExportError(f"--min-opacity must be in (0, 1] (got {min_opacity})")
     gen = torch.Generator().manual_seed(seed)

@@ -19,8 +19,10 @@ from fields.imaging import depth_image, to_uint8
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig, render_image
 from scenes.cameras import Cameras
+from scenes.memory import available_bytes, gigabytes
 
 OUTPUTS = ("rgb", "depth")
+BYTES_PER_FRAME_PIXEL = 128  # ray origins and directions, rgb/depth/opacity and their concatenated copies, uint8
 
 
 def parse_outputs(text: str) -> list[str]:
@@ -31,6 +33,14 @@ def parse_outputs(text: str) -> list[str]:
         raise ExportError(f"--outputs '{text}': unknown output(s) {', '.join(unknown) or '(none given)'} "
                           f"(known: {', '.join(OUTPUTS)})")
     return list(dict.fromkeys(names))
+
+
+def check_frame_memory(width: int, height: int) -> None:
+    """ExportError with advice when one frame's rays and images would not fit in memory."""
+    need, free = width * height * BYTES_PER_FRAME_PIXEL, available_bytes()
+    if need > free:
+        raise ExportError(f"frames of {width}x{height} need about {gigabytes(need)} of memory each, more than the "
+                          f"{gigabytes(free)} available; lower --resolution (frame height)")
 
 
 def depth_range(cams: Cameras, grid: OccupancyGrid) -> tuple[float, float]:
@@ -62,6 +72,7 @@ def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, ca
         raise ExportError(f"video frames must have even sizes for H.264 (got {cams.width}x{cams.height})")
     if fps <= 0:
         raise ExportError(f"--fps must be positive (got {fps})")
+    check_frame_memory(cams.width, cams.height)
     lo, hi = depth_range(cams, grid)
     bg = torch.tensor(background, dtype=torch.float32)
     writers = {name: video_writer(path, fps) for name, path in outputs.items()}

@@ -11,7 +11,6 @@ RaycastingScene (Embree).
 from __future__ import annotations
 
 import numpy as np
-import torch
 from rich.progress import Progress
 
 from scenes.cameras import Cameras
