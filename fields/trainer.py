@@ -17,9 +17,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fields.base import Field
 from fields.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
+from renderers.occupancy import OccupancyGrid
 from renderers.render import render_rays
 from scenes import SceneSplit, image_rays
 
@@ -46,15 +48,22 @@ class TrainingRays:
 
 
 class Trainer:
-    """Owns the field, the occupancy grid and the optimizer of one run folder."""
+    """Owns the field, the occupancy grid and the optimizer of one run folder.
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None):
+    ``model`` starts from a given field and grid (e.g. a distilled student) instead of fresh ones. Subclasses
+    change what one step does by overriding ``train_step``; the loop, budgets, metrics and checkpoints stay.
+    """
+
+    label = "train"  # progress-bar caption
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
+                 model: tuple[Field, OccupancyGrid] | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
         self.data = cfg.scene.load("train")
         self.rays = TrainingRays(self.data)
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
-        self.field, self.grid = build_model(cfg, self.data.aabb)
+        self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)
         groups = self.field.param_groups(cfg.train.lr)
         for g in groups:
@@ -78,6 +87,9 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(checkpoint_path(self.run_dir, self.step), self.state_dict())
+
+    def write_config(self) -> None:
+        self.cfg.save(self.run_dir / "config.yaml")
 
     def resume(self) -> None:
         """Continue from the newest loadable checkpoint, dropping metrics logged after it."""
@@ -144,24 +156,28 @@ class Trainer:
         # Keep the number of samples per batch near the target (nerfacc's dynamic batch size).
         self.n_rays = int(min(max(self.n_rays * t.target_samples / max(n_samples, 1), 64), t.max_rays))
         self.step += 1
-        return {"loss": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples, "lr": lr}
+        return {"loss": loss.item(), "mse": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples,
+                "lr": lr}
 
     # -- loop ----------------------------------------------------------------------------------------------
     def train(self, callbacks: list[Callable[["Trainer"], None]] = (), show_progress: bool = True) -> None:
         """Train until the budget is spent. Callbacks run after each step, outside the training clock.
 
-        Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints.
+        Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints. Each
+        metrics line averages the loss over its window and gives the PSNR of the steps that report an image
+        ``mse``; other entries a step returns (e.g. a distillation stage) are logged as the last step had them.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.run_dir / "config.yaml")
+        self.write_config()
         t = self.cfg.train
         metrics_file = (self.run_dir / "metrics.jsonl").open("a")
-        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+        fresh = lambda: {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0, "mse": 0.0, "n_mse": 0}  # noqa: E731
+        window = fresh()
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
                                   "psnr {task.fields[psnr]:.2f}  {task.fields[sps]:.3g} samples/s"),
                        TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
-        task = bar.add_task("train", total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
+        task = bar.add_task(self.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
         try:
             with bar:
                 while not self.done():
@@ -173,18 +189,23 @@ class Trainer:
                     window["time"] += dt
                     window["loss"] += m["loss"]
                     window["n"] += 1
+                    if "mse" in m:
+                        window["mse"] += m["mse"]
+                        window["n_mse"] += 1
                     self.last = m
                     if self.step % t.log_every == 0 or self.done():
                         loss = window["loss"] / window["n"]
-                        record = {"step": self.step, "loss": loss, "psnr": psnr_from_mse(loss),
+                        psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
+                        record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
                                   "rays": self.n_rays, "lr": m["lr"], "elapsed": self.elapsed,
                                   "occupied": self.grid.occupied_fraction()}
+                        record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
                         bar.update(task, completed=self.progress(), step=self.step, loss=loss,
-                                   psnr=record["psnr"], sps=record["samples_per_s"])
-                        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+                                   psnr=psnr or 0.0, sps=record["samples_per_s"])
+                        window = fresh()
                     if self.step % t.ckpt_every == 0:
                         self.save()
                     for cb in callbacks:
