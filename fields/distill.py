@@ -179,8 +179,7 @@ class Distiller(Trainer):
         samples = sample_rays(o, d, self.grid, self.cfg.render, self.teacher.field.density,
                               jitter=torch.rand(o.shape[0], generator=gen))
         x_ray, d_ray = samples.positions(o, d)
-        # keep the ray count near what gives the points we need (like the Trainer's dynamic batch)
-        self.n_rays = int(min(max(self.n_rays * (n_new - n_occ) / max(len(samples), 1), 64), self.cfg.train.max_rays))
+        self.adapt_rays(len(samples), n_new - n_occ)
         pick = torch.randperm(len(samples), generator=gen)[: n_new - n_occ]
         return torch.cat([xr, x_occ, x_ray[pick]]), torch.cat([dr, d_occ, d_ray[pick]])
 
@@ -219,8 +218,7 @@ class Distiller(Trainer):
             target = render_rays(teacher, self.grid, o, d, self.cfg.render, bg, teacher.density, jitter)["rgb"]
         out = render_rays(self.field, self.grid, o, d, self.cfg.render, bg, self.field.density, jitter)
         n_samples = int(out["samples"])
-        self.n_rays = int(min(max(self.n_rays * self.cfg.train.target_samples / max(n_samples, 1), 64),
-                              self.cfg.train.max_rays))
+        self.adapt_rays(n_samples, self.cfg.train.target_samples)
         err = ((out["rgb"] - target) ** 2).mean(-1)
         self._remember("rays", o, d, err)
         return {"loss": err.mean(), "samples": n_samples}
@@ -232,19 +230,11 @@ class Distiller(Trainer):
             if self.finetune_start is None:
                 self.finetune_start = self.step
             return {**super().train_step(), "stage": stage}
-        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
-            raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+        gen = self.step_generator()
         lr = self._set_lr()
         m = self._points_step(gen) if stage == "points" else self._render_step(gen)
         loss = m.pop("loss")
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        if m["samples"] > 0:
-            loss.backward()
-            self.optimizer.step()
-        self.step += 1
+        self.apply_loss(loss, m["samples"])
         m.update(loss=loss.item(), lr=lr, stage=stage)
         if stage == "render":
             m.update(mse=loss.item(), psnr=psnr_from_mse(loss.item()))

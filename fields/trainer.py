@@ -125,13 +125,31 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     # -- one step ------------------------------------------------------------------------------------------
+    def step_generator(self) -> torch.Generator:
+        """The generator of this step's random draws, after checking that the weights are still finite (NaN
+        weights would not show in the loss: their samples are pruned and the batch renders as background)."""
+        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
+            raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
+        return torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+
+    def apply_loss(self, loss: torch.Tensor, n_samples: int) -> None:
+        """Backward and optimizer step (skipped for an empty batch; a NaN loss stops training); next step."""
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if n_samples > 0:
+            loss.backward()
+            self.optimizer.step()
+        self.step += 1
+
+    def adapt_rays(self, found: int, wanted: int) -> None:
+        """Scale the next batch's ray count so that it gives about ``wanted`` samples (nerfacc's dynamic batch)."""
+        self.n_rays = int(min(max(self.n_rays * wanted / max(found, 1), 64), self.cfg.train.max_rays))
+
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
         t, step = self.cfg.train, self.step
-        # NaN weights would not show in the loss: their samples are pruned and the batch renders as background.
-        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
-            raise TrainingError(f"field parameters became NaN/inf before step {step}")
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+        gen = self.step_generator()
         if step % t.grid_every == 0:
             self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
         idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
@@ -147,15 +165,8 @@ class Trainer:
                           density_fn=self.field.density, jitter=jitter)
         n_samples = int(out["samples"])
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        if n_samples > 0:
-            loss.backward()
-            self.optimizer.step()
-        # Keep the number of samples per batch near the target (nerfacc's dynamic batch size).
-        self.n_rays = int(min(max(self.n_rays * t.target_samples / max(n_samples, 1), 64), t.max_rays))
-        self.step += 1
+        self.apply_loss(loss, n_samples)
+        self.adapt_rays(n_samples, t.target_samples)
         return {"loss": loss.item(), "mse": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples,
                 "lr": lr}
 
