@@ -48,6 +48,8 @@ class Options:
     scene: str = "lego"
     data_root: Path | None = None
     """Folder holding the scene (default: $FIELDS_DATA)."""
+    downscale: int = 1
+    """Divide image resolution by this integer factor."""
     teacher: Path | None = None
     """Hash-grid teacher run (default: train one for --teacher-time s)."""
     mlp_teacher: Path | None = None
@@ -115,7 +117,12 @@ def teacher_run(path: Path | None, field_name: str, opt: Options, scene: SceneCo
         path = new_run_dir(opt.output_dir, scene.name, field_name)
         console.print(f"[bold]teacher {field_name}[/bold]: training {opt.teacher_time:.0f} s into {path}")
         Trainer(cfg, path, console).train(show_progress=True)
-    return load_run(path)
+    run = load_run(path)
+    theirs = run.config.scene
+    if (theirs.folder().resolve(), theirs.downscale) != (scene.folder().resolve(), scene.downscale):
+        raise SystemExit(f"{path}: teacher trained on {theirs.folder()} (downscale {theirs.downscale}), "
+                         f"not on the benchmark's {scene.folder()} (downscale {scene.downscale})")
+    return run
 
 
 def fmt_time(t: float | None, budget: float) -> str:
@@ -134,7 +141,7 @@ def main(opt: Options) -> None:
     unknown = set(opt.students) - set(FIELD_CONFIGS)
     if unknown:
         raise SystemExit(f"unknown student backend(s) {sorted(unknown)} (known: {', '.join(FIELD_CONFIGS)})")
-    scene = SceneConfig(scene=opt.scene, data_root=opt.data_root)
+    scene = SceneConfig(scene=opt.scene, data_root=opt.data_root, downscale=opt.downscale)
     test = scene.load("test")
     teachers: dict[str, LoadedRun] = {}
     teacher_psnr: dict[str, float] = {}
@@ -170,7 +177,7 @@ def main(opt: Options) -> None:
                    f"training from scratch for the MLP student: {'met' if met else 'not met'} "
                    f"({speedup(td, ts, mlp[3].seconds)})."]
     body = "\n".join([
-        f"### Distillation vs training from scratch ({opt.scene} 200x200)", "",
+        f"### Distillation vs training from scratch ({opt.scene}, {test.cameras.width}x{test.cameras.height})", "",
         f"Time (training clock, checks every {opt.eval_every:g} s on {opt.views} test views, eval excluded) until "
         f"the student reaches the teacher's PSNR on those views - {opt.gap:g} dB; final PSNR on every 8th test view. "
         f"Default student configs; teachers trained {opt.teacher_time:g} s unless given.", "",
