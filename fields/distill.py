@@ -184,13 +184,17 @@ class Distiller(Trainer):
         return torch.cat([xr, x_occ, x_ray[pick]]), torch.cat([dr, d_occ, d_ray[pick]])
 
     def _replayed(self, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's replayed rays or points (batches start with them)."""
         a, b = self.replay.get(kind, (torch.zeros(0, 3), torch.zeros(0, 3)))
         return a[:n], b[:n]
 
     def _remember(self, kind: str, a: torch.Tensor, b: torch.Tensor, error: torch.Tensor) -> None:
+        """Keep the largest-error fresh rays or points of this batch for the next step (each is replayed once:
+        always replaying the hardest ones made the student worse on the procedural scene)."""
         if self.dcfg.active_learning:
-            k = min(int(self.dcfg.replay_fraction * error.shape[0]), error.shape[0])
-            top = error.detach().topk(k).indices
+            n_old = self._replayed(kind, error.shape[0])[0].shape[0]
+            fresh = error.detach()[n_old:]
+            top = fresh.topk(min(int(self.dcfg.replay_fraction * error.shape[0]), fresh.shape[0])).indices + n_old
             self.replay[kind] = (a[top].detach(), b[top].detach())
 
     # -- steps ---------------------------------------------------------------------------------------------
