@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | eval | fit | view | export``.
+"""The ``fields`` command line: ``fields train | distill | eval | fit | view | export``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from fields.checkpoint import CheckpointError
 from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
+from fields.distill import DistillConfig
 from fields.export.commands import Export
 from fields.registry import FIELD_CONFIGS
 from fields.run import RunError, load_run, new_run_dir, resolve_run
@@ -118,6 +119,51 @@ Train = with_backend_options("Train", _TrainOptions,
 
 
 @dataclass
+class _DistillOptions:
+    teacher: Path | None = None
+    """Trained run folder (any backend) whose field is distilled."""
+    student: FieldName = "mlp"  # type: ignore[valid-type]
+    """Student backend; its options are under --<backend>.*"""
+    train: Annotated[TrainConfig, Flat] = dataclasses.field(default_factory=TrainConfig)
+    distill: Annotated[DistillConfig, Flat] = dataclasses.field(default_factory=DistillConfig)
+    output_dir: Path = Path("outputs")
+    """Run folders are created under <output-dir>/<scene>/<student>/."""
+    resume: Path | None = None
+    """Continue this distilled run folder from its newest checkpoint (its saved config and teacher are used)."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def run(self) -> None:
+        from fields.distill import Distiller, load_distill_config, student_config
+
+        if self.resume is not None:
+            run_dir = resolve_run(self.resume)
+            teacher_path, dcfg = load_distill_config(run_dir)
+            distiller = Distiller(RunConfig.load(run_dir / "config.yaml"), run_dir, load_run(teacher_path), dcfg,
+                                  console)
+            distiller.resume()
+        else:
+            if self.teacher is None:
+                raise RunError("fields distill: pass --teacher RUN (a trained run folder) or --resume RUN")
+            teacher = load_run(self.teacher)
+            cfg = student_config(teacher.config, self.student, getattr(self, self.student), self.train)
+            distiller = Distiller(cfg, None, teacher, self.distill, console)
+            run_dir = distiller.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
+            console.print(f"Run folder: {run_dir} (teacher {teacher.path}, {teacher.config.field})")
+        try:
+            distiller.train(show_progress=not self.quiet)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        console.print(f"Distilled {distiller.step} steps in {distiller.elapsed:.1f} s; "
+                      f"evaluate with `fields eval {run_dir}`")
+
+
+Distill = with_backend_options("Distill", _DistillOptions,
+                               "Distil a trained run into another field backend (Progressive Volume Distillation); "
+                               "writes a normal run folder for the student.")
+
+
+@dataclass
 class _FitOptions:
     image: tyro.conf.Positional[Path]
     """Image file to fit (PNG, JPEG ...)."""
@@ -203,7 +249,7 @@ class View:
                        exporter=RunExporter.for_run(run)).serve_forever()
 
 
-COMMANDS = {"train": Train, "eval": Eval, "fit": Fit, "view": View, "export": Export}
+COMMANDS = {"train": Train, "distill": Distill, "eval": Eval, "fit": Fit, "view": View, "export": Export}
 EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
 
 

@@ -17,9 +17,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fields.base import Field
 from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
+from renderers.occupancy import OccupancyGrid
 from renderers.render import render_rays
 from scenes import SceneSplit, image_rays
 
@@ -54,15 +56,22 @@ class TrainingRays:
 
 
 class Trainer:
-    """Owns the field, the occupancy grid and the optimizer of one run folder."""
+    """Owns the field, the occupancy grid and the optimizer of one run folder.
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None):
+    ``model`` starts from a given field and grid (e.g. a distilled student) instead of fresh ones. Subclasses
+    change what one step does by overriding ``train_step``; the loop, budgets, metrics and checkpoints stay.
+    """
+
+    label = "train"  # progress-bar caption
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
+                 model: tuple[Field, OccupancyGrid] | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
         self.data = cfg.scene.load("train")
         self.rays = TrainingRays(self.data)
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
-        self.field, self.grid = build_model(cfg, self.data.aabb)
+        self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)
         groups = self.field.param_groups(cfg.train.lr)
         for g in groups:
@@ -93,6 +102,9 @@ class Trainer:
             return save_checkpoint(path, self.state_dict())
         except OSError as e:  # disk full, read-only folder...: the previous checkpoints are untouched
             raise TrainingError(f"cannot write checkpoint {path} ({e.strerror or e})") from None
+
+    def write_config(self) -> None:
+        self.cfg.save(self.run_dir / "config.yaml")
 
     def resume(self) -> None:
         """Continue from the newest loadable checkpoint, dropping metrics logged after it (and a line cut short
@@ -133,13 +145,34 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     # -- one step ------------------------------------------------------------------------------------------
+    def step_generator(self) -> torch.Generator:
+        """The generator of this step's random draws, after checking that the weights are still finite (NaN
+        weights would not show in the loss: their samples are pruned and the batch renders as background)."""
+        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
+            raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
+        return torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+
+    def apply_loss(self, loss: torch.Tensor, n_samples: int) -> None:
+        """Backward and optimizer step (skipped for an empty batch; a NaN loss stops training); next step."""
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if n_samples > 0:
+            loss.backward()
+            grads = [p.grad.detach().sum() for p in self.field.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
+                raise TrainingError(f"gradients became NaN/inf at step {self.step}")
+            self.optimizer.step()
+        self.step += 1
+
+    def adapt_rays(self, found: int, wanted: int) -> None:
+        """Scale the next batch's ray count so that it gives about ``wanted`` samples (nerfacc's dynamic batch)."""
+        self.n_rays = int(min(max(self.n_rays * wanted / max(found, 1), 64), self.cfg.train.max_rays))
+
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
         t, step = self.cfg.train, self.step
-        # NaN weights would not show in the loss: their samples are pruned and the batch renders as background.
-        if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
-            raise TrainingError(f"field parameters became NaN/inf before step {step}")
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+        gen = self.step_generator()
         if step % t.grid_every == 0:
             self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
         idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
@@ -155,19 +188,10 @@ class Trainer:
                           density_fn=self.field.density, jitter=jitter)
         n_samples = int(out["samples"])
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        if n_samples > 0:
-            loss.backward()
-            grads = [p.grad.detach().sum() for p in self.field.parameters() if p.grad is not None]
-            if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
-                raise TrainingError(f"gradients became NaN/inf at step {step}")
-            self.optimizer.step()
-        # Keep the number of samples per batch near the target (nerfacc's dynamic batch size).
-        self.n_rays = int(min(max(self.n_rays * t.target_samples / max(n_samples, 1), 64), t.max_rays))
-        self.step += 1
-        return {"loss": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples, "lr": lr}
+        self.apply_loss(loss, n_samples)
+        self.adapt_rays(n_samples, t.target_samples)
+        return {"loss": loss.item(), "mse": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples,
+                "lr": lr}
 
     def _stopped(self, problem: str) -> TrainingError:
         """The error that ends training: the problem, the step, and the checkpoint it can resume from."""
@@ -180,21 +204,24 @@ class Trainer:
     def train(self, callbacks: list[Callable[["Trainer"], None]] = (), show_progress: bool = True) -> None:
         """Train until the budget is spent. Callbacks run after each step, outside the training clock.
 
-        Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints.
+        Ctrl-C saves a checkpoint and re-raises; a NaN loss stops without overwriting good checkpoints. Each
+        metrics line averages the loss over its window and gives the PSNR of the steps that report an image
+        ``mse``; other entries a step returns (e.g. a distillation stage) are logged as the last step had them.
         """
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.run_dir / "config.yaml")
+            self.write_config()
             metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         except OSError as e:  # read-only or full disk
             raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
         t = self.cfg.train
-        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+        fresh = lambda: {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0, "mse": 0.0, "n_mse": 0}  # noqa: E731
+        window = fresh()
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
                                   "psnr {task.fields[psnr]:.2f}  {task.fields[sps]:.3g} samples/s"),
                        TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
-        task = bar.add_task("train", total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
+        task = bar.add_task(self.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
         try:
             with bar:
                 while not self.done():
@@ -206,18 +233,23 @@ class Trainer:
                     window["time"] += dt
                     window["loss"] += m["loss"]
                     window["n"] += 1
+                    if "mse" in m:
+                        window["mse"] += m["mse"]
+                        window["n_mse"] += 1
                     self.last = m
                     if self.step % t.log_every == 0 or self.done():
                         loss = window["loss"] / window["n"]
-                        record = {"step": self.step, "loss": loss, "psnr": psnr_from_mse(loss),
+                        psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
+                        record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
                                   "rays": self.n_rays, "lr": m["lr"], "elapsed": self.elapsed,
                                   "occupied": self.grid.occupied_fraction()}
+                        record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()
                         bar.update(task, completed=self.progress(), step=self.step, loss=loss,
-                                   psnr=record["psnr"], sps=record["samples_per_s"])
-                        window = {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0}
+                                   psnr=psnr or 0.0, sps=record["samples_per_s"])
+                        window = fresh()
                     if self.step % t.ckpt_every == 0:
                         self.save()
                     for cb in callbacks:
