@@ -10,8 +10,10 @@ first Gaussian that would bring its transmittance below 1e-4 (that one is not ad
 puts both together and also renders depth as an extra colour channel.
 
 Conventions: cameras are ``scenes.cameras.Cameras`` (OpenGL camera-to-world, turned into an OpenCV view with
-z forward), pixel centres at +0.5. Everything here is plain PyTorch and differentiable by autograd: it is the
-oracle of the native kernels and the fallback when they are not built.
+z forward), pixel centres at +0.5. Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
+rasterization, forward and backward, wrapped in autograd Functions) when they are built; otherwise, and for
+other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by autograd, they are
+the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from renderers import native
 from scenes.cameras import Cameras
 
 ALPHA_MAX = 0.99
@@ -111,7 +114,13 @@ def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
 def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cams: Cameras, i: int,
                       near: float = 0.01) -> Projection:
     """Screen-space means, conics, depths and radii of Gaussians seen by camera ``i`` of ``cams``."""
-    return project_reference(means, quats, scales, Camera.of(cams, i, means.dtype, means.device), near)
+    cam = Camera.of(cams, i, means.dtype, means.device)
+    if native.ops_for(means, quats, scales) is None:
+        return project_reference(means, quats, scales, cam, near)
+    viewmat = torch.cat([cam.R, cam.t[:, None]], 1).cpu()
+    intrinsics = (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, float(near))
+    return Projection(*ProjectNative.apply(means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat,
+                                           intrinsics))
 
 
 def tile_rects(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int
@@ -216,7 +225,60 @@ def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians into an ``[H, W, C]`` image and its ``[H, W]`` alpha (sum of weights);
     ``image = sum w c + (1 - alpha) * background``."""
-    return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
+    ops = native.ops_for(proj.means2d, proj.conics, colors, opacities)
+    if ops is None:
+        return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
+    ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.radii, proj.depths.detach(), width, height, tile_size)
+    image, alpha = RasterizeNative.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
+                                         offsets, (width, height, tile_size))
+    if background is not None:
+        image = image + (1 - alpha)[..., None] * background.to(image)
+    return image, alpha
+
+
+def _dense(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+class ProjectNative(torch.autograd.Function):
+    """Native projection; backward gives the means', quaternions' and scales' gradients."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmat, intrinsics):
+        means2d, conics, depths, radii = torch.ops.fields.splat_project_fwd(means, quats, scales, viewmat, *intrinsics)
+        ctx.save_for_backward(means, quats, scales, viewmat)
+        ctx.intrinsics = intrinsics
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
+        means, quats, scales, viewmat = ctx.saved_tensors
+        grads = torch.ops.fields.splat_project_bwd(
+            _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]), means, quats,
+            scales, viewmat, *ctx.intrinsics)
+        return (*grads, None, None)
+
+
+class RasterizeNative(torch.autograd.Function):
+    """Native tile rasterizer on binned Gaussians; saves each pixel's final transmittance and last Gaussian for
+    the back-to-front backward pass."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, ids, offsets, size):
+        image, alpha, final_T, last = torch.ops.fields.splat_rasterize_fwd(means2d, conics, colors, opacities, ids,
+                                                                          offsets, *size)
+        ctx.save_for_backward(means2d, conics, colors, opacities, ids, offsets, final_T, last)
+        ctx.size = size
+        return image, alpha
+
+    @staticmethod
+    def backward(ctx, v_image, v_alpha):
+        means2d, conics, colors, opacities, ids, offsets, final_T, last = ctx.saved_tensors
+        grads = torch.ops.fields.splat_rasterize_bwd(_dense(v_image, final_T[..., None].expand(-1, -1, colors.shape[1])),
+                                                     _dense(v_alpha, final_T), means2d, conics, colors, opacities,
+                                                     ids, offsets, final_T, last, *ctx.size)
+        return (*grads, None, None, None)
 
 
 def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
