@@ -398,7 +398,11 @@ FIELDS_HD void splat_rotmat(const float q[4], float qn[4], float& norm, float Rq
   Rq[8] = 1.0f - 2.0f * (x * x + y * y);
 }
 
-FIELDS_HD float splat_clamp(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi); }
+// min(max(v, lo), hi) like torch.clamp, as compares (fminf/fmaxf are library calls in g++ without -ffast-math).
+FIELDS_HD float splat_clamp(float v, float lo, float hi) {
+  const float m = v < lo ? lo : v;
+  return m > hi ? hi : m;
+}
 
 // Everything the projection computes for one Gaussian, kept for the backward pass.
 struct SplatProjected {
@@ -455,7 +459,8 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
   m2[1] = cam.fy * P.v + cam.cy;
   depth = P.p[2];
   const float mid = 0.5f * (P.a + P.c);
-  const float lam = mid + sqrtf(fmaxf(mid * mid - P.det, 0.1f));
+  const float spread = mid * mid - P.det;
+  const float lam = mid + sqrtf(spread < 0.1f ? 0.1f : spread);
   const float r = ceilf(3.0f * sqrtf(lam));
   const bool on_screen = (m2[0] + r >= 0.0f) && (m2[0] - r < static_cast<float>(cam.width)) &&
                          (m2[1] + r >= 0.0f) && (m2[1] - r < static_cast<float>(cam.height));
