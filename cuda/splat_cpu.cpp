@@ -93,12 +93,13 @@ inline uint32_t sortable_bits(float f) {
 // Per-thread scratch of one tile: pixel state as structure of arrays, one lane per pixel.
 struct TileScratch {
   int lanes, channels;
-  std::vector<float> px, T, w, acc, aux;  // acc: (channels + 1) x lanes, the last row is the alpha channel
+  std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
   std::vector<int32_t> last, done;
+  std::vector<int32_t> row_live;  // forward: pixels of the row still compositing; backward: the row's max last
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
-        aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes) {}
+        aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
 
 }  // namespace
@@ -227,6 +228,7 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         s.done[l] = inside ? 0 : 1;
         alive += inside;
       }
+      for (int row = 0; row < ts; ++row) s.row_live[row] = row < v.ny ? v.nx : 0;  // pixels still compositing
       std::fill(s.acc.begin(), s.acc.end(), 0.0f);
       const int64_t e = tile_offsets[t + 1];
       for (int64_t k = tile_offsets[t]; k < e && alive > 0; ++k) {
@@ -238,10 +240,10 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         if (!fp.init(mx, my, a, b, c, o, v)) continue;
         const float* __restrict cv = colors + static_cast<int64_t>(gid) * C;
         const int32_t kk = static_cast<int32_t>(k);
-        int n_stop = 0;
         for (int row = fp.r0; row <= fp.r1; ++row) {
-          if (!fp.row(row)) continue;
+          if (s.row_live[row] == 0 || !fp.row(row)) continue;
           const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
+          int n_stop = 0;
           float* __restrict T = s.T.data() + row * ts;
           float* __restrict acc = s.acc.data() + row * ts;
           int32_t* __restrict lst = s.last.data() + row * ts;
@@ -264,8 +266,9 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
             dn[col] = stop ? 1 : dn[col];
             n_stop += stop;
           }
+          s.row_live[row] -= n_stop;
+          alive -= n_stop;
         }
-        alive -= n_stop;
       }
       for (int row = 0; row < v.ny; ++row)
         for (int col = 0; col < v.nx; ++col) {
@@ -317,7 +320,6 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
 #pragma omp parallel
   {
     TileScratch s(ts, C);  // acc: upstream gradient per channel (+ alpha), aux: colour behind (B) per channel
-    std::vector<float> wl(s.lanes);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
@@ -331,6 +333,7 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         s.T[l] = inside ? final_T[pix] : 1.0f;
         s.last[l] = inside ? last[pix] : -1;
         max_last = std::max(max_last, s.last[l]);
+        s.row_live[row] = col == 0 ? s.last[l] : std::max(s.row_live[row], s.last[l]);  // the row's max last
         for (int ch = 0; ch <= C; ++ch) {
           s.acc[static_cast<size_t>(ch) * L + l] = !inside ? 0.0f : ch < C ? v_image[pix * C + ch] : v_alpha[pix];
           s.aux[static_cast<size_t>(ch) * L + l] = 0.0f;
@@ -353,8 +356,8 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         float vmx = 0.0f, vmy = 0.0f, va = 0.0f, vb = 0.0f, vc = 0.0f, vo = 0.0f;
         int n_take = 0;
         for (int row = fp.r0; row <= fp.r1; ++row) {
-          float* __restrict w = wl.data() + row * ts;
-          if (!fp.row(row)) {  // no lane of this row takes it
+          float* __restrict w = s.w.data() + row * ts;
+          if (kk > s.row_live[row] || !fp.row(row)) {  // no lane of this row takes it
             std::fill(w, w + ts, 0.0f);
             continue;
           }
@@ -407,7 +410,7 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         const int l0 = fp.r0 * ts, l1 = (fp.r1 + 1) * ts;
         for (int ch = 0; ch < C; ++ch) {
           const float* __restrict G = s.acc.data() + static_cast<size_t>(ch) * L;
-          const float* __restrict w = wl.data();
+          const float* __restrict w = s.w.data();
           float vcol = 0.0f;
 #pragma omp simd reduction(+ : vcol)
           for (int l = l0; l < l1; ++l) vcol += w[l] * G[l];
