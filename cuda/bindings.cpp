@@ -202,6 +202,7 @@ fields::SplatCamera splat_camera(const Tensor& viewmat, double fx, double fy, do
 fields::SplatTiles splat_tiles(int64_t width, int64_t height, int64_t tile) {
   TORCH_CHECK(width > 0 && height > 0, "image size must be positive");
   TORCH_CHECK(tile >= 1 && tile <= 32, "tile_size must be in [1, 32]");
+  TORCH_CHECK((width + tile - 1) / tile < 65536 && (height + tile - 1) / tile < 65536, "too many tiles per side");
   const int w = static_cast<int>(width), h = static_cast<int>(height), t = static_cast<int>(tile);
   return {w, h, t, (w + t - 1) / t, (h + t - 1) / t};
 }

@@ -140,45 +140,55 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
   (void)gauss_offsets;  // the CPU build fills tile buckets directly; m is their total
   (void)m;
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  // 1. Visible Gaussians in (depth, id) order: a stable LSD radix sort of the depth keys, starting in id order.
-  std::vector<int32_t> order, tmp;
+  // 1. Visible Gaussians with their tile rectangles (packed 16 bits per bound), in (depth, id) order: a stable LSD
+  // radix sort of the depth keys that starts in id order. Rectangles travel with the ids so that the passes
+  // below read memory sequentially.
+  std::vector<int32_t> order, order_tmp;
   std::vector<uint32_t> key, key_tmp;
-  order.reserve(n);
-  for (int64_t i = 0; i < n; ++i)
-    if (radii[i] > 0) order.push_back(static_cast<int32_t>(i));
+  std::vector<uint64_t> rect, rect_tmp;
+  for (int64_t i = 0; i < n; ++i) {
+    if (radii[i] <= 0) continue;
+    int x0, x1, y0, y1;
+    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
+    order.push_back(static_cast<int32_t>(i));
+    key.push_back(sortable_bits(depths[i]));
+    rect.push_back(static_cast<uint64_t>(x0) | static_cast<uint64_t>(x1) << 16 | static_cast<uint64_t>(y0) << 32 |
+                   static_cast<uint64_t>(y1) << 48);
+  }
   const int64_t nv = static_cast<int64_t>(order.size());
-  key.resize(nv);
-  tmp.resize(nv);
+  order_tmp.resize(nv);
   key_tmp.resize(nv);
-  for (int64_t i = 0; i < nv; ++i) key[i] = sortable_bits(depths[order[i]]);
+  rect_tmp.resize(nv);
   for (int shift = 0; shift < 32; shift += 8) {
     int64_t count[257] = {0};
     for (int64_t i = 0; i < nv; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
+    if (nv == 0 || count[((key[0] >> shift) & 0xffu) + 1] == nv) continue;  // one digit for all: nothing to move
     for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
     for (int64_t i = 0; i < nv; ++i) {
       const int64_t dst = count[(key[i] >> shift) & 0xffu]++;
       key_tmp[dst] = key[i];
-      tmp[dst] = order[i];
+      order_tmp[dst] = order[i];
+      rect_tmp[dst] = rect[i];
     }
     key.swap(key_tmp);
-    order.swap(tmp);
+    order.swap(order_tmp);
+    rect.swap(rect_tmp);
   }
   // 2. A parallel counting sort of the (tile, Gaussian) pairs by tile, each thread a contiguous part of that
   // order: buckets come out sorted by depth, then id.
   const int n_threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(nv / 4096) + 1));
   std::vector<int64_t> counts(static_cast<size_t>(n_threads) * n_tiles, 0);
+  auto for_tiles = [&](uint64_t r, auto&& fn) {
+    const int x0 = r & 0xffff, x1 = (r >> 16) & 0xffff, y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
+    for (int ty = y0; ty <= y1; ++ty)
+      for (int tx = x0; tx <= x1; ++tx) fn(ty * g.grid_w + tx);
+  };
 #pragma omp parallel num_threads(n_threads)
   {
     const int th = omp_get_thread_num();
     const int64_t i0 = nv * th / n_threads, i1 = nv * (th + 1) / n_threads;
     int64_t* cnt = counts.data() + static_cast<size_t>(th) * n_tiles;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int32_t gid = order[i];
-      int x0, x1, y0, y1;
-      splat_tile_rect(means2d[2 * gid], means2d[2 * gid + 1], radii[gid], g, x0, x1, y0, y1);
-      for (int ty = y0; ty <= y1; ++ty)
-        for (int tx = x0; tx <= x1; ++tx) ++cnt[ty * g.grid_w + tx];
-    }
+    for (int64_t i = i0; i < i1; ++i) for_tiles(rect[i], [&](int tile) { ++cnt[tile]; });
 #pragma omp barrier
 #pragma omp single
     {
@@ -195,10 +205,7 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
     }
     for (int64_t i = i0; i < i1; ++i) {
       const int32_t gid = order[i];
-      int x0, x1, y0, y1;
-      splat_tile_rect(means2d[2 * gid], means2d[2 * gid + 1], radii[gid], g, x0, x1, y0, y1);
-      for (int ty = y0; ty <= y1; ++ty)
-        for (int tx = x0; tx <= x1; ++tx) ids[cnt[ty * g.grid_w + tx]++] = gid;
+      for_tiles(rect[i], [&](int tile) { ids[cnt[tile]++] = gid; });
     }
   }
 }
