@@ -295,7 +295,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_fwd(const Tensor& mea
   const fields::SplatTiles g = splat_tiles(width, height, tile_size);
   check_raster_inputs(means2d, conics, colors, opacities, ids, tile_offsets, g);
   const int64_t C = colors.size(1);
-  Tensor image = at::empty({height, width, C}, means2d.options()), alpha = at::empty({height, width}, means2d.options());
+  Tensor image = at::empty({height, width, C}, means2d.options());
+  Tensor alpha = at::empty({height, width}, means2d.options());
   Tensor final_T = at::empty({height, width}, means2d.options());
   Tensor last = at::empty({height, width}, means2d.options().dtype(at::kInt));
   DISPATCH(means2d.device(), splat_rasterize_forward, fptr(means2d), fptr(conics), fptr(colors), fptr(opacities),

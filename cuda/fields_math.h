@@ -450,7 +450,7 @@ FIELDS_HD SplatProjected splat_project_core(const float m[3], const float q[4], 
 
 // Screen-space mean, conic (inverse 2-D covariance), depth and 3-sigma radius (0: culled) of one Gaussian.
 FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
-                                     float m2[2], float con[3], float& depth, int32_t& radius) {
+                                      float m2[2], float con[3], float& depth, int32_t& radius) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   con[0] = P.c / P.det;
   con[1] = -P.b / P.det;
@@ -469,9 +469,9 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
 
 // Gradients of the mean, quaternion and scales from those of means2d, conic and depth (every Gaussian, culled
 // or not, exactly like autograd through the reference).
-FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
-                                      const float v_m2[2], const float v_con[3], float v_depth, float v_m[3],
-                                      float v_q[4], float v_s[3]) {
+FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3],
+                                               const SplatCamera& cam, const float v_m2[2], const float v_con[3],
+                                               float v_depth, float v_m[3], float v_q[4], float v_s[3]) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
   const float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;

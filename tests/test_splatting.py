@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import devices, needs_device
 from renderers import splatting as sp
 from scenes.cameras import Cameras
 
@@ -71,8 +72,8 @@ def test_single_gaussian_projects_to_the_expected_ellipse():
     # Rendered alpha is o * exp(-0.5 d^T conic d) at pixel centres (within the footprint, above 1/255).
     opac = torch.tensor([0.8], dtype=torch.float64)
     _, alpha = sp.rasterize_gaussians(proj, torch.ones(1, 3, dtype=torch.float64), opac, 64, 48)
-    py, px = torch.meshgrid(torch.arange(48.0, dtype=torch.float64) + 0.5, torch.arange(64.0, dtype=torch.float64) + 0.5,
-                            indexing="ij")
+    centres = [torch.arange(n, dtype=torch.float64) + 0.5 for n in (48, 64)]
+    py, px = torch.meshgrid(*centres, indexing="ij")
     dxy = torch.stack([px - proj.means2d[0, 0], py - proj.means2d[0, 1]], -1)
     expected = 0.8 * torch.exp(-0.5 * torch.einsum("hwi,ij,hwj->hw", dxy, conic, dxy))
     expected = torch.where(expected >= 1 / 255, expected, torch.zeros_like(expected))
@@ -136,7 +137,8 @@ def test_zero_gaussians_give_the_background():
     cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=10)
     z = torch.zeros(0, 3)
     out = sp.render_gaussians(z, torch.zeros(0, 4), z, torch.zeros(0), z, cams, 0, torch.tensor([0.1, 0.2, 0.3]))
-    assert out["rgb"].shape == (10, 20, 3) and torch.allclose(out["rgb"], torch.tensor([0.1, 0.2, 0.3]).expand(10, 20, 3))
+    assert out["rgb"].shape == (10, 20, 3)
+    assert torch.allclose(out["rgb"], torch.tensor([0.1, 0.2, 0.3]).expand(10, 20, 3))
     assert (out["opacity"] == 0).all() and (out["depth"] == 0).all() and out["radii"].shape == (0,)
 
 
@@ -166,26 +168,6 @@ def test_render_outputs_and_means2d_gradient():
 
 
 # -- native kernels against the reference ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ops():
-    from renderers import native
-
-    if not native.enabled():
-        pytest.skip("FIELDS_NATIVE=0 forces the reference")
-    ops = native.native_ops()
-    assert ops is not None, "the native build failed (see the warning); g++ and ninja are required"
-    return ops
-
-
-def devices():
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def needs_device(device, ops):
-    if device == "cuda" and not ops.has_cuda():
-        pytest.skip("the native build has no CUDA support (torch without CUDA or nvcc missing)")
-
 
 def close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> bool:
     """Max abs error below ``rel`` times the values' scale (at least 1): catches any misplaced index."""
