@@ -31,6 +31,16 @@ inline TileView tile_view(const SplatTiles& g, int64_t t) {
   return v;
 }
 
+// One projected Gaussian as the rasterizer reads it.
+struct Splat {
+  float mx, my, a, b, c, o;
+  const float* color;
+
+  Splat(int32_t gid, const float* means2d, const float* conics, const float* opacities, const float* colors, int C)
+      : mx(means2d[2 * gid]), my(means2d[2 * gid + 1]), a(conics[3 * gid]), b(conics[3 * gid + 1]),
+        c(conics[3 * gid + 2]), o(opacities[gid]), color(colors + static_cast<int64_t>(gid) * C) {}
+};
+
 // Where in a tile a Gaussian can reach alpha >= 1/255: that needs d^T conic d <= k = 2 ln(255 o), an ellipse.
 // Its rows [r0, r1] (local, with a one-pixel margin), and per row whether the ellipse's span meets the tile's
 // pixel centres (with a one-pixel margin; k is widened by 0.1% so rounding never drops a pixel that passes).
@@ -39,11 +49,11 @@ struct Footprint {
   int r0, r1;
   bool exact;  // false: degenerate conic, every row of the tile is processed
 
-  bool init(float mx_, float my_, float a_, float b_, float c_, float o, const TileView& v) {
-    if (!(o >= kSplatAlphaMin)) return false;
-    mx = mx_, my = my_, a = a_, b = b_;
-    det = a_ * c_ - b_ * b_;
-    k = 2.0f * std::log(255.0f * o) * 1.001f + 1e-4f;
+  bool init(const Splat& sp, const TileView& v) {
+    if (!(sp.o >= kSplatAlphaMin)) return false;
+    mx = sp.mx, my = sp.my, a = sp.a, b = sp.b;
+    det = sp.a * sp.c - sp.b * sp.b;
+    k = 2.0f * std::log(255.0f * sp.o) * 1.001f + 1e-4f;
     lo = static_cast<float>(v.x0) - 0.5f;            // first pixel centre minus a pixel
     hi = static_cast<float>(v.x0 + v.nx) + 0.5f;     // last pixel centre plus a pixel
     y_first = static_cast<float>(v.y0) + 0.5f;
@@ -240,12 +250,11 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
       const int64_t e = tile_offsets[t + 1];
       for (int64_t k = tile_offsets[t]; k < e && alive > 0; ++k) {
         if (k + kPrefetch < e) prefetch_gaussian(ids[k + kPrefetch], means2d, conics, opacities, colors, C);
-        const int32_t gid = ids[k];
-        const float mx = means2d[2 * gid], my = means2d[2 * gid + 1];
-        const float a = conics[3 * gid], b = conics[3 * gid + 1], c = conics[3 * gid + 2], o = opacities[gid];
+        const Splat sp(ids[k], means2d, conics, opacities, colors, C);
         Footprint fp;
-        if (!fp.init(mx, my, a, b, c, o, v)) continue;
-        const float* __restrict cv = colors + static_cast<int64_t>(gid) * C;
+        if (!fp.init(sp, v)) continue;
+        const float mx = sp.mx, my = sp.my, a = sp.a, b = sp.b, c = sp.c, o = sp.o;
+        const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
         for (int row = fp.r0; row <= fp.r1; ++row) {
           if (s.row_live[row] == 0 || !fp.row(row)) continue;
@@ -352,12 +361,11 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         std::fill(slot, slot + S, 0.0f);
         if (k > max_last) continue;
         if (k - kPrefetch >= b) prefetch_gaussian(ids[k - kPrefetch], means2d, conics, opacities, colors, C);
-        const int32_t gid = ids[k];
-        const float mx = means2d[2 * gid], my = means2d[2 * gid + 1];
-        const float a = conics[3 * gid], bb = conics[3 * gid + 1], c = conics[3 * gid + 2], o = opacities[gid];
+        const Splat sp(ids[k], means2d, conics, opacities, colors, C);
         Footprint fp;
-        if (!fp.init(mx, my, a, bb, c, o, v)) continue;
-        const float* __restrict cv = colors + static_cast<int64_t>(gid) * C;
+        if (!fp.init(sp, v)) continue;
+        const float mx = sp.mx, my = sp.my, a = sp.a, bb = sp.b, c = sp.c, o = sp.o;
+        const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
         const float inv_o = 1.0f / o;
         float vmx = 0.0f, vmy = 0.0f, va = 0.0f, vb = 0.0f, vc = 0.0f, vo = 0.0f;
