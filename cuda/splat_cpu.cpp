@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -45,22 +46,24 @@ struct Splat {
 // Its rows [r0, r1] (local, with a one-pixel margin), and per row whether the ellipse's span meets the tile's
 // pixel centres (with a one-pixel margin; k is widened by 0.1% so rounding never drops a pixel that passes).
 struct Footprint {
-  float mx, my, a, b, det, k, lo, hi, y_first;
+  float mx, my, a, b, c, inv_a, k, dx_lo, dx_hi, y_first;
   int r0, r1;
   bool exact;  // false: degenerate conic, every row of the tile is processed
 
   bool init(const Splat& sp, const TileView& v) {
     if (!(sp.o >= kSplatAlphaMin)) return false;
-    mx = sp.mx, my = sp.my, a = sp.a, b = sp.b;
-    det = sp.a * sp.c - sp.b * sp.b;
+    mx = sp.mx, my = sp.my, a = sp.a, b = sp.b, c = sp.c;
+    const float det = sp.a * sp.c - sp.b * sp.b;
     k = 2.0f * std::log(255.0f * sp.o) * 1.001f + 1e-4f;
-    lo = static_cast<float>(v.x0) - 0.5f;            // first pixel centre minus a pixel
-    hi = static_cast<float>(v.x0 + v.nx) + 0.5f;     // last pixel centre plus a pixel
+    // dx = mx - px over the tile's pixel centres, one pixel wider on each side
+    dx_lo = mx - (static_cast<float>(v.x0 + v.nx) + 0.5f);
+    dx_hi = mx - (static_cast<float>(v.x0) - 0.5f);
     y_first = static_cast<float>(v.y0) + 0.5f;
     r0 = 0;
     r1 = v.ny - 1;
     exact = det > 0.0f && a > 0.0f;
     if (!exact) return true;
+    inv_a = 1.0f / a;
     const float h = std::sqrt(k * a / det);
     if (!(h < 1e6f)) {
       exact = false;
@@ -71,14 +74,14 @@ struct Footprint {
     return r0 <= r1;
   }
 
-  // With dx = mx - px: a dx^2 + 2 b dy dx + (c dy^2 - k) <= 0 for dx in [(-b dy - s) / a, (-b dy + s) / a].
+  // Whether q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= k somewhere on [dx_lo, dx_hi]: q is smallest at -b dy / a,
+  // or at the nearest end of the interval when that lies outside (no square root, no division).
   bool row(int r) const {
     if (!exact) return true;
     const float dy = my - (y_first + static_cast<float>(r));
-    const float d = a * k - det * dy * dy;
-    if (d < 0.0f) return false;
-    const float sq = std::sqrt(d), mid = -b * dy;
-    return mx - (mid + sq) / a <= hi && mx - (mid - sq) / a >= lo;
+    float e = -b * dy * inv_a;
+    e = e < dx_lo ? dx_lo : (e > dx_hi ? dx_hi : e);
+    return a * e * e + 2.0f * b * dy * e + c * dy * dy <= k;
   }
 };
 
@@ -222,13 +225,35 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
 
 namespace {
 
-// Forward of one tile range; CT > 0 fixes the channel count at compile time (the per-lane channel loop unrolls).
-template <int CT>
+// Calls fn(CT, TS) with the channel count (1 to 4) and the 16-pixel tile as compile-time constants
+// (std::integral_constant), or 0 for "given at run time".
+template <class Fn>
+void with_shape(int channels, int tile, Fn&& fn) {
+  using std::integral_constant;
+  if (tile != 16) return fn(integral_constant<int, 0>{}, integral_constant<int, 0>{});
+  const integral_constant<int, 16> ts;
+  switch (channels) {
+    case 1:
+      return fn(integral_constant<int, 1>{}, ts);
+    case 2:
+      return fn(integral_constant<int, 2>{}, ts);
+    case 3:
+      return fn(integral_constant<int, 3>{}, ts);
+    case 4:
+      return fn(integral_constant<int, 4>{}, ts);
+    default:
+      return fn(integral_constant<int, 0>{}, ts);
+  }
+}
+
+// Forward of every tile; CT > 0 fixes the channel count and TS > 0 the tile size at compile time (the per-lane
+// channel loop unrolls, a tile row is exactly one vector).
+template <int CT, int TS>
 void rasterize_forward_impl(const float* means2d, const float* conics, const float* colors, const float* opacities,
                             int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
                             float* image, float* alpha, float* final_T, int32_t* last) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  const int ts = g.tile, C = CT > 0 ? CT : channels;
+  const int ts = TS > 0 ? TS : g.tile, C = CT > 0 ? CT : channels;
 #pragma omp parallel
   {
     TileScratch s(ts, C);
@@ -304,20 +329,11 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
 void splat_rasterize_forward(const float* means2d, const float* conics, const float* colors, const float* opacities,
                              int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
                              float* image, float* alpha, float* final_T, int32_t* last) {
-  switch (channels) {
-#define FIELDS_SPLAT_CASE(N)                                                                                \
-  case N:                                                                                                   \
-    return rasterize_forward_impl<N>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, \
-                                     alpha, final_T, last);
-    FIELDS_SPLAT_CASE(1)
-    FIELDS_SPLAT_CASE(2)
-    FIELDS_SPLAT_CASE(3)
-    FIELDS_SPLAT_CASE(4)
-#undef FIELDS_SPLAT_CASE
-    default:
-      return rasterize_forward_impl<0>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image,
-                                       alpha, final_T, last);
-  }
+  with_shape(channels, g.tile, [&](auto ct, auto ts) {
+    rasterize_forward_impl<decltype(ct)::value, decltype(ts)::value>(means2d, conics, colors, opacities, channels,
+                                                                     ids, tile_offsets, g, image, alpha, final_T,
+                                                                     last);
+  });
 }
 
 namespace {
@@ -326,13 +342,13 @@ namespace {
 // fused pass over its rows: undo the transmittance, the colour behind it (B, per channel) and the gradients of
 // its mean, conic and opacity (SIMD reductions over the lanes); the colour gradients are reduced afterwards
 // from the lane weights.
-template <int CT>
+template <int CT, int TS>
 void rasterize_backward_impl(const float* means2d, const float* conics, const float* colors,
                              const float* opacities, int channels, const int32_t* ids, const int64_t* tile_offsets,
                              SplatTiles g, const float* final_T, const int32_t* last, const float* v_image,
                              const float* v_alpha, float* slots) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  const int ts = g.tile, C = CT > 0 ? CT : channels, S = 6 + C;
+  const int ts = TS > 0 ? TS : g.tile, C = CT > 0 ? CT : channels, S = 6 + C;
 #pragma omp parallel
   {
     TileScratch s(ts, C);  // acc: upstream gradient per channel (+ alpha), aux: colour behind (B) per channel
@@ -446,21 +462,11 @@ void splat_rasterize_backward(const float* means2d, const float* conics, const f
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h, m = tile_offsets[n_tiles];
   const int C = channels, S = 6 + C;  // slot of a (tile, Gaussian) pair: mean2d (2), conic (3), opacity, colours
   std::unique_ptr<float[]> slots(new float[static_cast<size_t>(m) * S]);
-  switch (channels) {
-#define FIELDS_SPLAT_CASE(N)                                                                                   \
-  case N:                                                                                                      \
-    rasterize_backward_impl<N>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, final_T, last, \
-                               v_image, v_alpha, slots.get());                                                 \
-    break;
-    FIELDS_SPLAT_CASE(1)
-    FIELDS_SPLAT_CASE(2)
-    FIELDS_SPLAT_CASE(3)
-    FIELDS_SPLAT_CASE(4)
-#undef FIELDS_SPLAT_CASE
-    default:
-      rasterize_backward_impl<0>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, final_T, last,
-                                 v_image, v_alpha, slots.get());
-  }
+  with_shape(channels, g.tile, [&](auto ct, auto ts) {
+    rasterize_backward_impl<decltype(ct)::value, decltype(ts)::value>(means2d, conics, colors, opacities, channels,
+                                                                      ids, tile_offsets, g, final_T, last, v_image,
+                                                                      v_alpha, slots.get());
+  });
   for (int64_t k = 0; k < m; ++k) {
     const int64_t gid = ids[k];
     const float* slot = slots.get() + static_cast<size_t>(k) * S;
