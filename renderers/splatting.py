@@ -73,9 +73,9 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
                         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
 
 
-def screen_radius(conics_cov: torch.Tensor) -> torch.Tensor:
+def screen_radius(cov2d: torch.Tensor) -> torch.Tensor:
     """``ceil(3 sqrt(lambda_max))`` of 2-D covariances (a, b, c), as 3DGS computes it (float)."""
-    a, b, c = conics_cov.unbind(-1)
+    a, b, c = cov2d.unbind(-1)
     det = a * c - b * b
     mid = 0.5 * (a + c)
     lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
