@@ -473,15 +473,25 @@ void splat_rasterize_backward(const float* means2d, const float* conics, const f
                               float* v_opacities) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h, m = tile_offsets[n_tiles];
   const int C = channels, S = 6 + C;  // slot of a (tile, Gaussian) pair: mean2d (2), conic (3), opacity, colours
-  std::unique_ptr<float[]> slots(new float[static_cast<size_t>(m) * S]);
+  // Kept between calls (per calling thread): a fresh buffer of this size costs its page faults every step.
+  thread_local std::vector<float> slot_buffer;
+  if (slot_buffer.size() < static_cast<size_t>(m) * S) slot_buffer.resize(static_cast<size_t>(m) * S);
+  float* slots = slot_buffer.data();
   with_shape(channels, g.tile, [&](auto ct, auto ts) {
     rasterize_backward_impl<decltype(ct)::value, decltype(ts)::value>(means2d, conics, colors, opacities, channels,
                                                                       ids, tile_offsets, g, final_T, last, v_image,
-                                                                      v_alpha, slots.get());
+                                                                      v_alpha, slots);
   });
   for (int64_t k = 0; k < m; ++k) {
+    if (k + kPrefetch < m) {  // the gradients are scattered in depth order: fetch ahead
+      const int64_t ahead = ids[k + kPrefetch];
+      __builtin_prefetch(v_means2d + 2 * ahead, 1);
+      __builtin_prefetch(v_conics + 3 * ahead, 1);
+      __builtin_prefetch(v_opacities + ahead, 1);
+      __builtin_prefetch(v_colors + ahead * C, 1);
+    }
     const int64_t gid = ids[k];
-    const float* slot = slots.get() + static_cast<size_t>(k) * S;
+    const float* slot = slots + static_cast<size_t>(k) * S;
     v_means2d[2 * gid] += slot[0];
     v_means2d[2 * gid + 1] += slot[1];
     for (int j = 0; j < 3; ++j) v_conics[3 * gid + j] += slot[2 + j];
