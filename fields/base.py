@@ -37,6 +37,16 @@ class Field(nn.Module):
         """Density [N] and colour [N, 3] in [0, 1] at points ``x`` seen along unit directions ``d``."""
         raise NotImplementedError
 
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density [N] and the per-point features ``color`` needs. The renderer prunes samples with this
+        density and shades the kept ones from the same features, so a field that overrides the pair evaluates
+        its view-independent part once per sample. Default: the points themselves are the features."""
+        return self.density(x), x
+
+    def color(self, features: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``."""
+        return self.forward(features, d)[1]
+
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups with per-group learning rates (override to give grids their own)."""
         return [{"name": "all", "params": list(self.parameters()), "lr": lr}]

@@ -106,20 +106,22 @@ class MLPField(Field):
         """Scale and shift of the colour head's layer for view directions ``d`` (none for the plain MLP)."""
         return None, None
 
-    def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
         h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
         sigma = trunc_exp(self.density_head(h)[:, 0] - 1.0) * inside  # -1: start with a mostly empty box
         return sigma, h
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
-        return self._geometry(x)[0]
+        return self.geometry(x)[0]
+
+    def color(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        c = torch.cat([self.bottleneck(h), fourier_encode(d, self.cfg.dir_freqs)], -1)
+        return torch.sigmoid(self.color_head(self.color_hidden(c, *self.color_modulation(d))))
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, h = self._geometry(x)
-        c = torch.cat([self.bottleneck(h), fourier_encode(d, self.cfg.dir_freqs)], -1)
-        rgb = torch.sigmoid(self.color_head(self.color_hidden(c, *self.color_modulation(d))))
-        return sigma, rgb
+        sigma, h = self.geometry(x)
+        return sigma, self.color(h, d)
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"name": "mlp", "params": list(self.parameters()), "lr": lr * self.cfg.lr_scale}]
