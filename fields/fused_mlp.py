@@ -4,8 +4,8 @@
 ``relu_out``) on the column-wise concatenation of ``parts``. On float32 CPU tensors with the native build it runs
 one fused forward and one fused backward (blocks of samples through all layers in cache, no per-layer [N, width]
 temporaries besides the activations the backward needs), about 2x faster than torch's per-layer ops for the
-64-wide nets of the hash grid; elsewhere (CUDA tensors, ``FIELDS_NATIVE=0``, no compiler) it is
-``relu_mlp_reference``. ``ReLUMLP`` is the ``nn.Sequential`` form (same parameter names as before) the backends
+64-wide nets of the hash grid; elsewhere (CUDA tensors, ``FIELDS_NATIVE=0``, no compiler, CPU autocast to
+bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP`` is the ``nn.Sequential`` form (same parameter names as before) the backends
 build with ``fields.base.mlp``.
 """
 
@@ -57,7 +57,8 @@ def relu_mlp(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], bia
              relu_out: bool = False) -> torch.Tensor:
     """``relu_mlp_reference`` on the fused native kernel when it can run (float32 CPU tensors, native build)."""
     tensors = (*parts, *weights, *biases)
-    if any(t.device.type != "cpu" for t in tensors) or native.ops_for(*tensors) is None:
+    if (any(t.device.type != "cpu" for t in tensors) or native.ops_for(*tensors) is None
+            or torch.is_autocast_enabled("cpu")):
         return relu_mlp_reference(parts, weights, biases, relu_out)
     parts = [p.contiguous() for p in parts]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

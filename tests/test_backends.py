@@ -151,6 +151,25 @@ def test_shared_geometry_pass_renders_and_trains_like_separate_passes(name):
             assert (got - want).abs().max().item() < 1e-5 * max(want.abs().max().item(), 1.0), n
 
 
+@pytest.mark.parametrize("name", ["mlp", "cam"])
+def test_bf16_option_runs_the_network_in_bfloat16_and_stays_close(name):
+    """``bf16`` changes the arithmetic (results differ from float32, so autocast is on) but not the interface:
+    float32 outputs within bfloat16 rounding of the float32 field, float32 gradients on every parameter."""
+    ref = make_field(name)
+    perturb(ref)
+    torch.manual_seed(0)
+    fast = dataclasses.replace(small_config(name), bf16=True).build(AABB)
+    fast.load_state_dict(ref.state_dict())
+    x, d = random_inputs()
+    (s32, c32), (s16, c16) = ref(x, d), fast(x, d)
+    assert s16.dtype == c16.dtype == torch.float32
+    assert 0 < (c16 - c32).abs().max().item() < 2e-2
+    assert (s16 - s32).abs().max().item() < 2e-2 * s32.abs().max().item()
+    (s16.sum() + c16.sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in fast.parameters())
+
+
 def test_cam_grids_have_their_own_learning_rate():
     groups = {g["name"]: g for g in make_field("cam").param_groups(1e-2)}
     cfg = small_config("cam")
