@@ -115,12 +115,14 @@ def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Ten
 
 @torch.no_grad()
 def render_image(radiance_fn: RadianceFn, grid: OccupancyGrid, cams: Cameras, i: int, cfg: RenderConfig,
-                 background: torch.Tensor, density_fn: DensityFn | None = None,
-                 chunk: int = 8192) -> dict[str, torch.Tensor]:
-    """Render camera ``i`` in chunks of rays; returns ``rgb [H, W, 3]``, ``depth [H, W]``, ``opacity [H, W]``."""
+                 background: torch.Tensor, density_fn: DensityFn | None = None, chunk: int = 8192,
+                 geometry_fn: GeometryFn | None = None, color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
+    """Render camera ``i`` in chunks of rays; returns ``rgb [H, W, 3]``, ``depth [H, W]``, ``opacity [H, W]``.
+    ``geometry_fn``/``color_fn``: as in ``render_rays`` (one geometry pass per sample)."""
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    parts = [render_rays(radiance_fn, grid, o, d, cfg, background, density_fn)
+    parts = [render_rays(radiance_fn, grid, o, d, cfg, background, density_fn, geometry_fn=geometry_fn,
+                         color_fn=color_fn)
              for o, d in zip(origins.split(chunk), dirs.split(chunk))]
     h, w = cams.height, cams.width
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:])
