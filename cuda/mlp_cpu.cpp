@@ -136,7 +136,8 @@ Net make_net(const std::vector<Tensor>& weights, const std::vector<Tensor>& bias
     std::memcpy(L.bias.data(), b.data_ptr<float>(), sizeof(float) * L.m);
     if (for_backward) {
       L.wp.assign(static_cast<size_t>(L.m) * L.kp, 0.0f);
-      for (int i = 0; i < L.m; ++i) std::memcpy(&L.wp[static_cast<size_t>(i) * L.kp], wd + i * L.k, sizeof(float) * L.k);
+      for (int i = 0; i < L.m; ++i)
+        std::memcpy(&L.wp[static_cast<size_t>(i) * L.kp], wd + i * L.k, sizeof(float) * L.k);
     } else {
       L.wt.assign(static_cast<size_t>(L.k) * L.mp, 0.0f);
       for (int i = 0; i < L.m; ++i)
@@ -256,8 +257,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   TORCH_CHECK(need_input_grad.size() == inputs.size(), "mlp: one need_input_grad flag per input");
   const Layer& last = net.layers.back();
   Tensor grad_out = grad_out_.to(at::kFloat).contiguous(), out = out_.contiguous();
-  TORCH_CHECK(grad_out.sizes() == out.sizes() && out.size(0) == n && out.size(1) == last.m, "mlp: grad_out must be [N, ",
-              last.m, "]");
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && out.size(0) == n && out.size(1) == last.m,
+              "mlp: grad_out must be [N, ", last.m, "]");
   const int64_t np = padded_rows(n);
   std::vector<const float*> hp;
   for (size_t l = 0; l + 1 < n_layers; ++l) {

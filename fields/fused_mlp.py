@@ -3,10 +3,10 @@
 ``relu_mlp(parts, weights, biases)`` is ``Linear -> ReLU -> ... -> Linear`` (a ReLU after the last layer too with
 ``relu_out``) on the column-wise concatenation of ``parts``. On float32 CPU tensors with the native build it runs
 one fused forward and one fused backward (blocks of samples through all layers in cache, no per-layer [N, width]
-temporaries besides the activations the backward needs), about 2x faster than torch's per-layer ops for the
-64-wide nets of the hash grid; elsewhere (CUDA tensors, ``FIELDS_NATIVE=0``, no compiler, CPU autocast to
-bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP`` is the ``nn.Sequential`` form (same parameter names as before) the backends
-build with ``fields.base.mlp``.
+temporaries besides the activations the backward needs): about 1.3x less CPU time than torch's per-layer ops for
+the hash grid's 64-wide nets, on par at width 128 (both run near the fp32 FMA peak there). Elsewhere (CUDA
+tensors, ``FIELDS_NATIVE=0``, no compiler, CPU autocast to bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP``
+is the ``nn.Sequential`` form (same parameter names as before) that ``fields.base.mlp`` builds.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class _FusedMLP(torch.autograd.Function):
         saved = ctx.saved_tensors
         n_parts, n_layers = ctx.n_parts, ctx.n_hidden + 1
         parts, rest = saved[:n_parts], saved[n_parts:]
-        weights, biases, out, hidden = rest[:n_layers], rest[n_layers:2 * n_layers], rest[2 * n_layers], rest[2 * n_layers + 1:]
+        weights, biases = rest[:n_layers], rest[n_layers:2 * n_layers]
+        out, hidden = rest[2 * n_layers], rest[2 * n_layers + 1:]
         need = [bool(n) for n in ctx.needs_input_grad[2:2 + n_parts]]
         grad_parts, grad_w, grad_b = torch.ops.fields.mlp_bwd(grad_out, parts, hidden, out, weights, biases,
                                                               ctx.relu_out, need)
