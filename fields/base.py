@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fields.fused_mlp import ReLUMLP
+
 
 class Field(nn.Module):
     """Base class of radiance fields over an axis-aligned scene box ``aabb`` [2, 3]."""
@@ -34,6 +36,16 @@ class Field(nn.Module):
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density [N] and colour [N, 3] in [0, 1] at points ``x`` seen along unit directions ``d``."""
         raise NotImplementedError
+
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density [N] and the per-point features ``color`` needs. The renderer prunes samples with this
+        density and shades the kept ones from the same features, so a field that overrides the pair evaluates
+        its view-independent part once per sample. Default: the points themselves are the features."""
+        return self.density(x), x
+
+    def color(self, features: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``."""
+        return self.forward(features, d)[1]
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups with per-group learning rates (override to give grids their own)."""
@@ -63,11 +75,6 @@ class ImageField(nn.Module):
         return [{"name": "all", "params": list(self.parameters()), "lr": lr}]
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
-    """A ReLU MLP with ``layers`` hidden layers of width ``hidden``."""
-    dims = [in_dim] + [hidden] * layers
-    mods: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        mods += [nn.Linear(a, b), nn.ReLU()]
-    mods.append(nn.Linear(dims[-1], out_dim))
-    return nn.Sequential(*mods)
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> ReLUMLP:
+    """A ReLU MLP with ``layers`` hidden layers of width ``hidden`` (fused native kernel on CPU)."""
+    return ReLUMLP([in_dim] + [hidden] * layers + [out_dim])

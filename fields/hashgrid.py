@@ -56,19 +56,21 @@ class HashGridField(Field):
         self.density_net = mlp(self.encoding.out_dim, cfg.hidden, 1, 1 + cfg.geo_features)
         self.color_net = mlp(16 + cfg.geo_features, cfg.hidden, cfg.color_layers, 3)
 
-    def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
         h = self.density_net(self.encoding(u))
         sigma = trunc_exp(h[:, 0] - 1.0) * inside  # the -1 starts training with a mostly empty box
         return sigma, h[:, 1:]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
-        return self._geometry(x)[0]
+        return self.geometry(x)[0]
+
+    def color(self, geo: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.color_net(sh_encode(d), geo))
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, geo = self._geometry(x)
-        rgb = torch.sigmoid(self.color_net(torch.cat([sh_encode(d), geo], -1)))
-        return sigma, rgb
+        sigma, geo = self.geometry(x)
+        return sigma, self.color(geo, d)
 
     def param_groups(self, lr: float) -> list[dict]:
         return _groups(self, lr, self.cfg)

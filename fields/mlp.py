@@ -16,6 +16,7 @@ from torch import nn
 
 from fields.base import Field, FieldConfig, ImageField
 from fields.encodings import trunc_exp
+from fields.fused_mlp import relu_mlp
 from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
 
 
@@ -48,6 +49,9 @@ class MLPConfig(FieldConfig):
     lr_scale: float = 0.3
     """Learning rate relative to the base one (--lr, 1e-2 by default). NeRF trains for hours at 5e-4; a budget
     of minutes needs a larger rate, and 3e-3 (decaying with the schedule) still trains stably."""
+    bf16: bool = False
+    """Run the radiance field's matrix products in bfloat16 on the CPU (torch autocast; weights, optimizer,
+    densities and colours stay float32). About 2x faster per sample where the CPU has AVX512-BF16."""
 
     def build(self, aabb: torch.Tensor) -> "MLPField":
         return MLPField(aabb, self)
@@ -76,6 +80,13 @@ class ModulatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None,
                 beta: torch.Tensor | None = None) -> torch.Tensor:
+        if gamma is None:  # plain ReLU layers: the fused MLP, split at the skip
+            lin = list(self.linears)
+            cut = self.skip if self.skip is not None and 0 < self.skip < len(lin) else len(lin)
+            h = relu_mlp([x], [m.weight for m in lin[:cut]], [m.bias for m in lin[:cut]], relu_out=True)
+            if cut == len(lin):
+                return h
+            return relu_mlp([h, x], [m.weight for m in lin[cut:]], [m.bias for m in lin[cut:]], relu_out=True)
         h = x
         for i, linear in enumerate(self.linears):
             if self.skip is not None and i == self.skip:
@@ -106,20 +117,30 @@ class MLPField(Field):
         """Scale and shift of the colour head's layer for view directions ``d`` (none for the plain MLP)."""
         return None, None
 
-    def _geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _autocast(self, x: torch.Tensor) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16 and x.device.type == "cpu")
+
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
-        h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
-        sigma = trunc_exp(self.density_head(h)[:, 0] - 1.0) * inside  # -1: start with a mostly empty box
+        with self._autocast(x):
+            h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
+            s = self.density_head(h)[:, 0]
+        sigma = trunc_exp(s.float() - 1.0) * inside  # -1: start with a mostly empty box
         return sigma, h
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
-        return self._geometry(x)[0]
+        return self.geometry(x)[0]
+
+    def color(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        with self._autocast(d):
+            b = self.bottleneck(h)
+            c = torch.cat([b, fourier_encode(d, self.cfg.dir_freqs).to(b.dtype)], -1)
+            out = self.color_head(self.color_hidden(c, *self.color_modulation(d)))
+        return torch.sigmoid(out.float())
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, h = self._geometry(x)
-        c = torch.cat([self.bottleneck(h), fourier_encode(d, self.cfg.dir_freqs)], -1)
-        rgb = torch.sigmoid(self.color_head(self.color_hidden(c, *self.color_modulation(d))))
-        return sigma, rgb
+        sigma, h = self.geometry(x)
+        return sigma, self.color(h, d)
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"name": "mlp", "params": list(self.parameters()), "lr": lr * self.cfg.lr_scale}]

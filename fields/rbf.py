@@ -112,11 +112,16 @@ class RBFField(Field):
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return self._outputs(x, 1)[0]
 
-    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, coeffs = self._outputs(x, 1 + 3 * self.n_sh)
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._outputs(x, 1 + 3 * self.n_sh)
+
+    def color(self, coeffs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         sh = sh_encode(d, self.cfg.sh_degree + 1)  # [N, n_sh]
-        rgb = torch.sigmoid((coeffs.reshape(coeffs.shape[0], 3, self.n_sh) * sh[:, None, :]).sum(-1))
-        return sigma, rgb
+        return torch.sigmoid((coeffs.reshape(coeffs.shape[0], 3, self.n_sh) * sh[:, None, :]).sum(-1))
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, coeffs = self.geometry(x)
+        return sigma, self.color(coeffs, d)
 
     def param_groups(self, lr: float) -> list[dict]:
         return _groups(self, lr, self.cfg)

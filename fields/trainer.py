@@ -185,7 +185,7 @@ class Trainer:
         jitter = torch.rand(self.n_rays, generator=gen)
         lr = self._set_lr()
         out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
-                          density_fn=self.field.density, jitter=jitter)
+                          jitter=jitter, geometry_fn=self.field.geometry, color_fn=self.field.color)
         n_samples = int(out["samples"])
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         self.apply_loss(loss, n_samples)

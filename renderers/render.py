@@ -19,6 +19,10 @@ from scenes.cameras import Cameras, image_rays
 
 DensityFn = Callable[[torch.Tensor], torch.Tensor]
 RadianceFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+GeometryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``x -> (sigma, features)``: the view-independent part of a field."""
+ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(features, d) -> rgb``: the rest of it, on features from ``GeometryFn``."""
 
 
 @dataclass
@@ -38,34 +42,72 @@ class RenderConfig:
     alpha_thre: float = 0.0
     """Drop samples whose opacity is below this (0 disables)."""
 
+    def prunes(self) -> bool:
+        """Whether samples are pruned by density at all."""
+        return self.early_stop_eps > 0 or self.alpha_thre > 0
+
     def step_size(self, aabb: torch.Tensor) -> float:
         return (aabb[1] - aabb[0]).norm().item() / self.samples_per_diagonal
+
+
+def march(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: RenderConfig,
+          jitter: torch.Tensor | None = None) -> Samples:
+    """All samples of the rays in occupied cells (no pruning)."""
+    return march_rays(origins, dirs, grid.binary, grid.aabb, cfg.step_size(grid.aabb), cfg.near, cfg.far,
+                      cfg.cone_angle, jitter=jitter)
+
+
+def visible(samples: Samples, sigmas: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
+    """Mask of the samples that pruning (``cfg.early_stop_eps``, ``cfg.alpha_thre``) keeps, given densities."""
+    with torch.no_grad():
+        tau = sigmas.detach() * (samples.t_ends - samples.t_starts)
+        keep = transmittance(tau, samples.ray_indices, samples.n_rays) >= cfg.early_stop_eps
+        if cfg.alpha_thre > 0:
+            keep &= (1 - torch.exp(-tau)) >= cfg.alpha_thre
+    return keep
 
 
 def sample_rays(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: RenderConfig,
                 density_fn: DensityFn | None = None, jitter: torch.Tensor | None = None) -> Samples:
     """March rays through occupied cells, then prune invisible samples with a cheap no-grad density pass."""
-    step = cfg.step_size(grid.aabb)
-    samples = march_rays(origins, dirs, grid.binary, grid.aabb, step, cfg.near, cfg.far, cfg.cone_angle,
-                         jitter=jitter)
-    if density_fn is None or len(samples) == 0 or (cfg.early_stop_eps <= 0 and cfg.alpha_thre <= 0):
+    samples = march(origins, dirs, grid, cfg, jitter)
+    if density_fn is None or len(samples) == 0 or not cfg.prunes():
         return samples
     with torch.no_grad():
-        x, _ = samples.positions(origins, dirs)
-        tau = density_fn(x) * (samples.t_ends - samples.t_starts)
-        keep = transmittance(tau, samples.ray_indices, samples.n_rays) >= cfg.early_stop_eps
-        if cfg.alpha_thre > 0:
-            keep &= (1 - torch.exp(-tau)) >= cfg.alpha_thre
-    return samples.select(keep)
+        return samples.select(visible(samples, density_fn(samples.positions(origins, dirs)[0]), cfg))
+
+
+def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
+                   dirs: torch.Tensor, cfg: RenderConfig, jitter: torch.Tensor | None = None,
+                   ) -> tuple[Samples, torch.Tensor, torch.Tensor]:
+    """Kept samples with their densities and colours, from one geometry pass over all marched samples.
+
+    The pruning pass and the rendering pass share ``geometry_fn``'s evaluation (with autograd when enabled;
+    pruned samples then get zero gradient), so only the colour is computed on kept samples alone. Same result
+    as ``sample_rays`` with ``density_fn`` then ``radiance_fn`` on the kept samples, without evaluating the
+    geometry twice."""
+    samples = march(origins, dirs, grid, cfg, jitter)
+    x, d = samples.positions(origins, dirs)
+    sigmas, feats = geometry_fn(x)
+    if len(samples) and cfg.prunes():
+        keep = visible(samples, sigmas, cfg)
+        samples, sigmas, feats, d = samples.select(keep), sigmas[keep], feats[keep], d[keep]
+    return samples, sigmas, color_fn(feats, d)
 
 
 def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor,
                 cfg: RenderConfig, background: torch.Tensor, density_fn: DensityFn | None = None,
-                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity`` and ``samples``."""
-    samples = sample_rays(origins, dirs, grid, cfg, density_fn, jitter)
-    x, d = samples.positions(origins, dirs)
-    sigmas, rgbs = radiance_fn(x, d)
+                jitter: torch.Tensor | None = None, geometry_fn: GeometryFn | None = None,
+                color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
+    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity`` and ``samples``.
+
+    With ``geometry_fn`` and ``color_fn`` (the field split in two), pruning reuses the geometry evaluation
+    (``shaded_samples``) and ``radiance_fn``/``density_fn`` are not called."""
+    if geometry_fn is not None and color_fn is not None:
+        samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter)
+    else:
+        samples = sample_rays(origins, dirs, grid, cfg, density_fn, jitter)
+        sigmas, rgbs = radiance_fn(*samples.positions(origins, dirs))
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays)
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"][:, None]) * background
     out["samples"] = torch.tensor(len(samples))
@@ -74,13 +116,15 @@ def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Ten
 
 @torch.no_grad()
 def render_image(radiance_fn: RadianceFn, grid: OccupancyGrid, cams: Cameras, i: int, cfg: RenderConfig,
-                 background: torch.Tensor, density_fn: DensityFn | None = None,
-                 chunk: int = 8192) -> dict[str, torch.Tensor]:
+                 background: torch.Tensor, density_fn: DensityFn | None = None, chunk: int = 8192,
+                 geometry_fn: GeometryFn | None = None, color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
-    ``depth [H, W]``, ``opacity [H, W]``."""
+    ``depth [H, W]``, ``opacity [H, W]``. ``geometry_fn``/``color_fn``: as in ``render_rays`` (one geometry
+    pass per sample)."""
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    parts = map_chunks(lambda o, d: render_rays(radiance_fn, grid, o, d, cfg, background, density_fn),
+    parts = map_chunks(lambda o, d: render_rays(radiance_fn, grid, o, d, cfg, background, density_fn,
+                                                geometry_fn=geometry_fn, color_fn=color_fn),
                        (origins, dirs), chunk)
     h, w = cams.height, cams.width
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:])

@@ -28,7 +28,7 @@ from fields.trainer import Trainer  # noqa: E402
 from renderers import native  # noqa: E402
 from renderers.compositing import composite, transmittance  # noqa: E402
 from renderers.marching import march_rays  # noqa: E402
-from renderers.render import sample_rays  # noqa: E402
+from renderers.render import sample_rays, shaded_samples  # noqa: E402
 
 
 def capture_batch(tr: Trainer):
@@ -41,6 +41,21 @@ def capture_batch(tr: Trainer):
     samples = sample_rays(origins, dirs, tr.grid, tr.cfg.render, tr.field.density, jitter)
     x, d = samples.positions(origins, dirs)
     return dict(origins=origins, dirs=dirs, jitter=jitter, marched=marched, samples=samples, x=x, d=d)
+
+
+def mlp_pass(field, b: dict):
+    """Forward+backward of the density and colour MLPs alone, on the batch's kept samples."""
+    u = field.normalize(b["x"])[0].contiguous()
+    with torch.no_grad():
+        h = field.encoding(u)
+    sh = sh_encode(b["d"])
+
+    def run():
+        field.zero_grad(set_to_none=True)
+        geo = field.density_net(h)
+        rgb = field.color_net(sh, geo[:, 1:])
+        (geo[:, 0].sum() + rgb.sum()).backward()
+    return run
 
 
 def op_timings(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, int, float, float]]:
@@ -78,6 +93,7 @@ def op_timings(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, int, float
     for name, fn, count, reps in [("march_rays", march, n_marched, repeats),
                                   ("hash_encode forward", encode_fwd, n, repeats),
                                   ("hash_encode forward+backward", encode_fwd_bwd, n, repeats),
+                                  ("MLPs forward+backward (density + colour)", mlp_pass(field, b), n, repeats),
                                   ("composite forward+backward", comp, n, repeats),
                                   ("transmittance", trans, n, repeats),
                                   ("occupancy-grid update (64^3)", grid_update, grid.occs.numel() // 2, 1)]:
@@ -121,9 +137,9 @@ def native_profile(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, float]
     stages = {}
 
     def forward():
-        x, d = s.positions(b["origins"], b["dirs"])
-        sigmas, rgbs = field(x, d)
-        out = composite(sigmas, rgbs, s.t_starts, s.t_ends, s.ray_indices, s.n_rays)
+        kept, sigmas, rgbs = shaded_samples(field.geometry, field.color, tr.grid, b["origins"], b["dirs"],
+                                            cfg.render, b["jitter"])
+        out = composite(sigmas, rgbs, kept.t_starts, kept.t_ends, kept.ray_indices, kept.n_rays)
         rgb = out["rgb"] + (1.0 - out["opacity"][:, None]) * bg
         return torch.nn.functional.mse_loss(rgb, target)
 
@@ -131,30 +147,19 @@ def native_profile(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, float]
         tr.optimizer.zero_grad(set_to_none=True)
         forward().backward()
 
-    u = field.normalize(b["x"])[0].contiguous()
-    h = field.encoding(u).detach()
-    sh = sh_encode(b["d"])
-
-    def mlps():
-        field.zero_grad(set_to_none=True)
-        geo = field.density_net(h)
-        rgb = field.color_net(torch.cat([sh, geo[:, 1:]], -1))
-        (geo[:, 0].sum() + rgb.sum()).backward()
-
     with path_mode(True):
         grid = copy.deepcopy(tr.grid)
         stages["occupancy-grid update / grid_every"] = timed(
             lambda: grid.update(field.density, tr.step_size, warmup=False), 1) / cfg.train.grid_every
         stages["march_rays"] = timed(lambda: march_rays(b["origins"], b["dirs"], tr.grid.binary, tr.grid.aabb,
                                                         tr.step_size, jitter=b["jitter"]), repeats)
-        stages["pruning pass (no-grad density on marched samples)"] = timed(
-            lambda: sample_rays(b["origins"], b["dirs"], tr.grid, cfg.render, field.density, b["jitter"]),
-            repeats) - stages["march_rays"]
         with torch.no_grad():
-            stages["field forward + composite + loss"] = timed(forward, repeats)
+            stages["forward: march, geometry of marched samples, pruning, colour of kept ones, composite, loss"] = \
+                timed(forward, repeats)
         fwd_grad = timed(forward, repeats)
         stages["backward (incl. forward with autograd) - forward"] = timed(backward, repeats) - fwd_grad
-        stages["  of which MLPs forward+backward (torch)"] = timed(mlps, repeats)
+        mlps = mlp_pass(field, b)
+        stages["  of which MLPs forward+backward on kept samples (fused)"] = timed(mlps, repeats)
         backward()  # leaves gradients for the optimizer to apply
         stages["optimizer step (fused Adam)"] = timed(tr.optimizer.step, repeats)
     tr.optimizer.zero_grad(set_to_none=True)

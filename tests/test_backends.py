@@ -22,7 +22,8 @@ from fields.fit import FitError, fit_image, fit_output_path, load_image, pixel_c
 from fields.imaging import write_png
 from fields.registry import FIELD_CONFIGS
 from fields.trainer import Trainer
-from renderers.render import render_rays
+from renderers.occupancy import OccupancyGrid
+from renderers.render import RenderConfig, march, render_rays
 from scenes import SceneError, image_rays
 
 os.environ.setdefault("FIELDS_CACHE", "/tmp/fields-cache")
@@ -114,6 +115,59 @@ def test_gradients_reach_every_parameter_and_every_group(name):
         groups = module.param_groups(1e-2)
         grouped = [id(p) for g in groups for p in g["params"]]
         assert sorted(grouped) == sorted(id(p) for p in module.parameters())  # each parameter exactly once
+
+
+@pytest.mark.parametrize("name", ["hashgrid", "mlp", "rbf", "cam"])
+def test_shared_geometry_pass_renders_and_trains_like_separate_passes(name):
+    """Rendering with ``geometry``/``color`` (one geometry pass serves pruning and shading) gives the images and
+    parameter gradients of a no-grad density pass for pruning followed by ``forward`` on the kept samples."""
+    field = make_field(name)
+    perturb(field)
+    g = torch.Generator().manual_seed(3)
+    origins = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1) * 2.5
+    dirs = torch.nn.functional.normalize(torch.rand(64, 3, generator=g) * 0.6 - 0.3 - origins, dim=-1)
+    cfg = RenderConfig(samples_per_diagonal=64, early_stop_eps=1e-2)
+    grid, bg = OccupancyGrid(AABB, resolution=8), torch.rand(64, 3, generator=g)
+    samples = march(origins, dirs, grid, cfg)
+    with torch.no_grad():  # prune about half of the samples by opacity
+        cfg.alpha_thre = (field.density(samples.positions(origins, dirs)[0]) * cfg.step_size(AABB)).median().item()
+
+    def run(**fns):
+        field.zero_grad(set_to_none=True)
+        out = render_rays(field, grid, origins, dirs, cfg, bg, **fns)
+        (out["rgb"].square().sum() + out["depth"].sum()).backward()
+        return out, {n: p.grad for n, p in field.named_parameters()}
+
+    (split, split_grads), (ref, ref_grads) = run(geometry_fn=field.geometry, color_fn=field.color), \
+        run(density_fn=field.density)
+    assert 0 < int(ref["samples"]) < len(samples), "pruning must drop some samples for this test to mean anything"
+    assert int(split["samples"]) == int(ref["samples"])
+    for k in ("rgb", "depth", "opacity"):
+        assert (split[k] - ref[k]).abs().max().item() < 1e-5 * max(ref[k].abs().max().item(), 1.0)
+    for n, want in ref_grads.items():
+        got = split_grads[n]
+        assert (got is None) == (want is None), n
+        if want is not None:
+            assert (got - want).abs().max().item() < 1e-5 * max(want.abs().max().item(), 1.0), n
+
+
+@pytest.mark.parametrize("name", ["mlp", "cam"])
+def test_bf16_option_runs_the_network_in_bfloat16_and_stays_close(name):
+    """``bf16`` changes the arithmetic (results differ from float32, so autocast is on) but not the interface:
+    float32 outputs within bfloat16 rounding of the float32 field, float32 gradients on every parameter."""
+    ref = make_field(name)
+    perturb(ref)
+    torch.manual_seed(0)
+    fast = dataclasses.replace(small_config(name), bf16=True).build(AABB)
+    fast.load_state_dict(ref.state_dict())
+    x, d = random_inputs()
+    (s32, c32), (s16, c16) = ref(x, d), fast(x, d)
+    assert s16.dtype == c16.dtype == torch.float32
+    assert 0 < (c16 - c32).abs().max().item() < 2e-2
+    assert (s16 - s32).abs().max().item() < 2e-2 * s32.abs().max().item()
+    (s16.sum() + c16.sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in fast.parameters())
 
 
 def test_cam_grids_have_their_own_learning_rate():
