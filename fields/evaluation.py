@@ -14,7 +14,7 @@ from rich.progress import Progress
 from fields.base import Field
 from fields.imaging import colormap, depth_image, write_png
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig, render_image
+from renderers.render import RenderConfig
 from scenes import SceneSplit
 
 
@@ -40,13 +40,12 @@ def evaluate(field: Field, grid: OccupancyGrid, split: SceneSplit, render_cfg: R
     With ``out_dir``, writes ``metrics.json`` and one PNG grid per view there.
     """
     bg = torch.tensor(split.background)
-    density_fn = field.density
     views = view_indices(len(split), every)
     per_view, t0 = [], time.perf_counter()
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task(f"eval {split.split}", total=len(views))
         for i in views:
-            out = render_image(field, grid, split.cameras, i, render_cfg, bg, density_fn)
+            out = field.render_image(split.cameras, i, bg, grid, render_cfg)
             gt = split.composited([i])[0]
             rgb = out["rgb"].clamp(0, 1)
             per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})

@@ -1,0 +1,117 @@
+"""What one training step works on, chosen by the field config's ``training_steps`` name, so that the Trainer
+keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for every backend.
+
+- ``rays``: random rays from all training images, marched through the occupancy grid (volume fields); the
+  batch size adapts to keep the number of samples near ``target_samples``.
+- ``images``: one whole training image per step, rendered by the field's ``render_image`` (gaussians), with
+  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``).
+
+A step object's ``loss(step, gen)`` returns the loss, its metrics (``mse`` and ``samples``: pixels or samples
+processed) and an ``info`` dict for the field's ``after_step``; its own ``after_step`` adapts the next batch;
+``log()`` adds figures to metrics.jsonl; its state (what a resumed run needs) is merged into the trainer's
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import kornia
+import torch
+
+from fields.base import Field
+from fields.config import RunConfig
+from renderers.occupancy import OccupancyGrid
+from renderers.render import render_rays
+from scenes import SceneSplit, image_rays
+
+
+class TrainingRays:
+    """All training pixels as rays, flattened once so a batch is a single gather."""
+
+    def __init__(self, data: SceneSplit):
+        rays = [image_rays(data.cameras, i) for i in range(len(data))]
+        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
+        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
+        self.rgba = data.images.reshape(-1, 4)
+
+    def __len__(self) -> int:
+        return self.rgba.shape[0]
+
+
+def backgrounds(cfg: RunConfig, data: SceneSplit, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` background colours [n, 3]: random ones with ``random_background``, else the scene's."""
+    if cfg.train.random_background:
+        return torch.rand(n, 3, generator=gen)
+    return torch.tensor(data.background).expand(n, 3)
+
+
+class RayBatches:
+    """Random ray batches through the occupancy grid (volume fields)."""
+
+    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
+        self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
+        self.rays = TrainingRays(data)
+        self.n_rays = cfg.train.init_rays
+
+    def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+        t = self.cfg.train
+        if step % t.grid_every == 0:
+            self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
+        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
+        rgba = self.rays.rgba[idx]
+        bg = backgrounds(self.cfg, self.data, self.n_rays, gen)
+        target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
+        jitter = torch.rand(self.n_rays, generator=gen)
+        out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
+                          density_fn=self.field.density, jitter=jitter)
+        loss = torch.nn.functional.mse_loss(out["rgb"], target)
+        return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
+
+    def after_step(self, metrics: dict) -> None:
+        """Keep the number of samples per batch near the target (nerfacc's dynamic batch size)."""
+        t = self.cfg.train
+        self.n_rays = int(min(max(self.n_rays * t.target_samples / max(metrics["samples"], 1), 64), t.max_rays))
+
+    def log(self) -> dict:
+        return {"rays": self.n_rays, "occupied": self.grid.occupied_fraction()}
+
+    def state_dict(self) -> dict:
+        return {"n_rays": self.n_rays}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_rays = int(state["n_rays"])
+
+
+class WholeImages:
+    """One random training image per step, rendered whole by ``field.render_image`` (gaussians)."""
+
+    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
+        self.cfg, self.data, self.field, self.grid = cfg, data, field, grid
+
+    def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+        i = int(torch.randint(0, len(self.data), (), generator=gen))
+        bg = backgrounds(self.cfg, self.data, 1, gen)[0]
+        rgba = self.data.images[i]
+        target = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
+        out = self.field.render_image(self.data.cameras, i, bg, self.grid, self.cfg.render)
+        rgb, w = out["rgb"], self.cfg.train.ssim_weight
+        loss = (1 - w) * (rgb - target).abs().mean()
+        if w > 0:
+            ssim = kornia.metrics.ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], window_size=11)
+            loss = loss + w * (1 - ssim.mean())
+        metrics = {"mse": torch.nn.functional.mse_loss(rgb.detach(), target).item(), "samples": rgb[..., 0].numel()}
+        return loss, metrics, {**out, "width": self.data.cameras.width, "height": self.data.cameras.height}
+
+    def after_step(self, metrics: dict) -> None:
+        pass
+
+    def log(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+STEPS = {"rays": RayBatches, "images": WholeImages}
