@@ -40,6 +40,7 @@ Tensor f32(const Tensor& t, const char* name) {
 }
 
 const float* fptr(const Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+float* mptr(Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
 
 fields::HashGrid hash_grid(const Tensor& table, const Tensor& res32) {
   TORCH_CHECK(table.dim() == 3, "table must be [L, T, F]");
@@ -170,6 +171,159 @@ std::tuple<Tensor, Tensor> composite_bwd(const c10::optional<Tensor>& grad_weigh
   return {grad_sigmas, grad_rgbs};
 }
 
+// -- Gaussian splatting ----------------------------------------------------------------------------------
+
+// The camera struct from an OpenCV world-to-camera [3, 4] matrix and intrinsics; the Jacobian's limits are
+// computed in double like the reference's Python floats, then rounded to float32.
+fields::SplatCamera splat_camera(const Tensor& viewmat, double fx, double fy, double cx, double cy, int64_t width,
+                                 int64_t height, double near) {
+  Tensor vm = viewmat.to(at::kCPU, at::kFloat).contiguous();
+  TORCH_CHECK(vm.dim() == 2 && vm.size(0) == 3 && vm.size(1) == 4, "viewmat must be [3, 4]");
+  const float* v = vm.data_ptr<float>();
+  fields::SplatCamera cam;
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) cam.R[3 * i + j] = v[4 * i + j];
+    cam.t[i] = v[4 * i + 3];
+  }
+  cam.fx = static_cast<float>(fx);
+  cam.fy = static_cast<float>(fy);
+  cam.cx = static_cast<float>(cx);
+  cam.cy = static_cast<float>(cy);
+  cam.lim_xp = static_cast<float>(1.3 * (static_cast<double>(width) - cx) / fx);
+  cam.lim_xn = static_cast<float>(1.3 * cx / fx);
+  cam.lim_yp = static_cast<float>(1.3 * (static_cast<double>(height) - cy) / fy);
+  cam.lim_yn = static_cast<float>(1.3 * cy / fy);
+  cam.near = static_cast<float>(near);
+  cam.width = static_cast<int>(width);
+  cam.height = static_cast<int>(height);
+  return cam;
+}
+
+fields::SplatTiles splat_tiles(int64_t width, int64_t height, int64_t tile) {
+  TORCH_CHECK(width > 0 && height > 0, "image size must be positive");
+  TORCH_CHECK(tile >= 1 && tile <= 32, "tile_size must be in [1, 32]");
+  const int w = static_cast<int>(width), h = static_cast<int>(height), t = static_cast<int>(tile);
+  return {w, h, t, (w + t - 1) / t, (h + t - 1) / t};
+}
+
+void check_rows(const Tensor& t, int64_t n, int64_t cols, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == cols, name, " must be [N, ", cols, "]");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_fwd(const Tensor& means_, const Tensor& quats_,
+                                                             const Tensor& scales_, const Tensor& viewmat, double fx,
+                                                             double fy, double cx, double cy, int64_t width,
+                                                             int64_t height, double near) {
+  Tensor means = f32(means_, "means"), quats = f32(quats_, "quats"), scales = f32(scales_, "scales");
+  const int64_t n = means.size(0);
+  check_rows(means, n, 3, "means");
+  check_rows(quats, n, 4, "quats");
+  check_rows(scales, n, 3, "scales");
+  Tensor means2d = at::empty({n, 2}, means.options()), conics = at::empty({n, 3}, means.options());
+  Tensor depths = at::empty({n}, means.options()), radii = at::empty({n}, means.options().dtype(at::kInt));
+  if (n > 0)
+    DISPATCH(means.device(), splat_project_forward, means.data_ptr<float>(), quats.data_ptr<float>(),
+             scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),
+             means2d.data_ptr<float>(), conics.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>());
+  return {means2d, conics, depths, radii};
+}
+
+std::tuple<Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_means2d_, const Tensor& v_conics_,
+                                                     const Tensor& v_depths_, const Tensor& means_,
+                                                     const Tensor& quats_, const Tensor& scales_,
+                                                     const Tensor& viewmat, double fx, double fy, double cx,
+                                                     double cy, int64_t width, int64_t height, double near) {
+  Tensor means = f32(means_, "means"), quats = f32(quats_, "quats"), scales = f32(scales_, "scales");
+  Tensor v_means2d = f32(v_means2d_, "v_means2d"), v_conics = f32(v_conics_, "v_conics");
+  Tensor v_depths = f32(v_depths_, "v_depths");
+  const int64_t n = means.size(0);
+  Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats), v_scales = at::zeros_like(scales);
+  if (n > 0)
+    DISPATCH(means.device(), splat_project_backward, means.data_ptr<float>(), quats.data_ptr<float>(),
+             scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),
+             v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_depths.data_ptr<float>(),
+             v_means.data_ptr<float>(), v_quats.data_ptr<float>(), v_scales.data_ptr<float>());
+  return {v_means, v_quats, v_scales};
+}
+
+std::tuple<Tensor, Tensor> splat_bin(const Tensor& means2d_, const Tensor& radii_, const Tensor& depths_,
+                                     int64_t width, int64_t height, int64_t tile_size) {
+  Tensor means2d = f32(means2d_, "means2d"), depths = f32(depths_, "depths");
+  Tensor radii = radii_.to(at::kInt).contiguous();
+  const int64_t n = means2d.size(0);
+  check_rows(means2d, n, 2, "means2d");
+  TORCH_CHECK(radii.numel() == n && depths.numel() == n, "radii and depths must be [N]");
+  const fields::SplatTiles g = splat_tiles(width, height, tile_size);
+  const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
+  Tensor counts = at::zeros({n}, means2d.options().dtype(at::kLong));
+  if (n > 0)
+    DISPATCH(means2d.device(), splat_tile_counts, means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), n, g,
+             counts.data_ptr<int64_t>());
+  Tensor incl = counts.cumsum(0);
+  const int64_t m = n > 0 ? incl[n - 1].item<int64_t>() : 0;
+  TORCH_CHECK(m < (int64_t(1) << 31), "too many (tile, Gaussian) pairs: ", m);
+  Tensor gauss_offsets = incl - counts;
+  Tensor ids = at::empty({m}, means2d.options().dtype(at::kInt));
+  Tensor tile_offsets = at::zeros({n_tiles + 1}, means2d.options().dtype(at::kLong));
+  if (m > 0)
+    DISPATCH(means2d.device(), splat_tile_bin, means2d.data_ptr<float>(), radii.data_ptr<int32_t>(),
+             depths.data_ptr<float>(), n, g, gauss_offsets.data_ptr<int64_t>(), m, ids.data_ptr<int32_t>(),
+             tile_offsets.data_ptr<int64_t>());
+  return {ids, tile_offsets};
+}
+
+void check_raster_inputs(const Tensor& means2d, const Tensor& conics, const Tensor& colors, const Tensor& opacities,
+                         const Tensor& ids, const Tensor& tile_offsets, const fields::SplatTiles& g) {
+  const int64_t n = means2d.size(0);
+  check_rows(means2d, n, 2, "means2d");
+  check_rows(conics, n, 3, "conics");
+  TORCH_CHECK(colors.dim() == 2 && colors.size(0) == n, "colors must be [N, C]");
+  TORCH_CHECK(opacities.numel() == n, "opacities must be [N]");
+  TORCH_CHECK(ids.scalar_type() == at::kInt, "ids must be int32");
+  TORCH_CHECK(tile_offsets.scalar_type() == at::kLong &&
+                  tile_offsets.numel() == static_cast<int64_t>(g.grid_w) * g.grid_h + 1,
+              "tile_offsets must be int64 [tiles + 1]");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_fwd(const Tensor& means2d_, const Tensor& conics_,
+                                                               const Tensor& colors_, const Tensor& opacities_,
+                                                               const Tensor& ids_, const Tensor& tile_offsets_,
+                                                               int64_t width, int64_t height, int64_t tile_size) {
+  Tensor means2d = f32(means2d_, "means2d"), conics = f32(conics_, "conics"), colors = f32(colors_, "colors");
+  Tensor opacities = f32(opacities_, "opacities"), ids = ids_.contiguous(), tile_offsets = tile_offsets_.contiguous();
+  const fields::SplatTiles g = splat_tiles(width, height, tile_size);
+  check_raster_inputs(means2d, conics, colors, opacities, ids, tile_offsets, g);
+  const int64_t C = colors.size(1);
+  Tensor image = at::empty({height, width, C}, means2d.options()), alpha = at::empty({height, width}, means2d.options());
+  Tensor final_T = at::empty({height, width}, means2d.options());
+  Tensor last = at::empty({height, width}, means2d.options().dtype(at::kInt));
+  DISPATCH(means2d.device(), splat_rasterize_forward, fptr(means2d), fptr(conics), fptr(colors), fptr(opacities),
+           static_cast<int>(C), ids.numel() ? ids.data_ptr<int32_t>() : nullptr, tile_offsets.data_ptr<int64_t>(), g,
+           image.data_ptr<float>(), alpha.data_ptr<float>(), final_T.data_ptr<float>(), last.data_ptr<int32_t>());
+  return {image, alpha, final_T, last};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
+    const Tensor& v_image_, const Tensor& v_alpha_, const Tensor& means2d_, const Tensor& conics_,
+    const Tensor& colors_, const Tensor& opacities_, const Tensor& ids_, const Tensor& tile_offsets_,
+    const Tensor& final_T_, const Tensor& last_, int64_t width, int64_t height, int64_t tile_size) {
+  Tensor means2d = f32(means2d_, "means2d"), conics = f32(conics_, "conics"), colors = f32(colors_, "colors");
+  Tensor opacities = f32(opacities_, "opacities"), ids = ids_.contiguous(), tile_offsets = tile_offsets_.contiguous();
+  Tensor v_image = f32(v_image_, "v_image"), v_alpha = f32(v_alpha_, "v_alpha"), final_T = f32(final_T_, "final_T");
+  Tensor last = last_.contiguous();
+  const fields::SplatTiles g = splat_tiles(width, height, tile_size);
+  check_raster_inputs(means2d, conics, colors, opacities, ids, tile_offsets, g);
+  TORCH_CHECK(v_image.sizes() == at::IntArrayRef({height, width, colors.size(1)}), "v_image must be [H, W, C]");
+  Tensor v_means2d = at::zeros_like(means2d), v_conics = at::zeros_like(conics), v_colors = at::zeros_like(colors);
+  Tensor v_opacities = at::zeros_like(opacities);
+  DISPATCH(means2d.device(), splat_rasterize_backward, fptr(means2d), fptr(conics), fptr(colors), fptr(opacities),
+           static_cast<int>(colors.size(1)), ids.numel() ? ids.data_ptr<int32_t>() : nullptr,
+           tile_offsets.data_ptr<int64_t>(), g, final_T.data_ptr<float>(), last.data_ptr<int32_t>(),
+           v_image.data_ptr<float>(), v_alpha.data_ptr<float>(), mptr(v_means2d), mptr(v_conics), mptr(v_colors),
+           mptr(v_opacities));
+  return {v_means2d, v_conics, v_colors, v_opacities};
+}
+
 bool has_cuda() {
 #ifdef FIELDS_WITH_CUDA
   return true;
@@ -191,6 +345,18 @@ TORCH_LIBRARY(fields, m) {
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("composite_bwd(Tensor? grad_weights, Tensor grad_rgb, Tensor grad_opacity, Tensor grad_depth,"
         " Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets) -> (Tensor, Tensor)");
+  m.def("splat_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx,"
+        " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor means, Tensor quats,"
+        " Tensor scales, Tensor viewmat, float fx, float fy, float cx, float cy, int width, int height, float near)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("splat_bin(Tensor means2d, Tensor radii, Tensor depths, int width, int height, int tile_size)"
+        " -> (Tensor, Tensor)");
+  m.def("splat_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor ids,"
+        " Tensor tile_offsets, int width, int height, int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("splat_rasterize_bwd(Tensor v_image, Tensor v_alpha, Tensor means2d, Tensor conics, Tensor colors,"
+        " Tensor opacities, Tensor ids, Tensor tile_offsets, Tensor final_T, Tensor last, int width, int height,"
+        " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("has_cuda() -> bool", &has_cuda);
 }
 
@@ -202,6 +368,11 @@ void register_impls(torch::Library& m) {
   m.impl("transmittance", &transmittance);
   m.impl("composite_fwd", &composite_fwd);
   m.impl("composite_bwd", &composite_bwd);
+  m.impl("splat_project_fwd", &splat_project_fwd);
+  m.impl("splat_project_bwd", &splat_project_bwd);
+  m.impl("splat_bin", &splat_bin);
+  m.impl("splat_rasterize_fwd", &splat_rasterize_fwd);
+  m.impl("splat_rasterize_bwd", &splat_rasterize_bwd);
 }
 
 TORCH_LIBRARY_IMPL(fields, CPU, m) { register_impls(m); }

@@ -317,4 +317,216 @@ FIELDS_HD void composite_ray_backward(const float* grad_weights, const float gr[
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Gaussian splatting (renderers/splatting.py): projection of one 3-D Gaussian with the EWA Jacobian, its
+// backward, and the per-pixel compositing step. The same operations as the reference in float32; exp is a
+// polynomial (Cephes expf, within 2 ulp of expf) so that the CPU build's per-pixel loops vectorise.
+
+constexpr float kSplatAlphaMax = 0.99f;
+constexpr float kSplatAlphaMin = 1.0f / 255.0f;
+constexpr float kSplatTMin = 1e-4f;
+constexpr float kSplatDilation = 0.3f;
+
+// One pinhole camera: OpenCV world-to-camera rotation R (row-major) and translation t, intrinsics, and the
+// view-space limits of x/z and y/z used inside the Jacobian (1.3x the image's half extents).
+struct SplatCamera {
+  float R[9], t[3];
+  float fx, fy, cx, cy;
+  float lim_xp, lim_xn, lim_yp, lim_yn;
+  float near;
+  int width, height;
+};
+
+// The tile grid of one image.
+struct SplatTiles {
+  int width, height, tile, grid_w, grid_h;
+};
+
+FIELDS_HD float splat_bits_to_float(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#else
+  union {
+    int32_t i;
+    float f;
+  } u;
+  u.i = bits;
+  return u.f;
+#endif
+}
+
+// exp(x) for x <= 0 (clamped below at -87, where it underflows to ~1e-38 anyway).
+FIELDS_HD float splat_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  return y * splat_bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// The exponent -0.5 d^T conic d of a pixel at offset (dx, dy) = mean - pixel centre.
+FIELDS_HD float splat_power(float dx, float dy, float a, float b, float c) {
+  return -0.5f * (a * dx * dx + c * dy * dy) - b * dx * dy;
+}
+
+// o * exp(power) before the 0.99 cap; the pixel takes the Gaussian iff power <= 0 and the capped alpha >= 1/255.
+FIELDS_HD float splat_raw_alpha(float o, float power) { return o * splat_exp(power); }
+FIELDS_HD float splat_cap(float raw) { return raw < kSplatAlphaMax ? raw : kSplatAlphaMax; }
+
+// Rotation matrix (row-major) of a wxyz quaternion after normalisation (torch's normalize: q / max(|q|, 1e-12)).
+FIELDS_HD void splat_rotmat(const float q[4], float qn[4], float& norm, float Rq[9]) {
+  norm = sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  const float d = norm > 1e-12f ? norm : 1e-12f;
+  for (int k = 0; k < 4; ++k) qn[k] = q[k] / d;
+  const float w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  Rq[0] = 1.0f - 2.0f * (y * y + z * z);
+  Rq[1] = 2.0f * (x * y - w * z);
+  Rq[2] = 2.0f * (x * z + w * y);
+  Rq[3] = 2.0f * (x * y + w * z);
+  Rq[4] = 1.0f - 2.0f * (x * x + z * z);
+  Rq[5] = 2.0f * (y * z - w * x);
+  Rq[6] = 2.0f * (x * z - w * y);
+  Rq[7] = 2.0f * (y * z + w * x);
+  Rq[8] = 1.0f - 2.0f * (x * x + y * y);
+}
+
+FIELDS_HD float splat_clamp(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi); }
+
+// Everything the projection computes for one Gaussian, kept for the backward pass.
+struct SplatProjected {
+  float p[3], zs, u, v, uc, vc;
+  bool valid;
+  float J00, J02, J11, J12;
+  float W[6];   // J R, 2 x 3
+  float qn[4], qnorm, Rq[9];
+  float M[9];   // Rq diag(s)
+  float A[6];   // W M; 2-D covariance = A A^T + dilation
+  float a, b, c, det;
+};
+
+FIELDS_HD SplatProjected splat_project_core(const float m[3], const float q[4], const float s[3],
+                                            const SplatCamera& cam) {
+  SplatProjected P;
+  for (int i = 0; i < 3; ++i)
+    P.p[i] = cam.R[3 * i] * m[0] + cam.R[3 * i + 1] * m[1] + cam.R[3 * i + 2] * m[2] + cam.t[i];
+  P.valid = P.p[2] > cam.near;
+  P.zs = P.valid ? P.p[2] : 1.0f;
+  P.u = P.p[0] / P.zs;
+  P.v = P.p[1] / P.zs;
+  P.uc = splat_clamp(P.u, -cam.lim_xn, cam.lim_xp);
+  P.vc = splat_clamp(P.v, -cam.lim_yn, cam.lim_yp);
+  P.J00 = cam.fx / P.zs;
+  P.J02 = -cam.fx * P.uc / P.zs;
+  P.J11 = cam.fy / P.zs;
+  P.J12 = -cam.fy * P.vc / P.zs;
+  for (int j = 0; j < 3; ++j) {
+    P.W[j] = P.J00 * cam.R[j] + P.J02 * cam.R[6 + j];
+    P.W[3 + j] = P.J11 * cam.R[3 + j] + P.J12 * cam.R[6 + j];
+  }
+  splat_rotmat(q, P.qn, P.qnorm, P.Rq);
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 3; ++j) P.M[3 * k + j] = P.Rq[3 * k + j] * s[j];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      P.A[3 * i + j] = P.W[3 * i] * P.M[j] + P.W[3 * i + 1] * P.M[3 + j] + P.W[3 * i + 2] * P.M[6 + j];
+  P.a = P.A[0] * P.A[0] + P.A[1] * P.A[1] + P.A[2] * P.A[2] + kSplatDilation;
+  P.b = P.A[0] * P.A[3] + P.A[1] * P.A[4] + P.A[2] * P.A[5];
+  P.c = P.A[3] * P.A[3] + P.A[4] * P.A[4] + P.A[5] * P.A[5] + kSplatDilation;
+  P.det = P.a * P.c - P.b * P.b;
+  return P;
+}
+
+// Screen-space mean, conic (inverse 2-D covariance), depth and 3-sigma radius (0: culled) of one Gaussian.
+FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
+                                     float m2[2], float con[3], float& depth, int32_t& radius) {
+  const SplatProjected P = splat_project_core(m, q, s, cam);
+  con[0] = P.c / P.det;
+  con[1] = -P.b / P.det;
+  con[2] = P.a / P.det;
+  m2[0] = cam.fx * P.u + cam.cx;
+  m2[1] = cam.fy * P.v + cam.cy;
+  depth = P.p[2];
+  const float mid = 0.5f * (P.a + P.c);
+  const float lam = mid + sqrtf(fmaxf(mid * mid - P.det, 0.1f));
+  const float r = ceilf(3.0f * sqrtf(lam));
+  const bool on_screen = (m2[0] + r >= 0.0f) && (m2[0] - r < static_cast<float>(cam.width)) &&
+                         (m2[1] + r >= 0.0f) && (m2[1] - r < static_cast<float>(cam.height));
+  radius = (P.valid && on_screen) ? static_cast<int32_t>(r) : 0;
+}
+
+// Gradients of the mean, quaternion and scales from those of means2d, conic and depth (every Gaussian, culled
+// or not, exactly like autograd through the reference).
+FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
+                                      const float v_m2[2], const float v_con[3], float v_depth, float v_m[3],
+                                      float v_q[4], float v_s[3]) {
+  const SplatProjected P = splat_project_core(m, q, s, cam);
+  const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
+  const float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;
+  const float vb = (2.0f * b * c * v_con[0] - (a * c + b * b) * v_con[1] + 2.0f * a * b * v_con[2]) * id2;
+  const float vc = (-b * b * v_con[0] + a * b * v_con[1] - a * a * v_con[2]) * id2;
+  float vA[6];
+  for (int j = 0; j < 3; ++j) {
+    vA[j] = 2.0f * va * P.A[j] + vb * P.A[3 + j];
+    vA[3 + j] = 2.0f * vc * P.A[3 + j] + vb * P.A[j];
+  }
+  float vW[6], vM[9];
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 3; ++k)
+      vW[3 * i + k] = vA[3 * i] * P.M[3 * k] + vA[3 * i + 1] * P.M[3 * k + 1] + vA[3 * i + 2] * P.M[3 * k + 2];
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 3; ++j) vM[3 * k + j] = P.W[k] * vA[j] + P.W[3 + k] * vA[3 + j];
+  float V[9];  // gradient of Rq
+  for (int j = 0; j < 3; ++j) {
+    v_s[j] = vM[j] * P.Rq[j] + vM[3 + j] * P.Rq[3 + j] + vM[6 + j] * P.Rq[6 + j];
+    for (int k = 0; k < 3; ++k) V[3 * k + j] = vM[3 * k + j] * s[j];
+  }
+  const float w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
+  float vqn[4];
+  vqn[0] = 2.0f * (-z * V[1] + y * V[2] + z * V[3] - x * V[5] - y * V[6] + x * V[7]);
+  vqn[1] = 2.0f * (y * V[1] + z * V[2] + y * V[3] - 2.0f * x * V[4] - w * V[5] + z * V[6] + w * V[7] -
+                   2.0f * x * V[8]);
+  vqn[2] = 2.0f * (-2.0f * y * V[0] + x * V[1] + w * V[2] + x * V[3] + z * V[5] - w * V[6] + z * V[7] -
+                   2.0f * y * V[8]);
+  vqn[3] = 2.0f * (-2.0f * z * V[0] - w * V[1] + x * V[2] + w * V[3] - 2.0f * z * V[4] + y * V[5] + x * V[6] +
+                   y * V[7]);
+  const float dot = vqn[0] * w + vqn[1] * x + vqn[2] * y + vqn[3] * z;
+  const float d = P.qnorm > 1e-12f ? P.qnorm : 1e-12f;
+  for (int k = 0; k < 4; ++k) v_q[k] = P.qnorm > 1e-12f ? (vqn[k] - P.qn[k] * dot) / d : vqn[k] / d;
+  // W = J R
+  float vJ00 = 0.0f, vJ02 = 0.0f, vJ11 = 0.0f, vJ12 = 0.0f;
+  for (int j = 0; j < 3; ++j) {
+    vJ00 += vW[j] * cam.R[j];
+    vJ02 += vW[j] * cam.R[6 + j];
+    vJ11 += vW[3 + j] * cam.R[3 + j];
+    vJ12 += vW[3 + j] * cam.R[6 + j];
+  }
+  const float zs = P.zs, iz = 1.0f / zs, iz2 = iz * iz;
+  float vzs = (-cam.fx * vJ00 + cam.fx * P.uc * vJ02 - cam.fy * vJ11 + cam.fy * P.vc * vJ12) * iz2;
+  const bool in_u = P.u >= -cam.lim_xn && P.u <= cam.lim_xp, in_v = P.v >= -cam.lim_yn && P.v <= cam.lim_yp;
+  const float vu = cam.fx * v_m2[0] + (in_u ? -cam.fx * iz * vJ02 : 0.0f);
+  const float vv = cam.fy * v_m2[1] + (in_v ? -cam.fy * iz * vJ12 : 0.0f);
+  vzs += -(P.p[0] * vu + P.p[1] * vv) * iz2;
+  const float vp[3] = {vu * iz, vv * iz, v_depth + (P.valid ? vzs : 0.0f)};
+  for (int j = 0; j < 3; ++j) v_m[j] = cam.R[j] * vp[0] + cam.R[3 + j] * vp[1] + cam.R[6 + j] * vp[2];
+}
+
+// Inclusive tile range of a Gaussian's means2d +- radius square, clamped to the grid (visible Gaussians only).
+FIELDS_HD void splat_tile_rect(float mx, float my, int32_t radius, const SplatTiles& g, int& x0, int& x1, int& y0,
+                               int& y1) {
+  const float r = static_cast<float>(radius), ts = static_cast<float>(g.tile);
+  const float gw1 = static_cast<float>(g.grid_w - 1), gh1 = static_cast<float>(g.grid_h - 1);
+  x0 = static_cast<int>(splat_clamp(floorf((mx - r) / ts), 0.0f, gw1));
+  x1 = static_cast<int>(splat_clamp(floorf((mx + r) / ts), 0.0f, gw1));
+  y0 = static_cast<int>(splat_clamp(floorf((my - r) / ts), 0.0f, gh1));
+  y1 = static_cast<int>(splat_clamp(floorf((my + r) / ts), 0.0f, gh1));
+}
+
 }  // namespace fields

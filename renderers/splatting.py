@@ -1,0 +1,337 @@
+"""Differentiable 3D Gaussian splatting (the math of 3DGS, Kerbl et al. 2023), as a tile rasterizer.
+
+``project_gaussians`` maps 3-D Gaussians (means, unnormalised wxyz quaternions, linear scales) to screen-space
+ellipses with the EWA Jacobian (view-space x/z and y/z clamped to 1.3x the image's half extent, as 3DGS does)
+and a +0.3 px dilation of the 2-D covariance; the 3-sigma radius is ``ceil(3 sqrt(largest eigenvalue))``.
+``rasterize_gaussians`` bins each visible Gaussian into every ``tile_size`` square tile its
+``means2d +- radius`` square touches, sorts each tile's Gaussians by depth and composites them front to back:
+``alpha = min(0.99, o exp(-0.5 d^T conic d))``, Gaussians with ``alpha < 1/255`` skipped, and a pixel stops at the
+first Gaussian that would bring its transmittance below 1e-4 (that one is not added). ``render_gaussians``
+puts both together and also renders depth as an extra colour channel.
+
+Conventions: cameras are ``scenes.cameras.Cameras`` (OpenGL camera-to-world, turned into an OpenCV view with
+z forward), pixel centres at +0.5. Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
+rasterization, forward and backward, wrapped in autograd Functions) when they are built; otherwise, and for
+other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by autograd, they are
+the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from renderers import native
+from scenes.cameras import Cameras
+
+ALPHA_MAX = 0.99
+ALPHA_MIN = 1.0 / 255.0
+T_MIN = 1e-4
+DILATION = 0.3
+CLAMP_FOV = 1.3
+
+
+@dataclass
+class Projection:
+    """Screen-space Gaussians, as ``project_gaussians`` returns them."""
+
+    means2d: torch.Tensor  # [N, 2] pixel coordinates (pixel centres at +0.5), differentiable
+    conics: torch.Tensor  # [N, 3] inverse 2-D covariance (a, b, c) of [[a, b], [b, c]] incl. the dilation
+    depths: torch.Tensor  # [N] camera-space z (OpenCV: z forward), differentiable
+    radii: torch.Tensor  # [N] int32 3-sigma pixel radius; 0 = culled (behind the near plane / off screen)
+
+
+@dataclass
+class Camera:
+    """One pinhole camera as plain numbers: OpenCV world-to-camera rotation ``R`` [3, 3] and translation ``t``."""
+
+    R: torch.Tensor
+    t: torch.Tensor
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    @staticmethod
+    def of(cams: Cameras, i: int, dtype: torch.dtype, device: torch.device) -> "Camera":
+        c2w = cams.c2w[i].to(device=device, dtype=torch.float64)
+        rot = c2w[:3, :3] * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64, device=device)  # GL -> CV axes
+        R = rot.T
+        t = -R @ c2w[:3, 3]
+        return Camera(R.to(dtype), t.to(dtype), float(cams.fx[i]), float(cams.fy[i]), float(cams.cx[i]),
+                      float(cams.cy[i]), cams.width, cams.height)
+
+
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices [N, 3, 3] of wxyz quaternions [N, 4] (normalised here)."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+
+
+def screen_radius(conics_cov: torch.Tensor) -> torch.Tensor:
+    """``ceil(3 sqrt(lambda_max))`` of 2-D covariances (a, b, c), as 3DGS computes it (float)."""
+    a, b, c = conics_cov.unbind(-1)
+    det = a * c - b * b
+    mid = 0.5 * (a + c)
+    lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
+    return torch.ceil(3.0 * torch.sqrt(lam))
+
+
+def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cam: Camera,
+                      near: float = 0.01) -> Projection:
+    """Plain-PyTorch projection (see the module docstring); differentiable w.r.t. means, quats and scales."""
+    p = means @ cam.R.T + cam.t
+    x, y, z = p.unbind(-1)
+    valid = z > near
+    zs = torch.where(valid, z, torch.ones_like(z))
+    u, v = x / zs, y / zs
+    lim_xp, lim_xn = CLAMP_FOV * (cam.width - cam.cx) / cam.fx, CLAMP_FOV * cam.cx / cam.fx
+    lim_yp, lim_yn = CLAMP_FOV * (cam.height - cam.cy) / cam.fy, CLAMP_FOV * cam.cy / cam.fy
+    uc, vc = torch.clamp(u, -lim_xn, lim_xp), torch.clamp(v, -lim_yn, lim_yp)
+    zero = torch.zeros_like(z)
+    J = torch.stack([cam.fx / zs, zero, -cam.fx * uc / zs, zero, cam.fy / zs, -cam.fy * vc / zs], -1).reshape(-1, 2, 3)
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # covariance = M M^T
+    A = J @ cam.R @ M  # [N, 2, 3]; 2-D covariance = A A^T
+    a = (A[:, 0] * A[:, 0]).sum(-1) + DILATION
+    b = (A[:, 0] * A[:, 1]).sum(-1)
+    c = (A[:, 1] * A[:, 1]).sum(-1) + DILATION
+    det = a * c - b * b
+    conics = torch.stack([c / det, -b / det, a / det], -1)
+    means2d = torch.stack([cam.fx * u + cam.cx, cam.fy * v + cam.cy], -1)
+    with torch.no_grad():
+        r = screen_radius(torch.stack([a, b, c], -1))
+        mx, my = means2d.unbind(-1)
+        on_screen = (mx + r >= 0) & (mx - r < cam.width) & (my + r >= 0) & (my - r < cam.height)
+        radii = torch.where(valid & on_screen, r, torch.zeros_like(r)).to(torch.int32)
+    return Projection(means2d, conics, z, radii)
+
+
+def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cams: Cameras, i: int,
+                      near: float = 0.01) -> Projection:
+    """Screen-space means, conics, depths and radii of Gaussians seen by camera ``i`` of ``cams``."""
+    cam = Camera.of(cams, i, means.dtype, means.device)
+    if native.ops_for(means, quats, scales) is None:
+        return project_reference(means, quats, scales, cam, near)
+    viewmat = torch.cat([cam.R, cam.t[:, None]], 1).cpu()
+    intrinsics = (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, float(near))
+    return Projection(*ProjectNative.apply(means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat,
+                                           intrinsics))
+
+
+def tile_rects(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inclusive tile ranges x0, x1, y0, y1 (int64) of each Gaussian's ``means2d +- radius`` square, clamped to
+    the tile grid. Only meaningful for visible Gaussians (radius > 0)."""
+    gw, gh = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
+    m = means2d.detach()
+    r = radii.to(m.dtype)
+    x0 = torch.floor((m[:, 0] - r) / tile_size).clamp(0, gw - 1).long()
+    x1 = torch.floor((m[:, 0] + r) / tile_size).clamp(0, gw - 1).long()
+    y0 = torch.floor((m[:, 1] - r) / tile_size).clamp(0, gh - 1).long()
+    y1 = torch.floor((m[:, 1] + r) / tile_size).clamp(0, gh - 1).long()
+    return x0, x1, y0, y1
+
+
+def bin_gaussians(proj: Projection, width: int, height: int, tile_size: int = 16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tile depth-sorted Gaussian ids: ``(ids [M] int64, offsets [n_tiles + 1] int64)``; tile ``k`` (row-major)
+    holds ``ids[offsets[k]:offsets[k + 1]]``, nearest first (ties by index)."""
+    gw, gh = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
+    device = proj.means2d.device
+    vis = torch.nonzero(proj.radii > 0)[:, 0]
+    x0, x1, y0, y1 = tile_rects(proj.means2d[vis], proj.radii[vis], width, height, tile_size)
+    nx = x1 - x0 + 1
+    counts = nx * (y1 - y0 + 1)
+    owner = torch.repeat_interleave(torch.arange(vis.numel(), device=device), counts)
+    local = torch.arange(owner.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[owner]
+    tiles = (y0[owner] + local // nx[owner]) * gw + x0[owner] + local % nx[owner]
+    ids = vis[owner]
+    order = torch.argsort(proj.depths.detach()[ids], stable=True)
+    order = order[torch.argsort(tiles[order], stable=True)]
+    ids, tiles = ids[order], tiles[order]
+    offsets = torch.searchsorted(tiles, torch.arange(gw * gh + 1, device=device))
+    return ids, offsets
+
+
+def tile_pixels(tile: int, width: int, height: int, tile_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer pixel coordinates (px, py) [P] of one tile, row-major."""
+    gw = (width + tile_size - 1) // tile_size
+    tx, ty = tile % gw, tile // gw
+    xs = torch.arange(tx * tile_size, min(width, (tx + 1) * tile_size), device=device)
+    ys = torch.arange(ty * tile_size, min(height, (ty + 1) * tile_size), device=device)
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    return px.reshape(-1), py.reshape(-1)
+
+
+def gaussian_alpha(px: torch.Tensor, py: torch.Tensor, means2d: torch.Tensor, conics: torch.Tensor,
+                   opacities: torch.Tensor) -> torch.Tensor:
+    """``alpha [P, K]`` of Gaussians at pixel centres, 0 where skipped (``alpha < 1/255`` or positive power)."""
+    dx = means2d[:, 0] - (px.to(means2d.dtype) + 0.5)[:, None]
+    dy = means2d[:, 1] - (py.to(means2d.dtype) + 0.5)[:, None]
+    a, b, c = conics.unbind(-1)
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    alpha = torch.clamp(opacities * torch.exp(power), max=ALPHA_MAX)
+    return torch.where((power <= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
+
+
+def rasterize_reference(proj: Projection, colors: torch.Tensor, opacities: torch.Tensor, width: int, height: int,
+                        background: torch.Tensor | None = None, tile_size: int = 16, chunk: int = 256
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-PyTorch tile rasterizer: a Python loop over tiles, each tile's pixels x a chunk of its Gaussians at
+    once; chunks continue from the previous one's transmittance and stop when every pixel of the tile is done."""
+    device, dtype = colors.device, colors.dtype
+    n_ch = colors.shape[1]
+    ids, offsets = bin_gaussians(proj, width, height, tile_size)
+    bounds = offsets.tolist()
+    n_tiles = len(bounds) - 1
+    values, pixels = [], []
+    for tile in range(n_tiles):
+        px, py = tile_pixels(tile, width, height, tile_size, device)
+        T = torch.ones(px.numel(), dtype=dtype, device=device)
+        done = torch.zeros(px.numel(), dtype=torch.bool, device=device)
+        acc = torch.zeros(px.numel(), n_ch + 1, dtype=dtype, device=device)
+        for s in range(bounds[tile], bounds[tile + 1], chunk):
+            if bool(done.all()):
+                break
+            g = ids[s:min(s + chunk, bounds[tile + 1])]
+            alpha = gaussian_alpha(px, py, proj.means2d[g], proj.conics[g], opacities[g])
+            with torch.no_grad():  # which Gaussians each pixel takes before it stops
+                stop = (T[:, None] * torch.cumprod(1 - alpha, 1) < T_MIN) | done[:, None]
+                keep = torch.cumsum(stop.int(), 1) == 0
+                done = done | stop.any(1)
+            alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+            incl = T[:, None] * torch.cumprod(1 - alpha, 1)
+            excl = torch.cat([T[:, None], incl[:, :-1]], 1)
+            w = alpha * excl
+            acc = acc + w @ torch.cat([colors[g], torch.ones_like(colors[g][:, :1])], 1)
+            T = incl[:, -1]
+        values.append(acc)
+        pixels.append(py * width + px)
+    flat = torch.zeros(height * width, n_ch + 1, dtype=dtype, device=device).index_copy(
+        0, torch.cat(pixels), torch.cat(values))
+    image, alpha = flat[:, :n_ch].reshape(height, width, n_ch), flat[:, n_ch].reshape(height, width)
+    if background is not None:
+        image = image + (1 - alpha)[..., None] * background.to(dtype)
+    return image, alpha
+
+
+def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch.Tensor, width: int, height: int,
+                        background: torch.Tensor | None = None, tile_size: int = 16
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composite projected Gaussians into an ``[H, W, C]`` image and its ``[H, W]`` alpha (sum of weights);
+    ``image = sum w c + (1 - alpha) * background``."""
+    ops = native.ops_for(proj.means2d, proj.conics, colors, opacities)
+    if ops is None:
+        return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
+    ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.radii, proj.depths.detach(), width, height, tile_size)
+    image, alpha = RasterizeNative.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
+                                         offsets, (width, height, tile_size))
+    if background is not None:
+        image = image + (1 - alpha)[..., None] * background.to(image)
+    return image, alpha
+
+
+def _dense(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+class ProjectNative(torch.autograd.Function):
+    """Native projection; backward gives the means', quaternions' and scales' gradients."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmat, intrinsics):
+        means2d, conics, depths, radii = torch.ops.fields.splat_project_fwd(means, quats, scales, viewmat, *intrinsics)
+        ctx.save_for_backward(means, quats, scales, viewmat)
+        ctx.intrinsics = intrinsics
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
+        means, quats, scales, viewmat = ctx.saved_tensors
+        grads = torch.ops.fields.splat_project_bwd(
+            _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]), means, quats,
+            scales, viewmat, *ctx.intrinsics)
+        return (*grads, None, None)
+
+
+class RasterizeNative(torch.autograd.Function):
+    """Native tile rasterizer on binned Gaussians; saves each pixel's final transmittance and last Gaussian for
+    the back-to-front backward pass."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, ids, offsets, size):
+        image, alpha, final_T, last = torch.ops.fields.splat_rasterize_fwd(means2d, conics, colors, opacities, ids,
+                                                                          offsets, *size)
+        ctx.save_for_backward(means2d, conics, colors, opacities, ids, offsets, final_T, last)
+        ctx.size = size
+        return image, alpha
+
+    @staticmethod
+    def backward(ctx, v_image, v_alpha):
+        means2d, conics, colors, opacities, ids, offsets, final_T, last = ctx.saved_tensors
+        grads = torch.ops.fields.splat_rasterize_bwd(_dense(v_image, final_T[..., None].expand(-1, -1, colors.shape[1])),
+                                                     _dense(v_alpha, final_T), means2d, conics, colors, opacities,
+                                                     ids, offsets, final_T, last, *ctx.size)
+        return (*grads, None, None, None)
+
+
+def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+                     colors: torch.Tensor, cams: Cameras, i: int, background: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+    """Render camera ``i``: rgb [H, W, 3], expected depth [H, W] (0 where nothing is hit), opacity [H, W], and the
+    projection's ``means2d`` (gradient retained, for densification) and ``radii``."""
+    proj = project_gaussians(means, quats, scales, cams, i)
+    if proj.means2d.requires_grad:
+        proj.means2d.retain_grad()
+    feats = torch.cat([colors, proj.depths[:, None].to(colors.dtype)], 1)
+    bg = torch.cat([background.to(colors), colors.new_zeros(1)])
+    image, alpha = rasterize_gaussians(proj, feats, opacities, cams.width, cams.height, bg)
+    hit = alpha > 0
+    depth = torch.where(hit, image[..., -1] / torch.where(hit, alpha, torch.ones_like(alpha)),
+                        torch.zeros_like(alpha))
+    return {"rgb": image[..., :-1], "depth": depth, "opacity": alpha, "means2d": proj.means2d, "radii": proj.radii}
+
+
+def rasterize_brute_force(proj: Projection, colors: torch.Tensor, opacities: torch.Tensor, width: int,
+                          height: int, background: torch.Tensor | None = None, tile_size: int = 16
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oracle for tests (tiny scenes only): every pixel at once, a sequential loop over all Gaussians in depth
+    order, written as 3DGS's per-pixel loop (a Gaussian reaches a pixel iff its square covers the pixel's tile)."""
+    dtype = colors.dtype
+    py, px = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    px, py = px.reshape(-1), py.reshape(-1)
+    T = torch.ones(px.numel(), dtype=dtype)
+    acc = torch.zeros(px.numel(), colors.shape[1], dtype=dtype)
+    weight = torch.zeros(px.numel(), dtype=dtype)
+    done = torch.zeros(px.numel(), dtype=torch.bool)
+    x0, x1, y0, y1 = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
+    tx, ty = px // tile_size, py // tile_size
+    for g in sorted(range(colors.shape[0]), key=lambda k: (float(proj.depths[k].detach()), k)):
+        if int(proj.radii[g]) <= 0:
+            continue
+        covered = (tx >= x0[g]) & (tx <= x1[g]) & (ty >= y0[g]) & (ty <= y1[g])
+        dx = proj.means2d[g, 0] - (px.to(dtype) + 0.5)
+        dy = proj.means2d[g, 1] - (py.to(dtype) + 0.5)
+        a, b, c = proj.conics[g]
+        power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+        alpha = torch.clamp(opacities[g] * torch.exp(power), max=ALPHA_MAX)
+        live = covered & ~done & (power <= 0) & (alpha >= ALPHA_MIN)
+        test_T = T * (1 - alpha)
+        stop = live & (test_T < T_MIN)
+        done = done | stop
+        live = live & ~stop
+        w = torch.where(live, alpha * T, torch.zeros_like(alpha))
+        acc = acc + w[:, None] * colors[g]
+        weight = weight + w
+        T = torch.where(live, test_T, T)
+    image, alpha = acc.reshape(height, width, -1), weight.reshape(height, width)
+    if background is not None:
+        image = image + (1 - alpha)[..., None] * background.to(dtype)
+    return image, alpha
+
