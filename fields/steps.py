@@ -4,7 +4,8 @@ keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for e
 - ``rays``: random rays from all training images, marched through the occupancy grid (volume fields); the
   batch size adapts to keep the number of samples near ``target_samples``.
 - ``images``: one whole training image per step, rendered by the field's ``render_image`` (gaussians), with
-  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``).
+  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy grid is refreshed from the
+  field's density only every 16 x ``grid_every`` steps, since training does not march rays.
 
 A step object's ``loss(step, gen)`` returns the loss, its metrics (``mse`` and ``samples``: pixels or samples
 processed) and an ``info`` dict for the field's ``after_step``; its own ``after_step`` adapts the next batch;
@@ -85,9 +86,12 @@ class WholeImages:
     """One random training image per step, rendered whole by ``field.render_image`` (gaussians)."""
 
     def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
-        self.cfg, self.data, self.field, self.grid = cfg, data, field, grid
+        self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
 
     def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+        t = self.cfg.train
+        if step % (16 * t.grid_every) == 0:  # occupancy for point queries (meshes, video depth range); rarely
+            self.grid.update(self.field.density, self.step_size, warmup=bool(self.grid.updates == 0), generator=gen)
         i = int(torch.randint(0, len(self.data), (), generator=gen))
         bg = backgrounds(self.cfg, self.data, 1, gen)[0]
         rgba = self.data.images[i]

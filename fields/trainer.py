@@ -22,6 +22,7 @@ from fields.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
 from fields.steps import STEPS
+from scenes import SceneSplit
 
 
 class TrainingError(RuntimeError):
@@ -35,10 +36,12 @@ def psnr_from_mse(mse: float) -> float:
 class Trainer:
     """Owns the field, the occupancy grid and the optimizer of one run folder."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
+                 data: SceneSplit | None = None):
+        """``data``: train on these views instead of the scene's training split (e.g. plus teacher renders)."""
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
-        self.data = cfg.scene.load("train")
+        self.data = cfg.scene.load("train") if data is None else data
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)

@@ -20,13 +20,12 @@ from torch import nn
 
 from fields.base import Field, FieldConfig
 from fields.encodings import sh_encode
-from fields.gaussians.density_control import DensityControl
+from fields.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
 from fields.gaussians.kernels import GaussianIndex
 from renderers.splatting import render_gaussians
 from scenes.cameras import Cameras
 
 SH_C0 = 0.28209479177387814  # the degree-0 SH basis value: colour = SH_C0 * sh0 + 0.5 (3DGS convention)
-PER_GAUSSIAN = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 
 @dataclass
@@ -99,30 +98,34 @@ def neighbour_spacing(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> to
     return torch.cat(out)
 
 
+def initial_gaussians(aabb: torch.Tensor, cfg: GaussiansConfig, points: torch.Tensor | None = None,
+                      colors: torch.Tensor | None = None, sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-Gaussian tensors (the ``PER_GAUSSIAN`` names) for ``cfg.num_init`` random points in the box ``aabb``,
+    or for given ``points`` [N, 3] with colours [N, 3] in [0, 1] (default grey) and isotropic sizes [N]
+    (default: the mean distance to the 3 nearest points); rotations identity, opacity ``init_opacity``."""
+    if points is None:
+        points = aabb[0] + torch.rand(cfg.num_init, 3) * (aabb[1] - aabb[0])
+        sizes = torch.full((cfg.num_init,), 0.5 * ((aabb[1] - aabb[0]).prod().item() / cfg.num_init) ** (1 / 3))
+    elif sizes is None:
+        sizes = neighbour_spacing(points)
+    n = len(points)
+    rgb = torch.full((n, 3), 0.5) if colors is None else colors.float().clamp(0, 1)
+    return {"means": points.float().clone(), "scales": sizes.float().clamp_min(1e-7).log()[:, None].repeat(1, 3),
+            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+            "opacities": torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+            "sh0": ((rgb - 0.5) / SH_C0)[:, None, :], "shN": torch.zeros(n, (cfg.sh_degree + 1) ** 2 - 1, 3)}
+
+
 class GaussianField(Field):
     """A set of 3-D Gaussians over the scene box ``aabb``; renders images by splatting."""
 
-    def __init__(self, aabb: torch.Tensor, cfg: GaussiansConfig, points: torch.Tensor | None = None,
-                 colors: torch.Tensor | None = None, sizes: torch.Tensor | None = None):
-        """Random Gaussians in the box, or (``points`` [N, 3]) Gaussians at given points with optional colours
-        [N, 3] in [0, 1] and sizes [N] (default: the spacing of neighbouring points)."""
+    def __init__(self, aabb: torch.Tensor, cfg: GaussiansConfig):
         super().__init__(aabb)
         self.cfg = cfg
         self.scene_scale = 0.5 * (self.aabb[1] - self.aabb[0]).norm().item()
-        if points is None:
-            points = self.aabb[0] + torch.rand(cfg.num_init, 3) * (self.aabb[1] - self.aabb[0])
-            volume = (self.aabb[1] - self.aabb[0]).prod().item()
-            sizes = torch.full((cfg.num_init,), 0.5 * (volume / cfg.num_init) ** (1 / 3))
-        elif sizes is None:
-            sizes = neighbour_spacing(points)
-        n = len(points)
-        rgb = torch.full((n, 3), 0.5) if colors is None else colors.clamp(0, 1)
-        self.means = nn.Parameter(points.float().clone())
-        self.scales = nn.Parameter(sizes.float().clamp_min(1e-7).log()[:, None].repeat(1, 3))
-        self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1))
-        self.opacities = nn.Parameter(torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))))
-        self.sh0 = nn.Parameter(((rgb - 0.5) / SH_C0)[:, None, :].float())
-        self.shN = nn.Parameter(torch.zeros(n, (cfg.sh_degree + 1) ** 2 - 1, 3))
+        for name, t in initial_gaussians(self.aabb, cfg).items():
+            setattr(self, name, nn.Parameter(t))
+        n = len(self.means)
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
         self.register_buffer("grad2d", torch.zeros(n))  # densification statistics (DensityControl)
         self.register_buffer("grad_count", torch.zeros(n))
@@ -132,6 +135,17 @@ class GaussianField(Field):
 
     def __len__(self) -> int:
         return self.means.shape[0]
+
+    def gaussians(self) -> dict[str, torch.Tensor]:
+        """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN."""
+        return {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
+
+    def set_gaussians(self, g: dict[str, torch.Tensor]) -> None:
+        """Replace all Gaussians (before training: optimizer state is not carried over)."""
+        edit_gaussians(self, None, lambda t: t[:0], {name: g[name].float() for name in PER_GAUSSIAN})
+
+    def stats(self) -> dict[str, float]:
+        return {"gaussians": len(self)}
 
     # -- appearance ----------------------------------------------------------------------------------------
     def colors(self, eye: torch.Tensor, means: torch.Tensor | None = None) -> torch.Tensor:

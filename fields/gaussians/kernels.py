@@ -5,7 +5,8 @@ Each Gaussian becomes a density kernel ``k exp(-x^T Sigma^-1 x / 2)`` whose peak
 (sqrt(2 pi) s_min)`` makes a ray crossing its thinnest axis through the centre exactly as opaque as its
 opacity ``o``; the density at a point is the sum of the kernels, its colour their density-weighted mean. So
 that a query costs only the nearby Gaussians, they are binned into a uniform grid of cells by their 3-sigma
-boxes, and a point evaluates the Gaussians of its own cell.
+boxes (the finest grid whose (Gaussian, cell) list fits ``MAX_PAIRS``), and a point evaluates the Gaussians of
+its own cell.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from fields.gaussians.field import GaussianField
 
-MAX_PAIRS = 1 << 22  # (Gaussian, cell) entries of the index; the cells grow when it would hold more
+MAX_PAIRS = 1 << 22  # (Gaussian, cell) entries of the index; cells start small and grow until it holds fewer
 
 
 class GaussianIndex:
@@ -32,9 +33,7 @@ class GaussianIndex:
             keep = (torch.sigmoid(field.opacities.detach()) >= min_opacity).nonzero()[:, 0]
             radius = 3 * scales[keep].max(-1).values
             lo_box, size = field.aabb[0], field.aabb[1] - field.aabb[0]
-            cell = size.max() / 128
-            if len(keep):
-                cell = torch.maximum(cell, 2 * radius.median())
+            cell = size.max() / 256  # as fine as the pair budget allows: fewer Gaussians per query
             while True:
                 self.res = torch.clamp((size / cell).ceil().long(), 1, 256)
                 self.cell = size / self.res
@@ -45,7 +44,7 @@ class GaussianIndex:
                 counts = extent.prod(-1)
                 if counts.sum() <= MAX_PAIRS or bool((self.res == 1).all()):
                     break
-                cell = cell * 1.5
+                cell = cell * 1.25
             gauss = torch.repeat_interleave(torch.arange(len(keep)), counts)
             within = torch.arange(len(gauss)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
             e = extent[gauss]
