@@ -11,6 +11,7 @@ once up front (as straight RGBA, so random backgrounds still apply). The result 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from rich.console import Console
@@ -66,11 +67,12 @@ def joined(a: SceneSplit, b: SceneSplit) -> SceneSplit:
 
 def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: GaussiansConfig | None = None,
                          train: TrainConfig | None = None, num_points: int = 50_000, min_opacity: float = 0.95,
-                         n_teacher_views: int = 50, console: Console | None = None,
-                         show_progress: bool = True) -> Path:
+                         n_teacher_views: int = 50, console: Console | None = None, show_progress: bool = True,
+                         callbacks: Sequence[Callable[[Trainer], None]] = ()) -> Path:
     """Train a gaussians run in ``run_dir`` seeded from ``teacher`` (see the module docstring); returns the
     folder, which ``fields.run.load_run``, ``fields eval`` and ``fields export splats`` read like any run.
-    Resuming it trains on the training images only (the teacher's views are not stored)."""
+    Resuming it trains on the training images only (the teacher's views are not stored). ``callbacks`` run after
+    each step, as in ``Trainer.train``."""
     console = console or Console()
     cfg = RunConfig(scene=teacher.config.scene, field="gaussians", field_config=field_config or GaussiansConfig(),
                     render=teacher.config.render, train=train or TrainConfig(),
@@ -83,5 +85,5 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
     trainer = Trainer(cfg, run_dir, console, data=data)
     trainer.field.set_gaussians(initial_gaussians(trainer.field.aabb, cfg.field_config, points, colors, sizes))
     trainer.grid.load_state_dict(teacher.grid.state_dict())  # where the teacher found content
-    trainer.train(show_progress=show_progress)
+    trainer.train(callbacks=list(callbacks), show_progress=show_progress)
     return Path(run_dir)
