@@ -90,7 +90,7 @@ class WholeImages:
 
     def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
         t = self.cfg.train
-        if step % (16 * t.grid_every) == 0:  # occupancy for point queries (meshes, video depth range); rarely
+        if step > 0 and step % (16 * t.grid_every) == 0:  # occupancy for point queries (meshes, videos); rarely
             self.grid.update(self.field.density, self.step_size, warmup=bool(self.grid.updates == 0), generator=gen)
         i = int(torch.randint(0, len(self.data), (), generator=gen))
         bg = backgrounds(self.cfg, self.data, 1, gen)[0]

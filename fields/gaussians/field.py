@@ -31,8 +31,9 @@ SH_C0 = 0.28209479177387814  # the degree-0 SH basis value: colour = SH_C0 * sh0
 @dataclass
 class GaussiansConfig(FieldConfig):
     """Gaussian-splatting backend. Defaults are sized for a 2-core CPU and 200x200 images: far fewer Gaussians
-    than 3DGS (a cap of 200k) and a densification schedule compressed to the few thousand steps a CPU run takes;
-    learning rates are 3DGS's."""
+    than 3DGS (a cap of 200k) and 3DGS's schedule (densify every 100 steps until half-way, opacity reset every
+    3000 of 30000 steps) compressed to the ~1000-3000 steps a 300-600 s CPU run takes; learning rates are
+    3DGS's."""
 
     training_steps: ClassVar[str] = "images"  # one whole training image per step (fields/steps.py)
 
@@ -42,8 +43,8 @@ class GaussiansConfig(FieldConfig):
     """Initial opacity of every Gaussian."""
     sh_degree: int = 3
     """Highest spherical-harmonics degree of the colours (0: view-independent colour)."""
-    sh_degree_every: int = 250
-    """Steps between raising the active SH degree by one (3DGS: 1000 of 30000 steps)."""
+    sh_degree_every: int = 200
+    """Steps between raising the active SH degree by one (3DGS: 1000 of its 30000 steps)."""
     lr_means: float = 1.6e-4
     """Learning rate of the means, times the scene scale (half the box diagonal)."""
     lr_means_final: float = 0.01
@@ -60,7 +61,7 @@ class GaussiansConfig(FieldConfig):
     """Learning rate of the higher SH coefficients (3DGS: sh0's / 20)."""
     densify_from: int = 100
     """First step of adaptive density control (clone / split / prune)."""
-    densify_until: int = 2500
+    densify_until: int = 1200
     """Last step of adaptive density control (and of opacity resets)."""
     densify_every: int = 100
     """Steps between density-control rounds."""
@@ -72,7 +73,7 @@ class GaussiansConfig(FieldConfig):
     """Remove Gaussians less opaque than this."""
     prune_scale3d: float = 0.1
     """After the first opacity reset, remove Gaussians larger than this (times the scene scale)."""
-    reset_opacity_every: int = 1000
+    reset_opacity_every: int = 500
     """Steps between opacity resets (to 2 x prune_opacity); 0 disables them."""
     max_gaussians: int = 200_000
     """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first)."""

@@ -88,11 +88,11 @@ class GaussianIndex:
         point = torch.repeat_interleave(torch.arange(len(x)), n)
         within = torch.arange(len(point)) - torch.repeat_interleave(n.cumsum(0) - n, n)
         g = self.gaussians[self.starts[cell][point] + within]
-        scales = f.scales[g].exp()
-        local = torch.einsum("nji,nj->ni", quat_to_rotmat(f.quats[g]), x[point] - f.means[g]) / scales
-        opacity = torch.sigmoid(f.opacities[g]).clamp(max=0.99)
-        peak = -torch.log1p(-opacity) / (math.sqrt(2 * math.pi) * scales.min(-1).values)
-        w = peak * torch.exp(-0.5 * (local * local).sum(-1))
+        inv_scales = torch.exp(-f.scales)  # per Gaussian once, then gathered per pair
+        opacity = torch.sigmoid(f.opacities).clamp(max=0.99)
+        peak = -torch.log1p(-opacity) * inv_scales.max(-1).values / math.sqrt(2 * math.pi)
+        local = torch.einsum("nji,nj->ni", quat_to_rotmat(f.quats)[g], x[point] - f.means[g]) * inv_scales[g]
+        w = peak[g] * torch.exp(-0.5 * (local * local).sum(-1))
         sigma = x.new_zeros(len(x)).index_add(0, point, w)
         if not with_color:
             return sigma, None
