@@ -161,7 +161,7 @@ def test_splats_export_of_a_volume_run_is_one_clear_line(trained_run, tmp_path, 
 def test_density_is_the_sum_of_gaussian_kernels():
     """The cell index gives the brute-force sum over the Gaussians: at least every one within 3 sigma (of its
     largest scale), at most all of them."""
-    from fields.gaussians.field import quat_to_rotmat
+    from renderers.splatting import quat_to_rotmat
 
     torch.manual_seed(1)
     field = GaussiansConfig(num_init=300).build(BOX)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from renderers.splatting import quat_to_rotmat
+
 if TYPE_CHECKING:
     from fields.gaussians.field import GaussianField, GaussiansConfig
 
@@ -101,8 +103,6 @@ class DensityControl:
 
     def split(self, optimizer, mask: torch.Tensor, step: int) -> None:
         """Replace each Gaussian of ``mask`` by two sampled from it, with scales / 1.6."""
-        from fields.gaussians.field import quat_to_rotmat
-
         f = self.field
         gen = torch.Generator().manual_seed(step)  # the same children on a resumed run
         scales = f.scales.data[mask].exp()

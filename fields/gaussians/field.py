@@ -82,14 +82,6 @@ class GaussiansConfig(FieldConfig):
         return GaussianField(aabb, self)
 
 
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [N, 3, 3] of (not necessarily unit) quaternions wxyz [N, 4]."""
-    w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
-
-
 def neighbour_spacing(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
     """Mean distance of each point [N, 3] to its ``k`` nearest neighbours, [N] (chunked brute force)."""
     k = min(k, len(points) - 1)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from renderers.splatting import quat_to_rotmat
+
 if TYPE_CHECKING:
     from fields.gaussians.field import GaussianField
 
@@ -78,8 +80,6 @@ class GaussianIndex:
         return sigma, rgb
 
     def _query(self, x: torch.Tensor, d: torch.Tensor | None, with_color: bool):
-        from fields.gaussians.field import quat_to_rotmat
-
         f = self.field
         u = (x - f.aabb[0]) / self.cell
         inside = ((u >= 0) & (u < self.res)).all(-1)
