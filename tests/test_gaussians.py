@@ -127,6 +127,11 @@ def test_checkpoint_round_trip_with_a_changed_count(gaussian_run):
         a = run.field.render_image(test.cameras, 0, bg, run.grid, run.config.render)["rgb"]
         b = trainer.field.render_image(test.cameras, 0, bg, trainer.grid, trainer.cfg.render)["rgb"]
     assert torch.equal(a, b)
+    from viewer import RenderTarget  # the viewer draws the splats through the same render_image
+
+    shown = RenderTarget(run.field, run.grid, run.config.render, bg).image(test.cameras[0], "RGB")
+    assert shown.shape == (test.cameras.height, test.cameras.width, 3)
+    assert abs(shown.astype(float) / 255 - a[..., :3].clamp(0, 1).numpy()).max() < 1 / 255 + 1e-6
     resumed = Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir)
     resumed.resume()  # optimizer state of the resized parameters loads, and training goes on
     resumed.cfg.train.max_steps = 42

@@ -81,6 +81,9 @@ class GaussiansConfig(FieldConfig):
     def build(self, aabb: torch.Tensor) -> "GaussianField":
         return GaussianField(aabb, self)
 
+    def build_image(self):
+        raise ValueError("the gaussians backend has no 2-D image form for `fields fit`; use hashgrid, mlp, rbf or cam")
+
 
 def neighbour_spacing(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
     """Mean distance of each point [N, 3] to its ``k`` nearest neighbours, [N] (chunked brute force)."""
