@@ -202,6 +202,7 @@ fields::SplatCamera splat_camera(const Tensor& viewmat, double fx, double fy, do
 fields::SplatTiles splat_tiles(int64_t width, int64_t height, int64_t tile) {
   TORCH_CHECK(width > 0 && height > 0, "image size must be positive");
   TORCH_CHECK(tile >= 1 && tile <= 32, "tile_size must be in [1, 32]");
+  TORCH_CHECK((width + tile - 1) / tile < 65536 && (height + tile - 1) / tile < 65536, "too many tiles per side");
   const int w = static_cast<int>(width), h = static_cast<int>(height), t = static_cast<int>(tile);
   return {w, h, t, (w + t - 1) / t, (h + t - 1) / t};
 }
@@ -294,7 +295,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_fwd(const Tensor& mea
   const fields::SplatTiles g = splat_tiles(width, height, tile_size);
   check_raster_inputs(means2d, conics, colors, opacities, ids, tile_offsets, g);
   const int64_t C = colors.size(1);
-  Tensor image = at::empty({height, width, C}, means2d.options()), alpha = at::empty({height, width}, means2d.options());
+  Tensor image = at::empty({height, width, C}, means2d.options());
+  Tensor alpha = at::empty({height, width}, means2d.options());
   Tensor final_T = at::empty({height, width}, means2d.options());
   Tensor last = at::empty({height, width}, means2d.options().dtype(at::kInt));
   DISPATCH(means2d.device(), splat_rasterize_forward, fptr(means2d), fptr(conics), fptr(colors), fptr(opacities),

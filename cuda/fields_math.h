@@ -398,7 +398,11 @@ FIELDS_HD void splat_rotmat(const float q[4], float qn[4], float& norm, float Rq
   Rq[8] = 1.0f - 2.0f * (x * x + y * y);
 }
 
-FIELDS_HD float splat_clamp(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi); }
+// min(max(v, lo), hi) like torch.clamp, as compares (fminf/fmaxf are library calls in g++ without -ffast-math).
+FIELDS_HD float splat_clamp(float v, float lo, float hi) {
+  const float m = v < lo ? lo : v;
+  return m > hi ? hi : m;
+}
 
 // Everything the projection computes for one Gaussian, kept for the backward pass.
 struct SplatProjected {
@@ -446,7 +450,7 @@ FIELDS_HD SplatProjected splat_project_core(const float m[3], const float q[4], 
 
 // Screen-space mean, conic (inverse 2-D covariance), depth and 3-sigma radius (0: culled) of one Gaussian.
 FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
-                                     float m2[2], float con[3], float& depth, int32_t& radius) {
+                                      float m2[2], float con[3], float& depth, int32_t& radius) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   con[0] = P.c / P.det;
   con[1] = -P.b / P.det;
@@ -455,7 +459,8 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
   m2[1] = cam.fy * P.v + cam.cy;
   depth = P.p[2];
   const float mid = 0.5f * (P.a + P.c);
-  const float lam = mid + sqrtf(fmaxf(mid * mid - P.det, 0.1f));
+  const float spread = mid * mid - P.det;
+  const float lam = mid + sqrtf(spread < 0.1f ? 0.1f : spread);
   const float r = ceilf(3.0f * sqrtf(lam));
   const bool on_screen = (m2[0] + r >= 0.0f) && (m2[0] - r < static_cast<float>(cam.width)) &&
                          (m2[1] + r >= 0.0f) && (m2[1] - r < static_cast<float>(cam.height));
@@ -464,9 +469,9 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
 
 // Gradients of the mean, quaternion and scales from those of means2d, conic and depth (every Gaussian, culled
 // or not, exactly like autograd through the reference).
-FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
-                                      const float v_m2[2], const float v_con[3], float v_depth, float v_m[3],
-                                      float v_q[4], float v_s[3]) {
+FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3],
+                                               const SplatCamera& cam, const float v_m2[2], const float v_con[3],
+                                               float v_depth, float v_m[3], float v_q[4], float v_s[3]) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
   const float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;

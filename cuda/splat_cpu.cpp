@@ -31,19 +31,67 @@ inline TileView tile_view(const SplatTiles& g, int64_t t) {
   return v;
 }
 
-// Local rows [r0, r1] of a tile where the Gaussian can reach alpha >= 1/255 (with a one-pixel margin); false if
-// it reaches none. alpha >= 1/255 needs d^T conic d <= 2 ln(255 o), an ellipse of half height sqrt(k cov_yy).
-inline bool gaussian_rows(float my, float a, float b, float c, float o, const TileView& v, int& r0, int& r1) {
-  if (!(o >= kSplatAlphaMin)) return false;
-  r0 = 0;
-  r1 = v.ny - 1;
-  const float det = a * c - b * b;
-  if (!(det > 0.0f)) return true;
-  const float h = std::sqrt(2.0f * std::log(255.0f * o) * a / det);
-  if (!(h < 1e6f)) return true;
-  r0 = std::max(r0, static_cast<int>(std::floor(my - h)) - 1 - v.y0);
-  r1 = std::min(r1, static_cast<int>(std::ceil(my + h)) + 1 - v.y0);
-  return r0 <= r1;
+// One projected Gaussian as the rasterizer reads it.
+struct Splat {
+  float mx, my, a, b, c, o;
+  const float* color;
+
+  Splat(int32_t gid, const float* means2d, const float* conics, const float* opacities, const float* colors, int C)
+      : mx(means2d[2 * gid]), my(means2d[2 * gid + 1]), a(conics[3 * gid]), b(conics[3 * gid + 1]),
+        c(conics[3 * gid + 2]), o(opacities[gid]), color(colors + static_cast<int64_t>(gid) * C) {}
+};
+
+// Where in a tile a Gaussian can reach alpha >= 1/255: that needs d^T conic d <= k = 2 ln(255 o), an ellipse.
+// Its rows [r0, r1] (local, with a one-pixel margin), and per row whether the ellipse's span meets the tile's
+// pixel centres (with a one-pixel margin; k is widened by 0.1% so rounding never drops a pixel that passes).
+struct Footprint {
+  float mx, my, a, b, det, k, lo, hi, y_first;
+  int r0, r1;
+  bool exact;  // false: degenerate conic, every row of the tile is processed
+
+  bool init(const Splat& sp, const TileView& v) {
+    if (!(sp.o >= kSplatAlphaMin)) return false;
+    mx = sp.mx, my = sp.my, a = sp.a, b = sp.b;
+    det = sp.a * sp.c - sp.b * sp.b;
+    k = 2.0f * std::log(255.0f * sp.o) * 1.001f + 1e-4f;
+    lo = static_cast<float>(v.x0) - 0.5f;            // first pixel centre minus a pixel
+    hi = static_cast<float>(v.x0 + v.nx) + 0.5f;     // last pixel centre plus a pixel
+    y_first = static_cast<float>(v.y0) + 0.5f;
+    r0 = 0;
+    r1 = v.ny - 1;
+    exact = det > 0.0f && a > 0.0f;
+    if (!exact) return true;
+    const float h = std::sqrt(k * a / det);
+    if (!(h < 1e6f)) {
+      exact = false;
+      return true;
+    }
+    r0 = std::max(r0, static_cast<int>(std::floor(my - h)) - 1 - v.y0);
+    r1 = std::min(r1, static_cast<int>(std::ceil(my + h)) + 1 - v.y0);
+    return r0 <= r1;
+  }
+
+  // With dx = mx - px: a dx^2 + 2 b dy dx + (c dy^2 - k) <= 0 for dx in [(-b dy - s) / a, (-b dy + s) / a].
+  bool row(int r) const {
+    if (!exact) return true;
+    const float dy = my - (y_first + static_cast<float>(r));
+    const float d = a * k - det * dy * dy;
+    if (d < 0.0f) return false;
+    const float sq = std::sqrt(d), mid = -b * dy;
+    return mx - (mid + sq) / a <= hi && mx - (mid - sq) / a >= lo;
+  }
+};
+
+// Gaussians are visited in depth order, i.e. at random places of their arrays: ask for the data of the one
+// kPrefetch steps ahead while working on this one (the loads are otherwise cache misses in a long dependency chain).
+constexpr int kPrefetch = 12;
+
+inline void prefetch_gaussian(int32_t gid, const float* means2d, const float* conics, const float* opacities,
+                              const float* colors, int C) {
+  __builtin_prefetch(means2d + 2 * static_cast<int64_t>(gid));
+  __builtin_prefetch(conics + 3 * static_cast<int64_t>(gid));
+  __builtin_prefetch(opacities + gid);
+  __builtin_prefetch(colors + static_cast<int64_t>(gid) * C);
 }
 
 inline uint32_t sortable_bits(float f) {
@@ -55,12 +103,13 @@ inline uint32_t sortable_bits(float f) {
 // Per-thread scratch of one tile: pixel state as structure of arrays, one lane per pixel.
 struct TileScratch {
   int lanes, channels;
-  std::vector<float> px, T, w, acc, aux;  // acc: (channels + 1) x lanes, the last row is the alpha channel
+  std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
   std::vector<int32_t> last, done;
+  std::vector<int32_t> row_live;  // forward: pixels of the row still compositing; backward: the row's max last
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
-        aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes) {}
+        aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
 
 }  // namespace
@@ -98,49 +147,88 @@ void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, Sp
 
 void splat_tile_bin(const float* means2d, const int32_t* radii, const float* depths, int64_t n, SplatTiles g,
                     const int64_t* gauss_offsets, int64_t m, int32_t* ids, int64_t* tile_offsets) {
+  (void)gauss_offsets;  // the CPU build fills tile buckets directly; m is their total
+  (void)m;
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  std::unique_ptr<int32_t[]> pair_tile(new int32_t[m]);
-#pragma omp parallel for schedule(static)
+  // 1. Visible Gaussians with their tile rectangles (packed 16 bits per bound), in (depth, id) order: a stable LSD
+  // radix sort of the depth keys that starts in id order. Rectangles travel with the ids so that the passes
+  // below read memory sequentially.
+  std::vector<int32_t> order, order_tmp;
+  std::vector<uint32_t> key, key_tmp;
+  std::vector<uint64_t> rect, rect_tmp;
   for (int64_t i = 0; i < n; ++i) {
     if (radii[i] <= 0) continue;
     int x0, x1, y0, y1;
     splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
-    int64_t k = gauss_offsets[i];
+    order.push_back(static_cast<int32_t>(i));
+    key.push_back(sortable_bits(depths[i]));
+    rect.push_back(static_cast<uint64_t>(x0) | static_cast<uint64_t>(x1) << 16 | static_cast<uint64_t>(y0) << 32 |
+                   static_cast<uint64_t>(y1) << 48);
+  }
+  const int64_t nv = static_cast<int64_t>(order.size());
+  order_tmp.resize(nv);
+  key_tmp.resize(nv);
+  rect_tmp.resize(nv);
+  for (int shift = 0; shift < 32; shift += 8) {
+    int64_t count[257] = {0};
+    for (int64_t i = 0; i < nv; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
+    if (nv == 0 || count[((key[0] >> shift) & 0xffu) + 1] == nv) continue;  // one digit for all: nothing to move
+    for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+    for (int64_t i = 0; i < nv; ++i) {
+      const int64_t dst = count[(key[i] >> shift) & 0xffu]++;
+      key_tmp[dst] = key[i];
+      order_tmp[dst] = order[i];
+      rect_tmp[dst] = rect[i];
+    }
+    key.swap(key_tmp);
+    order.swap(order_tmp);
+    rect.swap(rect_tmp);
+  }
+  // 2. A parallel counting sort of the (tile, Gaussian) pairs by tile, each thread a contiguous part of that
+  // order: buckets come out sorted by depth, then id.
+  const int n_threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(nv / 4096) + 1));
+  std::vector<int64_t> counts(static_cast<size_t>(n_threads) * n_tiles, 0);
+  auto for_tiles = [&](uint64_t r, auto&& fn) {
+    const int x0 = r & 0xffff, x1 = (r >> 16) & 0xffff, y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
     for (int ty = y0; ty <= y1; ++ty)
-      for (int tx = x0; tx <= x1; ++tx) pair_tile[k++] = ty * g.grid_w + tx;
-  }
-  // Bucket the pairs by tile in Gaussian order, then sort each tile by (depth, id).
-  std::vector<int64_t> pos(n_tiles + 1, 0);
-  for (int64_t k = 0; k < m; ++k) ++pos[pair_tile[k] + 1];
-  for (int64_t t = 0; t < n_tiles; ++t) pos[t + 1] += pos[t];
-  std::memcpy(tile_offsets, pos.data(), sizeof(int64_t) * (n_tiles + 1));
-  for (int64_t i = 0; i < n; ++i) {
-    if (radii[i] <= 0) continue;
-    int x0, x1, y0, y1;
-    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
-    for (int64_t k = gauss_offsets[i], e = k + static_cast<int64_t>(x1 - x0 + 1) * (y1 - y0 + 1); k < e; ++k)
-      ids[pos[pair_tile[k]]++] = static_cast<int32_t>(i);
-  }
-#pragma omp parallel
+      for (int tx = x0; tx <= x1; ++tx) fn(ty * g.grid_w + tx);
+  };
+#pragma omp parallel num_threads(n_threads)
   {
-    std::vector<uint64_t> keys;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t t = 0; t < n_tiles; ++t) {
-      const int64_t b = tile_offsets[t], e = tile_offsets[t + 1];
-      keys.resize(e - b);
-      for (int64_t k = b; k < e; ++k)
-        keys[k - b] = (static_cast<uint64_t>(sortable_bits(depths[ids[k]])) << 32) | static_cast<uint32_t>(ids[k]);
-      std::sort(keys.begin(), keys.end());
-      for (int64_t k = b; k < e; ++k) ids[k] = static_cast<int32_t>(keys[k - b] & 0xffffffffu);
+    const int th = omp_get_thread_num();
+    const int64_t i0 = nv * th / n_threads, i1 = nv * (th + 1) / n_threads;
+    int64_t* cnt = counts.data() + static_cast<size_t>(th) * n_tiles;
+    for (int64_t i = i0; i < i1; ++i) for_tiles(rect[i], [&](int tile) { ++cnt[tile]; });
+#pragma omp barrier
+#pragma omp single
+    {
+      int64_t pos = 0;
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        tile_offsets[t] = pos;
+        for (int h = 0; h < n_threads; ++h) {
+          const int64_t c = counts[static_cast<size_t>(h) * n_tiles + t];
+          counts[static_cast<size_t>(h) * n_tiles + t] = pos;  // now this thread's write position
+          pos += c;
+        }
+      }
+      tile_offsets[n_tiles] = pos;
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int32_t gid = order[i];
+      for_tiles(rect[i], [&](int tile) { ids[cnt[tile]++] = gid; });
     }
   }
 }
 
-void splat_rasterize_forward(const float* means2d, const float* conics, const float* colors, const float* opacities,
-                             int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
-                             float* image, float* alpha, float* final_T, int32_t* last) {
+namespace {
+
+// Forward of one tile range; CT > 0 fixes the channel count at compile time (the per-lane channel loop unrolls).
+template <int CT>
+void rasterize_forward_impl(const float* means2d, const float* conics, const float* colors, const float* opacities,
+                            int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
+                            float* image, float* alpha, float* final_T, int32_t* last) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  const int ts = g.tile, C = channels;
+  const int ts = g.tile, C = CT > 0 ? CT : channels;
 #pragma omp parallel
   {
     TileScratch s(ts, C);
@@ -157,23 +245,27 @@ void splat_rasterize_forward(const float* means2d, const float* conics, const fl
         s.done[l] = inside ? 0 : 1;
         alive += inside;
       }
+      for (int row = 0; row < ts; ++row) s.row_live[row] = row < v.ny ? v.nx : 0;  // pixels still compositing
       std::fill(s.acc.begin(), s.acc.end(), 0.0f);
-      for (int64_t k = tile_offsets[t]; k < tile_offsets[t + 1] && alive > 0; ++k) {
-        const int32_t gid = ids[k];
-        const float mx = means2d[2 * gid], my = means2d[2 * gid + 1];
-        const float a = conics[3 * gid], b = conics[3 * gid + 1], c = conics[3 * gid + 2], o = opacities[gid];
-        int r0, r1;
-        if (!gaussian_rows(my, a, b, c, o, v, r0, r1)) continue;
-        int n_add = 0, n_stop = 0;
+      const int64_t e = tile_offsets[t + 1];
+      for (int64_t k = tile_offsets[t]; k < e && alive > 0; ++k) {
+        if (k + kPrefetch < e) prefetch_gaussian(ids[k + kPrefetch], means2d, conics, opacities, colors, C);
+        const Splat sp(ids[k], means2d, conics, opacities, colors, C);
+        Footprint fp;
+        if (!fp.init(sp, v)) continue;
+        const float mx = sp.mx, my = sp.my, a = sp.a, b = sp.b, c = sp.c, o = sp.o;
+        const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
-        for (int row = r0; row <= r1; ++row) {
+        for (int row = fp.r0; row <= fp.r1; ++row) {
+          if (s.row_live[row] == 0 || !fp.row(row)) continue;
           const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
+          int n_stop = 0;
           float* __restrict T = s.T.data() + row * ts;
-          float* __restrict w = s.w.data() + row * ts;
+          float* __restrict acc = s.acc.data() + row * ts;
           int32_t* __restrict lst = s.last.data() + row * ts;
           int32_t* __restrict dn = s.done.data() + row * ts;
           const float* __restrict px = s.px.data();
-#pragma omp simd reduction(+ : n_add, n_stop)
+#pragma omp simd reduction(+ : n_stop)
           for (int col = 0; col < ts; ++col) {
             const float dx = mx - px[col];
             const float power = splat_power(dx, dy, a, b, c);
@@ -182,22 +274,16 @@ void splat_rasterize_forward(const float* means2d, const float* conics, const fl
             const float test_T = T[col] * (1.0f - al);
             const bool stop = take && test_T < kSplatTMin;
             const bool add = take && !stop;
-            w[col] = add ? al * T[col] : 0.0f;
+            const float w = add ? al * T[col] : 0.0f;
+            for (int ch = 0; ch < C; ++ch) acc[ch * L + col] += w * cv[ch];
+            acc[C * L + col] += w;
             T[col] = add ? test_T : T[col];
             lst[col] = add ? kk : lst[col];
             dn[col] = stop ? 1 : dn[col];
-            n_add += add;
             n_stop += stop;
           }
-        }
-        alive -= n_stop;
-        if (n_add == 0) continue;
-        for (int ch = 0; ch <= C; ++ch) {
-          const float cv = ch < C ? colors[static_cast<int64_t>(gid) * C + ch] : 1.0f;
-          float* __restrict acc = s.acc.data() + static_cast<size_t>(ch) * L;
-          const float* __restrict w = s.w.data();
-#pragma omp simd
-          for (int l = r0 * ts; l < (r1 + 1) * ts; ++l) acc[l] += w[l] * cv;
+          s.row_live[row] -= n_stop;
+          alive -= n_stop;
         }
       }
       for (int row = 0; row < v.ny; ++row)
@@ -213,19 +299,43 @@ void splat_rasterize_forward(const float* means2d, const float* conics, const fl
   }
 }
 
-void splat_rasterize_backward(const float* means2d, const float* conics, const float* colors,
-                              const float* opacities, int channels, const int32_t* ids, const int64_t* tile_offsets,
-                              SplatTiles g, const float* final_T, const int32_t* last, const float* v_image,
-                              const float* v_alpha, float* v_means2d, float* v_conics, float* v_colors,
-                              float* v_opacities) {
+}  // namespace
+
+void splat_rasterize_forward(const float* means2d, const float* conics, const float* colors, const float* opacities,
+                             int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
+                             float* image, float* alpha, float* final_T, int32_t* last) {
+  switch (channels) {
+#define FIELDS_SPLAT_CASE(N)                                                                                \
+  case N:                                                                                                   \
+    return rasterize_forward_impl<N>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, \
+                                     alpha, final_T, last);
+    FIELDS_SPLAT_CASE(1)
+    FIELDS_SPLAT_CASE(2)
+    FIELDS_SPLAT_CASE(3)
+    FIELDS_SPLAT_CASE(4)
+#undef FIELDS_SPLAT_CASE
+    default:
+      return rasterize_forward_impl<0>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image,
+                                       alpha, final_T, last);
+  }
+}
+
+namespace {
+
+// Backward of every tile; CT > 0 fixes the channel count at compile time. Per Gaussian, back to front, one
+// fused pass over its rows: undo the transmittance, the colour behind it (B, per channel) and the gradients of
+// its mean, conic and opacity (SIMD reductions over the lanes); the colour gradients are reduced afterwards
+// from the lane weights.
+template <int CT>
+void rasterize_backward_impl(const float* means2d, const float* conics, const float* colors,
+                             const float* opacities, int channels, const int32_t* ids, const int64_t* tile_offsets,
+                             SplatTiles g, const float* final_T, const int32_t* last, const float* v_image,
+                             const float* v_alpha, float* slots) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  const int ts = g.tile, C = channels, S = 6 + C;  // slot: mean2d (2), conic (3), opacity, colours
-  const int64_t m = tile_offsets[n_tiles];
-  std::unique_ptr<float[]> slots(new float[static_cast<size_t>(m) * S]);
+  const int ts = g.tile, C = CT > 0 ? CT : channels, S = 6 + C;
 #pragma omp parallel
   {
-    TileScratch s(ts, C);  // acc: upstream gradient per channel, aux: colour behind (B) per channel
-    std::vector<float> dsum(s.lanes), tn(s.lanes), al(s.lanes), gv(s.lanes);
+    TileScratch s(ts, C);  // acc: upstream gradient per channel (+ alpha), aux: colour behind (B) per channel
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
@@ -239,6 +349,7 @@ void splat_rasterize_backward(const float* means2d, const float* conics, const f
         s.T[l] = inside ? final_T[pix] : 1.0f;
         s.last[l] = inside ? last[pix] : -1;
         max_last = std::max(max_last, s.last[l]);
+        s.row_live[row] = col == 0 ? s.last[l] : std::max(s.row_live[row], s.last[l]);  // the row's max last
         for (int ch = 0; ch <= C; ++ch) {
           s.acc[static_cast<size_t>(ch) * L + l] = !inside ? 0.0f : ch < C ? v_image[pix * C + ch] : v_alpha[pix];
           s.aux[static_cast<size_t>(ch) * L + l] = 0.0f;
@@ -246,28 +357,32 @@ void splat_rasterize_backward(const float* means2d, const float* conics, const f
       }
       const int64_t b = tile_offsets[t], e = tile_offsets[t + 1];
       for (int64_t k = e - 1; k >= b; --k) {
-        float* slot = slots.get() + static_cast<size_t>(k) * S;
+        float* slot = slots + static_cast<size_t>(k) * S;
         std::fill(slot, slot + S, 0.0f);
         if (k > max_last) continue;
-        const int32_t gid = ids[k];
-        const float mx = means2d[2 * gid], my = means2d[2 * gid + 1];
-        const float a = conics[3 * gid], bb = conics[3 * gid + 1], c = conics[3 * gid + 2], o = opacities[gid];
-        int r0, r1;
-        if (!gaussian_rows(my, a, bb, c, o, v, r0, r1)) continue;
-        const int l0 = r0 * ts, l1 = (r1 + 1) * ts;
+        if (k - kPrefetch >= b) prefetch_gaussian(ids[k - kPrefetch], means2d, conics, opacities, colors, C);
+        const Splat sp(ids[k], means2d, conics, opacities, colors, C);
+        Footprint fp;
+        if (!fp.init(sp, v)) continue;
+        const float mx = sp.mx, my = sp.my, a = sp.a, bb = sp.b, c = sp.c, o = sp.o;
+        const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
+        const float inv_o = 1.0f / o;
+        float vmx = 0.0f, vmy = 0.0f, va = 0.0f, vb = 0.0f, vc = 0.0f, vo = 0.0f;
         int n_take = 0;
-        // Pass 1: which lanes took this Gaussian, its alpha there and the transmittance before it.
-        for (int row = r0; row <= r1; ++row) {
+        for (int row = fp.r0; row <= fp.r1; ++row) {
+          float* __restrict w = s.w.data() + row * ts;
+          if (kk > s.row_live[row] || !fp.row(row)) {  // no lane of this row takes it
+            std::fill(w, w + ts, 0.0f);
+            continue;
+          }
           const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
           float* __restrict T = s.T.data() + row * ts;
-          float* __restrict tnr = tn.data() + row * ts;
-          float* __restrict alr = al.data() + row * ts;
-          float* __restrict gvr = gv.data() + row * ts;
-          float* __restrict ds = dsum.data() + row * ts;
+          float* __restrict B = s.aux.data() + row * ts;
+          const float* __restrict G = s.acc.data() + row * ts;
           const int32_t* __restrict lst = s.last.data() + row * ts;
           const float* __restrict px = s.px.data();
-#pragma omp simd reduction(+ : n_take)
+#pragma omp simd reduction(+ : vmx, vmy, va, vb, vc, vo, n_take)
           for (int col = 0; col < ts; ++col) {
             const float dx = mx - px[col];
             const float power = splat_power(dx, dy, a, bb, c);
@@ -276,60 +391,75 @@ void splat_rasterize_backward(const float* means2d, const float* conics, const f
             const bool take = power <= 0.0f && alpha >= kSplatAlphaMin && kk <= lst[col];
             const float Tb = T[col] / (1.0f - alpha);
             T[col] = take ? Tb : T[col];
-            tnr[col] = take ? Tb : 0.0f;
-            alr[col] = take ? alpha : 0.0f;
-            gvr[col] = (take && raw <= kSplatAlphaMax) ? raw : 0.0f;  // d alpha / d(o G) = 1 below the cap
-            ds[col] = 0.0f;
-            n_take += take;
-          }
-        }
-        if (n_take == 0) continue;
-        // Pass 2: per channel, colour gradient and sum_c g_c (c_k - B_c), then B_c <- alpha c_k + (1 - alpha) B_c.
-        for (int ch = 0; ch <= C; ++ch) {
-          const float cv = ch < C ? colors[static_cast<int64_t>(gid) * C + ch] : 1.0f;
-          const float* __restrict gr = s.acc.data() + static_cast<size_t>(ch) * L;
-          float* __restrict B = s.aux.data() + static_cast<size_t>(ch) * L;
-          const float* __restrict alr = al.data();
-          const float* __restrict tnr = tn.data();
-          float* __restrict ds = dsum.data();
-          float vcol = 0.0f;
-#pragma omp simd reduction(+ : vcol)
-          for (int l = l0; l < l1; ++l) {
-            vcol += alr[l] * tnr[l] * gr[l];
-            ds[l] += gr[l] * (cv - B[l]);
-            B[l] = alr[l] * cv + (1.0f - alr[l]) * B[l];
-          }
-          if (ch < C) slot[6 + ch] = vcol;
-        }
-        // Pass 3: through alpha = min(0.99, o exp(power)) to the mean, conic and opacity.
-        float vmx = 0.0f, vmy = 0.0f, va = 0.0f, vb = 0.0f, vc = 0.0f, vo = 0.0f;
-        for (int row = r0; row <= r1; ++row) {
-          const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
-          const float* __restrict tnr = tn.data() + row * ts;
-          const float* __restrict gvr = gv.data() + row * ts;
-          const float* __restrict ds = dsum.data() + row * ts;
-          const float* __restrict px = s.px.data();
-#pragma omp simd reduction(+ : vmx, vmy, va, vb, vc, vo)
-          for (int col = 0; col < ts; ++col) {
-            const float dx = mx - px[col];
-            const float v_raw = tnr[col] * ds[col];  // d loss / d alpha, zero where not taken
-            const float v_power = gvr[col] * v_raw;  // raw = o exp(power): d raw / d power = raw
-            vo += gvr[col] == 0.0f ? 0.0f : gvr[col] / o * v_raw;
+            const float tn = take ? Tb : 0.0f, al = take ? alpha : 0.0f;
+            w[col] = al * tn;
+            // sum_c g_c (c_k - B_c) and B_c <- alpha c_k + (1 - alpha) B_c (the alpha channel has colour 1)
+            float ds = 0.0f;
+            for (int ch = 0; ch < C; ++ch) {
+              const float bc = B[ch * L + col];
+              ds += G[ch * L + col] * (cv[ch] - bc);
+              B[ch * L + col] = al * cv[ch] + (1.0f - al) * bc;
+            }
+            const float ba = B[C * L + col];
+            ds += G[C * L + col] * (1.0f - ba);
+            B[C * L + col] = al + (1.0f - al) * ba;
+            const float v_raw = tn * ds;                                              // d loss / d alpha
+            const float graw = (take && raw <= kSplatAlphaMax) ? raw : 0.0f;          // 0 above the cap
+            const float v_power = graw * v_raw;                                       // raw = o exp(power)
+            vo += graw * inv_o * v_raw;
             vmx += v_power * -(a * dx + bb * dy);
             vmy += v_power * -(c * dy + bb * dx);
             va += -0.5f * dx * dx * v_power;
             vb += -dx * dy * v_power;
             vc += -0.5f * dy * dy * v_power;
+            n_take += take;
           }
         }
+        if (n_take == 0) continue;
         slot[0] = vmx;
         slot[1] = vmy;
         slot[2] = va;
         slot[3] = vb;
         slot[4] = vc;
         slot[5] = vo;
+        const int l0 = fp.r0 * ts, l1 = (fp.r1 + 1) * ts;
+        for (int ch = 0; ch < C; ++ch) {
+          const float* __restrict G = s.acc.data() + static_cast<size_t>(ch) * L;
+          const float* __restrict w = s.w.data();
+          float vcol = 0.0f;
+#pragma omp simd reduction(+ : vcol)
+          for (int l = l0; l < l1; ++l) vcol += w[l] * G[l];
+          slot[6 + ch] = vcol;
+        }
       }
     }
+  }
+}
+
+}  // namespace
+
+void splat_rasterize_backward(const float* means2d, const float* conics, const float* colors,
+                              const float* opacities, int channels, const int32_t* ids, const int64_t* tile_offsets,
+                              SplatTiles g, const float* final_T, const int32_t* last, const float* v_image,
+                              const float* v_alpha, float* v_means2d, float* v_conics, float* v_colors,
+                              float* v_opacities) {
+  const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h, m = tile_offsets[n_tiles];
+  const int C = channels, S = 6 + C;  // slot of a (tile, Gaussian) pair: mean2d (2), conic (3), opacity, colours
+  std::unique_ptr<float[]> slots(new float[static_cast<size_t>(m) * S]);
+  switch (channels) {
+#define FIELDS_SPLAT_CASE(N)                                                                                   \
+  case N:                                                                                                      \
+    rasterize_backward_impl<N>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, final_T, last, \
+                               v_image, v_alpha, slots.get());                                                 \
+    break;
+    FIELDS_SPLAT_CASE(1)
+    FIELDS_SPLAT_CASE(2)
+    FIELDS_SPLAT_CASE(3)
+    FIELDS_SPLAT_CASE(4)
+#undef FIELDS_SPLAT_CASE
+    default:
+      rasterize_backward_impl<0>(means2d, conics, colors, opacities, channels, ids, tile_offsets, g, final_T, last,
+                                 v_image, v_alpha, slots.get());
   }
   for (int64_t k = 0; k < m; ++k) {
     const int64_t gid = ids[k];

@@ -92,16 +92,25 @@ __global__ void tile_offsets_kernel(const uint64_t* keys, int64_t m, int64_t n_t
   tile_offsets[t] = lo;
 }
 
+// This thread's pixel (block = tile, thread = pixel of the tile): index and centre; false outside the image.
+__device__ __forceinline__ bool block_pixel(const SplatTiles& g, int64_t& pix, float& cx, float& cy) {
+  const int px = static_cast<int>(blockIdx.x % g.grid_w) * g.tile + static_cast<int>(threadIdx.x) % g.tile;
+  const int py = static_cast<int>(blockIdx.x / g.grid_w) * g.tile + static_cast<int>(threadIdx.x) / g.tile;
+  if (px >= g.width || py >= g.height) return false;
+  pix = static_cast<int64_t>(py) * g.width + px;
+  cx = static_cast<float>(px) + 0.5f;
+  cy = static_cast<float>(py) + 0.5f;
+  return true;
+}
+
 __global__ void rasterize_forward_kernel(const float* __restrict__ means2d, const float* __restrict__ conics,
                                          const float* __restrict__ colors, const float* __restrict__ opacities,
                                          int C, const int32_t* __restrict__ ids, const int64_t* tile_offsets,
                                          SplatTiles g, float* image, float* alpha, float* final_T, int32_t* last) {
   const int64_t t = blockIdx.x;
-  const int px = static_cast<int>(t % g.grid_w) * g.tile + static_cast<int>(threadIdx.x) % g.tile;
-  const int py = static_cast<int>(t / g.grid_w) * g.tile + static_cast<int>(threadIdx.x) / g.tile;
-  if (px >= g.width || py >= g.height) return;
-  const int64_t pix = static_cast<int64_t>(py) * g.width + px;
-  const float cx = static_cast<float>(px) + 0.5f, cy = static_cast<float>(py) + 0.5f;
+  int64_t pix;
+  float cx, cy;
+  if (!block_pixel(g, pix, cx, cy)) return;
   float T = 1.0f, acc_a = 0.0f;
   int32_t lst = -1;
   for (int ch = 0; ch < C; ++ch) image[pix * C + ch] = 0.0f;
@@ -131,11 +140,9 @@ __global__ void rasterize_backward_kernel(const float* __restrict__ means2d, con
                                           const float* v_image, const float* v_alpha, float* v_means2d,
                                           float* v_conics, float* v_colors, float* v_opacities, float* scratch) {
   const int64_t t = blockIdx.x;
-  const int px = static_cast<int>(t % g.grid_w) * g.tile + static_cast<int>(threadIdx.x) % g.tile;
-  const int py = static_cast<int>(t / g.grid_w) * g.tile + static_cast<int>(threadIdx.x) / g.tile;
-  if (px >= g.width || py >= g.height) return;
-  const int64_t pix = static_cast<int64_t>(py) * g.width + px;
-  const float cx = static_cast<float>(px) + 0.5f, cy = static_cast<float>(py) + 0.5f;
+  int64_t pix;
+  float cx, cy;
+  if (!block_pixel(g, pix, cx, cy)) return;
   float* B = scratch + pix * (C + 1);  // colour behind, per channel (+ alpha channel)
   for (int ch = 0; ch <= C; ++ch) B[ch] = 0.0f;
   float T = final_T[pix];

@@ -275,9 +275,9 @@ class RasterizeNative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_image, v_alpha):
         means2d, conics, colors, opacities, ids, offsets, final_T, last = ctx.saved_tensors
-        grads = torch.ops.fields.splat_rasterize_bwd(_dense(v_image, final_T[..., None].expand(-1, -1, colors.shape[1])),
-                                                     _dense(v_alpha, final_T), means2d, conics, colors, opacities,
-                                                     ids, offsets, final_T, last, *ctx.size)
+        v_image = _dense(v_image, final_T[..., None].expand(-1, -1, colors.shape[1]))
+        grads = torch.ops.fields.splat_rasterize_bwd(v_image, _dense(v_alpha, final_T), means2d, conics, colors,
+                                                     opacities, ids, offsets, final_T, last, *ctx.size)
         return (*grads, None, None, None)
 
 

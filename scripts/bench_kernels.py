@@ -11,10 +11,7 @@ of the native step, and rewrites the ``kernels`` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BENCHMARKS, write_section  # noqa: E402
+from benchlib import BENCHMARKS, path_mode, timed, write_section  # noqa: E402
 from fields.config import RunConfig, SceneConfig  # noqa: E402
 from fields.encodings import hash_encode, sh_encode  # noqa: E402
 from fields.trainer import Trainer  # noqa: E402
@@ -32,31 +29,6 @@ from renderers import native  # noqa: E402
 from renderers.compositing import composite, transmittance  # noqa: E402
 from renderers.marching import march_rays  # noqa: E402
 from renderers.render import sample_rays  # noqa: E402
-
-
-@contextlib.contextmanager
-def path_mode(use_native: bool):
-    """Run the block on the native kernels or on the reference (FIELDS_NATIVE is read at every call)."""
-    old = os.environ.get("FIELDS_NATIVE")
-    os.environ["FIELDS_NATIVE"] = "1" if use_native else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FIELDS_NATIVE", None)
-        else:
-            os.environ["FIELDS_NATIVE"] = old
-
-
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def capture_batch(tr: Trainer):

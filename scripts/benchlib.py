@@ -1,11 +1,14 @@
-"""Shared by the benchmark scripts: machine description and updating one section of BENCHMARKS.md."""
+"""Shared by the benchmark scripts: machine description, timing, native/reference switching and updating one
+section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,3 +47,29 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+@contextlib.contextmanager
+def path_mode(use_native: bool):
+    """Run the block on the native kernels or on the reference (FIELDS_NATIVE is read at every call)."""
+    old = os.environ.get("FIELDS_NATIVE")
+    os.environ["FIELDS_NATIVE"] = "1" if use_native else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FIELDS_NATIVE", None)
+        else:
+            os.environ["FIELDS_NATIVE"] = old
+
+
+def timed(fn, repeats: int, warmup: bool = True) -> float:
+    """Median wall time of ``fn()`` in seconds (after one untimed call unless ``warmup`` is false)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)

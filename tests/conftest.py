@@ -1,4 +1,5 @@
-"""Shared fixtures: the procedural scene (generated once per cache folder) and writers of tiny scene folders."""
+"""Shared fixtures: the procedural scene (generated once per cache folder), writers of tiny scene folders, and the
+native ops with the devices to test them on."""
 
 from __future__ import annotations
 
@@ -85,3 +86,26 @@ def trained_run(tmp_path_factory, procedural_root) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "procedural"
     Trainer(cfg, run_dir).train(show_progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def ops():
+    """``torch.ops.fields`` from the native build; the tests that use it fail if the build does."""
+    from renderers import native
+
+    if not native.enabled():
+        pytest.skip("FIELDS_NATIVE=0 forces the reference")
+    ops = native.native_ops()
+    assert ops is not None, "the native build failed (see the warning); g++ and ninja are required"
+    return ops
+
+
+def devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def needs_device(device: str, ops) -> None:
+    if device == "cuda" and not ops.has_cuda():
+        pytest.skip("the native build has no CUDA support (torch without CUDA or nvcc missing)")

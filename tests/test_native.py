@@ -11,30 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import devices, needs_device
 from fields.encodings import hash_encode_reference, level_resolutions
 from renderers import native
 from renderers.compositing import composite_reference, transmittance_reference
 from renderers.marching import march_rays_reference
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
-
-
-@pytest.fixture(scope="module")
-def ops():
-    if not native.enabled():
-        pytest.skip("FIELDS_NATIVE=0 forces the reference")
-    ops = native.native_ops()
-    assert ops is not None, "the native build failed (see the warning); g++ and ninja are required"
-    return ops
-
-
-def devices():
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def needs_device(device, ops):
-    if device == "cuda" and not ops.has_cuda():
-        pytest.skip("the native build has no CUDA support (torch without CUDA or nvcc missing)")
 
 
 # -- hash encoding -------------------------------------------------------------------------------------------

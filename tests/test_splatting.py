@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import devices, needs_device
 from renderers import splatting as sp
 from scenes.cameras import Cameras
 
@@ -71,8 +72,8 @@ def test_single_gaussian_projects_to_the_expected_ellipse():
     # Rendered alpha is o * exp(-0.5 d^T conic d) at pixel centres (within the footprint, above 1/255).
     opac = torch.tensor([0.8], dtype=torch.float64)
     _, alpha = sp.rasterize_gaussians(proj, torch.ones(1, 3, dtype=torch.float64), opac, 64, 48)
-    py, px = torch.meshgrid(torch.arange(48.0, dtype=torch.float64) + 0.5, torch.arange(64.0, dtype=torch.float64) + 0.5,
-                            indexing="ij")
+    centres = [torch.arange(n, dtype=torch.float64) + 0.5 for n in (48, 64)]
+    py, px = torch.meshgrid(*centres, indexing="ij")
     dxy = torch.stack([px - proj.means2d[0, 0], py - proj.means2d[0, 1]], -1)
     expected = 0.8 * torch.exp(-0.5 * torch.einsum("hwi,ij,hwj->hw", dxy, conic, dxy))
     expected = torch.where(expected >= 1 / 255, expected, torch.zeros_like(expected))
@@ -136,7 +137,8 @@ def test_zero_gaussians_give_the_background():
     cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=10)
     z = torch.zeros(0, 3)
     out = sp.render_gaussians(z, torch.zeros(0, 4), z, torch.zeros(0), z, cams, 0, torch.tensor([0.1, 0.2, 0.3]))
-    assert out["rgb"].shape == (10, 20, 3) and torch.allclose(out["rgb"], torch.tensor([0.1, 0.2, 0.3]).expand(10, 20, 3))
+    assert out["rgb"].shape == (10, 20, 3)
+    assert torch.allclose(out["rgb"], torch.tensor([0.1, 0.2, 0.3]).expand(10, 20, 3))
     assert (out["opacity"] == 0).all() and (out["depth"] == 0).all() and out["radii"].shape == (0,)
 
 
@@ -163,3 +165,156 @@ def test_render_outputs_and_means2d_gradient():
     assert hit.any() and (out["depth"][hit] > 2).all() and (out["depth"][hit] < 4).all()
     out["rgb"].sum().backward()
     assert out["means2d"].grad is not None and out["means2d"].grad[out["radii"] > 0].abs().sum() > 0
+
+
+# -- native kernels against the reference ----------------------------------------------------------------------
+
+def close(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> bool:
+    """Max abs error below ``rel`` times the values' scale (at least 1): catches any misplaced index."""
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    return want.shape == got.shape and (got.cpu() - want).abs().max().item() <= rel * scale if want.numel() else True
+
+
+def grads_of(fn, inputs, coefs):
+    """Outputs of ``fn(*inputs)`` and the gradients of sum(out * coef) w.r.t. every input."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    outs = fn(*leaves)
+    loss = sum((o * c.to(o.device)).sum() for o, c in zip(outs, coefs))
+    return [o.detach().cpu() for o in outs], [g.cpu() for g in torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_native_projection_matches_reference(ops, device):
+    needs_device(device, ops)
+    cams = look_at_origin([0.4, 0.3, 3.0], width=40, height=35)
+    means, quats, scales, _, _ = (t.float() for t in scene(n=300, seed=5, spread=1.2))
+    means[8] = torch.tensor([1.8, 0.0, 0.0])  # outside the Jacobian's clamp, still projected
+    quats[9] = 0.0  # degenerate quaternion
+    cam = sp.Camera.of(cams, 0, torch.float32, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    coefs = [torch.randn(300, 2, generator=g), torch.randn(300, 3, generator=g), torch.randn(300, generator=g)]
+
+    def ref(m, q, s):
+        p = sp.project_reference(m, q, s, cam)
+        return p.means2d, p.conics, p.depths
+
+    def nat(m, q, s):
+        p = sp.project_gaussians(m, q, s, cams, 0)
+        nat.radii = p.radii.cpu()
+        return p.means2d, p.conics, p.depths
+
+    out_r, grad_r = grads_of(ref, (means, quats, scales), coefs)
+    out_n, grad_n = grads_of(nat, [t.to(device) for t in (means, quats, scales)], coefs)
+    for got, want in zip(out_n + grad_n, out_r + grad_r):
+        assert close(got, want)
+    radii_r = sp.project_reference(means, quats, scales, cam).radii
+    assert torch.equal(nat.radii, radii_r) and radii_r[0] == 0 and radii_r[1] == 0 and (radii_r > 0).sum() > 100
+
+
+def screen_scene(n=150, width=53, height=37, seed=0, channels=3):
+    """Projected Gaussians drawn directly on screen: many means on tile borders (x or y a multiple of 16),
+    some off screen, some culled, varied sizes and opacities, depths with ties, and an opaque stack."""
+    g = torch.Generator().manual_seed(seed)
+    m2 = torch.rand(n, 2, generator=g) * torch.tensor([width + 20.0, height + 20.0]) - 10
+    m2[: n // 4, 0] = 16.0 * torch.randint(0, 4, (n // 4,), generator=g)
+    m2[n // 4: n // 2, 1] = 16.0 * torch.randint(0, 3, (n // 2 - n // 4,), generator=g)
+    theta = torch.rand(n, generator=g) * math.pi
+    sd = torch.exp(torch.rand(n, 2, generator=g) * 2.5 - 0.5)
+    m2[-10:] = torch.tensor([20.3, 17.6]) + torch.rand(10, 2, generator=g)  # a stack that stops pixels early
+    sd[-10:] = 4.0
+    c, s = torch.cos(theta), torch.sin(theta)
+    a = (c * sd[:, 0]) ** 2 + (s * sd[:, 1]) ** 2 + 0.3
+    b = c * s * (sd[:, 0] ** 2 - sd[:, 1] ** 2)
+    cc = (s * sd[:, 0]) ** 2 + (c * sd[:, 1]) ** 2 + 0.3
+    det = a * cc - b * b
+    conics = torch.stack([cc / det, -b / det, a / det], -1)
+    r = sp.screen_radius(torch.stack([a, b, cc], -1))
+    on = (m2[:, 0] + r >= 0) & (m2[:, 0] - r < width) & (m2[:, 1] + r >= 0) & (m2[:, 1] - r < height)
+    radii = torch.where(on, r, torch.zeros_like(r)).int()
+    radii[::17] = 0
+    depths = torch.randint(1, 40, (n,), generator=g).float() / 8  # ties: order by id
+    opac = torch.rand(n, generator=g) * 0.98 + 0.01
+    opac[::5] = 0.999  # above the 0.99 cap: no gradient through alpha there
+    opac[-10:] = 0.95
+    colors = torch.rand(n, channels, generator=g)
+    return sp.Projection(m2, conics, depths, radii), colors, opac
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("channels,tile_size", [(3, 16), (1, 16), (7, 8)])
+def test_native_rasterizer_matches_reference(ops, device, channels, tile_size):
+    needs_device(device, ops)
+    width, height = 53, 37
+    proj, colors, opac = screen_scene(channels=channels)
+    ids_r, off_r = sp.bin_gaussians(proj, width, height, tile_size)
+    ids_n, off_n = ops.splat_bin(proj.means2d.to(device), proj.radii.to(device), proj.depths.to(device), width,
+                                 height, tile_size)
+    assert torch.equal(ids_n.cpu().long(), ids_r) and torch.equal(off_n.cpu(), off_r)
+    bg = torch.linspace(0.1, 0.9, channels)
+    g = torch.Generator().manual_seed(3)
+    coefs = [torch.randn(height, width, channels, generator=g), torch.randn(height, width, generator=g)]
+
+    def run(raster, dev):
+        def f(m2, con, col, op):
+            return raster(sp.Projection(m2, con, proj.depths.to(dev), proj.radii.to(dev)), col, op, width, height,
+                          bg.to(dev), tile_size)
+        return grads_of(f, [t.to(dev) for t in (proj.means2d, proj.conics, colors, opac)], coefs)
+
+    out_r, grad_r = run(sp.rasterize_reference, "cpu")
+    out_n, grad_n = run(sp.rasterize_gaussians, device)
+    alpha = out_r[1]
+    assert alpha.max() > 0.999 and alpha.min() < 0.5  # opaque pixels (that stop early) and translucent ones
+    for got, want in zip(out_n + grad_n, out_r + grad_r):
+        assert close(got, want)
+    assert all(g.abs().sum() > 0 for g in grad_r)
+    capped = opac > 0.99
+    assert (grad_r[3][capped] != 0).any()  # capped where exp(power) is small enough, not capped elsewhere
+
+
+@pytest.mark.parametrize("device", devices())
+def test_native_render_matches_reference_end_to_end(ops, device, monkeypatch):
+    cams = look_at_origin([0.4, 0.3, 3.0], width=45, height=33)
+    inputs = [t.float() for t in scene(n=200, seed=6)]
+    bg = torch.tensor([0.2, 0.5, 0.7])
+    g = torch.Generator().manual_seed(4)
+    coefs = [torch.randn(33, 45, 3, generator=g), torch.randn(33, 45, generator=g), torch.randn(33, 45, generator=g)]
+
+    def f(*args):
+        out = sp.render_gaussians(*args, cams, 0, bg.to(args[0].device))
+        return out["rgb"], out["depth"], out["opacity"]
+
+    needs_device(device, ops)
+    out_n, grad_n = grads_of(f, [t.to(device) for t in inputs], coefs)
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    out_r, grad_r = grads_of(f, inputs, coefs)
+    for got, want in zip(out_n + grad_n, out_r + grad_r):
+        assert close(got, want, rel=2e-5)
+
+
+def test_native_zero_gaussians_and_nothing_visible(ops):
+    cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=10)
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    z = torch.zeros(0, 3, requires_grad=True)
+    out = sp.render_gaussians(z, torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3), cams, 0, bg)
+    assert torch.allclose(out["rgb"], bg.expand(10, 20, 3)) and (out["opacity"] == 0).all()
+    out["rgb"].sum().backward()
+    assert z.grad.shape == (0, 3)
+    behind = torch.tensor([[0.0, 0.0, 5.0]], requires_grad=True)
+    out = sp.render_gaussians(behind, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.5), torch.tensor([0.9]),
+                              torch.ones(1, 3), cams, 0, bg)
+    assert out["radii"].tolist() == [0] and torch.allclose(out["rgb"], bg.expand(10, 20, 3))
+    out["rgb"].sum().backward()
+    assert (behind.grad == 0).all()
+
+
+def test_failed_native_build_falls_back_to_the_reference(monkeypatch):
+    from renderers import native
+
+    monkeypatch.setattr(native, "_state", {"ops": None})
+    cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=16)
+    means, quats, scales, opac, colors = (t.float() for t in scene(n=20, seed=7))
+    out = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, torch.zeros(3))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    ref = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, torch.zeros(3))
+    assert torch.equal(out["rgb"], ref["rgb"]) and out["opacity"].max() > 0.5
