@@ -4,12 +4,12 @@ keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for e
 - ``rays``: random rays from all training images, marched through the occupancy grid (volume fields); the
   batch size adapts to keep the number of samples near ``target_samples``.
 - ``images``: one whole training image per step, rendered by the field's ``render_image`` (gaussians), with
-  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy grid is refreshed from the
-  field's density only every 16 x ``grid_every`` steps, since training does not march rays.
+  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy grid is filled from the
+  field's density only before a checkpoint is written, since training does not march rays.
 
 A step object's ``loss(step, gen)`` returns the loss, its metrics (``mse`` and ``samples``: pixels or samples
 processed) and an ``info`` dict for the field's ``after_step``; its own ``after_step`` adapts the next batch;
-``log()`` adds figures to metrics.jsonl; its state (what a resumed run needs) is merged into the trainer's
+``before_save`` prepares what a saved run needs; ``log()`` adds figures to metrics.jsonl; its state (what a resumed run needs) is merged into the trainer's
 checkpoint.
 """
 
@@ -72,6 +72,9 @@ class RayBatches:
         t = self.cfg.train
         self.n_rays = int(min(max(self.n_rays * t.target_samples / max(metrics["samples"], 1), 64), t.max_rays))
 
+    def before_save(self, step: int) -> None:
+        pass  # the grid is kept up to date while training
+
     def log(self) -> dict:
         return {"rays": self.n_rays, "occupied": self.grid.occupied_fraction()}
 
@@ -89,9 +92,6 @@ class WholeImages:
         self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
 
     def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
-        t = self.cfg.train
-        if step > 0 and step % (16 * t.grid_every) == 0:  # occupancy for point queries (meshes, videos); rarely
-            self.grid.update(self.field.density, self.step_size, warmup=bool(self.grid.updates == 0), generator=gen)
         i = int(torch.randint(0, len(self.data), (), generator=gen))
         bg = backgrounds(self.cfg, self.data, 1, gen)[0]
         rgba = self.data.images[i]
@@ -107,6 +107,12 @@ class WholeImages:
 
     def after_step(self, metrics: dict) -> None:
         pass
+
+    def before_save(self, step: int) -> None:
+        """Fill the occupancy grid from the field's density: training never marches rays, but what reads the
+        saved run does (mesh export, video depth range, distillation with this run as the teacher)."""
+        self.grid.update(self.field.density, self.step_size, warmup=True,
+                         generator=torch.Generator().manual_seed(step))
 
     def log(self) -> dict:
         return {}

@@ -68,6 +68,7 @@ class Trainer:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def save(self) -> Path:
+        self.steps.before_save(self.step)
         return save_checkpoint(checkpoint_path(self.run_dir, self.step), self.state_dict())
 
     def resume(self) -> None:
