@@ -39,7 +39,8 @@ class Field(nn.Module):
         """Density [N] and colour [N, 3] in [0, 1] at points ``x`` seen along unit directions ``d``."""
         raise NotImplementedError
 
-    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid, render_cfg) -> dict[str, torch.Tensor]:
+    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid,
+                     render_cfg) -> dict[str, torch.Tensor]:
         """Camera ``i`` of ``cams`` as ``rgb`` [H, W, 3], ``depth`` and ``opacity`` [H, W]. Volume fields ray-march
         through the occupancy ``grid`` with ``render_cfg``; explicit backends (gaussians) override this."""
         return render_image(self, grid, cams, i, render_cfg, background, self.density)

@@ -9,8 +9,8 @@ keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for e
 
 A step object's ``loss(step, gen)`` returns the loss, its metrics (``mse`` and ``samples``: pixels or samples
 processed) and an ``info`` dict for the field's ``after_step``; its own ``after_step`` adapts the next batch;
-``before_save`` prepares what a saved run needs; ``log()`` adds figures to metrics.jsonl; its state (what a resumed run needs) is merged into the trainer's
-checkpoint.
+``before_save`` prepares what a saved run needs; ``log()`` adds figures to metrics.jsonl; ``state_dict()`` (what
+a resumed run needs) is merged into the trainer's checkpoint.
 """
 
 from __future__ import annotations

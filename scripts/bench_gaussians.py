@@ -100,10 +100,10 @@ def main() -> None:
     best = max((r["psnr"] for r in seeded.rows), default=float("nan"))
     body = (f"## gaussians on {args.scene} {test.cameras.width}x{test.cameras.height} (every {args.every}th test view, "
             f"{len(view_indices(len(test), args.every))} views)\n\n" + "\n".join(table) +
-            f"\n\nTeacher: hash grid `{args.teacher}`, test PSNR {t_res['psnr']:.2f} dB; from it, "
+            f"\n\nTeacher: {teacher.config.field} `{args.teacher}`, test PSNR {t_res['psnr']:.2f} dB; from it, "
             f"{best:.2f} dB (target >= {t_res['psnr'] - 1:.2f}). Seeding {args.num_points} points and rendering "
-            f"{args.teacher_views} teacher views took about {setup:.0f} s before training (not in the training time). Render fps: `render_image` of the "
-            "evaluated test views at 200x200; eval time is excluded from training time.")
+            f"{args.teacher_views} teacher views took about {setup:.0f} s before training (not in the training time). "
+            "Render fps: `render_image` of the evaluated test views; eval time is excluded from training time.")
     print(body)
     if not args.no_write:
         write_section("gaussians", body)

@@ -1,4 +1,5 @@
-"""The ``fields export mesh | video | pointcloud | splats`` subcommands (tyro dataclasses; ``fields/cli.py`` mounts them).
+"""The ``fields export mesh | video | pointcloud | splats`` subcommands (tyro dataclasses; ``fields/cli.py``
+mounts them).
 
 Each loads the run, prints what it is about to do, shows progress bars while it works, and writes into
 ``<run>/exports/`` unless ``--output`` names a file or folder.
