@@ -2,18 +2,21 @@
 
 A field maps points (and view directions) to density and colour; ``ImageField`` is the same backend over 2-D
 pixel coordinates (``fields fit``). The trainer, renderer, evaluation, viewer
-and exporters only ever call ``density``, ``forward`` and ``param_groups``; only the config decides which
-backend runs.
+and exporters only ever call ``density``, ``forward``, ``render_image``, ``param_groups`` and ``after_step``;
+only the config decides which backend runs (and, by ``training_steps``, what one training step works on).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fields.fused_mlp import ReLUMLP
+from renderers.render import render_image
+from scenes.cameras import Cameras
 
 
 class Field(nn.Module):
@@ -47,14 +50,33 @@ class Field(nn.Module):
         """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``."""
         return self.forward(features, d)[1]
 
+    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid,
+                     render_cfg) -> dict[str, torch.Tensor]:
+        """Camera ``i`` of ``cams`` as ``rgb`` [H, W, 3], ``depth`` and ``opacity`` [H, W]. Volume fields ray-march
+        through the occupancy ``grid`` with ``render_cfg``; explicit backends (gaussians) override this."""
+        return render_image(self, grid, cams, i, render_cfg, background, geometry_fn=self.geometry,
+                            color_fn=self.color)
+
     def param_groups(self, lr: float) -> list[dict]:
-        """Optimizer parameter groups with per-group learning rates (override to give grids their own)."""
+        """Optimizer parameter groups with per-group learning rates (override to give grids their own). A group
+        may set ``lr_final`` (its own end-of-budget factor, instead of the trainer's ``lr_final``)."""
         return [{"name": "all", "params": list(self.parameters()), "lr": lr}]
+
+    def stats(self) -> dict[str, float]:
+        """Figures worth logging while training (e.g. the number of Gaussians); none by default."""
+        return {}
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
+        """Called after each optimizer step with what the training render returned (``info``); backends that
+        change their parameters' shapes (gaussians) do it here and keep ``optimizer``'s state consistent."""
 
 
 @dataclass
 class FieldConfig:
     """Base of every backend's config; ``build`` returns the field for a scene box."""
+
+    training_steps: ClassVar[str] = "rays"
+    """What one training step works on (a name in ``fields/steps.py``): random ray batches for volume fields."""
 
     def build(self, aabb: torch.Tensor) -> Field:
         raise NotImplementedError

@@ -147,6 +147,9 @@ class _DistillOptions:
                 raise RunError("fields distill: pass --teacher RUN (a trained run folder) or --resume RUN")
             teacher = load_run(self.teacher)
             cfg = student_config(teacher.config, self.student, getattr(self, self.student), self.train)
+            if cfg.field_config.training_steps == "images":  # explicit primitives: seeded on the teacher's surface
+                self._distill_to_gaussians(teacher, cfg)
+                return
             distiller = Distiller(cfg, None, teacher, self.distill, console)
             run_dir = distiller.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
             console.print(f"Run folder: {run_dir} (teacher {teacher.path}, {teacher.config.field})")
@@ -156,6 +159,20 @@ class _DistillOptions:
             sys.exit(130)
         console.print(f"Distilled {distiller.step} steps in {distiller.elapsed:.1f} s; "
                       f"evaluate with `fields eval {run_dir}`")
+
+
+    def _distill_to_gaussians(self, teacher, cfg: RunConfig) -> None:
+        from fields.gaussian_distill import distill_to_gaussians
+
+        run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
+        console.print(f"Run folder: {run_dir} (teacher {teacher.path}, {teacher.config.field})")
+        try:
+            distill_to_gaussians(teacher, run_dir, field_config=cfg.field_config, train=cfg.train, console=console,
+                                 show_progress=not self.quiet)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        console.print(f"Distilled into Gaussians; evaluate with `fields eval {run_dir}`, continue with "
+                      f"`fields train --resume {run_dir}`")
 
 
 Distill = with_backend_options("Distill", _DistillOptions,

@@ -74,6 +74,8 @@ class TrainConfig:
     """Steps between occupancy-grid updates."""
     grid_warmup: int = 256
     """Steps during which every grid cell is re-evaluated at each update."""
+    ssim_weight: float = 0.2
+    """Weight of D-SSIM in the loss of whole-image steps (gaussians): (1 - w) L1 + w (1 - SSIM), as in 3DGS."""
     random_background: bool = True
     """Composite training pixels on random colours, so transparent regions learn zero density."""
     seed: int = 0

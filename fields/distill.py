@@ -158,7 +158,7 @@ class Distiller(Trainer):
         o, d = self._replayed("rays", n)
         n_new = n - o.shape[0]
         n_rand = int(round(n_new * self.dcfg.random_view_fraction))
-        idx = torch.randint(0, len(self.rays), (n_new - n_rand,), generator=gen)
+        idx = torch.randint(0, len(self.steps.rays), (n_new - n_rand,), generator=gen)
         f = self.frame
         up = f.up
         a = torch.nn.functional.normalize(torch.linalg.cross(up, torch.eye(3)[int(up.abs().argmin())]), dim=0)
@@ -168,7 +168,7 @@ class Distiller(Trainer):
         el = lo + (hi - lo) * torch.rand(n_rand, 1, generator=gen)
         eye = f.centre + f.radius * (torch.cos(el) * (torch.cos(az) * a + torch.sin(az) * b) + torch.sin(el) * up)
         aim = torch.nn.functional.normalize(self._occupied_points(n_rand, gen) - eye, dim=-1)
-        return (torch.cat([o, self.rays.origins[idx], eye]), torch.cat([d, self.rays.dirs[idx], aim]))
+        return (torch.cat([o, self.steps.rays.origins[idx], eye]), torch.cat([d, self.steps.rays.dirs[idx], aim]))
 
     def _points(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Points from occupied cells (random directions) and visible samples of rays through the grid."""
@@ -177,11 +177,11 @@ class Distiller(Trainer):
         n_occ = int(round(n_new * self.dcfg.occupied_fraction))
         x_occ = self._occupied_points(n_occ, gen)
         d_occ = torch.nn.functional.normalize(torch.randn(n_occ, 3, generator=gen), dim=-1)
-        o, d = self._rays(self.n_rays, gen)
+        o, d = self._rays(self.steps.n_rays, gen)
         samples = sample_rays(o, d, self.grid, self.cfg.render, self.teacher.field.density,
                               jitter=torch.rand(o.shape[0], generator=gen))
         x_ray, d_ray = samples.positions(o, d)
-        self.adapt_rays(len(samples), n_new - n_occ)
+        self.steps.adapt(len(samples), n_new - n_occ)
         pick = torch.randperm(len(samples), generator=gen)[: n_new - n_occ]
         return torch.cat([xr, x_occ, x_ray[pick]]), torch.cat([dr, d_occ, d_ray[pick]])
 
@@ -216,15 +216,17 @@ class Distiller(Trainer):
                 "samples": x.shape[0]}
 
     def _render_step(self, gen: torch.Generator) -> dict:
-        o, d = self._rays(self.n_rays, gen)
+        o, d = self._rays(self.steps.n_rays, gen)
         bg = torch.rand(o.shape[0], 3, generator=gen)
         jitter = torch.rand(o.shape[0], generator=gen)
         teacher = self.teacher.field
         with torch.no_grad():
-            target = render_rays(teacher, self.grid, o, d, self.cfg.render, bg, teacher.density, jitter)["rgb"]
-        out = render_rays(self.field, self.grid, o, d, self.cfg.render, bg, self.field.density, jitter)
+            target = render_rays(teacher, self.grid, o, d, self.cfg.render, bg, jitter=jitter,
+                                 geometry_fn=teacher.geometry, color_fn=teacher.color)["rgb"]
+        out = render_rays(self.field, self.grid, o, d, self.cfg.render, bg, jitter=jitter,
+                          geometry_fn=self.field.geometry, color_fn=self.field.color)
         n_samples = int(out["samples"])
-        self.adapt_rays(n_samples, self.cfg.train.target_samples)
+        self.steps.adapt(n_samples, self.cfg.train.target_samples)
         err = ((out["rgb"] - target) ** 2).mean(-1)
         self._remember("rays", o, d, err)
         return {"loss": err.mean(), "samples": n_samples}

@@ -14,7 +14,7 @@ from rich.progress import Progress
 from fields.base import Field
 from fields.imaging import colormap, depth_image, write_png
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig, render_image
+from renderers.render import RenderConfig
 from scenes import SceneSplit
 
 
@@ -45,8 +45,7 @@ def evaluate(field: Field, grid: OccupancyGrid, split: SceneSplit, render_cfg: R
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task(f"eval {split.split}", total=len(views))
         for i in views:
-            out = render_image(field, grid, split.cameras, i, render_cfg, bg, geometry_fn=field.geometry,
-                               color_fn=field.color)
+            out = field.render_image(split.cameras, i, bg, grid, render_cfg)
             gt = split.composited([i])[0]
             rgb = out["rgb"].clamp(0, 1)
             per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fields.base import FieldConfig
 from fields.cam import CAMConfig
+from fields.gaussians import GaussiansConfig
 from fields.hashgrid import HashGridConfig
 from fields.mlp import MLPConfig
 from fields.rbf import RBFConfig
@@ -13,4 +14,5 @@ FIELD_CONFIGS: dict[str, type[FieldConfig]] = {
     "mlp": MLPConfig,
     "rbf": RBFConfig,
     "cam": CAMConfig,
+    "gaussians": GaussiansConfig,
 }

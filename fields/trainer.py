@@ -1,5 +1,6 @@
-"""Training a radiance field: ray batches from all training images, occupancy-grid marching, Adam with
-per-group learning rates, budgets in steps or seconds, metrics, checkpoints and resume.
+"""Training a field: one loop for every backend (budget in steps or seconds, warm-up and decaying learning rates
+per parameter group, metrics, checkpoints, resume, callbacks). What a step works on (ray batches through the
+occupancy grid, or whole images) is the step object of ``fields/steps.py`` that the field config names.
 
 Every random draw of step ``s`` comes from a generator seeded with ``(seed, s)``, so a run resumed from a
 checkpoint draws exactly the batches an uninterrupted run would have drawn.
@@ -21,9 +22,9 @@ from fields.base import Field
 from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
+from fields.steps import STEPS
 from renderers.occupancy import OccupancyGrid
-from renderers.render import render_rays
-from scenes import SceneSplit, image_rays
+from scenes import SceneSplit
 
 
 class TrainingError(RuntimeError):
@@ -42,48 +43,37 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-class TrainingRays:
-    """All training pixels as rays, flattened once so a batch is a single gather."""
-
-    def __init__(self, data: SceneSplit):
-        rays = [image_rays(data.cameras, i) for i in range(len(data))]
-        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
-        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
-        self.rgba = data.images.reshape(-1, 4)
-
-    def __len__(self) -> int:
-        return self.rgba.shape[0]
-
-
 class Trainer:
     """Owns the field, the occupancy grid and the optimizer of one run folder.
 
-    ``model`` starts from a given field and grid (e.g. a distilled student) instead of fresh ones. Subclasses
-    change what one step does by overriding ``train_step``; the loop, budgets, metrics and checkpoints stay.
+    ``model`` starts from a given field and grid (e.g. a distilled student) instead of fresh ones; ``data``
+    trains on these views instead of the scene's training split (e.g. plus teacher renders). What one step works
+    on (ray batches, whole images) is the step object ``self.steps`` that the field config names; subclasses
+    may override ``train_step``. The loop, budgets, metrics and checkpoints stay.
     """
 
     label = "train"  # progress-bar caption
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
-                 model: tuple[Field, OccupancyGrid] | None = None):
+                 model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
-        self.data = cfg.scene.load("train")
-        self.rays = TrainingRays(self.data)
+        self.data = cfg.scene.load("train") if data is None else data
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)
+        self.steps = STEPS[cfg.field_config.training_steps](cfg, self.data, self.field, self.grid, self.step_size)
         groups = self.field.param_groups(cfg.train.lr)
         for g in groups:
             g["base_lr"] = g["lr"]
         # fused: one pass over each tensor instead of ~8 (25x faster on the 2-core CPU for a 2^17 x 12 table).
         self.optimizer = torch.optim.Adam(groups, eps=1e-15, weight_decay=cfg.train.weight_decay, fused=True)
-        self.step, self.elapsed, self.n_rays = 0, 0.0, cfg.train.init_rays
+        self.step, self.elapsed = 0, 0.0
         self.last: dict = {}
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "elapsed": self.elapsed, "n_rays": self.n_rays,
+        return {"step": self.step, "elapsed": self.elapsed, **self.steps.state_dict(),
                 "field": self.field.state_dict(), "grid": self.grid.state_dict(),
                 "optimizer": self.optimizer.state_dict()}
 
@@ -91,12 +81,14 @@ class Trainer:
         self.field.load_state_dict(state["field"])
         self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.elapsed, self.n_rays = int(state["step"]), float(state["elapsed"]), int(state["n_rays"])
+        self.steps.load_state_dict(state)
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def save(self) -> Path:
         """Write a checkpoint of the current step; never one with NaN/inf weights (it would hide the good ones)."""
         if not all(bool(torch.isfinite(p).all()) for p in self.field.parameters()):
             raise TrainingError(f"field parameters became NaN/inf at step {self.step}; not saving them")
+        self.steps.before_save(self.step)
         path = checkpoint_path(self.run_dir, self.step)
         try:
             return save_checkpoint(path, self.state_dict())
@@ -139,9 +131,9 @@ class Trainer:
 
     def _set_lr(self) -> float:
         t = self.cfg.train
-        factor = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)) * t.lr_final ** self.progress()
+        warmup, progress = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)), self.progress()
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
+            g["lr"] = g["base_lr"] * warmup * g.get("lr_final", t.lr_final) ** progress
         return self.optimizer.param_groups[0]["lr"]
 
     # -- one step ------------------------------------------------------------------------------------------
@@ -152,8 +144,9 @@ class Trainer:
             raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
         return torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
 
-    def apply_loss(self, loss: torch.Tensor, n_samples: int) -> None:
-        """Backward and optimizer step (skipped for an empty batch; a NaN loss stops training); next step."""
+    def apply_loss(self, loss: torch.Tensor, n_samples: int, info: dict | None = None) -> None:
+        """Backward and optimizer step (skipped for an empty batch; a NaN loss or gradient stops training), the
+        field's ``after_step`` with the render's ``info`` (gaussians densify there); next step."""
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -163,35 +156,17 @@ class Trainer:
             if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
                 raise TrainingError(f"gradients became NaN/inf at step {self.step}")
             self.optimizer.step()
+        self.field.after_step(self.step, self.optimizer, info or {})
         self.step += 1
-
-    def adapt_rays(self, found: int, wanted: int) -> None:
-        """Scale the next batch's ray count so that it gives about ``wanted`` samples (nerfacc's dynamic batch)."""
-        self.n_rays = int(min(max(self.n_rays * wanted / max(found, 1), 64), self.cfg.train.max_rays))
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
-        t, step = self.cfg.train, self.step
         gen = self.step_generator()
-        if step % t.grid_every == 0:
-            self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
-        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
-        rgba = self.rays.rgba[idx]
-        if t.random_background:
-            bg = torch.rand(self.n_rays, 3, generator=gen)
-        else:
-            bg = torch.tensor(self.data.background).expand(self.n_rays, 3)
-        target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
-        jitter = torch.rand(self.n_rays, generator=gen)
         lr = self._set_lr()
-        out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
-                          jitter=jitter, geometry_fn=self.field.geometry, color_fn=self.field.color)
-        n_samples = int(out["samples"])
-        loss = torch.nn.functional.mse_loss(out["rgb"], target)
-        self.apply_loss(loss, n_samples)
-        self.adapt_rays(n_samples, t.target_samples)
-        return {"loss": loss.item(), "mse": loss.item(), "psnr": psnr_from_mse(loss.item()), "samples": n_samples,
-                "lr": lr}
+        loss, metrics, info = self.steps.loss(self.step, gen)
+        self.apply_loss(loss, metrics["samples"], info)
+        self.steps.after_step(metrics)
+        return {"loss": loss.item(), "psnr": psnr_from_mse(metrics["mse"]), "lr": lr, **metrics}
 
     def _stopped(self, problem: str) -> TrainingError:
         """The error that ends training: the problem, the step, and the checkpoint it can resume from."""
@@ -242,8 +217,7 @@ class Trainer:
                         psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
                         record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                                  "rays": self.n_rays, "lr": m["lr"], "elapsed": self.elapsed,
-                                  "occupied": self.grid.occupied_fraction()}
+                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats()}
                         record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         metrics_file.write(json.dumps(record) + "\n")
                         metrics_file.flush()

@@ -34,9 +34,9 @@ from renderers.render import sample_rays, shaded_samples  # noqa: E402
 def capture_batch(tr: Trainer):
     """The rays, samples and field inputs of one training step from the trainer's current state."""
     gen = torch.Generator().manual_seed(12345)
-    idx = torch.randint(0, len(tr.rays), (tr.n_rays,), generator=gen)
-    origins, dirs = tr.rays.origins[idx].contiguous(), tr.rays.dirs[idx].contiguous()
-    jitter = torch.rand(tr.n_rays, generator=gen)
+    idx = torch.randint(0, len(tr.steps.rays), (tr.steps.n_rays,), generator=gen)
+    origins, dirs = tr.steps.rays.origins[idx].contiguous(), tr.steps.rays.dirs[idx].contiguous()
+    jitter = torch.rand(tr.steps.n_rays, generator=gen)
     marched = march_rays(origins, dirs, tr.grid.binary, tr.grid.aabb, tr.step_size, jitter=jitter)
     samples = sample_rays(origins, dirs, tr.grid, tr.cfg.render, tr.field.density, jitter)
     x, d = samples.positions(origins, dirs)
@@ -188,7 +188,7 @@ def main() -> None:
         for _ in range(args.warmup_steps):
             tr.train_step()
     console.print(f"warm-up: {args.warmup_steps} native steps, occupied {tr.grid.occupied_fraction():.1%}, "
-                  f"{tr.n_rays} rays/batch")
+                  f"{tr.steps.n_rays} rays/batch")
     with path_mode(True):
         batch = capture_batch(tr)
     ops = op_timings(tr, batch, args.repeats)

@@ -83,7 +83,7 @@ def perturb(module: torch.nn.Module, seed: int = 2) -> None:
 
 
 def test_registry_has_every_backend():
-    assert set(FIELD_CONFIGS) == {"hashgrid", "mlp", "rbf", "cam"}
+    assert set(FIELD_CONFIGS) == {"hashgrid", "mlp", "rbf", "cam", "gaussians"}
 
 
 @pytest.mark.parametrize("name", ["hashgrid", "mlp", "mlp-gaussian", "rbf", "cam"])

@@ -1,4 +1,5 @@
-"""Rendering the field from one browser tab's camera, on that tab's own thread.
+"""Rendering the field from one browser tab's camera, on that tab's own thread, through ``Field.render_image``
+(ray marching for volume fields, splatting for Gaussians).
 
 Each tab gets a `ClientRenderer`: a thread plus a single "latest request" slot. Camera messages overwrite
 the slot, so stale requests are dropped, never queued. While the camera moves the thread renders small
@@ -25,7 +26,7 @@ import torch
 from fields.base import Field
 from fields.imaging import depth_image, to_uint8
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig, render_image
+from renderers.render import RenderConfig
 from scenes.cameras import Cameras
 from viewer.camera import image_size, viewer_camera
 
@@ -70,7 +71,8 @@ class RenderTarget:
 
     def image(self, cams: Cameras, mode: RenderMode) -> np.ndarray:
         """Camera 0 of ``cams`` rendered in ``mode`` as uint8 RGB [H, W, 3]."""
-        out = render_image(self.field, self.grid, cams, 0, self.render, self.background, self.field.density)
+        with torch.no_grad():
+            out = self.field.render_image(cams, 0, self.background, self.grid, self.render)
         if mode == "Depth":
             img = depth_image(out["depth"], out["opacity"])
         elif mode == "Opacity":

@@ -1,4 +1,5 @@
-"""The ``fields export mesh | video | pointcloud`` subcommands (tyro dataclasses; ``fields/cli.py`` mounts them).
+"""The ``fields export mesh | video | pointcloud | splats`` subcommands (tyro dataclasses; ``fields/cli.py``
+mounts them).
 
 Each loads the run, prints what it is about to do, shows progress bars while it works, and writes into
 ``<run>/exports/`` unless ``--output`` names a file or folder.
@@ -165,13 +166,36 @@ class PointCloud:
 
 
 @dataclass
+class Splats:
+    """Write the Gaussians of a gaussians run as a standard 3DGS PLY (the INRIA format splat viewers read)."""
+
+    run_dir: RunDir
+    """Run folder (or its config.yaml) of a `--field gaussians` run."""
+    output: Path | None = None
+    """Output file or folder (default: <run>/exports/)."""
+
+    def run(self) -> None:
+        from fields.gaussians import GaussianField
+        from fields.gaussians.ply import write_splats
+
+        run = load_run(self.run_dir)
+        if not isinstance(run.field, GaussianField):
+            raise ExportError(f"{run.path}: a '{run.config.field}' run has no Gaussians to export; train with "
+                              "--field gaussians (or distill this run into Gaussians)")
+        path = output_path(run.path, self.output, f"splats-step-{run.step:06d}.ply")
+        write_splats(path, run.field.gaussians())
+        console.print(f"Splats: {len(run.field)} Gaussians (SH degree {run.field.cfg.sh_degree}) -> {path}")
+
+
+@dataclass
 class Export:
-    """Export a trained run as a mesh, a video or a point cloud."""
+    """Export a trained run as a mesh, a video, a point cloud or (gaussians runs) a 3DGS splat PLY."""
 
     what: tyro.conf.OmitSubcommandPrefixes[Union[
         Annotated[Mesh, tyro.conf.subcommand("mesh")],
         Annotated[Video, tyro.conf.subcommand("video")],
-        Annotated[PointCloud, tyro.conf.subcommand("pointcloud")]]]
+        Annotated[PointCloud, tyro.conf.subcommand("pointcloud")],
+        Annotated[Splats, tyro.conf.subcommand("splats")]]]
     """What to export."""
 
     def run(self) -> None:

@@ -17,7 +17,7 @@ from fields.base import Field
 from fields.export import ExportError
 from fields.imaging import depth_image, to_uint8
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig, render_image
+from renderers.render import RenderConfig
 from scenes.cameras import Cameras
 from scenes.memory import available_bytes, gigabytes
 
@@ -81,7 +81,7 @@ def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, ca
         with bar as progress:
             task = progress.add_task("frames", total=len(cams))
             for i in range(len(cams)):
-                out = render_image(field, grid, cams, i, render_cfg, bg, field.density)
+                out = field.render_image(cams, i, bg, grid, render_cfg)
                 for name, writer in writers.items():
                     img = out["rgb"] if name == "rgb" else depth_image(out["depth"], out["opacity"], lo, hi)
                     writer.append_data(to_uint8(img))

@@ -1,0 +1,6 @@
+"""The ``gaussians`` backend (3D Gaussian Splatting): field and config, adaptive density control, point
+queries and the 3DGS PLY format."""
+
+from fields.gaussians.field import GaussianField, GaussiansConfig
+
+__all__ = ["GaussianField", "GaussiansConfig"]

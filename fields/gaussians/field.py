@@ -1,0 +1,210 @@
+"""The ``gaussians`` backend: explicit 3-D Gaussians (3D Gaussian Splatting, Kerbl et al. 2023) rendered by
+splatting (``renderers/splatting.py``).
+
+Each Gaussian has a mean, log-scales, a rotation quaternion (wxyz), a logit opacity and spherical-harmonics
+colour coefficients (DC in ``sh0``, the rest in ``shN``; the active SH degree grows during training as in
+3DGS). The number of Gaussians changes while training (``DensityControl``): parameters are resized in place
+(``param.data = ...``) so the optimizer keeps referring to the same tensors, and a checkpoint with another count
+loads into a freshly built field by resizing first.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fields.base import Field, FieldConfig
+from fields.encodings import sh_encode
+from fields.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
+from fields.gaussians.kernels import GaussianIndex
+from renderers.splatting import render_gaussians
+from scenes.cameras import Cameras
+
+SH_C0 = 0.28209479177387814  # the degree-0 SH basis value: colour = SH_C0 * sh0 + 0.5 (3DGS convention)
+
+
+@dataclass
+class GaussiansConfig(FieldConfig):
+    """Gaussian-splatting backend. Defaults are sized for a 2-core CPU and 200x200 images: far fewer Gaussians
+    than 3DGS (a cap of 200k) and 3DGS's schedule (densify every 100 steps until half-way, opacity reset every
+    3000 of 30000 steps) compressed to the ~1000-3000 steps a 300-600 s CPU run takes; learning rates are
+    3DGS's."""
+
+    training_steps: ClassVar[str] = "images"  # one whole training image per step (fields/steps.py)
+
+    num_init: int = 20_000
+    """Gaussians at random points in the scene box (when not seeded from given points)."""
+    init_opacity: float = 0.1
+    """Initial opacity of every Gaussian."""
+    sh_degree: int = 3
+    """Highest spherical-harmonics degree of the colours (0: view-independent colour)."""
+    sh_degree_every: int = 200
+    """Steps between raising the active SH degree by one (3DGS: 1000 of its 30000 steps)."""
+    lr_means: float = 1.6e-4
+    """Learning rate of the means, times the scene scale (half the box diagonal)."""
+    lr_means_final: float = 0.01
+    """Means learning rate at the end of the budget, relative to the start (the other groups stay constant)."""
+    lr_scales: float = 5e-3
+    """Learning rate of the log-scales."""
+    lr_quats: float = 1e-3
+    """Learning rate of the rotation quaternions."""
+    lr_opacities: float = 5e-2
+    """Learning rate of the logit opacities."""
+    lr_sh0: float = 2.5e-3
+    """Learning rate of the DC colour coefficients."""
+    lr_shN: float = 1.25e-4
+    """Learning rate of the higher SH coefficients (3DGS: sh0's / 20)."""
+    densify_from: int = 100
+    """First step of adaptive density control (clone / split / prune)."""
+    densify_until: int = 1200
+    """Last step of adaptive density control (and of opacity resets)."""
+    densify_every: int = 100
+    """Steps between density-control rounds."""
+    grow_grad2d: float = 2e-4
+    """Clone or split Gaussians whose mean view-space gradient of the 2-D mean (NDC units) exceeds this."""
+    grow_scale3d: float = 0.01
+    """Gaussians larger than this (times the scene scale) are split, smaller ones cloned."""
+    prune_opacity: float = 0.005
+    """Remove Gaussians less opaque than this."""
+    prune_scale3d: float = 0.1
+    """After the first opacity reset, remove Gaussians larger than this (times the scene scale)."""
+    reset_opacity_every: int = 500
+    """Steps between opacity resets (to 2 x prune_opacity); 0 disables them."""
+    max_gaussians: int = 200_000
+    """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first)."""
+
+    def build(self, aabb: torch.Tensor) -> "GaussianField":
+        return GaussianField(aabb, self)
+
+    def build_image(self):
+        raise ValueError("the gaussians backend has no 2-D image form for `fields fit`; use hashgrid, mlp, rbf or cam")
+
+
+def neighbour_spacing(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
+    """Mean distance of each point [N, 3] to its ``k`` nearest neighbours, [N] (chunked brute force)."""
+    k = min(k, len(points) - 1)
+    if k < 1:
+        return torch.ones(len(points))
+    out = [torch.cdist(c, points).topk(k + 1, largest=False).values[:, 1:].mean(-1) for c in points.split(chunk)]
+    return torch.cat(out)
+
+
+def initial_gaussians(aabb: torch.Tensor, cfg: GaussiansConfig, points: torch.Tensor | None = None,
+                      colors: torch.Tensor | None = None, sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-Gaussian tensors (the ``PER_GAUSSIAN`` names) for ``cfg.num_init`` random points in the box ``aabb``,
+    or for given ``points`` [N, 3] with colours [N, 3] in [0, 1] (default grey) and isotropic sizes [N]
+    (default: the mean distance to the 3 nearest points); rotations identity, opacity ``init_opacity``."""
+    if points is None:
+        points = aabb[0] + torch.rand(cfg.num_init, 3) * (aabb[1] - aabb[0])
+        sizes = torch.full((cfg.num_init,), 0.5 * ((aabb[1] - aabb[0]).prod().item() / cfg.num_init) ** (1 / 3))
+    elif sizes is None:
+        sizes = neighbour_spacing(points)
+    n = len(points)
+    rgb = torch.full((n, 3), 0.5) if colors is None else colors.float().clamp(0, 1)
+    return {"means": points.float().clone(), "scales": sizes.float().clamp_min(1e-7).log()[:, None].repeat(1, 3),
+            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+            "opacities": torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+            "sh0": ((rgb - 0.5) / SH_C0)[:, None, :], "shN": torch.zeros(n, (cfg.sh_degree + 1) ** 2 - 1, 3)}
+
+
+class GaussianField(Field):
+    """A set of 3-D Gaussians over the scene box ``aabb``; renders images by splatting."""
+
+    def __init__(self, aabb: torch.Tensor, cfg: GaussiansConfig):
+        super().__init__(aabb)
+        self.cfg = cfg
+        self.scene_scale = 0.5 * (self.aabb[1] - self.aabb[0]).norm().item()
+        for name, t in initial_gaussians(self.aabb, cfg).items():
+            setattr(self, name, nn.Parameter(t))
+        n = len(self.means)
+        self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
+        self.register_buffer("grad2d", torch.zeros(n))  # densification statistics (DensityControl)
+        self.register_buffer("grad_count", torch.zeros(n))
+        self.control = DensityControl(self, cfg)
+        self.lock = threading.Lock()  # held while the set of Gaussians changes (the viewer renders concurrently)
+        self._index: GaussianIndex | None = None
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def gaussians(self) -> dict[str, torch.Tensor]:
+        """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN."""
+        return {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
+
+    def set_gaussians(self, g: dict[str, torch.Tensor]) -> None:
+        """Replace all Gaussians (before training: optimizer state is not carried over)."""
+        edit_gaussians(self, None, lambda t: t[:0], {name: g[name].float() for name in PER_GAUSSIAN})
+
+    def stats(self) -> dict[str, float]:
+        return {"gaussians": len(self)}
+
+    # -- appearance ----------------------------------------------------------------------------------------
+    def colors(self, eye: torch.Tensor, means: torch.Tensor | None = None) -> torch.Tensor:
+        """RGB [N, 3] (>= 0) of every Gaussian seen from the point ``eye`` [3] (or along directions [N, 3])."""
+        means = self.means if means is None else means
+        dirs = torch.nn.functional.normalize(means - eye, dim=-1)
+        return self.sh_color(dirs)
+
+    def sh_color(self, dirs: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """RGB of Gaussians ``idx`` (default all) seen along unit directions ``dirs``, with the active degree."""
+        k = (int(self.active_sh_degree) + 1) ** 2
+        coeffs = torch.cat([self.sh0, self.shN[:, : k - 1]], 1)
+        if idx is not None:
+            coeffs = coeffs[idx]
+        return ((sh_encode(dirs, int(self.active_sh_degree) + 1)[:, :, None] * coeffs).sum(1) + 0.5).clamp_min(0)
+
+    # -- rendering -----------------------------------------------------------------------------------------
+    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid=None,
+                     render_cfg=None) -> dict[str, torch.Tensor]:
+        """Splat camera ``i``: ``rgb`` [H, W, 3], ``depth``, ``opacity`` and, for densification, ``means2d``
+        (its gradient retained) and ``radii``. Differentiable when grad is enabled."""
+        with self.lock:  # one consistent set of Gaussians even while training edits them
+            means, quats, scales, opac = self.means * 1, self.quats * 1, self.scales * 1, self.opacities * 1
+            eye = cams.centers[i]
+            colors = self.colors(eye, means) if len(means) else means.new_zeros(0, 3)
+        return render_gaussians(means, quats, scales.exp(), torch.sigmoid(opac), colors, cams, i, background)
+
+    # -- volume-field view (occupancy grid, meshes, distillation as a teacher) ------------------------------
+    def index(self) -> GaussianIndex:
+        """Spatial index of the Gaussians for point queries (rebuilt when the Gaussians changed)."""
+        if self._index is None or not self._index.matches(self):
+            self._index = GaussianIndex(self)
+        return self._index
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return self.index().query(x, with_color=False)[0]
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.index().query(x, d)
+
+    # -- optimisation --------------------------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict]:
+        """3DGS's per-parameter learning rates, all scaled by ``lr / 1e-2`` (so ``--lr`` still scales them);
+        only the means decay (to ``lr_means_final``), and no weight decay."""
+        s, c = lr / 1e-2, self.cfg
+        rates = {"means": c.lr_means * self.scene_scale, "scales": c.lr_scales, "quats": c.lr_quats,
+                 "opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN}
+        return [{"name": name, "params": [getattr(self, name)], "lr": rate * s, "weight_decay": 0.0,
+                 "lr_final": c.lr_means_final if name == "means" else 1.0} for name, rate in rates.items()]
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
+        """Grow the SH degree and run adaptive density control (see ``DensityControl``)."""
+        if self.cfg.sh_degree_every > 0:
+            self.active_sh_degree.fill_(min(self.cfg.sh_degree, (step + 1) // self.cfg.sh_degree_every))
+        self.control.step(step, optimizer, info)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Resize per-Gaussian tensors to the checkpoint's count before loading (other shapes must match)."""
+        for name, t in [*self._parameters.items(), *self._buffers.items()]:
+            saved = state_dict.get(prefix + name)
+            if (t is not None and saved is not None and t.dim() > 0 and saved.dim() == t.dim()
+                    and saved.shape[1:] == t.shape[1:] and saved.shape[0] != t.shape[0]):
+                t.data = t.new_zeros(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

@@ -1,0 +1,113 @@
+"""Gaussian splatting on lego 200x200: test PSNR/SSIM at 300 and 600 s of training time from a random
+initialisation and from a hash-grid teacher (trained here for --teacher-time seconds unless --teacher names a
+run), the number of Gaussians, training iterations/s and render frames/s at 200x200. Targets (issue 8): render
+>= 20 fps and PSNR from the teacher >= the teacher's - 1 dB. Writes the ``gaussians`` section of BENCHMARKS.md.
+
+    FIELDS_DATA=../shared/scenes/nerf_synthetic_200 python scripts/bench_gaussians.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import ROOT, write_section  # noqa: E402
+from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
+from fields.evaluation import evaluate, view_indices  # noqa: E402
+from fields.gaussian_distill import distill_to_gaussians  # noqa: E402
+from fields.gaussians import GaussiansConfig  # noqa: E402
+from fields.hashgrid import HashGridConfig  # noqa: E402
+from fields.run import load_run, new_run_dir  # noqa: E402
+from fields.trainer import Trainer  # noqa: E402
+
+
+class MarkEvaluator:
+    """Trainer callback: evaluate the test views when training time passes each mark (outside the clock)."""
+
+    def __init__(self, test, every: int, marks: list[float], label: str):
+        self.test, self.every, self.marks, self.label, self.rows = test, every, sorted(marks), label, []
+        self.seconds = 0.0  # spent evaluating
+
+    def __call__(self, tr: Trainer) -> None:
+        if self.marks and tr.elapsed >= self.marks[0]:
+            mark, tic = self.marks.pop(0), time.perf_counter()
+            res = evaluate(tr.field, tr.grid, self.test, tr.cfg.render, self.every, show_progress=False)
+            self.rows.append({"run": self.label, "mark": mark, "elapsed": tr.elapsed, "step": tr.step,
+                              "psnr": res["psnr"], "ssim": res["ssim"], **tr.field.stats(),
+                              "it_per_s": tr.step / tr.elapsed, "fps": render_fps(tr.field, tr.grid, self.test,
+                                                                                    tr.cfg, self.every)})
+            print(json.dumps(self.rows[-1]), flush=True)
+            self.seconds += time.perf_counter() - tic
+
+
+@torch.no_grad()
+def render_fps(field, grid, test, cfg: RunConfig, every: int) -> float:
+    """Frames per second of ``field.render_image`` over the evaluated test views."""
+    views, bg = view_indices(len(test), every), torch.tensor(test.background)
+    tic = time.perf_counter()
+    for i in views:
+        field.render_image(test.cameras, i, bg, grid, cfg.render)
+    return len(views) / (time.perf_counter() - tic)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scene", default="lego")
+    ap.add_argument("--marks", type=float, nargs="+", default=[300, 600], help="training seconds to evaluate at")
+    ap.add_argument("--teacher", type=Path, help="a trained run to distill (default: train a hash grid here)")
+    ap.add_argument("--teacher-time", type=float, default=300, help="seconds of hash-grid training for the teacher")
+    ap.add_argument("--num-points", type=int, default=50_000, help="Gaussians seeded from the teacher")
+    ap.add_argument("--teacher-views", type=int, default=50, help="extra views rendered by the teacher")
+    ap.add_argument("--every", type=int, default=8, help="evaluate every N-th test view")
+    ap.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "bench")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+
+    scene, budget = SceneConfig(scene=args.scene), TrainConfig(max_time=max(args.marks))
+    test = scene.load("test")
+    random = MarkEvaluator(test, args.every, args.marks, "random init")
+    cfg = RunConfig(scene=scene, field="gaussians", field_config=GaussiansConfig(), train=budget)
+    Trainer(cfg, new_run_dir(args.output_dir, args.scene, "gaussians")).train(callbacks=[random])
+
+    if args.teacher is None:
+        teacher_cfg = RunConfig(scene=scene, field="hashgrid", field_config=HashGridConfig(),
+                                train=TrainConfig(max_time=args.teacher_time))
+        args.teacher = new_run_dir(args.output_dir, args.scene, "hashgrid")
+        Trainer(teacher_cfg, args.teacher).train()
+    teacher = load_run(args.teacher)
+    t_res = evaluate(teacher.field, teacher.grid, test, teacher.config.render, args.every, show_progress=False)
+    print(json.dumps({"teacher": str(args.teacher), "psnr": t_res["psnr"]}), flush=True)
+    seeded = MarkEvaluator(test, args.every, args.marks, "from teacher")
+    tic = time.perf_counter()
+    distill_to_gaussians(teacher, new_run_dir(args.output_dir, args.scene, "gaussians-distilled"),
+                         train=TrainConfig(max_time=max(args.marks)), num_points=args.num_points,
+                         n_teacher_views=args.teacher_views, callbacks=[seeded])
+    setup = time.perf_counter() - tic - max(args.marks) - seeded.seconds
+
+    rows = random.rows + seeded.rows
+    (Path(args.output_dir) / f"bench_gaussians_{args.scene}.json").write_text(json.dumps(rows, indent=2))
+    table = ["| start | training time | steps | test PSNR (dB) | test SSIM | Gaussians | train it/s | render fps |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['run']} | {r['mark']:.0f} s | {r['step']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+              f"{r['gaussians']} | {r['it_per_s']:.2f} | {r['fps']:.1f} |" for r in rows]
+    best = max((r["psnr"] for r in seeded.rows), default=float("nan"))
+    body = (f"## gaussians on {args.scene} {test.cameras.width}x{test.cameras.height} (every {args.every}th test view, "
+            f"{len(view_indices(len(test), args.every))} views)\n\n" + "\n".join(table) +
+            f"\n\nTeacher: {teacher.config.field} `{args.teacher}`, test PSNR {t_res['psnr']:.2f} dB; from it, "
+            f"{best:.2f} dB (target >= {t_res['psnr'] - 1:.2f}). Seeding {args.num_points} points and rendering "
+            f"{args.teacher_views} teacher views took about {setup:.0f} s before training (not in the training time). "
+            "Render fps: `render_image` of the evaluated test views; eval time is excluded from training time.")
+    print(body)
+    if not args.no_write:
+        write_section("gaussians", body)
+
+
+if __name__ == "__main__":
+    main()

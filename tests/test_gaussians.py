@@ -1,0 +1,203 @@
+"""The gaussians backend: adaptive density control, training through the common Trainer, checkpoints with a
+changed number of Gaussians, the 3DGS PLY, point queries, and seeding Gaussians from a trained field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from fields.config import RunConfig, TrainConfig
+from fields.evaluation import evaluate
+from fields.gaussians import GaussiansConfig
+from fields.gaussians.density_control import PER_GAUSSIAN
+from fields.gaussians.ply import PlyError, read_splats
+from fields.run import load_run
+from fields.trainer import Trainer
+from scenes import procedural
+
+TINY_RUN_POINT_DISTANCE = 0.06  # median distance of the trained_run's point cloud to the surface (test_export)
+BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+
+
+def adam_with_state(field) -> torch.optim.Adam:
+    """Adam over the field's groups after one step on random gradients, so every row has non-zero moments."""
+    opt = torch.optim.Adam(field.param_groups(1e-2), eps=1e-15, fused=True)
+    for p in field.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    return opt
+
+
+def assert_state_matches(field, opt):
+    for name in PER_GAUSSIAN:
+        p = getattr(field, name)
+        assert opt.param_groups[[g["name"] for g in opt.param_groups].index(name)]["params"][0] is p
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert opt.state[p][key].shape == p.shape, (name, key)
+
+
+def test_density_control_clones_splits_and_prunes_as_configured():
+    torch.manual_seed(0)
+    cfg = GaussiansConfig(num_init=40, grow_grad2d=1e-3, grow_scale3d=0.05, densify_from=0, densify_every=10,
+                          densify_until=100, prune_opacity=0.05, reset_opacity_every=0)
+    field = cfg.build(BOX)
+    opt = adam_with_state(field)
+    with torch.no_grad():
+        field.scales[:20] = math.log(0.01)  # small: cloned when their gradient is high
+        field.scales[20:] = math.log(0.5)  # large: split
+        field.opacities[:] = 0.0
+        field.opacities[[5, 25, 35]] = -10.0  # nearly transparent: pruned
+    high = torch.tensor([0, 1, 2, 20, 21])  # these get a mean gradient above the threshold
+    means2d = torch.zeros(40, 2, requires_grad=True)
+    means2d.grad = torch.zeros(40, 2)
+    means2d.grad[high] = 2e-3 / 50  # pixels; x (width / 2 = 50) -> 2e-3 in NDC
+    info = {"means2d": means2d, "radii": torch.ones(40, dtype=torch.int32), "width": 100, "height": 100}
+    kept_moment = opt.state[field.sh0]["exp_avg"][10].clone()  # a Gaussian nothing happens to
+    kept_mean = field.means[10].clone()
+    parents = field.means.detach()[[20, 21]].clone()
+
+    done = field.control.step(10, opt, info)
+
+    assert done == {"cloned": 3, "split": 2, "pruned": 3}
+    assert len(field) == 40 + 3 + 2 - 3  # a split replaces one Gaussian by two
+    assert_state_matches(field, opt)
+    row = (field.means == kept_mean).all(-1).nonzero()[:, 0]
+    assert len(row) == 1 and torch.equal(opt.state[field.sh0]["exp_avg"][row[0]], kept_moment)
+    children = field.means[-4:].detach()  # split children come last, and start with zero moments
+    assert torch.allclose(field.scales[-4:].exp(), torch.full((4, 3), 0.5 / 1.6))
+    assert (children - parents.repeat(2, 1)).norm(dim=-1).max() < 4 * 0.5  # sampled from their parents
+    assert opt.state[field.means]["exp_avg"][-4:].abs().sum() == 0
+    assert field.grad2d.shape == (len(field),) and field.grad2d.sum() == 0
+    for p in field.parameters():  # and the optimizer still steps
+        p.grad = torch.randn_like(p)
+    opt.step()
+
+
+def test_density_control_respects_the_cap_and_resets_opacity():
+    cfg = GaussiansConfig(num_init=30, grow_grad2d=0.0, densify_from=0, densify_every=5, densify_until=100,
+                          reset_opacity_every=5, max_gaussians=35, prune_opacity=0.01)
+    field = cfg.build(BOX)
+    opt = adam_with_state(field)
+    means2d = torch.zeros(30, 2, requires_grad=True)
+    means2d.grad = torch.rand(30, 2)
+    field.control.step(5, opt, {"means2d": means2d, "radii": torch.ones(30), "width": 10, "height": 10})
+    assert len(field) == 35
+    assert torch.sigmoid(field.opacities).max() <= 0.02 + 1e-6
+    assert opt.state[field.opacities]["exp_avg"].abs().sum() == 0
+    assert_state_matches(field, opt)
+
+
+def gaussians_config(steps: int) -> RunConfig:
+    cfg = tiny_config(max_steps=steps)
+    cfg.field = "gaussians"
+    cfg.field_config = GaussiansConfig(num_init=1000, sh_degree=1, sh_degree_every=20, densify_from=10,
+                                       densify_every=10, densify_until=40, reset_opacity_every=0)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def gaussian_run(tmp_path_factory, procedural_root):
+    """A gaussians run of 50 steps on the procedural scene at half resolution, and its PSNR before training."""
+    cfg = gaussians_config(50)
+    cfg.train.lr = 2e-2  # twice the 3DGS rates: 50 steps are few
+    run_dir = tmp_path_factory.mktemp("gaussians") / "run"
+    trainer = Trainer(cfg, run_dir)
+    test = cfg.scene.load("test")
+    before = evaluate(trainer.field, trainer.grid, test, cfg.render, every=8, show_progress=False)["psnr"]
+    trainer.train(show_progress=False)
+    return run_dir, trainer, before, test
+
+
+def test_short_training_improves_psnr_and_grows(gaussian_run):
+    run_dir, trainer, before, test = gaussian_run
+    after = evaluate(trainer.field, trainer.grid, test, trainer.cfg.render, every=8, show_progress=False)["psnr"]
+    assert after > before + 3.0, (before, after)
+    assert len(trainer.field) != 1000  # density control ran inside the common training loop
+    assert int(trainer.field.active_sh_degree) == 1
+
+
+def test_checkpoint_round_trip_with_a_changed_count(gaussian_run):
+    run_dir, trainer, _, test = gaussian_run
+    run = load_run(run_dir)  # builds 1000 Gaussians from the config, then loads the trained count
+    assert len(run.field) == len(trainer.field) != 1000
+    assert 0 < run.grid.occupied_fraction() < 0.9  # filled from the Gaussians' density before saving
+    bg = torch.ones(3)
+    with torch.no_grad():
+        a = run.field.render_image(test.cameras, 0, bg, run.grid, run.config.render)["rgb"]
+        b = trainer.field.render_image(test.cameras, 0, bg, trainer.grid, trainer.cfg.render)["rgb"]
+    assert torch.equal(a, b)
+    from viewer import RenderTarget  # the viewer draws the splats through the same render_image
+
+    shown = RenderTarget(run.field, run.grid, run.config.render, bg).image(test.cameras[0], "RGB")
+    assert shown.shape == (test.cameras.height, test.cameras.width, 3)
+    assert abs(shown.astype(float) / 255 - a[..., :3].clamp(0, 1).numpy()).max() < 1 / 255 + 1e-6
+    resumed = Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir)
+    resumed.resume()  # optimizer state of the resized parameters loads, and training goes on
+    resumed.cfg.train.max_steps = 52
+    resumed.train(show_progress=False)
+    assert resumed.step == 52
+
+
+def test_splat_ply_round_trips(gaussian_run, tmp_path):
+    from fields.cli import main
+
+    run_dir = gaussian_run[0]
+    out = tmp_path / "splats.ply"
+    main(["export", "splats", str(run_dir), "--output", str(out)])
+    header = out.read_bytes()[:2000].decode("ascii", "replace")
+    assert "property float f_rest_8" in header and "property float rot_3" in header  # SH degree 1: 3 x 3 rest
+    back = read_splats(out)
+    for name, t in load_run(run_dir).field.gaussians().items():
+        assert torch.equal(back[name], t), name
+    out.write_bytes(out.read_bytes()[:-10])
+    with pytest.raises(PlyError, match="truncated"):
+        read_splats(out)
+
+
+def test_splats_export_of_a_volume_run_is_one_clear_line(trained_run, tmp_path, capsys):
+    from fields.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "splats", str(trained_run), "--output", str(tmp_path / "x.ply")])
+    assert "has no Gaussians to export" in capsys.readouterr().out
+
+
+def test_density_is_the_sum_of_gaussian_kernels():
+    """The cell index gives the brute-force sum over the Gaussians: at least every one within 3 sigma (of its
+    largest scale), at most all of them."""
+    from renderers.splatting import quat_to_rotmat
+
+    torch.manual_seed(1)
+    field = GaussiansConfig(num_init=300).build(BOX)
+    with torch.no_grad():
+        field.quats.normal_()
+        field.scales.add_(0.3 * torch.randn_like(field.scales))
+        field.opacities.normal_()
+    x = torch.rand(2000, 3) * 2 - 1
+    rot, s, o = quat_to_rotmat(field.quats), field.scales.exp(), torch.sigmoid(field.opacities).clamp(max=0.99)
+    local = torch.einsum("gji,pgj->pgi", rot, x[:, None] - field.means[None]) / s
+    peak = -torch.log1p(-o) / (math.sqrt(2 * math.pi) * s.min(-1).values)
+    kernels = peak * torch.exp(-0.5 * (local**2).sum(-1))
+    near = (x[:, None] - field.means[None]).norm(dim=-1) <= 3 * s.max(-1).values
+    full, within = kernels.sum(1), (kernels * near).sum(1)
+    got = field.density(x).detach()
+    assert (got >= within - 1e-4).all() and (got <= full + 1e-4).all()
+    assert ((full - got) / full).mean() < 0.01
+
+
+def test_seeding_from_a_trained_field_lands_on_the_surface(trained_run, tmp_path):
+    from fields.gaussian_distill import distill_to_gaussians, seed_points
+
+    teacher = load_run(trained_run)
+    points, colors, sizes = seed_points(teacher, 1000, show_progress=False)
+    assert procedural.sdf(points).abs().median() < TINY_RUN_POINT_DISTANCE
+    assert (sizes > 0).all() and sizes.median() < 0.1
+    train = TrainConfig(max_time=None, max_steps=3, warmup_steps=1, log_every=1)
+    run = distill_to_gaussians(teacher, tmp_path / "student", field_config=GaussiansConfig(sh_degree=0),
+                               train=train, num_points=500, n_teacher_views=2, show_progress=False)
+    student = load_run(run)
+    assert student.step == 3 and abs(len(student.field) - 500) < 50
+    assert procedural.sdf(student.field.means.detach()).abs().median() < TINY_RUN_POINT_DISTANCE
