@@ -49,9 +49,10 @@ def test_chunks_shrink_when_memory_runs_out_and_results_do_not_change():
     assert starved.refused > 0
     for k in ("rgb", "depth", "opacity"):
         assert torch.allclose(full[k], small[k], atol=1e-5), k
-    mesh_full, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=24, clean=False), False)
+    settings = MeshSettings(resolution=24, clean=False, seen_only=False)
+    mesh_full, _ = extract_mesh(field, grid, RenderConfig(), settings, None, False)
     starved = Starved(field, limit=500)
-    mesh_small, _ = extract_mesh(starved, grid, RenderConfig(), MeshSettings(resolution=24, clean=False), False)
+    mesh_small, _ = extract_mesh(starved, grid, RenderConfig(), settings, None, False)
     assert starved.refused > 0 and (mesh_full.vertices == mesh_small.vertices).all()
     with pytest.raises(RuntimeError, match="not enough memory"):  # below the smallest chunk the error goes up
         map_chunks(Starved(field, limit=10).density, (torch.zeros(1000, 3),), chunk=512, min_chunk=256)

@@ -25,6 +25,7 @@ from rich.console import Console  # noqa: E402
 
 import fields.checkpoint  # noqa: E402
 import fields.cli  # noqa: E402
+import fields.steps  # noqa: E402
 import fields.trainer  # noqa: E402
 from fields.config import RunConfig, SceneConfig  # noqa: E402
 from renderers.native import native_ops  # noqa: E402
@@ -37,7 +38,7 @@ def say(text: str) -> None:
 
 def child(run_dir: Path, data, rays, midwrite: bool) -> None:
     SceneConfig.load = lambda self, split: data  # the scene was loaded once, before forking
-    fields.trainer.TrainingRays = lambda _: rays
+    fields.steps.TrainingRays = lambda _: rays
     fields.cli.console = Console(file=io.StringIO())
     if midwrite:
         real_save, writes = torch.save, [0]
@@ -77,7 +78,7 @@ def main() -> None:
     cfg = RunConfig.load(run_dir / "config.yaml")
     native_ops()  # load (or build) the native kernels once, before forking
     data = cfg.scene.load("train")
-    rays = fields.trainer.TrainingRays(data)
+    rays = fields.steps.TrainingRays(data)
     say("ready")
     for line in sys.stdin:
         request = line.strip()
