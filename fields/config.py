@@ -64,8 +64,9 @@ class TrainConfig:
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 1e-6
     """Adam weight decay (L2) on network weights."""
-    target_samples: int = 1 << 15
-    """Samples per batch; the number of rays adapts to keep close to it."""
+    target_samples: int | None = None
+    """Samples per batch; the number of rays adapts to keep close to it (None: the backend's default,
+    32768 for grid backends, 8192 for the MLPs)."""
     init_rays: int = 1024
     """Rays in the first batch."""
     max_rays: int = 8192
@@ -108,6 +109,10 @@ class RunConfig:
             return v
 
         return plain(self)
+
+    def batch_samples(self) -> int:
+        """Samples per training batch: ``--train.target-samples`` if given, else the backend's default."""
+        return self.train.target_samples or self.field_config.batch_samples
 
     def save(self, path: Path) -> None:
         """Write atomically: a process killed mid-write leaves the previous config.yaml, never half of one."""

@@ -201,7 +201,7 @@ class Distiller(Trainer):
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _points_step(self, gen: torch.Generator) -> dict:
-        x, d = self._points(self.cfg.train.target_samples, gen)
+        x, d = self._points(self.cfg.batch_samples(), gen)
         with torch.no_grad():
             sigma_t, rgb_t = self.teacher.field(x, d)
         sigma_s, rgb_s = self.field(x, d)
@@ -226,7 +226,7 @@ class Distiller(Trainer):
         out = render_rays(self.field, self.grid, o, d, self.cfg.render, bg, jitter=jitter,
                           geometry_fn=self.field.geometry, color_fn=self.field.color)
         n_samples = int(out["samples"])
-        self.steps.adapt(n_samples, self.cfg.train.target_samples)
+        self.steps.adapt(n_samples, self.cfg.batch_samples())
         err = ((out["rgb"] - target) ** 2).mean(-1)
         self._remember("rays", o, d, err)
         return {"loss": err.mean(), "samples": n_samples}

@@ -8,7 +8,7 @@ applies the given scale and shift before the activation, which is how the ``cam`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,10 @@ class MLPConfig(FieldConfig):
     """Coordinate-MLP backend. NeRF uses 8 layers of 256 with a skip at layer 4; on a 2-core CPU that costs
     ~10x more per sample than the hash grid, so the defaults are 4 layers of 128 (skip after layer 2): about
     1/8 of the multiply-adds, which buys enough steps in a few minutes to converge further than the big
-    network would. The positional and view encodings keep NeRF's 10 and 4 frequencies (they are cheap)."""
+    network would. The positional and view encodings keep NeRF's 10 and 4 frequencies (they are cheap).
+    Batches of 8192 samples instead of 32768: on lego, 120 s of training gave 21.2 dB instead of 19.6."""
+
+    batch_samples: ClassVar[int] = 1 << 13
 
     encoding: Literal["fourier", "gaussian"] = "fourier"
     """Point encoding: NeRF's Fourier features, or the shifted Gaussian basis of "Rethinking Positional

@@ -42,11 +42,12 @@ class RBFConfig(FieldConfig):
     """Gaussian RBF units (the official code uses 32 for radiance fields, 64 for images)."""
     sh_degree: int = 3
     """Spherical-harmonics degree of the colour coefficients (0-3)."""
-    grid_lr_scale: float = 1.0
-    """Learning rate of the feature grid relative to the base one."""
-    rbf_lr_scale: float = 1.0
-    """Learning rate of centres, widths and read-out relative to the base one (the official code uses one
-    large rate, 2e-2, for all of them)."""
+    grid_lr_scale: float = 2.0
+    """Learning rate of the feature grid relative to the base one (2: the official code's 2e-2)."""
+    rbf_lr_scale: float = 2.0
+    """Learning rate of centres, widths and read-out relative to the base one (2: the official code uses one
+    large rate, 2e-2, for grid and RBF layer alike; on lego it gave 23.9-24.4 dB after 60 s where 1e-2 gave
+    19.1-21.8)."""
 
     def build(self, aabb: torch.Tensor) -> "RBFField":
         return RBFField(aabb, self)

@@ -2,7 +2,7 @@
 keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for every backend.
 
 - ``rays``: random rays from all training images, marched through the occupancy grid (volume fields); the
-  batch size adapts to keep the number of samples near ``target_samples``.
+  batch size adapts to keep the number of samples near ``RunConfig.batch_samples()``.
 - ``images``: one whole training image per step, rendered by the field's ``render_image`` (gaussians), with
   the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy grid is filled from the
   field's density only before a checkpoint is written, since training does not march rays.
@@ -68,7 +68,7 @@ class RayBatches:
         return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
 
     def after_step(self, metrics: dict) -> None:
-        self.adapt(metrics["samples"], self.cfg.train.target_samples)
+        self.adapt(metrics["samples"], self.cfg.batch_samples())
 
     def adapt(self, found: int, wanted: int) -> None:
         """Scale the next batch's ray count so that it gives about ``wanted`` samples (nerfacc's dynamic batch)."""

@@ -86,6 +86,17 @@ def test_registry_has_every_backend():
     assert set(FIELD_CONFIGS) == {"hashgrid", "mlp", "rbf", "cam", "gaussians"}
 
 
+def test_batch_size_is_the_backends_unless_given(tmp_path):
+    """The MLPs default to smaller batches than the grids; --train.target-samples overrides either, and a
+    config saved with the default reloads to the same batch size."""
+    for name, default in [("hashgrid", 1 << 15), ("rbf", 1 << 15), ("mlp", 1 << 13), ("cam", 1 << 13)]:
+        cfg = RunConfig(field=name, field_config=FIELD_CONFIGS[name]())
+        assert cfg.batch_samples() == default
+        cfg.save(tmp_path / "config.yaml")
+        assert RunConfig.load(tmp_path / "config.yaml").batch_samples() == default
+        cfg.train.target_samples = 4096
+        assert cfg.batch_samples() == 4096
+
 @pytest.mark.parametrize("name", ["hashgrid", "mlp", "mlp-gaussian", "rbf", "cam"])
 def test_shapes_ranges_and_density_agree(name):
     field = make_field(name)
