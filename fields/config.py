@@ -112,7 +112,8 @@ class RunConfig:
 
     def batch_samples(self) -> int:
         """Samples per training batch: ``--train.target-samples`` if given, else the backend's default."""
-        return self.train.target_samples or self.field_config.batch_samples
+        given = self.train.target_samples
+        return self.field_config.batch_samples if given is None else given
 
     def save(self, path: Path) -> None:
         """Write atomically: a process killed mid-write leaves the previous config.yaml, never half of one."""

@@ -97,6 +97,7 @@ def test_batch_size_is_the_backends_unless_given(tmp_path):
         cfg.train.target_samples = 4096
         assert cfg.batch_samples() == 4096
 
+
 @pytest.mark.parametrize("name", ["hashgrid", "mlp", "mlp-gaussian", "rbf", "cam"])
 def test_shapes_ranges_and_density_agree(name):
     field = make_field(name)
