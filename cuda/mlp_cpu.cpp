@@ -1,5 +1,5 @@
 // Fused forward and backward of the small ReLU MLPs the field backends use, CPU only (C++17 + OpenMP, AVX-512
-// intrinsics when compiled with them, plain loops otherwise). The reference is fields/fused_mlp.py's
+// or AVX2+FMA intrinsics when compiled with them, plain loops otherwise). The reference is fields/fused_mlp.py's
 // relu_mlp_reference; CUDA tensors never reach this file (the Python wrapper runs the reference on them).
 //
 // Why: torch runs each layer over the whole batch, so every [N, 64] activation, its ReLU, its ReLU backward
@@ -15,8 +15,11 @@
 #include <ATen/ATen.h>
 #include <omp.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define FIELDS_MLP_AVX2 1
 #endif
 
 #include <algorithm>
@@ -30,6 +33,11 @@ using at::Tensor;
 
 constexpr int kRows = 32;      // samples per block
 constexpr int kMaxWidth = 512;  // widest layer input/output (checked)
+#ifdef FIELDS_MLP_AVX2
+constexpr int kGroupCols = 16;  // AVX2 has 16 vector registers: 4 rows x 2 vectors of accumulators per tile
+#else
+constexpr int kGroupCols = 64;  // AVX-512 has 32: up to 8 rows x 4 vectors
+#endif
 
 inline int pad16(int n) { return (n + 15) & ~15; }
 
@@ -59,6 +67,25 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
   for (int i = 0; i < RB; ++i)
     for (int j = 0; j < NV; ++j)
       _mm512_storeu_ps(C + i * ldc + 16 * j, relu ? _mm512_max_ps(acc[i][j], zero) : acc[i][j]);
+#elif defined(FIELDS_MLP_AVX2)
+  __m256 acc[RB][2 * NV];
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < 2 * NV; ++j)
+      acc[i][j] = init == Init::kAccum  ? _mm256_loadu_ps(C + i * ldc + 8 * j)
+                  : init == Init::kBias ? _mm256_loadu_ps(bias + 8 * j)
+                                        : _mm256_setzero_ps();
+  for (int r = 0; r < nred; ++r) {
+    __m256 b[2 * NV];
+    for (int j = 0; j < 2 * NV; ++j) b[j] = _mm256_loadu_ps(B + r * ldb + 8 * j);
+    for (int i = 0; i < RB; ++i) {
+      const __m256 a = _mm256_broadcast_ss(A + i * sai + r * sar);
+      for (int j = 0; j < 2 * NV; ++j) acc[i][j] = _mm256_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < 2 * NV; ++j)
+      _mm256_storeu_ps(C + i * ldc + 8 * j, relu ? _mm256_max_ps(acc[i][j], zero) : acc[i][j]);
 #else
   float acc[RB][16 * NV];
   for (int i = 0; i < RB; ++i)
@@ -78,19 +105,25 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
 template <int NV>
 void micro_rows(const float* A, int sai, int sar, int nred, const float* B, int ldb, float* C, int ldc, int rows,
                 Init init, const float* bias, bool relu) {
+#ifdef FIELDS_MLP_AVX2
+  constexpr int RB = 6;  // NV is 1: 12 accumulators + 2 loads + 1 broadcast of the 16 registers
+#else
   constexpr int RB = NV >= 3 ? 4 : 8;  // <= 16 accumulators + NV loads: fits the 32 vector registers
+#endif
   int i = 0;
   for (; i + RB <= rows; i += RB)
     micro<RB, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
+  for (; i + 2 <= rows; i += 2)
+    micro<2, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
   for (; i < rows; ++i) micro<1, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
 }
 
-// C[rows, cols] (op)= A[rows, nred] @ B[nred, cols], cols a multiple of 16, split in groups of 4 vectors.
+// C[rows, cols] (op)= A[rows, nred] @ B[nred, cols], cols a multiple of 16, split in groups of kGroupCols.
 void gemm(const float* A, int sai, int sar, int nred, const float* B, int ldb, float* C, int ldc, int rows,
           int cols, Init init, const float* bias, bool relu) {
-  for (int c = 0; c < cols; c += 64) {
+  for (int c = 0; c < cols; c += kGroupCols) {
     const float* bc = bias ? bias + c : nullptr;
-    switch (std::min(cols - c, 64) / 16) {
+    switch (std::min(cols - c, kGroupCols) / 16) {
       case 4: micro_rows<4>(A, sai, sar, nred, B + c, ldb, C + c, ldc, rows, init, bc, relu); break;
       case 3: micro_rows<3>(A, sai, sar, nred, B + c, ldb, C + c, ldc, rows, init, bc, relu); break;
       case 2: micro_rows<2>(A, sai, sar, nred, B + c, ldb, C + c, ldc, rows, init, bc, relu); break;
@@ -188,6 +221,15 @@ inline void relu_mask(float* __restrict g, int ldg, const float* __restrict h, i
       for (int c = 0; c < cols; c += 16) {
         const __mmask16 on = _mm512_cmp_ps_mask(_mm512_loadu_ps(h + i * ldh + c), _mm512_setzero_ps(), _CMP_GT_OQ);
         _mm512_storeu_ps(g + i * ldg + c, _mm512_maskz_mov_ps(on, _mm512_loadu_ps(g + i * ldg + c)));
+      }
+    return;
+  }
+#elif defined(FIELDS_MLP_AVX2)
+  if (cols % 8 == 0) {
+    for (int i = 0; i < rows; ++i)
+      for (int c = 0; c < cols; c += 8) {
+        const __m256 on = _mm256_cmp_ps(_mm256_loadu_ps(h + i * ldh + c), _mm256_setzero_ps(), _CMP_GT_OQ);
+        _mm256_storeu_ps(g + i * ldg + c, _mm256_and_ps(on, _mm256_loadu_ps(g + i * ldg + c)));
       }
     return;
   }

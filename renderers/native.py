@@ -3,7 +3,8 @@
 The extension is JIT-built once with ``torch.utils.cpp_extension`` + ninja (``-O3 -march=native -fopenmp``,
 plus the CUDA build when torch has CUDA and nvcc is found) into torch's extension folder
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under ``fields_native/<hash>``, keyed by the
-sources, flags and torch version, so later imports load it in milliseconds. While compiling it prints one line.
+sources, flags, torch version and the CPU's instruction sets, so later imports load it in milliseconds. While
+compiling it prints one line.
 If the build fails (no compiler, no ninja...) a single warning says why and every op falls back to its
 plain-PyTorch reference; ``FIELDS_NATIVE=0`` forces the reference. Callers ask ``ops_for(tensor)``, which is
 ``None`` when the reference must be used for that tensor's device.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -54,7 +56,20 @@ def _build_key(with_cuda: bool) -> str:
         h.update(name.encode())
         h.update((SOURCE_DIR / name).read_bytes())
     h.update(repr((CFLAGS, CUDA_CFLAGS if with_cuda else None, torch.__version__, sys.version_info[:2])).encode())
+    h.update(_cpu_signature().encode())
     return h.hexdigest()[:16]
+
+
+def _cpu_signature() -> str:
+    """The CPU's instruction-set flags: ``-march=native`` builds for them, so a cache shared with another machine
+    (a network home, a copied image) must not hand an AVX-512 build to an AVX2-only CPU (SIGILL)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
 
 
 def _build():

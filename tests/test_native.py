@@ -240,6 +240,16 @@ def test_fields_native_0_forces_reference(monkeypatch):
     assert native.native_ops() is None and native.ops_for(torch.zeros(1)) is None
 
 
+def test_build_key_follows_the_cpus_instruction_sets(monkeypatch):
+    """-march=native builds for this CPU: another CPU (a shared cache) must get its own build, not a SIGILL."""
+    assert native._cpu_signature()
+    here = native._build_key(False)
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "fpu sse sse2 avx avx2 fma")
+    avx2 = native._build_key(False)
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "fpu sse sse2 avx avx2 fma avx512f avx512bw")
+    assert len({here, avx2, native._build_key(False)}) >= 2 and avx2 != native._build_key(False)
+
+
 def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     """A source that does not compile: one clear RuntimeWarning, then the reference path (no crash)."""
     for name in native.CPU_SOURCES + native.HEADERS:
