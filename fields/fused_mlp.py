@@ -3,8 +3,9 @@
 ``relu_mlp(parts, weights, biases)`` is ``Linear -> ReLU -> ... -> Linear`` (a ReLU after the last layer too with
 ``relu_out``) on the column-wise concatenation of ``parts``. On float32 CPU tensors with the native build it runs
 one fused forward and one fused backward (blocks of samples through all layers in cache, no per-layer [N, width]
-temporaries besides the activations the backward needs): about 1.3x less CPU time than torch's per-layer ops for
-the hash grid's 64-wide nets, on par at width 128 (both run near the fp32 FMA peak there). Elsewhere (CUDA
+temporaries besides the activations the backward needs). With AVX-512: about 1.3x less CPU time than torch's
+per-layer ops for the hash grid's 64-wide nets, on par at width 128; with AVX2 (no AVX-512): lego hash-grid steps
+~1.2x faster than with torch's layers, the width-128 MLP backend on par. Elsewhere (CUDA
 tensors, ``FIELDS_NATIVE=0``, no compiler, CPU autocast to bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP``
 is the ``nn.Sequential`` form (same parameter names as before) that ``fields.base.mlp`` builds.
 """

@@ -56,11 +56,11 @@ def _build_key(with_cuda: bool) -> str:
         h.update(name.encode())
         h.update((SOURCE_DIR / name).read_bytes())
     h.update(repr((CFLAGS, CUDA_CFLAGS if with_cuda else None, torch.__version__, sys.version_info[:2])).encode())
-    h.update(_cpu_signature().encode())
+    h.update(cpu_signature().encode())
     return h.hexdigest()[:16]
 
 
-def _cpu_signature() -> str:
+def cpu_signature() -> str:
     """The CPU's instruction-set flags: ``-march=native`` builds for them, so a cache shared with another machine
     (a network home, a copied image) must not hand an AVX-512 build to an AVX2-only CPU (SIGILL)."""
     try:
