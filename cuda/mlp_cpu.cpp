@@ -34,7 +34,7 @@ using at::Tensor;
 constexpr int kRows = 32;      // samples per block
 constexpr int kMaxWidth = 512;  // widest layer input/output (checked)
 #ifdef FIELDS_MLP_AVX2
-constexpr int kGroupCols = 16;  // AVX2 has 16 vector registers: 4 rows x 2 vectors of accumulators per tile
+constexpr int kGroupCols = 16;  // AVX2 has 16 vector registers: 6 rows x 2 vectors of accumulators per tile
 #else
 constexpr int kGroupCols = 64;  // AVX-512 has 32: up to 8 rows x 4 vectors
 #endif

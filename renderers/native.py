@@ -60,16 +60,22 @@ def _build_key(with_cuda: bool) -> str:
     return h.hexdigest()[:16]
 
 
+def cpuinfo(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (None where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_signature() -> str:
     """The CPU's instruction-set flags: ``-march=native`` builds for them, so a cache shared with another machine
     (a network home, a copied image) must not hand an AVX-512 build to an AVX2-only CPU (SIGILL)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
+    flags = cpuinfo("flags", "Features")
+    return " ".join(sorted(flags.split())) if flags else f"{platform.machine()} {platform.processor()}"
 
 
 def _build():
