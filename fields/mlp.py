@@ -7,6 +7,7 @@ applies the given scale and shift before the activation, which is how the ``cam`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -18,6 +19,7 @@ from fields.base import Field, FieldConfig, ImageField
 from fields.encodings import trunc_exp
 from fields.fused_mlp import relu_mlp
 from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
+from renderers.native import cpuinfo
 
 
 @dataclass
@@ -52,9 +54,16 @@ class MLPConfig(FieldConfig):
     lr_scale: float = 0.3
     """Learning rate relative to the base one (--lr, 1e-2 by default). NeRF trains for hours at 5e-4; a budget
     of minutes needs a larger rate, and 3e-3 (decaying with the schedule) still trains stably."""
-    bf16: bool = False
+    bf16: bool | None = None
     """Run the radiance field's matrix products in bfloat16 on the CPU (torch autocast; weights, optimizer,
-    densities and colours stay float32). About 2x faster per sample where the CPU has AVX512-BF16."""
+    densities and colours stay float32); None: where the CPU has AMX-BF16. There the network's forward+backward
+    is ~2.5x faster than in float32, and lego at 120 s scores higher (mlp 23.9 vs 22.7 dB, cam 22.1 vs 21.7).
+    Batches are padded to a multiple of ``BF16_ROWS`` rows: oneDNN builds a kernel for every new batch size, and
+    training batches change size every step."""
+
+    def use_bf16(self) -> bool:
+        """``bf16`` with None resolved for this machine."""
+        return has_amx_bf16() if self.bf16 is None else self.bf16
 
     def build(self, aabb: torch.Tensor) -> "MLPField":
         return MLPField(aabb, self)
@@ -64,6 +73,22 @@ class MLPConfig(FieldConfig):
 
     def encoding_for(self, in_dim: int) -> CoordinateEncoding:
         return CoordinateEncoding(in_dim, self.encoding, self.pos_freqs, self.gaussian_basis, self.gaussian_sigma)
+
+
+BF16_ROWS = 1024
+"""Row multiple of bfloat16 batches (see ``MLPConfig.bf16``): at most 1023 padded rows, a few dozen kernel shapes."""
+
+
+@functools.cache
+def has_amx_bf16() -> bool:
+    """Whether this CPU has AMX with bfloat16 tiles (where torch's bfloat16 matrix products are fastest)."""
+    return "amx_bf16" in (cpuinfo("flags") or "").split()
+
+
+def pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to a multiple of ``multiple`` rows."""
+    extra = -t.shape[0] % multiple
+    return F.pad(t, (0, 0, 0, extra)) if extra else t
 
 
 class ModulatedMLP(nn.Module):
@@ -104,7 +129,7 @@ class ModulatedMLP(nn.Module):
 class MLPField(Field):
     def __init__(self, aabb: torch.Tensor, cfg: MLPConfig):
         super().__init__(aabb)
-        self.cfg = cfg
+        self.cfg, self._use_bf16 = cfg, cfg.use_bf16()
         self.encoding = cfg.encoding_for(3)
         self.trunk = ModulatedMLP(self.encoding.out_dim, cfg.width, cfg.layers, cfg.skip)
         self.density_head = nn.Linear(cfg.width, 1)
@@ -120,14 +145,21 @@ class MLPField(Field):
         """Scale and shift of the colour head's layer for view directions ``d`` (none for the plain MLP)."""
         return None, None
 
-    def _autocast(self, x: torch.Tensor) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16 and x.device.type == "cpu")
+    def _bf16(self, x: torch.Tensor) -> bool:
+        return self._use_bf16 and x.device.type == "cpu"
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
-        with self._autocast(x):
+        if not self._bf16(x):
             h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
             s = self.density_head(h)[:, 0]
+        else:
+            n = u.shape[0]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                u = pad_rows(u, BF16_ROWS)
+                h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
+                s = self.density_head(h)[:n, 0]
+            h = h[:n]
         sigma = trunc_exp(s.float() - 1.0) * inside  # -1: start with a mostly empty box
         return sigma, h
 
@@ -135,11 +167,14 @@ class MLPField(Field):
         return self.geometry(x)[0]
 
     def color(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        with self._autocast(d):
+        n, bf16 = d.shape[0], self._bf16(d)
+        if bf16:
+            h, d = pad_rows(h, BF16_ROWS), pad_rows(d, BF16_ROWS)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             b = self.bottleneck(h)
             c = torch.cat([b, fourier_encode(d, self.cfg.dir_freqs).to(b.dtype)], -1)
             out = self.color_head(self.color_hidden(c, *self.color_modulation(d)))
-        return torch.sigmoid(out.float())
+        return torch.sigmoid(out[:n].float())
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, h = self.geometry(x)

@@ -20,6 +20,7 @@ from fields.config import RunConfig, SceneConfig, TrainConfig
 from fields.evaluation import psnr
 from fields.fit import FitError, fit_image, fit_output_path, load_image, pixel_coords
 from fields.imaging import write_png
+from fields.mlp import BF16_ROWS
 from fields.registry import FIELD_CONFIGS
 from fields.trainer import Trainer
 from renderers.occupancy import OccupancyGrid
@@ -30,7 +31,8 @@ os.environ.setdefault("FIELDS_CACHE", "/tmp/fields-cache")
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 GRID = dict(n_levels=4, log2_table_size=12, base_resolution=4, max_resolution=32)
-NET = dict(width=32, layers=3, skip=1, color_width=16)
+# float32 networks on every CPU: tests here compare two computations to 1e-5 (bf16 has its own test)
+NET = dict(width=32, layers=3, skip=1, color_width=16, bf16=False)
 SMALL = {
     "hashgrid": dict(GRID, hidden=32),
     "mlp": dict(NET, pos_freqs=5, dir_freqs=2),
@@ -166,14 +168,16 @@ def test_shared_geometry_pass_renders_and_trains_like_separate_passes(name):
 @pytest.mark.parametrize("name", ["mlp", "cam"])
 def test_bf16_option_runs_the_network_in_bfloat16_and_stays_close(name):
     """``bf16`` changes the arithmetic (results differ from float32, so autocast is on) but not the interface:
-    float32 outputs within bfloat16 rounding of the float32 field, float32 gradients on every parameter."""
-    ref = make_field(name)
-    perturb(ref)
+    float32 outputs within bfloat16 rounding of the float32 field, one per input row (batches are padded to a
+    multiple of BF16_ROWS inside), float32 gradients on every parameter."""
     torch.manual_seed(0)
+    ref = dataclasses.replace(small_config(name), bf16=False).build(AABB)
+    perturb(ref)
     fast = dataclasses.replace(small_config(name), bf16=True).build(AABB)
     fast.load_state_dict(ref.state_dict())
-    x, d = random_inputs()
+    x, d = random_inputs(n=BF16_ROWS + 300)
     (s32, c32), (s16, c16) = ref(x, d), fast(x, d)
+    assert s16.shape == s32.shape == (x.shape[0],) and c16.shape == c32.shape == x.shape
     assert s16.dtype == c16.dtype == torch.float32
     assert 0 < (c16 - c32).abs().max().item() < 2e-2
     assert (s16 - s32).abs().max().item() < 2e-2 * s32.abs().max().item()
