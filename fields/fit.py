@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fields.base import ImageField
 from fields.evaluation import psnr
+from renderers import native
 from scenes.io import read_image
 
 
@@ -72,6 +73,7 @@ def fit_image(field: ImageField, target: torch.Tensor, steps: int | None = None,
     """
     if not steps and not max_time:
         raise FitError("fit needs a budget: --steps and/or --max-time")
+    native.flush_denormals()  # as in training: denormal gradients late in a fit slow every step
     h, w = target.shape[:2]
     uv, rgb = pixel_coords(h, w), target.reshape(-1, 3)
     batch = min(batch, uv.shape[0])

@@ -23,6 +23,7 @@ from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, r
 from fields.config import RunConfig
 from fields.run import build_model, newest_checkpoint
 from fields.steps import STEPS
+from renderers import native
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit
 
@@ -58,6 +59,7 @@ class Trainer:
                  model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
+        native.flush_denormals()  # denormals late in a run halve the step rate
         self.data = cfg.scene.load("train") if data is None else data
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
