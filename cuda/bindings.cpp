@@ -329,17 +329,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
   return {v_means2d, v_conics, v_colors, v_opacities};
 }
 
-// Flush-to-zero and denormals-are-zero on every thread of the OpenMP pool (the one torch's intra-op ops and our
-// kernels share) and on the calling thread: torch.set_flush_denormal sets only the calling thread, and late in
-// training, gradients and optimizer moments decaying into denormals made lego hash-grid steps 2x slower.
+// Flush-to-zero and denormals-are-zero on (or off) on every thread of the OpenMP pool (the one torch's intra-op
+// ops and our kernels share) and on the calling thread; returns whether the calling thread had them on before.
+// torch.set_flush_denormal sets only the calling thread, and late in training, gradients and optimizer moments
+// decaying into denormals made lego hash-grid steps 2x slower.
 bool flush_denormals(bool on) {
 #if defined(__x86_64__) || defined(__i386__)
   const unsigned int bits = 0x8040;  // MXCSR FTZ (bit 15) | DAZ (bit 6)
+  const bool was = (_mm_getcsr() & bits) == bits;
   auto set = [&] { _mm_setcsr(on ? (_mm_getcsr() | bits) : (_mm_getcsr() & ~bits)); };
   set();
 #pragma omp parallel
   set();
-  return true;
+  return was;
 #else
   return false;
 #endif

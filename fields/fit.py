@@ -73,7 +73,6 @@ def fit_image(field: ImageField, target: torch.Tensor, steps: int | None = None,
     """
     if not steps and not max_time:
         raise FitError("fit needs a budget: --steps and/or --max-time")
-    native.flush_denormals()  # as in training: denormal gradients late in a fit slow every step
     h, w = target.shape[:2]
     uv, rgb = pixel_coords(h, w), target.reshape(-1, 3)
     batch = min(batch, uv.shape[0])
@@ -87,7 +86,7 @@ def fit_image(field: ImageField, target: torch.Tensor, steps: int | None = None,
                    TextColumn("step {task.fields[step]}  psnr {task.fields[psnr]:.2f} dB"), TimeRemainingColumn(),
                    console=console or Console(), disable=not show_progress)
     task = bar.add_task("fit", total=1.0, step=0, psnr=0.0)
-    with bar:
+    with bar, native.flushed_denormals():  # as in training (see Trainer.train)
         while not ((steps and step >= steps) or (max_time and elapsed >= max_time)):
             tic = time.perf_counter()
             progress = max(step / steps if steps else 0.0, elapsed / max_time if max_time else 0.0)

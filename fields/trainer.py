@@ -59,7 +59,6 @@ class Trainer:
                  model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
-        native.flush_denormals()  # denormals late in a run halve the step rate
         self.data = cfg.scene.load("train") if data is None else data
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
@@ -200,7 +199,7 @@ class Trainer:
                        TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
         task = bar.add_task(self.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
         try:
-            with bar:
+            with bar, native.flushed_denormals():  # denormals late in a run halved the step rate
                 while not self.done():
                     tic = time.perf_counter()
                     m = self.train_step()

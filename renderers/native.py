@@ -12,6 +12,7 @@ plain-PyTorch reference; ``FIELDS_NATIVE=0`` forces the reference. Callers ask `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -19,6 +20,7 @@ import shutil
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -115,15 +117,22 @@ def native_ops():
         return _state["ops"]
 
 
-def flush_denormals(on: bool = True) -> None:
-    """Treat denormal floats as zero on the CPU, on every thread of the OpenMP pool where the native build loads
-    (``torch.set_flush_denormal`` alone sets only the calling thread). Training calls it: late in a run,
-    gradients and optimizer moments decaying into denormals (~100x slower arithmetic on x86) made lego hash-grid
-    steps 2x slower after about a minute."""
-    torch.set_flush_denormal(on)
+@contextlib.contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Within the block, treat denormal floats as zero on the CPU: on the calling thread and, where the native
+    build loads, on every thread of the OpenMP pool (``torch.set_flush_denormal`` sets only the calling thread).
+    Training runs in it: late in a run, gradients and optimizer moments decaying into denormals (~100x slower
+    arithmetic on x86) made lego hash-grid steps 2x slower after about a minute. The previous mode comes back
+    afterwards, since it is process-wide state other code may rely on (hypothesis refuses to run under it)."""
     ops = native_ops()
-    if ops is not None:
-        ops.flush_denormals(on)
+    was = bool(ops.flush_denormals(True)) if ops is not None else False
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
+        if ops is not None:
+            ops.flush_denormals(was)
 
 
 def ops_for(*tensors: torch.Tensor):

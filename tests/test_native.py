@@ -237,21 +237,19 @@ def test_composite_dispatch_rgb_only_and_transmittance(ops):
 # -- loader: forced reference, build failure -----------------------------------------------------------------
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="MXCSR flags are x86's")
-def test_flush_denormals_reaches_every_thread_of_the_pool(ops):
-    """A parallel op over denormal inputs (on two threads, each takes half) reads them as zero after
-    ``flush_denormals`` and as themselves after ``flush_denormals(False)``: the pool thread's flag is set too,
-    not only the caller's (torch.set_flush_denormal's)."""
+def test_flushed_denormals_reach_every_thread_of_the_pool_and_end_with_the_block(ops):
+    """A parallel op over denormal inputs (on two threads, each takes half) reads them as zero inside
+    ``flushed_denormals``, so the pool thread's flag is set too (torch.set_flush_denormal sets only the
+    caller's), and as themselves again after the block."""
     tiny = torch.full((1 << 20,), 1e-40)
-    assert tiny[0].item() != 0, "1e-40 must be a float32 denormal for this test to mean anything"
+    assert torch.count_nonzero(tiny).item() == tiny.numel(), "1e-40 must be a float32 denormal here"
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        native.flush_denormals()
-        assert torch.count_nonzero(tiny * 1.0).item() == 0
-        native.flush_denormals(False)
+        with native.flushed_denormals():
+            assert torch.count_nonzero(tiny * 1.0).item() == 0
         assert torch.count_nonzero(tiny * 1.0).item() == tiny.numel()
     finally:
-        native.flush_denormals(False)
         torch.set_num_threads(threads)
 
 
