@@ -337,10 +337,8 @@ bool flush_denormals(bool on) {
 #if defined(__x86_64__) || defined(__i386__)
   const unsigned int bits = 0x8040;  // MXCSR FTZ (bit 15) | DAZ (bit 6)
   const bool was = (_mm_getcsr() & bits) == bits;
-  auto set = [&] { _mm_setcsr(on ? (_mm_getcsr() | bits) : (_mm_getcsr() & ~bits)); };
-  set();
-#pragma omp parallel
-  set();
+#pragma omp parallel  // the calling thread is one of the team
+  _mm_setcsr(on ? (_mm_getcsr() | bits) : (_mm_getcsr() & ~bits));
   return was;
 #else
   return false;

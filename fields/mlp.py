@@ -19,7 +19,7 @@ from fields.base import Field, FieldConfig, ImageField
 from fields.encodings import trunc_exp
 from fields.fused_mlp import relu_mlp
 from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
-from renderers.native import cpuinfo
+from renderers.native import cpu_signature
 
 
 @dataclass
@@ -82,11 +82,11 @@ BF16_ROWS = 1024
 @functools.cache
 def has_amx_bf16() -> bool:
     """Whether this CPU has AMX with bfloat16 tiles (where torch's bfloat16 matrix products are fastest)."""
-    return "amx_bf16" in (cpuinfo("flags") or "").split()
+    return "amx_bf16" in cpu_signature().split()
 
 
 def pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
-    """``t`` with zero rows appended up to a multiple of ``multiple`` rows."""
+    """``t`` with zero rows appended up to a multiple of ``multiple`` rows (``t`` itself when it has them)."""
     extra = -t.shape[0] % multiple
     return F.pad(t, (0, 0, 0, extra)) if extra else t
 
@@ -150,26 +150,21 @@ class MLPField(Field):
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
-        if not self._bf16(x):
+        n, bf16 = u.shape[0], self._bf16(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            u = pad_rows(u, BF16_ROWS if bf16 else 1)
             h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
-            s = self.density_head(h)[:, 0]
-        else:
-            n = u.shape[0]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                u = pad_rows(u, BF16_ROWS)
-                h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
-                s = self.density_head(h)[:n, 0]
-            h = h[:n]
+            s = self.density_head(h)[:n, 0]
         sigma = trunc_exp(s.float() - 1.0) * inside  # -1: start with a mostly empty box
-        return sigma, h
+        return sigma, h[:n]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return self.geometry(x)[0]
 
     def color(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         n, bf16 = d.shape[0], self._bf16(d)
-        if bf16:
-            h, d = pad_rows(h, BF16_ROWS), pad_rows(d, BF16_ROWS)
+        rows = BF16_ROWS if bf16 else 1
+        h, d = pad_rows(h, rows), pad_rows(d, rows)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             b = self.bottleneck(h)
             c = torch.cat([b, fourier_encode(d, self.cfg.dir_freqs).to(b.dtype)], -1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fields.mlp import has_amx_bf16
 from renderers.native import cpu_signature, cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def machine() -> str:
     cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     flags = set(cpu_signature().split())
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    isa += " + AMX-BF16" if "amx_bf16" in flags else ""  # the mlp/cam networks then run in bfloat16
+    isa += " + AMX-BF16" if has_amx_bf16() else ""  # the mlp/cam networks then run in bfloat16
     return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
