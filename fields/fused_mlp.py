@@ -8,6 +8,9 @@ per-layer ops for the hash grid's 64-wide nets, on par at width 128; with AVX2 (
 ~1.2x faster than with torch's layers, the width-128 MLP backend on par. Elsewhere (CUDA
 tensors, ``FIELDS_NATIVE=0``, no compiler, CPU autocast to bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP``
 is the ``nn.Sequential`` form (same parameter names as before) that ``fields.base.mlp`` builds.
+
+``modulated_relu(h, gamma, beta)`` is CAM's activation, ``relu(gamma * layer_norm(h) + beta)``, on the fused
+native kernel (``cuda/modulate_cpu.cpp``, float32 or bfloat16 ``h``) with ``modulated_relu_reference`` as oracle.
 """
 
 from __future__ import annotations
@@ -66,6 +69,40 @@ def relu_mlp(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], bia
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _FusedMLP.apply(relu_out, len(parts), *parts, *weights, *biases)
     return torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, False)[0]
+
+
+LAYER_NORM_EPS = 1e-5
+"""``F.layer_norm``'s default."""
+
+
+def modulated_relu_reference(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The oracle: ``relu(gamma * layer_norm(h) + beta)``, the layer norm over each row of ``h`` [N, W] without
+    a learned affine, ``gamma`` and ``beta`` [N, 1] one scalar per row."""
+    return torch.relu(torch.addcmul(beta, F.layer_norm(h, (h.shape[-1],), eps=LAYER_NORM_EPS), gamma))
+
+
+class _ModulatedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        g, b = gamma.reshape(-1).float().contiguous(), beta.reshape(-1).float().contiguous()
+        y, mean, rstd = torch.ops.fields.modulated_relu_fwd(h, g, b, LAYER_NORM_EPS)
+        ctx.save_for_backward(h, g, b, mean, rstd)
+        ctx.shapes = gamma.shape, beta.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dh, dgamma, dbeta = torch.ops.fields.modulated_relu_bwd(grad, *ctx.saved_tensors)
+        return dh, dgamma.reshape(ctx.shapes[0]), dbeta.reshape(ctx.shapes[1])
+
+
+def modulated_relu(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``modulated_relu_reference`` on the fused native kernel when it can run (CPU, float32 or bfloat16 ``h``,
+    native build); the result has ``h``'s dtype there."""
+    if (h.device.type != "cpu" or h.dtype not in (torch.float32, torch.bfloat16) or native.native_ops() is None
+            or gamma.device.type != "cpu"):
+        return modulated_relu_reference(h, gamma, beta)
+    return _ModulatedReLU.apply(h.contiguous(), gamma, beta)
 
 
 class ReLUMLP(nn.Sequential):

@@ -17,7 +17,7 @@ from torch import nn
 
 from fields.base import Field, FieldConfig, ImageField
 from fields.encodings import trunc_exp
-from fields.fused_mlp import relu_mlp
+from fields.fused_mlp import modulated_relu, relu_mlp
 from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
 from renderers.native import cpu_signature
 
@@ -118,11 +118,8 @@ class ModulatedMLP(nn.Module):
         h = x
         for i, linear in enumerate(self.linears):
             if self.skip is not None and i == self.skip:
-                h = torch.cat([h, x], -1)
-            h = linear(h)
-            if gamma is not None:
-                h = torch.addcmul(beta[i], F.layer_norm(h, (self.width,)), gamma[i])
-            h = torch.relu(h)
+                h = torch.cat([h, x.to(h.dtype)], -1)  # bfloat16 under autocast: no float32 copy
+            h = modulated_relu(linear(h), gamma[i], beta[i])
         return h
 
 

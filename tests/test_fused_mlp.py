@@ -1,6 +1,7 @@
 """The fused native MLP (cuda/mlp_cpu.cpp) against its plain-PyTorch reference: values and gradients of every
 input part, weight and bias, for the shapes the backends use, ragged batch sizes and empty batches; dispatch and
-parameter names of ``fields.base.mlp``."""
+parameter names of ``fields.base.mlp``. The same for CAM's fused modulated activation (cuda/modulate_cpu.cpp),
+in float32 and bfloat16."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from fields.base import mlp
-from fields.fused_mlp import relu_mlp, relu_mlp_reference
+from fields.fused_mlp import modulated_relu, modulated_relu_reference, relu_mlp, relu_mlp_reference
 from renderers import native
 
 
@@ -129,3 +130,79 @@ def test_nerf_trunk_runs_fused_and_matches_reference(skip, monkeypatch):
     monkeypatch.setenv("FIELDS_NATIVE", "0")
     for a, b in zip(got, run()):
         assert (a - b).abs().max().item() < 1e-5 * max(b.abs().max().item(), 1.0)
+
+
+def modulation_case(n, w, seed, dtype=torch.float32):
+    """Rows ``h`` (one of them constant: zero variance), per-row ``gamma``/``beta`` and an upstream gradient that
+    is zero where the pre-activation is within 1e-3 of the ReLU kink (float32 and float64 may disagree there)."""
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(n, w, generator=g) * 3 + 1).to(dtype)
+    h[n // 2] = 0.7
+    gamma, beta = torch.randn(n, 1, generator=g), torch.randn(n, 1, generator=g) * 0.5
+    z = modulated_relu_reference(h.double(), gamma.double(), beta.double())
+    pre = torch.addcmul(beta.double(), torch.nn.functional.layer_norm(h.double(), (w,)), gamma.double())
+    grad = torch.randn(n, w, generator=g)
+    grad[(pre.abs() < 1e-3)] = 0
+    return [t.requires_grad_() for t in (h, gamma, beta)], grad, z
+
+
+@pytest.mark.parametrize("w", [128, 64, 7])
+@pytest.mark.parametrize("n", [1, 33, 1000])
+def test_modulated_relu_matches_reference(n, w):
+    """relu(gamma * layer_norm(h) + beta), fused, against the float64 reference: values and the gradients of h,
+    gamma and beta (max abs error < 1e-5 relative to scale), including a constant row."""
+    (h, gamma, beta), grad, want_out = modulation_case(n, w, seed=n + w)
+    out = modulated_relu(h, gamma, beta)
+    got = torch.autograd.grad(out, [h, gamma, beta], grad)
+    d64 = [t.detach().double().requires_grad_() for t in (h, gamma, beta)]
+    want = torch.autograd.grad(modulated_relu_reference(*d64), d64, grad.double())
+    assert out.dtype == torch.float32 and out.shape == (n, w)
+    assert (out - want_out).abs().max().item() < 1e-5 * max(want_out.abs().max().item(), 1.0)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() < 1e-5 * max(b.abs().max().item(), 1.0)
+
+
+def test_modulated_relu_in_bfloat16_keeps_the_dtype_and_rounds_only_at_the_ends():
+    """bfloat16 rows (what a linear layer gives under CPU autocast) stay bfloat16 through the op, and agree with
+    the float64 reference on the same values to within bfloat16 rounding of the result."""
+    (h, gamma, beta), grad, want_out = modulation_case(500, 128, seed=1, dtype=torch.bfloat16)
+    grad = grad.to(torch.bfloat16)
+    out = modulated_relu(h, gamma, beta)
+    assert out.dtype == torch.bfloat16
+    got = torch.autograd.grad(out, [h, gamma, beta], grad)
+    d64 = [t.detach().double().requires_grad_() for t in (h, gamma, beta)]
+    want = torch.autograd.grad(modulated_relu_reference(*d64), d64, grad.double())
+    assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+    assert (out.double() - want_out).abs().max().item() < 2 ** -7 * max(want_out.abs().max().item(), 1.0)
+    for a, b in zip(got, want):
+        assert (a.double() - b).abs().max().item() < 2 ** -7 * max(b.abs().max().item(), 1.0)
+
+
+def test_cam_trunk_runs_the_fused_activation_and_matches_reference(monkeypatch):
+    """A modulated trunk (CAM) calls the fused op and agrees with the reference path (FIELDS_NATIVE=0)."""
+    from fields.mlp import ModulatedMLP
+
+    torch.manual_seed(0)
+    trunk = ModulatedMLP(27, 64, 3, 1)
+    x = torch.randn(300, 27)
+    gamma = (1 + 0.3 * torch.randn(3, 300, 1)).requires_grad_()
+    beta = (0.3 * torch.randn(3, 300, 1)).requires_grad_()
+    calls = []
+    real = torch.ops.fields.modulated_relu_fwd
+    monkeypatch.setattr(torch.ops.fields, "modulated_relu_fwd", lambda *a: calls.append(1) or real(*a),
+                        raising=False)
+
+    def run():
+        trunk.zero_grad(set_to_none=True)
+        gamma.grad = beta.grad = None
+        out = trunk(x, gamma, beta)
+        out.square().sum().backward()
+        return [out.detach(), gamma.grad, beta.grad] + [p.grad.clone() for p in trunk.parameters()]
+
+    got = run()
+    assert len(calls) == 3, "the fused op did not run on every layer"
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    for a, b in zip(got, run()):
+        assert (a - b).abs().max().item() < 1e-5 * max(b.abs().max().item(), 1.0)
+    assert len(calls) == 3
