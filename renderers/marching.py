@@ -35,6 +35,7 @@ class Samples:
         return self.ray_indices.shape[0]
 
     def select(self, keep: torch.Tensor) -> "Samples":
+        """The samples at ``keep``: a mask, or sorted indices (which keeps the packed order)."""
         return Samples(self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.n_rays)
 
     def positions(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,8 +90,11 @@ def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGr
     x, d = samples.positions(origins, dirs)
     sigmas, feats = geometry_fn(x)
     if len(samples) and cfg.prunes():
-        keep = visible(samples, sigmas, cfg)
-        samples, sigmas, feats, d = samples.select(keep), sigmas[keep], feats[keep], d[keep]
+        # Indices rather than the mask: index_select's backward is an index_add, a mask's an accumulating
+        # index_put, which is ~2x slower on CPU (1 ms of a 37 ms lego step).
+        idx = visible(samples, sigmas, cfg).nonzero()[:, 0]
+        samples, sigmas, feats, d = samples.select(idx), sigmas.index_select(0, idx), feats.index_select(0, idx), \
+            d.index_select(0, idx)
     return samples, sigmas, color_fn(feats, d)
 
 
