@@ -13,7 +13,8 @@ Modulating coordinates (``--cam.modulate``):
 For ``fields fit`` one grid over the pixel coordinates modulates every trunk layer (the authors' image setup).
 
 The grids are initialised to gamma = 1 and beta = 0, so a fresh CAM is the plain MLP with normalisation, and
-they train with their own learning rate (``grid_lr_scale`` times the MLP's, 10x as in the official code).
+they train with their own learning rate (``grid_lr_scale`` times the MLP's; see there why not the official 10x).
+The normalise-modulate-ReLU step runs as one fused native op (``fields.fused_mlp.modulated_relu``).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class CAMConfig(MLPConfig):
     """Azimuth x elevation cells of the view-direction grid."""
     image_resolution: int = 32
     """Cells per side of the pixel-coordinate grid for `fields fit`."""
-    grid_lr_scale: float = 10.0
-    """Learning rate of the modulation grids relative to the MLP's."""
+    grid_lr_scale: float = 1.0
+    """Learning rate of the modulation grids relative to the MLP's. The official code uses 10x; with our
+    minutes-long schedule (MLP at 3e-3) that overshoots: lego after 120 s scored 23.6 dB with 10x, 25.8 with 1x
+    (and 24.7 with 0.3x); fitting a 256px image for 30 s, 31.8 vs 34.2 dB."""
 
     def build(self, aabb: torch.Tensor) -> "CAMField":
         return CAMField(aabb, self)
