@@ -410,7 +410,8 @@ def test_fields_view_in_headless_chromium_then_ctrl_c(trained_run):
             rc = proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise
+            proc.wait(10)
+            pytest.fail("`fields view` did not exit within 30 s of Ctrl-C; its output:\n" + "".join(lines))
     output = "".join(lines)
     assert rc == 0, output
     assert "Traceback" not in output, output
