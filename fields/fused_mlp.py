@@ -98,9 +98,9 @@ class _ModulatedReLU(torch.autograd.Function):
 
 def modulated_relu(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """``modulated_relu_reference`` on the fused native kernel when it can run (CPU, float32 or bfloat16 ``h``,
-    native build); the result has ``h``'s dtype there."""
+    one gamma and beta per row, native build); the result has ``h``'s dtype there."""
     if (h.device.type != "cpu" or h.dtype not in (torch.float32, torch.bfloat16) or native.native_ops() is None
-            or gamma.device.type != "cpu"):
+            or gamma.device.type != "cpu" or not gamma.numel() == beta.numel() == h.shape[0]):
         return modulated_relu_reference(h, gamma, beta)
     return _ModulatedReLU.apply(h.contiguous(), gamma, beta)
 
