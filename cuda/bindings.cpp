@@ -3,12 +3,15 @@
 // CUDA build (fields::cuda). The kernels themselves see only raw pointers and sizes.
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #ifdef FIELDS_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #endif
 
+#include <algorithm>
 #include <tuple>
+#include <vector>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
@@ -104,18 +107,41 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   p.max_step = max_step;
   const int64_t n = origins.size(0);
   const float* jp = jitter.defined() ? jitter.data_ptr<float>() : nullptr;
-  Tensor counts = at::empty({n}, origins.options().dtype(at::kLong));
-  if (n > 0)
-    DISPATCH(origins.device(), march_count, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
-             binary.data_ptr<uint8_t>(), p, counts.data_ptr<int64_t>());
-  Tensor offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
-  const int64_t total = offsets[n].item<int64_t>();
-  Tensor ray_indices = at::empty({total}, counts.options());
+#ifdef FIELDS_WITH_CUDA
+  if (origins.is_cuda()) {
+    Tensor counts = at::empty({n}, origins.options().dtype(at::kLong));
+    if (n > 0)
+      DISPATCH(origins.device(), march_count, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
+               binary.data_ptr<uint8_t>(), p, counts.data_ptr<int64_t>());
+    Tensor offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
+    const int64_t total = offsets[n].item<int64_t>();
+    Tensor ray_indices = at::empty({total}, counts.options());
+    Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
+    if (total > 0)
+      DISPATCH(origins.device(), march_fill, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
+               binary.data_ptr<uint8_t>(), p, offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
+               t_starts.data_ptr<float>(), t_ends.data_ptr<float>());
+    return {ray_indices, t_starts, t_ends};
+  }
+#endif
+  TORCH_CHECK(!origins.is_cuda(), "fields native ops were built without CUDA support");
+  const std::vector<fields::cpu::MarchedChunk> chunks =
+      fields::cpu::march_chunks(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(), p);
+  std::vector<int64_t> start(chunks.size() + 1, 0);
+  for (size_t c = 0; c < chunks.size(); ++c) start[c + 1] = start[c] + static_cast<int64_t>(chunks[c].ray.size());
+  const int64_t total = start.back();
+  Tensor ray_indices = at::empty({total}, origins.options().dtype(at::kLong));
   Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
-  if (total > 0)
-    DISPATCH(origins.device(), march_fill, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
-             binary.data_ptr<uint8_t>(), p, offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-             t_starts.data_ptr<float>(), t_ends.data_ptr<float>());
+  int64_t* rp = ray_indices.data_ptr<int64_t>();
+  float *tsp = t_starts.data_ptr<float>(), *tep = t_ends.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 16, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const fields::cpu::MarchedChunk& ch = chunks[c];
+      std::copy(ch.ray.begin(), ch.ray.end(), rp + start[c]);
+      std::copy(ch.t_start.begin(), ch.t_start.end(), tsp + start[c]);
+      std::copy(ch.t_end.begin(), ch.t_end.end(), tep + start[c]);
+    }
+  });
   return {ray_indices, t_starts, t_ends};
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "fields_math.h"
 
@@ -24,12 +25,6 @@ struct HashGrid {
   /* grad_table [L, T, F] zeroed by the caller; grad_x [N, 3] or null */                                       \
   void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,    \
                             float* grad_x __VA_ARGS__);                                                             \
-  /* samples per ray */                                                                                        \
-  void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,                \
-                   const uint8_t* binary, MarchParams p, int64_t* counts __VA_ARGS__);                              \
-  void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,                 \
-                  const uint8_t* binary, MarchParams p, const int64_t* offsets, int64_t* ray_indices,           \
-                  float* t_starts, float* t_ends __VA_ARGS__);                                                      \
   void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out __VA_ARGS__);              \
   void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,     \
                          const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,    \
@@ -67,10 +62,27 @@ struct HashGrid {
 
 namespace cpu {
 FIELDS_KERNEL_DECLS()
+
+// Samples of a run of consecutive rays, in ray order.
+struct MarchedChunk {
+  std::vector<int64_t> ray;
+  std::vector<float> t_start, t_end;
+};
+// Marching in one pass: every ray is marched once, its samples appended to its chunk (consecutive rays), and the
+// caller concatenates the chunks in order. (The CUDA build marches twice instead, count then fill, because
+// threads there cannot grow buffers; on a CPU the second pass would double the cost.)
+std::vector<MarchedChunk> march_chunks(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
+                                       const uint8_t* binary, MarchParams p);
 }  // namespace cpu
 
 namespace cuda {
 FIELDS_KERNEL_DECLS(, void* stream)
+/* samples per ray */
+void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                 MarchParams p, int64_t* counts, void* stream);
+void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends,
+                void* stream);
 }  // namespace cuda
 
 #undef FIELDS_KERNEL_DECLS

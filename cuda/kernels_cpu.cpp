@@ -199,41 +199,34 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Marching: two passes over rays (count, then fill at the caller's offsets).
+// Marching: one pass, samples collected per chunk of consecutive rays.
 
 namespace {
-struct CountEmit {
-  FIELDS_HD void operator()(int64_t, float, float) {}
-};
-struct FillEmit {
-  int64_t ray, pos;
-  int64_t* ray_indices;
-  float *t_starts, *t_ends;
+constexpr int64_t kRaysPerChunk = 32;
+
+struct ChunkEmit {
+  int64_t ray;
+  MarchedChunk* chunk;
   void operator()(int64_t, float ts, float te) {
-    ray_indices[pos] = ray;
-    t_starts[pos] = ts;
-    t_ends[pos] = te;
-    ++pos;
+    chunk->ray.push_back(ray);
+    chunk->t_start.push_back(ts);
+    chunk->t_end.push_back(te);
   }
 };
 }  // namespace
 
-void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                 MarchParams p, int64_t* counts) {
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < n_rays; ++r) {
-    CountEmit emit;
-    counts[r] = march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+std::vector<MarchedChunk> march_chunks(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
+                                       const uint8_t* binary, MarchParams p) {
+  std::vector<MarchedChunk> chunks((n_rays + kRaysPerChunk - 1) / kRaysPerChunk);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < static_cast<int64_t>(chunks.size()); ++ch) {
+    const int64_t r1 = std::min(n_rays, (ch + 1) * kRaysPerChunk);
+    for (int64_t r = ch * kRaysPerChunk; r < r1; ++r) {
+      ChunkEmit emit{r, &chunks[ch]};
+      march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
+    }
   }
-}
-
-void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends) {
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < n_rays; ++r) {
-    FillEmit emit{r, offsets[r], ray_indices, t_starts, t_ends};
-    march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
-  }
+  return chunks;
 }
 
 // ---------------------------------------------------------------------------------------------------------
