@@ -107,7 +107,7 @@ void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
 #pragma omp parallel
   {
     BlockCorners bc;
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static, 1)
     for (int l = 0; l < g.levels; ++l) {
       for (int64_t b = 0; b < n_blocks; ++b) {
         float res_f;
