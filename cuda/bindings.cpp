@@ -73,9 +73,9 @@ std::tuple<Tensor, Tensor> hash_encode_bwd(const Tensor& grad_out_, const Tensor
                                            const Tensor& resolutions, bool need_x_grad) {
   Tensor g = f32(grad_out_, "grad_out"), x = f32(x_, "x"), table = f32(table_, "table");
   Tensor res = resolutions.to(x.device(), at::kInt).contiguous();
-  Tensor grad_table = at::zeros_like(table);
   Tensor grad_x = need_x_grad ? at::zeros_like(x) : at::empty({0}, x.options());
-  if (x.size(0) == 0) return {grad_table, grad_x};
+  if (x.size(0) == 0) return {at::zeros_like(table), grad_x};
+  Tensor grad_table = at::empty_like(table);  // the kernels zero it
   DISPATCH(x.device(), hash_encode_backward, g.data_ptr<float>(), x.data_ptr<float>(), x.size(0),
            hash_grid(table, res), grad_table.data_ptr<float>(), need_x_grad ? grad_x.data_ptr<float>() : nullptr);
   return {grad_table, grad_x};

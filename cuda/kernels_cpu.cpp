@@ -131,7 +131,9 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
                           float* grad_x) {
   const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
   const int nf = g.features;
-  // Table gradient: each thread owns whole levels, so the scatter-add below is race-free without atomics.
+  // Table gradient: each thread owns whole levels, so the scatter-add below is race-free without atomics. The
+  // owner zeroes its level just before scattering into it (in parallel and while it is in cache; a separate
+  // zero fill of the whole table was 1.4 ms of a lego step).
 #pragma omp parallel
   {
     BlockCorners bc;
@@ -142,6 +144,7 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
       uint32_t side;
       level_params(g, l, res_f, dense, side);
       float* gt = grad_table + static_cast<int64_t>(l) * g.table_size * nf;
+      std::fill(gt, gt + g.table_size * nf, 0.0f);
       for (int64_t b = 0; b < n_blocks; ++b) {
         const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
         corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);

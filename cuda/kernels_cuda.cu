@@ -159,6 +159,7 @@ void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out, void
 void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,
                           float* grad_x, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
+  cudaMemsetAsync(grad_table, 0, sizeof(float) * g.levels * g.table_size * g.features, s);
   dim3 grid(blocks_for(n), g.levels);
   hash_backward_table_kernel<<<grid, kThreads, 0, s>>>(grad_out, x, n, g, grad_table);
   check_launch("hash_encode_backward");
