@@ -11,9 +11,20 @@
 // relu_out). The input may come in several column blocks ("parts", e.g. [sh, geo]), read as if concatenated.
 // Internal buffers have rows padded to the block size and columns padded to 16 floats (one AVX-512 vector), with
 // zeros in the padding, so the inner loops never need masks.
+//
+// bf16 mode (built where the CPU has AMX-BF16, and the process may use AMX tiles): every matrix product (forward,
+// input gradient, weight gradient) runs on AMX tiles with bfloat16 operands (layer inputs, weights, gradients
+// rounded to nearest even) and float32 accumulation; biases, ReLU, saved activations, outputs and the bias
+// gradients stay float32. Elsewhere the flag is ignored (float32 throughout).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <omp.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+#define FIELDS_MLP_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -240,10 +251,223 @@ inline void relu_mask(float* __restrict g, int ldg, const float* __restrict h, i
 
 int64_t padded_rows(int64_t n) { return (n + kRows - 1) / kRows * kRows; }
 
+#ifdef FIELDS_MLP_AMX
+namespace amx {
+
+using bf16 = uint16_t;
+constexpr int kTileRows = 16;        // rows of every tile; a block of kRows samples is two row halves
+constexpr int kTileElems = 16 * 32;  // bf16 elements of a 16 x 64-byte tile
+
+inline int pad32(int n) { return (n + 31) & ~31; }
+
+// Whether this process may use AMX tile data (Linux asks for it once per process).
+bool ready() {
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return ok;
+}
+
+// Every tile 16 rows x 64 bytes: C tiles 0-3 (16 x 16 float32), A tile 4 (16 x 32 bf16), B tiles 5-7.
+void configure() {
+  struct alignas(64) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+  } cfg{};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = kTileRows;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+inline bf16 to_bf16(float f) {  // round to nearest even, as _mm512_cvtne2ps_pbh
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// B operand of C[., N] = A[., K] @ B[K, N] in AMX's pair-interleaved layout, one tile per (16 columns, 32 rows of
+// the reduction): tile (ng, kc) holds element (r, c, e) = B(32 kc + 2 r + e, 16 ng + c), zeros outside K x N.
+template <class At>
+std::vector<bf16> pack_b(int K, int N, At at) {
+  const int kcs = pad32(K) / 32, ngs = pad16(N) / 16;
+  std::vector<bf16> out(static_cast<size_t>(kcs) * ngs * kTileElems, 0);
+  for (int ng = 0; ng < ngs; ++ng)
+    for (int kc = 0; kc < kcs; ++kc)
+      for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+          for (int e = 0; e < 2; ++e) {
+            const int k = 32 * kc + 2 * r + e, n = 16 * ng + c;
+            if (k < K && n < N) out[(static_cast<size_t>(ng) * kcs + kc) * kTileElems + r * 32 + 2 * c + e] = to_bf16(at(k, n));
+          }
+  return out;
+}
+
+// rows x cols float32 (stride lds) -> bf16 (stride ldd), zero-padded to cols_out (a multiple of 32) columns.
+inline void rows_to_bf16(const float* src, int lds, int cols, bf16* dst, int ldd, int cols_out, int rows) {
+  for (int i = 0; i < rows; ++i)
+    for (int c = 0; c < cols_out; c += 32) {
+      const int left = cols - c;
+      const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1u) : 0;
+      const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u) : 0;
+      const __m512 lo = _mm512_maskz_loadu_ps(m0, src + i * lds + c), hi = _mm512_maskz_loadu_ps(m1, src + i * lds + c + 16);
+      _mm512_storeu_si512(dst + i * ldd + c, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+}
+
+// C[16, 16 G) = A[16, 32 kcs) @ B (G column groups of packed tiles starting at B).
+template <int G>
+inline void tile_group(const bf16* A, int lda, const bf16* B, int kcs, float* C, int ldc) {
+  _tile_zero(0);
+  if constexpr (G > 1) _tile_zero(1);
+  if constexpr (G > 2) _tile_zero(2);
+  if constexpr (G > 3) _tile_zero(3);
+  for (int kc = 0; kc < kcs; ++kc) {
+    _tile_loadd(4, A + 32 * kc, 2 * lda);
+    _tile_loadd(5, B + static_cast<size_t>(kc) * kTileElems, 64);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (G > 1) {
+      _tile_loadd(6, B + static_cast<size_t>(kcs + kc) * kTileElems, 64);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (G > 2) {
+      _tile_loadd(7, B + static_cast<size_t>(2 * kcs + kc) * kTileElems, 64);
+      _tile_dpbf16ps(2, 4, 7);
+    }
+    if constexpr (G > 3) {
+      _tile_loadd(5, B + static_cast<size_t>(3 * kcs + kc) * kTileElems, 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+  }
+  _tile_stored(0, C, 4 * ldc);
+  if constexpr (G > 1) _tile_stored(1, C + 16, 4 * ldc);
+  if constexpr (G > 2) _tile_stored(2, C + 32, 4 * ldc);
+  if constexpr (G > 3) _tile_stored(3, C + 48, 4 * ldc);
+}
+
+// C[kRows, 16 ngs) (float32, ldc) = A[kRows, 32 kcs) (bf16, lda) @ packed B.
+void gemm(const bf16* A, int lda, const bf16* B, int kcs, int ngs, float* C, int ldc) {
+  for (int h = 0; h < kRows; h += kTileRows) {
+    const bf16* a = A + static_cast<size_t>(h) * lda;
+    float* c = C + static_cast<size_t>(h) * ldc;
+    int ng = 0;
+    for (; ng + 4 <= ngs; ng += 4) tile_group<4>(a, lda, B + static_cast<size_t>(ng) * kcs * kTileElems, kcs, c + 16 * ng, ldc);
+    const bf16* b = B + static_cast<size_t>(ng) * kcs * kTileElems;
+    switch (ngs - ng) {
+      case 3: tile_group<3>(a, lda, b, kcs, c + 16 * ng, ldc); break;
+      case 2: tile_group<2>(a, lda, b, kcs, c + 16 * ng, ldc); break;
+      case 1: tile_group<1>(a, lda, b, kcs, c + 16 * ng, ldc); break;
+      default: break;
+    }
+  }
+}
+
+// Rows 2j and 2j+1 of src (float32, stride lds, cols a multiple of 16) as bf16 pairs: dst[j, c] (32-bit, stride
+// ldd) = (src[2j, c], src[2j + 1, c]), for j < kRows / 2. This is the B layout of a product reducing over rows.
+inline void row_pairs(const float* src, int lds, int cols, uint32_t* dst, int ldd) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int j = 0; j < kRows / 2; ++j)
+    for (int c = 0; c < cols; c += 16) {
+      const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + (2 * j + 1) * lds + c),
+                                                _mm512_loadu_ps(src + 2 * j * lds + c));
+      _mm512_storeu_si512(dst + j * ldd + c, _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(both)));
+    }
+}
+
+// 16 x 16 transpose of 32-bit elements: dst[c, r] = src[r, c] (strides in elements).
+inline void transpose16(const uint32_t* src, int lds, uint32_t* dst, int ldd) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * lds);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ldd, r[i]);
+}
+
+// dW^T[kp, mp] (float32, stride mp) += X^T G over the block's kRows samples, X [kRows, kp] and G [kRows, mp]
+// float32 (strides ldx, ldg; kp, mp multiples of 16). X^T's rows are the transposed row pairs of X, G's pairs are
+// the B operand as they are. xp, xt, gp: scratch of kRows / 2 * kp, kp * 16 and kRows / 2 * mp words.
+void weight_grad(const float* X, int ldx, int kp, const float* G, int ldg, int mp, float* dwt, uint32_t* xp,
+                 uint32_t* xt, uint32_t* gp) {
+  row_pairs(X, ldx, kp, xp, kp);
+  for (int c = 0; c < kp; c += 16) transpose16(xp + c, kp, xt + c * 16, 16);
+  row_pairs(G, ldg, mp, gp, mp);
+  for (int t = 0; t < kp; t += 16) {
+    _tile_loadd(4, xt + t * 16, 64);
+    for (int ng = 0; ng < mp; ng += 16) {
+      float* c = dwt + static_cast<size_t>(t) * mp + ng;
+      _tile_loadd(0, c, 4 * mp);
+      _tile_loadd(5, gp + ng, 4 * mp);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_stored(0, c, 4 * mp);
+    }
+  }
+}
+
+// Packed weights of one layer W [m, k]: `fwd` for x @ W^T (reduction over k), `bwd` for g @ W (over m).
+struct PackedLayer {
+  std::vector<bf16> fwd, bwd;
+};
+
+std::vector<PackedLayer> pack(const std::vector<Tensor>& weights, bool for_backward) {
+  std::vector<PackedLayer> out;
+  for (const Tensor& w_ : weights) {
+    const Tensor w = w_.contiguous();
+    const float* wd = w.data_ptr<float>();
+    const int m = static_cast<int>(w.size(0)), k = static_cast<int>(w.size(1));
+    PackedLayer p;
+    if (for_backward)
+      p.bwd = pack_b(m, k, [&](int mm, int kk) { return wd[static_cast<size_t>(mm) * k + kk]; });
+    else
+      p.fwd = pack_b(k, m, [&](int kk, int mm) { return wd[static_cast<size_t>(mm) * k + kk]; });
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+}  // namespace amx
+
+bool use_amx(bool bf16) { return bf16 && amx::ready(); }
+#else
+bool use_amx(bool) { return false; }
+#endif
+
+// Whether bf16 mode runs on AMX here (built for a CPU with AMX-BF16 and the OS lets the process use it).
+bool mlp_amx() { return use_amx(true); }
+
+// Adds the bias row to rows x cols of C (stride ldc) and applies the ReLU when asked.
+inline void bias_relu(float* C, int ldc, const float* bias, int rows, int cols, bool relu) {
+  for (int i = 0; i < rows; ++i) {
+    float* c = C + static_cast<size_t>(i) * ldc;
+#pragma omp simd
+    for (int j = 0; j < cols; ++j) c[j] = relu ? std::max(c[j] + bias[j], 0.0f) : c[j] + bias[j];
+  }
+}
+
 // Forward. Returns the output [N, M_last] and, when `save`, the post-ReLU activations of the hidden layers
 // ([N padded to the block, M_l padded to 16]) that the backward reads.
 std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& inputs, const std::vector<Tensor>& weights,
-                                                 const std::vector<Tensor>& biases, bool relu_out, bool save) {
+                                                 const std::vector<Tensor>& biases, bool relu_out, bool save,
+                                                 bool bf16) {
   int64_t n;
   const Parts parts = make_parts(inputs, n);
   const Net net = make_net(weights, biases, relu_out, false);
@@ -260,9 +484,17 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
   for (Tensor& h : hidden) hp.push_back(h.data_ptr<float>());
   float* op = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
+  const bool amx_on = use_amx(bf16);
+#ifdef FIELDS_MLP_AMX
+  const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, false) : std::vector<amx::PackedLayer>();
+#endif
 #pragma omp parallel
   {
     std::vector<float> xs(kRows * pad16(parts.total)), s0(kRows * kMaxWidth), s1(kRows * kMaxWidth);
+#ifdef FIELDS_MLP_AMX
+    std::vector<amx::bf16> xb0(amx_on ? kRows * amx::pad32(std::max(parts.total, kMaxWidth)) : 0), xb1(xb0.size());
+    if (amx_on) amx::configure();
+#endif
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       const int64_t r0 = blk * kRows;
@@ -270,16 +502,36 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
       gather_rows(parts, r0, nr, xs.data(), pad16(parts.total));
       const float* in = xs.data();
       int ldi = pad16(parts.total);
+#ifdef FIELDS_MLP_AMX
+      const amx::bf16* a = xb0.data();
+      if (amx_on) amx::rows_to_bf16(xs.data(), ldi, parts.total, xb0.data(), amx::pad32(parts.total),
+                                    amx::pad32(parts.total), kRows);
+#endif
       for (size_t l = 0; l < n_layers; ++l) {
         const Layer& L = net.layers[l];
         float* dst = (save && l + 1 < n_layers) ? hp[l] + r0 * L.mp : (l % 2 ? s1.data() : s0.data());
-        gemm(in, ldi, 1, L.k, L.wt.data(), L.mp, dst, L.mp, kRows, L.mp, Init::kBias, L.bias.data(),
-             net.relu_after(l));
+        if (!amx_on) {
+          gemm(in, ldi, 1, L.k, L.wt.data(), L.mp, dst, L.mp, kRows, L.mp, Init::kBias, L.bias.data(),
+               net.relu_after(l));
+        } else {
+#ifdef FIELDS_MLP_AMX
+          amx::gemm(a, amx::pad32(L.k), packed[l].fwd.data(), amx::pad32(L.k) / 32, L.mp / 16, dst, L.mp);
+          bias_relu(dst, L.mp, L.bias.data(), kRows, L.mp, net.relu_after(l));
+          if (l + 1 < n_layers) {
+            amx::bf16* next = l % 2 ? xb0.data() : xb1.data();
+            amx::rows_to_bf16(dst, L.mp, L.mp, next, amx::pad32(L.m), amx::pad32(L.m), kRows);
+            a = next;
+          }
+#endif
+        }
         in = dst;
         ldi = L.mp;
       }
       for (int i = 0; i < nr; ++i) std::memcpy(op + (r0 + i) * last.m, in + i * ldi, sizeof(float) * last.m);
     }
+#ifdef FIELDS_MLP_AMX
+    if (amx_on) _tile_release();
+#endif
   }
   return {out, hidden};
 }
@@ -289,7 +541,7 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
 std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bwd(
     const Tensor& grad_out_, const std::vector<Tensor>& inputs, const std::vector<Tensor>& hidden, const Tensor& out_,
     const std::vector<Tensor>& weights, const std::vector<Tensor>& biases, bool relu_out,
-    const c10::List<bool>& need_input_grad_) {
+    const c10::List<bool>& need_input_grad_, bool bf16) {
   const std::vector<bool> need_input_grad = need_input_grad_.vec();
   int64_t n;
   const Parts parts = make_parts(inputs, n);
@@ -316,12 +568,12 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
     gip.push_back(need_input_grad[q] ? grad_in.back().data_ptr<float>() : nullptr);
     any_input_grad = any_input_grad || need_input_grad[q];
   }
-  // Per-thread gradient accumulators: for each layer dW^T [k, mp] then db [mp].
+  // Per-thread gradient accumulators: for each layer dW^T [kp, mp] then db [mp].
   std::vector<size_t> acc_off;
   size_t acc_size = 0;
   for (const Layer& L : net.layers) {
     acc_off.push_back(acc_size);
-    acc_size += static_cast<size_t>(L.k + 1) * L.mp;
+    acc_size += static_cast<size_t>(L.kp + 1) * L.mp;
   }
   const int n_threads = omp_get_max_threads();
   std::vector<float> acc(acc_size * n_threads, 0.0f);
@@ -329,10 +581,19 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   const float* outp = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
   const int ldx = pad16(parts.total);
+  const bool amx_on = use_amx(bf16);
+#ifdef FIELDS_MLP_AMX
+  const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, true) : std::vector<amx::PackedLayer>();
+#endif
 #pragma omp parallel num_threads(n_threads)
   {
     float* my = acc.data() + acc_size * omp_get_thread_num();
     std::vector<float> xs(kRows * ldx), g0(kRows * kMaxWidth), g1(kRows * kMaxWidth);
+#ifdef FIELDS_MLP_AMX
+    std::vector<amx::bf16> gb(amx_on ? kRows * kMaxWidth : 0);
+    std::vector<uint32_t> xp(amx_on ? kRows / 2 * kMaxWidth : 0), xt(amx_on ? 16 * kMaxWidth : 0), gpairs(xp.size());
+    if (amx_on) amx::configure();
+#endif
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       const int64_t r0 = blk * kRows;
@@ -348,14 +609,27 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
         const float* in = l == 0 ? xs.data() : hp[l - 1] + r0 * net.layers[l - 1].mp;
         const int ldi = l == 0 ? ldx : net.layers[l - 1].mp;
         float* dwt = my + acc_off[l];
-        float* db = dwt + static_cast<size_t>(L.k) * L.mp;
+        float* db = dwt + static_cast<size_t>(L.kp) * L.mp;
         // dW^T[k, m] += sum_r in[r, k] g[r, m]; db[m] += sum_r g[r, m]
-        gemm(in, 1, ldi, kRows, g, L.mp, dwt, L.mp, L.k, L.mp, Init::kAccum, nullptr, false);
+        if (!amx_on) {
+          gemm(in, 1, ldi, kRows, g, L.mp, dwt, L.mp, L.k, L.mp, Init::kAccum, nullptr, false);
+        } else {
+#ifdef FIELDS_MLP_AMX
+          amx::weight_grad(in, ldi, L.kp, g, L.mp, L.mp, dwt, xp.data(), xt.data(), gpairs.data());
+#endif
+        }
         for (int i = 0; i < kRows; ++i)
           for (int c = 0; c < L.mp; ++c) db[c] += g[i * L.mp + c];
         if (l == 0 && !any_input_grad) break;
         // grad of this layer's input: g @ W, masked by the previous ReLU
-        gemm(g, L.mp, 1, L.m, L.wp.data(), L.kp, gn, L.kp, kRows, L.kp, Init::kZero, nullptr, false);
+        if (!amx_on) {
+          gemm(g, L.mp, 1, L.m, L.wp.data(), L.kp, gn, L.kp, kRows, L.kp, Init::kZero, nullptr, false);
+        } else {
+#ifdef FIELDS_MLP_AMX
+          amx::rows_to_bf16(g, L.mp, L.mp, gb.data(), amx::pad32(L.m), amx::pad32(L.m), kRows);
+          amx::gemm(gb.data(), amx::pad32(L.m), packed[l].bwd.data(), amx::pad32(L.m) / 32, L.kp / 16, gn, L.kp);
+#endif
+        }
         if (l > 0) relu_mask(gn, L.kp, in, ldi, kRows, L.kp);
         std::swap(g, gn);
       }
@@ -370,6 +644,9 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
         }
       }
     }
+#ifdef FIELDS_MLP_AMX
+    if (amx_on) _tile_release();
+#endif
   }
   std::vector<Tensor> grad_w, grad_b;
   for (size_t l = 0; l < n_layers; ++l) {
@@ -381,7 +658,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
       const float* dwt = acc.data() + acc_size * t + acc_off[l];
       for (int j = 0; j < L.k; ++j)
         for (int i = 0; i < L.m; ++i) gwp[i * L.k + j] += dwt[static_cast<size_t>(j) * L.mp + i];
-      for (int i = 0; i < L.m; ++i) gbp[i] += dwt[static_cast<size_t>(L.k) * L.mp + i];
+      for (int i = 0; i < L.m; ++i) gbp[i] += dwt[static_cast<size_t>(L.kp) * L.mp + i];
     }
     grad_w.push_back(gw);
     grad_b.push_back(gb);
@@ -393,10 +670,11 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
 
 // Own fragment of the `fields` op library, so the shared bindings.cpp needs no edit for this CPU-only op.
 TORCH_LIBRARY_FRAGMENT(fields, m) {
-  m.def("mlp_fwd(Tensor[] inputs, Tensor[] weights, Tensor[] biases, bool relu_out, bool save)"
+  m.def("mlp_fwd(Tensor[] inputs, Tensor[] weights, Tensor[] biases, bool relu_out, bool save, bool bf16)"
         " -> (Tensor, Tensor[])");
   m.def("mlp_bwd(Tensor grad_out, Tensor[] inputs, Tensor[] hidden, Tensor out, Tensor[] weights, Tensor[] biases,"
-        " bool relu_out, bool[] need_input_grad) -> (Tensor[], Tensor[], Tensor[])");
+        " bool relu_out, bool[] need_input_grad, bool bf16) -> (Tensor[], Tensor[], Tensor[])");
+  m.def("mlp_amx() -> bool", &mlp_amx);
 }
 
 TORCH_LIBRARY_IMPL(fields, CPU, m) {

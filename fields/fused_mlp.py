@@ -37,11 +37,11 @@ def relu_mlp_reference(parts: Sequence[torch.Tensor], weights: Sequence[torch.Te
 
 class _FusedMLP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, relu_out: bool, n_parts: int, *tensors: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, relu_out: bool, bf16: bool, n_parts: int, *tensors: torch.Tensor) -> torch.Tensor:
         parts, n_layers = tensors[:n_parts], (len(tensors) - n_parts) // 2
         weights, biases = tensors[n_parts:n_parts + n_layers], tensors[n_parts + n_layers:]
-        out, hidden = torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, True)
-        ctx.relu_out, ctx.n_parts, ctx.n_hidden = relu_out, n_parts, len(hidden)
+        out, hidden = torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, True, bf16)
+        ctx.relu_out, ctx.bf16, ctx.n_parts, ctx.n_hidden = relu_out, bf16, n_parts, len(hidden)
         ctx.save_for_backward(*parts, *weights, *biases, out, *hidden)
         return out
 
@@ -52,23 +52,25 @@ class _FusedMLP(torch.autograd.Function):
         parts, rest = saved[:n_parts], saved[n_parts:]
         weights, biases = rest[:n_layers], rest[n_layers:2 * n_layers]
         out, hidden = rest[2 * n_layers], rest[2 * n_layers + 1:]
-        need = [bool(n) for n in ctx.needs_input_grad[2:2 + n_parts]]
+        need = [bool(n) for n in ctx.needs_input_grad[3:3 + n_parts]]
         grad_parts, grad_w, grad_b = torch.ops.fields.mlp_bwd(grad_out, parts, hidden, out, weights, biases,
-                                                              ctx.relu_out, need)
-        return (None, None, *(g if n else None for g, n in zip(grad_parts, need)), *grad_w, *grad_b)
+                                                              ctx.relu_out, need, ctx.bf16)
+        return (None, None, None, *(g if n else None for g, n in zip(grad_parts, need)), *grad_w, *grad_b)
 
 
 def relu_mlp(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-             relu_out: bool = False) -> torch.Tensor:
-    """``relu_mlp_reference`` on the fused native kernel when it can run (float32 CPU tensors, native build)."""
+             relu_out: bool = False, bf16: bool = False) -> torch.Tensor:
+    """``relu_mlp_reference`` on the fused native kernel when it can run (float32 CPU tensors, native build).
+    ``bf16``: where the native build has AMX-BF16, run the forward's and the input gradient's matrix products on
+    AMX tiles in bfloat16 (float32 accumulation, biases, activations and weight gradients); ignored elsewhere."""
     tensors = (*parts, *weights, *biases)
     if (any(t.device.type != "cpu" for t in tensors) or native.ops_for(*tensors) is None
             or torch.is_autocast_enabled("cpu")):
         return relu_mlp_reference(parts, weights, biases, relu_out)
     parts = [p.contiguous() for p in parts]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _FusedMLP.apply(relu_out, len(parts), *parts, *weights, *biases)
-    return torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, False)[0]
+        return _FusedMLP.apply(relu_out, bf16, len(parts), *parts, *weights, *biases)
+    return torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, False, bf16)[0]
 
 
 LAYER_NORM_EPS = 1e-5
@@ -109,7 +111,8 @@ class ReLUMLP(nn.Sequential):
     """``Linear, ReLU, ..., Linear`` run by ``relu_mlp``; ``forward(*parts)`` takes the input in column blocks
     (e.g. ``net(sh, geo)`` instead of ``net(torch.cat([sh, geo], -1))``)."""
 
-    def __init__(self, dims: Sequence[int]):
+    def __init__(self, dims: Sequence[int], bf16: bool = False):
+        self.bf16 = bf16
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-2], dims[1:-1]):
             mods += [nn.Linear(a, b), nn.ReLU()]
@@ -118,4 +121,4 @@ class ReLUMLP(nn.Sequential):
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
         linears = list(self)[::2]
-        return relu_mlp(parts, [m.weight for m in linears], [m.bias for m in linears])
+        return relu_mlp(parts, [m.weight for m in linears], [m.bias for m in linears], bf16=self.bf16)

@@ -7,7 +7,6 @@ applies the given scale and shift before the activation, which is how the ``cam`
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -15,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fields.base import Field, FieldConfig, ImageField
+from fields.base import Field, FieldConfig, ImageField, bf16_enabled
 from fields.encodings import trunc_exp
 from fields.fused_mlp import modulated_relu, relu_mlp
 from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
-from renderers.native import cpu_signature
 
 
 @dataclass
@@ -63,7 +61,7 @@ class MLPConfig(FieldConfig):
 
     def use_bf16(self) -> bool:
         """``bf16`` with None resolved for this machine."""
-        return has_amx_bf16() if self.bf16 is None else self.bf16
+        return bf16_enabled(self.bf16)
 
     def build(self, aabb: torch.Tensor) -> "MLPField":
         return MLPField(aabb, self)
@@ -77,12 +75,6 @@ class MLPConfig(FieldConfig):
 
 BF16_ROWS = 1024
 """Row multiple of bfloat16 batches (see ``MLPConfig.bf16``): at most 1023 padded rows, a few dozen kernel shapes."""
-
-
-@functools.cache
-def has_amx_bf16() -> bool:
-    """Whether this CPU has AMX with bfloat16 tiles (where torch's bfloat16 matrix products are fastest)."""
-    return "amx_bf16" in cpu_signature().split()
 
 
 def pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fields.mlp import has_amx_bf16
-from renderers.native import cpu_signature, cpuinfo
+from renderers.native import cpu_signature, cpuinfo, has_amx_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"

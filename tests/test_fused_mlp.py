@@ -1,6 +1,6 @@
 """The fused native MLP (cuda/mlp_cpu.cpp) against its plain-PyTorch reference: values and gradients of every
 input part, weight and bias, for the shapes the backends use, ragged batch sizes and empty batches; dispatch and
-parameter names of ``fields.base.mlp``. The same for CAM's fused modulated activation (cuda/modulate_cpu.cpp),
+parameter names of ``fields.base.mlp``; the bf16 (AMX) mode against a bfloat16 oracle. The same for CAM's fused modulated activation (cuda/modulate_cpu.cpp),
 in float32 and bfloat16."""
 
 from __future__ import annotations
@@ -70,6 +70,53 @@ def test_values_and_gradients_match_reference(dims, parts, relu_out, n):
     for a, b in zip(got, want):
         assert a.shape == b.shape
         assert (a - b).abs().max().item() < 1e-5 * max(b.abs().max().item(), 1.0)
+
+
+def bf16_oracle(xs, ws, bs, relu_out):
+    """The bf16 mode's arithmetic in float64: every layer's input and weights rounded to bfloat16, exact products
+    and sums; and the rows whose pre-activation comes within 1e-4 of a ReLU kink."""
+    r = lambda t: t.bfloat16().double()  # noqa: E731  (rounding with a straight-through gradient)
+    h = torch.cat(xs, -1)
+    near = torch.zeros(h.shape[0], dtype=torch.bool)
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        h = r(h) @ r(w).t() + b
+        near |= (h.detach().abs() < 1e-4).any(-1)
+        if relu_out or i < len(ws) - 1:
+            h = torch.relu(h)
+    return h, near
+
+
+@pytest.mark.parametrize("dims,parts,relu_out", [
+    ((24, 64, 16), [24], False),
+    ((31, 64, 64, 3), [16, 15], False),
+    ((191, 128, 128), [128, 63], True),
+    ((7, 5), [3, 4], False),
+])
+@pytest.mark.parametrize("n", [1, 33, 1000])
+def test_bf16_mode_matches_a_bfloat16_oracle_on_amx_and_is_float32_elsewhere(dims, parts, relu_out, n):
+    """With AMX: forward values within 1e-3 of their scale (float32 sums round a hidden value to the other
+    neighbouring bfloat16 now and then: one bfloat16 step, 0.4%, of one input of the next layer); gradients (whose
+    output and layer gradients the kernel also rounds to bfloat16) within 2% of their scale; outputs different
+    from float32's. Without AMX: the flag changes nothing. An indexing or layout bug errs by the whole scale."""
+    g = torch.Generator().manual_seed(n)
+    ws, bs = net(dims)
+    xs = [torch.randn(n, k, generator=g).requires_grad_() for k in parts]
+    out = relu_mlp(xs, ws, bs, relu_out, bf16=True)
+    if not torch.ops.fields.mlp_amx():
+        assert torch.equal(out, relu_mlp(xs, ws, bs, relu_out))
+        return
+    d64 = [[t.detach().double().requires_grad_() for t in ts] for ts in (xs, ws, bs)]
+    ref, near = bf16_oracle(*d64, relu_out)
+    grad_out = torch.randn(out.shape, generator=g)
+    grad_out[near] = 0
+    got = grads(out, xs + ws + bs, grad_out)
+    want = grads(ref, sum(d64, []), grad_out.double())
+    assert (out - ref).abs().max().item() < 1e-3 * max(ref.abs().max().item(), 1.0)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() < 2e-2 * max(b.abs().max().item(), 1e-3)
+    if n > 1:
+        assert (out - relu_mlp(xs, ws, bs, relu_out)).abs().max().item() > 0, "bf16 mode ran in float32"
 
 
 def test_only_requested_input_gradients_and_no_grad_path():
