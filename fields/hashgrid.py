@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fields.base import Field, FieldConfig, ImageField, mlp
+from fields.base import Field, FieldConfig, ImageField, bf16_enabled, mlp
 from fields.encodings import HashEncoding, sh_encode, trunc_exp
 from fields.positional import lift_uv
 
@@ -36,6 +36,9 @@ class HashGridConfig(FieldConfig):
     """Hidden layers of the colour MLP."""
     grid_lr_scale: float = 1.0
     """Learning rate of the hash table relative to the base learning rate."""
+    bf16: bool | None = None
+    """Run the MLPs' matrix products in bfloat16 on AMX tiles (float32 accumulation; weights, optimizer, hash
+    table and activations stay float32); None: where the CPU has AMX-BF16 (``relu_mlp``'s ``bf16``)."""
 
     def build(self, aabb: torch.Tensor) -> "HashGridField":
         return HashGridField(aabb, self)
@@ -53,8 +56,9 @@ class HashGridField(Field):
         super().__init__(aabb)
         self.cfg = cfg
         self.encoding = cfg.encoding()
-        self.density_net = mlp(self.encoding.out_dim, cfg.hidden, 1, 1 + cfg.geo_features)
-        self.color_net = mlp(16 + cfg.geo_features, cfg.hidden, cfg.color_layers, 3)
+        bf16 = bf16_enabled(cfg.bf16)
+        self.density_net = mlp(self.encoding.out_dim, cfg.hidden, 1, 1 + cfg.geo_features, bf16)
+        self.color_net = mlp(16 + cfg.geo_features, cfg.hidden, cfg.color_layers, 3, bf16)
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
@@ -89,7 +93,7 @@ class ImageHashGrid(ImageField):
         super().__init__()
         self.cfg = cfg
         self.encoding = cfg.encoding()
-        self.net = mlp(self.encoding.out_dim, cfg.hidden, 2, 3)
+        self.net = mlp(self.encoding.out_dim, cfg.hidden, 2, 3, bf16_enabled(cfg.bf16))
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(self.encoding(lift_uv(uv))))
