@@ -77,6 +77,17 @@ inline void corners(const float* x, int64_t nb, float res_f, bool dense, uint32_
     block_corners<false>(x, nb, res_f, side, table_size, bc);
 }
 
+// corners() of a block, then a prefetch of the table rows they name on a hashed level: computed one block ahead,
+// the rows arrive while the previous block is gathered (hash_encode forward 2.8 -> 2.3 ms on a lego batch; the
+// same in the backward's scatter made it slower).
+inline void corners_ahead(const float* x, int64_t nb, float res_f, bool dense, uint32_t side, uint32_t table_size,
+                          const float* tab, int nf, BlockCorners& bc) {
+  corners(x, nb, res_f, dense, side, table_size, bc);
+  if (dense) return;  // coarse levels are small and stay in cache
+  for (int c = 0; c < 8; ++c)
+    for (int64_t i = 0; i < nb; ++i) __builtin_prefetch(tab + static_cast<int64_t>(bc.row[c][i]) * nf);
+}
+
 // Features of one level for a block: out[i * out_stride + f] = sum_c w_c * table[row_c, f].
 template <int F>
 inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __restrict tab, int features,
@@ -104,24 +115,33 @@ inline void level_params(const HashGrid& g, int l, float& res_f, bool& dense, ui
 
 void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
   const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
+  const uint32_t table_size = static_cast<uint32_t>(g.table_size);
+  // Level by level, each thread a contiguous run of blocks (both cores on every level: coarse levels are dense
+  // and cheap, fine ones hashed and cache-missing), corners computed one block ahead.
 #pragma omp parallel
   {
-    BlockCorners bc;
-#pragma omp for collapse(2) schedule(static, 1)
+    BlockCorners bc[2];
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t b0 = n_blocks * tid / nt, b1 = n_blocks * (tid + 1) / nt;
     for (int l = 0; l < g.levels; ++l) {
-      for (int64_t b = 0; b < n_blocks; ++b) {
-        float res_f;
-        bool dense;
-        uint32_t side;
-        level_params(g, l, res_f, dense, side);
+      float res_f;
+      bool dense;
+      uint32_t side;
+      level_params(g, l, res_f, dense, side);
+      const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
+      auto ahead = [&](int64_t a) {
+        corners_ahead(x + 3 * a * kBlock, std::min<int64_t>(kBlock, n - a * kBlock), res_f, dense, side, table_size,
+                      tab, g.features, bc[a & 1]);
+      };
+      if (b0 < b1) ahead(b0);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (b + 1 < b1) ahead(b + 1);
         const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
-        corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
-        const float* tab = g.table + static_cast<int64_t>(l) * g.table_size * g.features;
         float* o = out + i0 * stride + static_cast<int64_t>(l) * g.features;
         if (g.features == 2)
-          block_gather<2>(bc, nb, tab, 2, o, stride);
+          block_gather<2>(bc[b & 1], nb, tab, 2, o, stride);
         else
-          block_gather<0>(bc, nb, tab, g.features, o, stride);
+          block_gather<0>(bc[b & 1], nb, tab, g.features, o, stride);
       }
     }
   }
