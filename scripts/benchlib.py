@@ -25,7 +25,7 @@ def machine() -> str:
     cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     flags = set(cpu_signature().split())
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    isa += " + AMX-BF16" if has_amx_bf16() else ""  # the mlp/cam networks then run in bfloat16
+    isa += " + AMX-BF16" if has_amx_bf16() else ""  # the MLPs of every backend then run in bfloat16
     return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
