@@ -126,7 +126,8 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
 #endif
   TORCH_CHECK(!origins.is_cuda(), "fields native ops were built without CUDA support");
   const std::vector<fields::cpu::MarchedChunk> chunks =
-      fields::cpu::march_chunks(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(), p);
+      fields::cpu::march_chunks(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(),
+                                p);
   std::vector<int64_t> start(chunks.size() + 1, 0);
   for (size_t c = 0; c < chunks.size(); ++c) start[c + 1] = start[c] + static_cast<int64_t>(chunks[c].ray.size());
   const int64_t total = start.back();

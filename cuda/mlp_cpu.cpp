@@ -299,7 +299,8 @@ std::vector<bf16> pack_b(int K, int N, At at) {
         for (int c = 0; c < 16; ++c)
           for (int e = 0; e < 2; ++e) {
             const int k = 32 * kc + 2 * r + e, n = 16 * ng + c;
-            if (k < K && n < N) out[(static_cast<size_t>(ng) * kcs + kc) * kTileElems + r * 32 + 2 * c + e] = to_bf16(at(k, n));
+            if (k < K && n < N)
+              out[(static_cast<size_t>(ng) * kcs + kc) * kTileElems + r * 32 + 2 * c + e] = to_bf16(at(k, n));
           }
   return out;
 }
@@ -311,7 +312,8 @@ inline void rows_to_bf16(const float* src, int lds, int cols, bf16* dst, int ldd
       const int left = cols - c;
       const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1u) : 0;
       const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u) : 0;
-      const __m512 lo = _mm512_maskz_loadu_ps(m0, src + i * lds + c), hi = _mm512_maskz_loadu_ps(m1, src + i * lds + c + 16);
+      const __m512 lo = _mm512_maskz_loadu_ps(m0, src + i * lds + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(m1, src + i * lds + c + 16);
       _mm512_storeu_si512(dst + i * ldd + c, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
     }
 }
@@ -352,7 +354,8 @@ void gemm(const bf16* A, int lda, const bf16* B, int kcs, int ngs, float* C, int
     const bf16* a = A + static_cast<size_t>(h) * lda;
     float* c = C + static_cast<size_t>(h) * ldc;
     int ng = 0;
-    for (; ng + 4 <= ngs; ng += 4) tile_group<4>(a, lda, B + static_cast<size_t>(ng) * kcs * kTileElems, kcs, c + 16 * ng, ldc);
+    for (; ng + 4 <= ngs; ng += 4)
+      tile_group<4>(a, lda, B + static_cast<size_t>(ng) * kcs * kTileElems, kcs, c + 16 * ng, ldc);
     const bf16* b = B + static_cast<size_t>(ng) * kcs * kTileElems;
     switch (ngs - ng) {
       case 3: tile_group<3>(a, lda, b, kcs, c + 16 * ng, ldc); break;

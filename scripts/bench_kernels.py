@@ -211,15 +211,16 @@ def main() -> None:
     for name, t in profile:
         prof.append(f"| {name} | {t * 1e3:.1f} | {t * 1e3 / step_ms:.0%} |")
     n_marched, n_kept = len(batch["marched"]), len(batch["samples"])
+    amx = tr.field.density_net.bf16 and torch.ops.fields.mlp_amx()
+    mlp_precision = "bfloat16 on AMX tiles (float32 accumulation)" if amx else "float32"
     body = "\n".join([
         "## Native kernels (`scripts/bench_kernels.py`)",
         "",
         f"Lego 200x200, default config, after "
         f"{args.warmup_steps} native warm-up steps (grid {tr.grid.occupied_fraction():.1%} occupied, "
         f"{batch['origins'].shape[0]} rays, {n_marched} marched -> {n_kept} kept samples per batch). "
-        f"Took {total:.0f} s. Samples/s count the samples the field is trained on. Native MLPs: "
-        f"{'bfloat16 on AMX tiles (float32 accumulation)' if tr.field.density_net.bf16 and torch.ops.fields.mlp_amx() else 'float32'}"
-        "; the reference runs float32 torch layers.",
+        f"Took {total:.0f} s. Samples/s count the samples the field is trained on. Native MLPs: {mlp_precision}; "
+        "the reference runs float32 torch layers.",
         "",
         *lines,
         "",
