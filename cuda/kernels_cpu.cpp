@@ -105,6 +105,20 @@ inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __rest
   }
 }
 
+// Table gradient of one level for a block: grad[row_c, f] += w_c * go[i * stride + f], a whole row per corner
+// (features innermost: one cache line touched per corner instead of one per corner and feature).
+template <int F>
+inline void block_scatter(const BlockCorners& bc, int64_t nb, const float* __restrict go, int64_t stride, int features,
+                          float* __restrict grad) {
+  const int nf = F > 0 ? F : features;
+  for (int i = 0; i < nb; ++i)
+    for (int c = 0; c < 8; ++c) {
+      float* row = grad + static_cast<int64_t>(bc.row[c][i]) * nf;
+      const float w = bc.w[c][i];
+      for (int f = 0; f < nf; ++f) row[f] += w * go[i * stride + f];
+    }
+}
+
 inline void level_params(const HashGrid& g, int l, float& res_f, bool& dense, uint32_t& side) {
   res_f = static_cast<float>(g.res[l]);
   dense = level_is_dense(g.res[l], g.table_size);
@@ -140,6 +154,8 @@ void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
         float* o = out + i0 * stride + static_cast<int64_t>(l) * g.features;
         if (g.features == 2)
           block_gather<2>(bc[b & 1], nb, tab, 2, o, stride);
+        else if (g.features == 4)
+          block_gather<4>(bc[b & 1], nb, tab, 4, o, stride);
         else
           block_gather<0>(bc[b & 1], nb, tab, g.features, o, stride);
       }
@@ -169,23 +185,12 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
         const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
         corners(x + 3 * i0, nb, res_f, dense, side, static_cast<uint32_t>(g.table_size), bc);
         const float* go = grad_out + i0 * stride + static_cast<int64_t>(l) * nf;
-        if (nf == 2) {
-          for (int i = 0; i < nb; ++i) {
-            const float g0 = go[i * stride], g1 = go[i * stride + 1];
-            for (int c = 0; c < 8; ++c) {
-              float* row = gt + 2 * static_cast<int64_t>(bc.row[c][i]);
-              row[0] += bc.w[c][i] * g0;
-              row[1] += bc.w[c][i] * g1;
-            }
-          }
-          continue;
-        }
-        for (int i = 0; i < nb; ++i) {
-          for (int f = 0; f < nf; ++f) {
-            const float gv = go[i * stride + f];
-            for (int c = 0; c < 8; ++c) gt[static_cast<int64_t>(bc.row[c][i]) * nf + f] += bc.w[c][i] * gv;
-          }
-        }
+        if (nf == 2)
+          block_scatter<2>(bc, nb, go, stride, 2, gt);
+        else if (nf == 4)
+          block_scatter<4>(bc, nb, go, stride, 4, gt);
+        else
+          block_scatter<0>(bc, nb, go, stride, nf, gt);
       }
     }
   }
