@@ -406,12 +406,33 @@ inline void transpose16(const uint32_t* src, int lds, uint32_t* dst, int ldd) {
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ldd, r[i]);
 }
 
-// dW^T[kp, mp] (float32, stride mp) += X^T G over the block's kRows samples, X [kRows, kp] and G [kRows, mp]
-// float32 (strides ldx, ldg; kp, mp multiples of 16). X^T's rows are the transposed row pairs of X, G's pairs are
-// the B operand as they are. xp, xt, gp: scratch of kRows / 2 * kp, kp * 16 and kRows / 2 * mp words.
-void weight_grad(const float* X, int ldx, int kp, const float* G, int ldg, int mp, float* dwt, uint32_t* xp,
-                 uint32_t* xt, uint32_t* gp) {
-  row_pairs(X, ldx, kp, xp, kp);
+// row_pairs of bfloat16 rows (the activations the forward saved in bf16 mode).
+inline void row_pairs_bf16(const bf16* src, int lds, int cols, uint32_t* dst, int ldd) {
+  for (int j = 0; j < kRows / 2; ++j)
+    for (int c = 0; c < cols; c += 16) {
+      const auto* even = reinterpret_cast<const __m256i*>(src + 2 * j * lds + c);
+      const auto* odd = reinterpret_cast<const __m256i*>(src + (2 * j + 1) * lds + c);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(even));
+      const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(odd));
+      _mm512_storeu_si512(dst + j * ldd + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+// g[i, c] = 0 where the saved bfloat16 ReLU output h[i, c] is 0 (i < kRows, c < cols, a multiple of 16).
+inline void relu_mask_bf16(float* g, int ldg, const bf16* h, int ldh, int cols) {
+  for (int i = 0; i < kRows; ++i)
+    for (int c = 0; c < cols; c += 16) {
+      // ReLU outputs are >= 0: positive as int16 exactly when positive as bfloat16
+      const auto* hv = reinterpret_cast<const __m256i*>(h + i * ldh + c);
+      const __mmask16 on = _mm256_cmpgt_epi16_mask(_mm256_loadu_si256(hv), _mm256_setzero_si256());
+      _mm512_storeu_ps(g + i * ldg + c, _mm512_maskz_mov_ps(on, _mm512_loadu_ps(g + i * ldg + c)));
+    }
+}
+
+// dW^T[kp, mp] (float32, stride mp) += X^T G over the block's kRows samples, from X's row pairs xp [kRows / 2, kp]
+// (row_pairs or row_pairs_bf16) and G [kRows, mp] float32 (stride ldg; kp, mp multiples of 16). X^T's rows are the
+// transposed row pairs, G's pairs are the B operand as they are. xt, gp: scratch of kp * 16, kRows / 2 * mp words.
+void weight_grad(const uint32_t* xp, int kp, const float* G, int ldg, int mp, float* dwt, uint32_t* xt, uint32_t* gp) {
   for (int c = 0; c < kp; c += 16) transpose16(xp + c, kp, xt + c * 16, 16);
   row_pairs(G, ldg, mp, gp, mp);
   for (int t = 0; t < kp; t += 16) {
@@ -424,6 +445,11 @@ void weight_grad(const float* X, int ldx, int kp, const float* G, int ldg, int m
       _tile_stored(0, c, 4 * mp);
     }
   }
+}
+
+// Rows from r0 of a saved bfloat16 activation.
+inline bf16* bf16_rows(const Tensor& h, int64_t r0) {
+  return reinterpret_cast<bf16*>(h.data_ptr<at::BFloat16>()) + r0 * h.size(1);
 }
 
 // Packed weights of one layer W [m, k]: `fwd` for x @ W^T (reduction over k), `bwd` for g @ W (over m).
@@ -454,6 +480,13 @@ bool use_amx(bool bf16) { return bf16 && amx::ready(); }
 bool use_amx(bool) { return false; }
 #endif
 
+// The activation of an m-wide hidden layer that the forward saves for the backward: float32 [rows, m padded to 16],
+// or in AMX mode the bfloat16 copy the next layer reads anyway [rows, m padded to 32] (the weight gradients round
+// it to bfloat16 too, and its sign is the ReLU mask): half the memory traffic.
+Tensor saved_activation(int64_t rows, int m, bool amx_on) {
+  return amx_on ? at::empty({rows, (m + 31) & ~31}, at::kBFloat16) : at::empty({rows, pad16(m)}, at::kFloat);
+}
+
 // Whether bf16 mode runs on AMX here (built for a CPU with AMX-BF16 and the OS lets the process use it).
 bool mlp_amx() { return use_amx(true); }
 
@@ -479,15 +512,15 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
   const size_t n_layers = net.layers.size();
   const Layer& last = net.layers.back();
   Tensor out = at::empty({n, last.m}, inputs[0].options());
+  const bool amx_on = use_amx(bf16);
   std::vector<Tensor> hidden;
   const int64_t np = padded_rows(n);
   if (save)
-    for (size_t l = 0; l + 1 < n_layers; ++l) hidden.push_back(at::empty({np, net.layers[l].mp}, out.options()));
+    for (size_t l = 0; l + 1 < n_layers; ++l) hidden.push_back(saved_activation(np, net.layers[l].m, amx_on));
   std::vector<float*> hp;
-  for (Tensor& h : hidden) hp.push_back(h.data_ptr<float>());
+  for (Tensor& h : hidden) hp.push_back(amx_on ? nullptr : h.data_ptr<float>());
   float* op = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
-  const bool amx_on = use_amx(bf16);
 #ifdef FIELDS_MLP_AMX
   const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, false) : std::vector<amx::PackedLayer>();
 #endif
@@ -512,7 +545,7 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
 #endif
       for (size_t l = 0; l < n_layers; ++l) {
         const Layer& L = net.layers[l];
-        float* dst = (save && l + 1 < n_layers) ? hp[l] + r0 * L.mp : (l % 2 ? s1.data() : s0.data());
+        float* dst = (save && !amx_on && l + 1 < n_layers) ? hp[l] + r0 * L.mp : (l % 2 ? s1.data() : s0.data());
         if (!amx_on) {
           gemm(in, ldi, 1, L.k, L.wt.data(), L.mp, dst, L.mp, kRows, L.mp, Init::kBias, L.bias.data(),
                net.relu_after(l));
@@ -520,8 +553,8 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
 #ifdef FIELDS_MLP_AMX
           amx::gemm(a, amx::pad32(L.k), packed[l].fwd.data(), amx::pad32(L.k) / 32, L.mp / 16, dst, L.mp);
           bias_relu(dst, L.mp, L.bias.data(), kRows, L.mp, net.relu_after(l));
-          if (l + 1 < n_layers) {
-            amx::bf16* next = l % 2 ? xb0.data() : xb1.data();
+          if (l + 1 < n_layers) {  // the next layer's input, which the backward reads when saved
+            amx::bf16* next = save ? amx::bf16_rows(hidden[l], r0) : l % 2 ? xb0.data() : xb1.data();
             amx::rows_to_bf16(dst, L.mp, L.mp, next, amx::pad32(L.m), amx::pad32(L.m), kRows);
             a = next;
           }
@@ -557,11 +590,14 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.size(0) == n && out.size(1) == last.m,
               "mlp: grad_out must be [N, ", last.m, "]");
   const int64_t np = padded_rows(n);
+  const bool amx_on = use_amx(bf16);
   std::vector<const float*> hp;
   for (size_t l = 0; l + 1 < n_layers; ++l) {
-    TORCH_CHECK(hidden[l].is_contiguous() && hidden[l].size(0) == np && hidden[l].size(1) == net.layers[l].mp,
-                "mlp: saved activation ", l, " has the wrong shape");
-    hp.push_back(hidden[l].data_ptr<float>());
+    const Tensor want = saved_activation(0, net.layers[l].m, amx_on);
+    TORCH_CHECK(hidden[l].is_contiguous() && hidden[l].size(0) == np && hidden[l].size(1) == want.size(1) &&
+                    hidden[l].scalar_type() == want.scalar_type(),
+                "mlp: saved activation ", l, " has the wrong shape or dtype");
+    hp.push_back(amx_on ? nullptr : hidden[l].data_ptr<float>());
   }
   std::vector<Tensor> grad_in;
   std::vector<float*> gip;
@@ -584,7 +620,6 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   const float* outp = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
   const int ldx = pad16(parts.total);
-  const bool amx_on = use_amx(bf16);
 #ifdef FIELDS_MLP_AMX
   const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, true) : std::vector<amx::PackedLayer>();
 #endif
@@ -609,7 +644,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
       if (relu_out) relu_mask(g, last.mp, outp + r0 * last.m, last.m, nr, last.m);
       for (size_t l = n_layers; l-- > 0;) {
         const Layer& L = net.layers[l];
-        const float* in = l == 0 ? xs.data() : hp[l - 1] + r0 * net.layers[l - 1].mp;
+        const float* in = l == 0 ? xs.data() : amx_on ? nullptr : hp[l - 1] + r0 * net.layers[l - 1].mp;
         const int ldi = l == 0 ? ldx : net.layers[l - 1].mp;
         float* dwt = my + acc_off[l];
         float* db = dwt + static_cast<size_t>(L.kp) * L.mp;
@@ -618,7 +653,11 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
           gemm(in, 1, ldi, kRows, g, L.mp, dwt, L.mp, L.k, L.mp, Init::kAccum, nullptr, false);
         } else {
 #ifdef FIELDS_MLP_AMX
-          amx::weight_grad(in, ldi, L.kp, g, L.mp, L.mp, dwt, xp.data(), xt.data(), gpairs.data());
+          if (l == 0)
+            amx::row_pairs(in, ldi, L.kp, xp.data(), L.kp);
+          else
+            amx::row_pairs_bf16(amx::bf16_rows(hidden[l - 1], r0), amx::pad32(L.k), L.kp, xp.data(), L.kp);
+          amx::weight_grad(xp.data(), L.kp, g, L.mp, L.mp, dwt, xt.data(), gpairs.data());
 #endif
         }
         for (int i = 0; i < kRows; ++i)
@@ -633,7 +672,10 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
           amx::gemm(gb.data(), amx::pad32(L.m), packed[l].bwd.data(), amx::pad32(L.m) / 32, L.kp / 16, gn, L.kp);
 #endif
         }
-        if (l > 0) relu_mask(gn, L.kp, in, ldi, kRows, L.kp);
+        if (l > 0 && !amx_on) relu_mask(gn, L.kp, in, ldi, kRows, L.kp);
+#ifdef FIELDS_MLP_AMX
+        if (l > 0 && amx_on) amx::relu_mask_bf16(gn, L.kp, amx::bf16_rows(hidden[l - 1], r0), amx::pad32(L.k), L.kp);
+#endif
         std::swap(g, gn);
       }
       if (any_input_grad) {
