@@ -3,7 +3,8 @@
 - ``HashEncoding``: Instant-NGP's multiresolution hash encoding (Mueller et al. 2022); ``hash_encode`` runs the
   native kernel (``renderers/native.py``) when it is built and ``hash_encode_reference``, its plain-PyTorch
   oracle, otherwise.
-- ``sh_encode``: real spherical harmonics of a unit direction, up to degree 4 (16 coefficients).
+- ``sh_encode``: real spherical harmonics of a unit direction, up to degree 4 (16 coefficients); a native CPU op
+  when no gradient is needed, ``sh_encode_reference`` otherwise.
 - ``trunc_exp``: exp with a clamped gradient, the usual density activation for hash grids.
 """
 
@@ -128,6 +129,15 @@ class HashEncoding(nn.Module):
 
 
 def sh_encode(d: torch.Tensor, degree: int = 4) -> torch.Tensor:
+    """``sh_encode_reference`` on the native CPU op (``cuda/sh_cpu.cpp``, one pass per row) when ``d`` is float32 on
+    the CPU, needs no gradient and the native build is there."""
+    if (d.device.type == "cpu" and d.dim() == 2 and not (d.requires_grad and torch.is_grad_enabled())
+            and native.ops_for(d) is not None):
+        return torch.ops.fields.sh_encode(d, degree)
+    return sh_encode_reference(d, degree)
+
+
+def sh_encode_reference(d: torch.Tensor, degree: int = 4) -> torch.Tensor:
     """Real spherical harmonics of unit directions ``d`` [N, 3]: degree**2 values per direction (degree 1..4),
     with the constants and sign convention of tiny-cuda-nn's SphericalHarmonics encoding."""
     x, y, z = d.unbind(-1)

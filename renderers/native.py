@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
-CPU_SOURCES = ("bindings.cpp", "kernels_cpu.cpp", "splat_cpu.cpp", "mlp_cpu.cpp", "modulate_cpu.cpp")
+CPU_SOURCES = ("bindings.cpp", "kernels_cpu.cpp", "splat_cpu.cpp", "mlp_cpu.cpp", "modulate_cpu.cpp", "sh_cpu.cpp")
 CUDA_SOURCES = ("kernels_cuda.cu", "splat_cuda.cu")
 HEADERS = ("fields_math.h", "kernels.h")
 # No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
