@@ -189,16 +189,37 @@ FIELDS_HD double shrunk_cell_exit(const float o[3], const float d[3], float t, c
   return t_exit;
 }
 
+// Cells per side of a block of the coarse occupancy (MarchParams::coarse).
+constexpr int kCoarseBlock = 4;
+
 // Marching parameters shared by every ray of a call.
 struct MarchParams {
   float lo[3], hi[3];
   int res[3];
   double step, near, far, cone, max_step;
+  // Whether each block of kCoarseBlock^3 cells holds an occupied cell ([res / kCoarseBlock] per axis, same memory
+  // as the grid), or null when a side is not a multiple of kCoarseBlock: empty space is jumped block by block.
+  const uint8_t* coarse;
+  int coarse_res[3];
 };
+
+// Distance at which the ray may resume after finding the point at distance t in the empty cell `cell`: the exit of
+// the enclosing coarse block when that block is empty too, else of the cell (-inf when no jump is safe).
+FIELDS_HD double empty_exit(const float o[3], const float d[3], float t, const MarchParams& p, const int cell[3]) {
+  if (p.coarse) {
+    const int block[3] = {cell[0] / kCoarseBlock, cell[1] / kCoarseBlock, cell[2] / kCoarseBlock};
+    if (!p.coarse[(static_cast<int64_t>(block[0]) * p.coarse_res[1] + block[1]) * p.coarse_res[2] + block[2]]) {
+      const double t_block = shrunk_cell_exit(o, d, t, p.lo, p.hi, p.coarse_res, block);
+      if (t_block > t) return t_block;
+    }
+  }
+  return shrunk_cell_exit(o, d, t, p.lo, p.hi, p.res, cell);
+}
 
 // March one ray (renderers/marching.py:march_rays for a single ray): calls emit(k, t_start, t_end) for every
 // lattice point whose midpoint lies before the far bound in an occupied cell, in order; returns how many.
-// Empty cells are jumped over (to the first lattice point whose midpoint may leave the shrunk cell), and every
+// Empty cells (and empty coarse blocks) are jumped over (to the first lattice point whose midpoint may leave the
+// shrunk cell or block), and every
 // lattice point that is evaluated uses the reference's float32 arithmetic, so the samples are exactly the
 // reference's.
 template <class Emit>
@@ -234,7 +255,7 @@ FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, co
       continue;
     }
     if (c >= 0) {
-      double t_exit = shrunk_cell_exit(o, d, mid, p.lo, p.hi, p.res, cell);
+      double t_exit = empty_exit(o, d, mid, p, cell);
       if (t_exit > mid) {
         double kk = lat.resume_index(t_exit);
         if (kk >= static_cast<double>(count)) break;

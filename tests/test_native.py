@@ -123,7 +123,8 @@ def grid_cases():
     g = torch.Generator().manual_seed(1)
     return {
         "random": torch.rand(16, 24, 32, generator=g) < 0.3,
-        "sparse": torch.rand(32, 32, 32, generator=g) < 0.03,
+        "sparse": torch.rand(32, 32, 32, generator=g) < 0.03,  # mostly empty 4^3 blocks: jumped whole
+        "odd": torch.rand(10, 12, 9, generator=g) < 0.1,  # sides not multiples of 4: no coarse blocks
         "empty": torch.zeros(16, 16, 16, dtype=torch.bool),
         "full": torch.ones(8, 8, 8, dtype=torch.bool),
     }
