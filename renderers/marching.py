@@ -40,9 +40,9 @@ class Samples:
 
     def positions(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Midpoints [S, 3] and directions [S, 3] of the samples."""
-        t_mid = 0.5 * (self.t_starts + self.t_ends)
-        d = dirs[self.ray_indices]
-        return origins[self.ray_indices] + t_mid[:, None] * d, d
+        t_mid = (self.t_starts + self.t_ends).mul_(0.5)
+        d = dirs.index_select(0, self.ray_indices)  # index_select: ~2x faster than [] for one int64 index
+        return torch.addcmul(origins.index_select(0, self.ray_indices), t_mid[:, None], d), d
 
 
 def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, aabb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
