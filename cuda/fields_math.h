@@ -219,9 +219,8 @@ FIELDS_HD double empty_exit(const float o[3], const float d[3], float t, const M
 // March one ray (renderers/marching.py:march_rays for a single ray): calls emit(k, t_start, t_end) for every
 // lattice point whose midpoint lies before the far bound in an occupied cell, in order; returns how many.
 // Empty cells (and empty coarse blocks) are jumped over (to the first lattice point whose midpoint may leave the
-// shrunk cell or block), and every
-// lattice point that is evaluated uses the reference's float32 arithmetic, so the samples are exactly the
-// reference's.
+// shrunk cell or block), and every lattice point that is evaluated uses the reference's float32 arithmetic, so the
+// samples are exactly the reference's.
 template <class Emit>
 FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, const uint8_t* binary,
                             const MarchParams& p, Emit& emit) {

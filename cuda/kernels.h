@@ -22,7 +22,7 @@ struct HashGrid {
 #define FIELDS_KERNEL_DECLS(...)                                                                            \
   /* out [N, L * F] */                                                                                         \
   void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out __VA_ARGS__);                          \
-  /* grad_table [L, T, F] overwritten (zeroed inside); grad_x [N, 3] or null */                                       \
+  /* grad_table [L, T, F] overwritten (zeroed inside); grad_x [N, 3] or null */                                \
   void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,    \
                             float* grad_x __VA_ARGS__);                                                             \
   void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out __VA_ARGS__);              \
