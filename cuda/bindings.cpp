@@ -106,13 +106,16 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   p.cone = cone_angle;
   p.max_step = max_step;
   // Coarse occupancy: which blocks of kCoarseBlock^3 cells hold an occupied one (a lego ray crosses ~100 empty
-  // cells of a 64^3 grid; jumping them a block at a time halved marching).
+  // cells of a 64^3 grid; jumping them a block at a time halved marching). Reduced innermost axis first: half the
+  // time of one amax over the three block axes (0.1 vs 0.2 ms per call for 64^3).
   Tensor coarse;
   const int64_t kb = fields::kCoarseBlock;
   p.coarse = nullptr;
   if (binary.size(0) % kb == 0 && binary.size(1) % kb == 0 && binary.size(2) % kb == 0) {
     coarse = binary.reshape({binary.size(0) / kb, kb, binary.size(1) / kb, kb, binary.size(2) / kb, kb})
-                 .amax({1, 3, 5})
+                 .amax(5)
+                 .amax(3)
+                 .amax(1)
                  .contiguous();
     p.coarse = coarse.data_ptr<uint8_t>();
     for (int a = 0; a < 3; ++a) p.coarse_res[a] = static_cast<int>(coarse.size(a));
