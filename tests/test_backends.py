@@ -21,6 +21,7 @@ from fields.evaluation import psnr
 from fields.fit import FitError, fit_image, fit_output_path, load_image, pixel_coords
 from fields.imaging import write_png
 from fields.mlp import BF16_ROWS
+from fields.rbf import GaussianRBF, rbf_activations_reference
 from fields.registry import FIELD_CONFIGS
 from fields.trainer import Trainer
 from renderers.occupancy import OccupancyGrid
@@ -192,6 +193,26 @@ def test_cam_grids_have_their_own_learning_rate():
     assert groups["grid"]["lr"] == pytest.approx(1e-2 * cfg.lr_scale * cfg.grid_lr_scale)
     assert groups["mlp"]["lr"] == pytest.approx(1e-2 * cfg.lr_scale)
     assert len(groups["grid"]["params"]) == 2  # the spatial planes and the view grid
+
+
+def test_rbf_units_match_plain_autograd_values_and_gradients():
+    """The RBF layer's hand-written backward against autograd through the plain expression, including features
+    sitting on a unit's centre (distances round to about 0 there and the clamp acts)."""
+    gen = torch.Generator().manual_seed(0)
+    layer = GaussianRBF(8, 5, 3)
+    with torch.no_grad():
+        layer.centers.copy_(torch.rand(5, 8, generator=gen) - 0.5)
+        layer.log_widths.copy_(torch.rand(5, 8, generator=gen) * 2 - 1)
+    f = torch.cat([torch.rand(200, 8, generator=gen) - 0.5, layer.centers.detach()]).requires_grad_()
+    grad_out = torch.rand(205, 5, generator=gen)
+    results = []
+    for fn in (lambda: layer.activations(f),
+               lambda: rbf_activations_reference(f, layer.log_widths.exp(), layer.centers)):
+        out = fn()
+        grads = torch.autograd.grad(out, [f, layer.centers, layer.log_widths], grad_out)
+        results.append((out, *grads))
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["hashgrid", "mlp", "rbf", "cam"])
