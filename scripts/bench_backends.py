@@ -70,6 +70,7 @@ class Row:
     params: int = 0
     size_mb: float = 0.0
     samples_per_s: float = 0.0
+    steps: int = 0
     psnr: dict[float, float] = field(default_factory=dict)
     fit_psnr: float = float("nan")
 
@@ -92,6 +93,7 @@ def train_and_eval(name: str, opt: Options, scene: SceneConfig, test, workdir: P
 
     trainer.train(callbacks=[snapshot], show_progress=True)
     row.samples_per_s = samples[0] / max(trainer.elapsed, 1e-9)
+    row.steps = trainer.step
     row.psnr[opt.max_time] = evaluate(trainer.field, trainer.grid, test, cfg.render, opt.every,
                                       show_progress=False)["psnr"]
     console.print(f"  {name}: {row.psnr[opt.max_time]:.2f} dB at {trainer.elapsed:.0f} s (step {trainer.step}), "
@@ -125,11 +127,11 @@ def targets(rows: dict[str, Row], t_end: float) -> list[str]:
 
 def table(rows: dict[str, Row], opt: Options) -> str:
     times = sorted({t for r in rows.values() for t in r.psnr})
-    head = ["backend", "params", "MB", "train samples/s"] + [f"PSNR @ {t:.0f} s" for t in times] + \
-        [f"fit {opt.fit_size}px @ {opt.fit_time:.0f} s"]
+    head = ["backend", "params", "MB", "train samples/s", f"steps in {opt.max_time:.0f} s"] + \
+        [f"PSNR @ {t:.0f} s" for t in times] + [f"fit {opt.fit_size}px @ {opt.fit_time:.0f} s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.values():
-        cells = [r.backend, f"{r.params:,}", f"{r.size_mb:.1f}", f"{r.samples_per_s:,.0f}"] + \
+        cells = [r.backend, f"{r.params:,}", f"{r.size_mb:.1f}", f"{r.samples_per_s:,.0f}", f"{r.steps:,}"] + \
             [f"{r.psnr[t]:.2f}" for t in times] + [f"{r.fit_psnr:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([
