@@ -76,7 +76,10 @@ class _RBFActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        stacked = torch.cat([f * f, f], 1)
+        d = f.shape[1]
+        stacked = f.new_empty(f.shape[0], 2 * d)
+        torch.mul(f, f, out=stacked[:, :d])
+        stacked[:, d:] = f
         phi = torch.addmm(bias, stacked, weight)
         phi.clamp_min_(0).mul_(-0.5).exp_()
         ctx.save_for_backward(f, weight, stacked, phi)
