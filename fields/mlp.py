@@ -59,10 +59,6 @@ class MLPConfig(FieldConfig):
     Batches are padded to a multiple of ``BF16_ROWS`` rows: oneDNN builds a kernel for every new batch size, and
     training batches change size every step."""
 
-    def use_bf16(self) -> bool:
-        """``bf16`` with None resolved for this machine."""
-        return bf16_enabled(self.bf16)
-
     def build(self, aabb: torch.Tensor) -> "MLPField":
         return MLPField(aabb, self)
 
@@ -118,7 +114,7 @@ class ModulatedMLP(nn.Module):
 class MLPField(Field):
     def __init__(self, aabb: torch.Tensor, cfg: MLPConfig):
         super().__init__(aabb)
-        self.cfg, self._use_bf16 = cfg, cfg.use_bf16()
+        self.cfg, self._use_bf16 = cfg, bf16_enabled(cfg.bf16)
         self.encoding = cfg.encoding_for(3)
         self.trunk = ModulatedMLP(self.encoding.out_dim, cfg.width, cfg.layers, cfg.skip)
         self.density_head = nn.Linear(cfg.width, 1)
