@@ -113,8 +113,9 @@ class GaussianRBF(nn.Module):
     def activations(self, f: torch.Tensor) -> torch.Tensor:
         """Responses of every unit to features ``f`` [N, in_dim] -> [N, n_rbfs] in (0, 1]."""
         beta = self.log_widths.exp()
-        weight = torch.cat([beta.t(), -2 * (beta * self.centers).t()])  # [2 in_dim, n_rbfs]
-        return _RBFActivation.apply(f, weight, (beta * self.centers ** 2).sum(1))
+        beta_c = beta * self.centers
+        weight = torch.cat([beta.t(), -2 * beta_c.t()])  # [2 in_dim, n_rbfs]
+        return _RBFActivation.apply(f, weight, (beta_c * self.centers).sum(1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.readout(self.activations(f))
