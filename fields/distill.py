@@ -49,6 +49,10 @@ class DistillConfig:
     the rest is spent on the rendered-RGB loss. Point losses converge faster in short budgets (procedural scene,
     100 steps into the teacher's own hash-grid config: 16.2 dB rendered RGB only, 18.8 at 0.6, 19.2 points
     only, teacher 19.9), while the rendered loss is what the images are judged by."""
+    points_lr_scale: float = 3.0
+    """Learning rate of the points stage relative to the training schedule's. Point targets are exact and far less
+    noisy than photometric ones, so a larger rate is stable (lego, MLP student, 120 s: 27.7 dB at 1x, 28.0-28.2
+    at 3x, 28.2 at 10x)."""
     finetune_steps: int = 0
     """Steps of ordinary training on the training images after distillation (0: none)."""
     occupied_fraction: float = 0.5
@@ -123,6 +127,15 @@ class Distiller(Trainer):
             return False
         n = self.dcfg.finetune_steps
         return n <= 0 or (self.finetune_start is not None and self.step >= self.finetune_start + n)
+
+    def _set_lr(self) -> float:
+        """The training schedule's learning rate, times ``points_lr_scale`` in the points stage."""
+        lr = super()._set_lr()
+        if self.stage() != "points":
+            return lr
+        for g in self.optimizer.param_groups:
+            g["lr"] *= self.dcfg.points_lr_scale
+        return lr * self.dcfg.points_lr_scale
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

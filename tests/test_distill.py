@@ -15,6 +15,7 @@ from fields.distill import DistillConfig, Distiller, density_error, student_conf
 from fields.evaluation import evaluate
 from fields.registry import FIELD_CONFIGS
 from fields.run import load_run
+from fields.trainer import Trainer
 
 GRID = dict(n_levels=8, log2_table_size=14, base_resolution=8, max_resolution=128)
 NET = dict(width=64, layers=3, skip=1, color_width=32, pos_freqs=6, dir_freqs=2)
@@ -69,6 +70,20 @@ def test_density_loss_is_clamped_where_the_teacher_is():
     # beyond the teacher's bound on the same side: no loss, no gradient; short of it: pulled to the bound
     assert err.tolist() == pytest.approx([0.0, 4.0, 0.0, 100.0, 4.0])
     assert student.grad.tolist() == pytest.approx([0.0, -4.0, 0.0, 20.0, 4.0])
+
+
+def test_points_stage_runs_at_its_learning_rate_scale(trained_run, tmp_path):
+    run = load_run(trained_run)
+    cfg = student_config(run.config, "mlp", FIELD_CONFIGS["mlp"](**NET), tiny_config(max_steps=8).train)
+    student = Distiller(cfg, tmp_path, run, DistillConfig(points_until=0.5, points_lr_scale=4.0))
+    stages = []
+    while not student.done():
+        stages.append(student.stage())
+        scheduled = Trainer._set_lr(student)  # the plain schedule at this step
+        lr = student.train_step()["lr"]
+        assert lr == pytest.approx(scheduled * (4.0 if stages[-1] == "points" else 1.0))
+        assert student.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert stages == ["points"] * 4 + ["render"] * 4
 
 
 def test_cli_distill_stages_run_folder_eval_and_resume(trained_run, tmp_path):
