@@ -15,6 +15,7 @@ the table to the ``distill`` section of BENCHMARKS.md and a PSNR-vs-time plot to
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,26 @@ class Curve:
     def time_to(self, target: float) -> float | None:
         return next((t for t, _, p in self.points if p >= target), None)
 
+    def crossing(self, level: float) -> float | None:
+        """Training time at which the checks first reach ``level``, interpolated linearly between the two checks
+        around the crossing (the first check's time where the run starts at or above it); None if they never do."""
+        before = None
+        for t, _, p in self.points:
+            if p >= level:
+                return t if before is None else before[0] + (t - before[0]) * (level - before[1]) / (p - before[1])
+            before = (t, p)
+        return None
+
+
+def level_rows(name: str, tname: str, distilled: Curve, scratch: Curve, n: int = 4) -> list[str]:
+    """The highest ``n`` whole-dB levels that both runs cross after their first checks: when each got there (see
+    ``Curve.crossing``) and the ratio."""
+    top = math.floor(min(max(p for _, _, p in c.points) for c in (distilled, scratch)))
+    start = math.ceil(max(distilled.points[0][2], scratch.points[0][2]) + 1e-9)
+    return [f"| {name} <- {tname} | {level} | {distilled.crossing(level):.0f} s | {scratch.crossing(level):.0f} s | "
+            f"{scratch.crossing(level) / distilled.crossing(level):.1f}x |"
+            for level in range(max(start, top - n + 1), top + 1)]
+
 
 def train_config(opt: Options, seconds: float) -> TrainConfig:
     return TrainConfig(max_time=seconds, seed=opt.seed, ckpt_every=1 << 30)
@@ -145,7 +166,7 @@ def main(opt: Options) -> None:
     test = scene.load("test")
     teachers: dict[str, LoadedRun] = {}
     teacher_psnr: dict[str, float] = {}
-    rows, curves = [], {}
+    rows, levels, curves = [], [], {}
     for name in opt.students:
         tname = "mlp" if name == "hashgrid" else "hashgrid"
         if tname not in teachers:
@@ -174,6 +195,7 @@ def main(opt: Options) -> None:
                     f"{fmt_time(bd, distilled.seconds)} | {fmt_time(bs, scratch.seconds)} | "
                     f"{speedup(bd, bs, scratch.seconds)} | "
                     f"{distilled.final:.2f} ({distilled.seconds:.0f} s) | {scratch.final:.2f} ({scratch.seconds:.0f} s) |")
+        levels += level_rows(name, tname, distilled, scratch)
     mlp = curves.get("mlp")
     verdict = []
     if mlp is not None:
@@ -192,6 +214,10 @@ def main(opt: Options) -> None:
         "best scratch dB (check views) | to it: distillation | from scratch | speed-up | "
         "final distilled dB | final scratch dB |",
         "|---|---|---|---|---|---|---|---|---|---|---|", *rows, *verdict, "",
+        "Time to the highest whole-dB levels both runs reach (check views; crossing times interpolated between "
+        "checks):", "",
+        "| student <- teacher | level (dB) | distillation | from scratch | speed-up |", "|---|---|---|---|---|",
+        *levels, "",
         f"![PSNR vs time, distillation and from scratch](docs/{PLOT.name})"])
     console.print(body, highlight=False, markup=False)
     print(json.dumps({n: {"teacher": c[0], "target": c[1], "distilled": c[2].__dict__, "scratch": c[3].__dict__}
