@@ -102,9 +102,11 @@ def level_rows(name: str, tname: str, distilled: Curve, scratch: Curve, n: int =
     ``Curve.crossing``) and the ratio."""
     top = math.floor(min(max(p for _, _, p in c.points) for c in (distilled, scratch)))
     start = math.ceil(max(distilled.points[0][2], scratch.points[0][2]) + 1e-9)
-    return [f"| {name} <- {tname} | {level} | {distilled.crossing(level):.0f} s | {scratch.crossing(level):.0f} s | "
-            f"{scratch.crossing(level) / distilled.crossing(level):.1f}x |"
-            for level in range(max(start, top - n + 1), top + 1)]
+    rows = []
+    for level in range(max(start, top - n + 1), top + 1):
+        td, ts = distilled.crossing(level), scratch.crossing(level)
+        rows.append(f"| {name} <- {tname} | {level} | {td:.0f} s | {ts:.0f} s | {ts / td:.1f}x |")
+    return rows
 
 
 def train_config(opt: Options, seconds: float) -> TrainConfig:
