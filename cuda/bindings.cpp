@@ -6,7 +6,7 @@
 #include <ATen/Parallel.h>
 
 #ifdef FIELDS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 #include <algorithm>
@@ -27,7 +27,7 @@ using at::Tensor;
 #define DISPATCH(device, NAME, ...)                                                                  \
   do {                                                                                               \
     if ((device).is_cuda()) {                                                                        \
-      fields::cuda::NAME(__VA_ARGS__, static_cast<void*>(at::cuda::getCurrentCUDAStream().stream())); \
+      fields::cuda::NAME(__VA_ARGS__, static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream())); \
     } else {                                                                                         \
       fields::cpu::NAME(__VA_ARGS__);                                                                \
     }                                                                                                \
@@ -123,19 +123,20 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   const int64_t n = origins.size(0);
   const float* jp = jitter.defined() ? jitter.data_ptr<float>() : nullptr;
 #ifdef FIELDS_WITH_CUDA
-  if (origins.is_cuda()) {
+  if (origins.is_cuda()) {  // count, then fill (march_chunks is the CPU build's)
+    void* stream = c10::cuda::getCurrentCUDAStream().stream();
     Tensor counts = at::empty({n}, origins.options().dtype(at::kLong));
     if (n > 0)
-      DISPATCH(origins.device(), march_count, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
-               binary.data_ptr<uint8_t>(), p, counts.data_ptr<int64_t>());
+      fields::cuda::march_count(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(),
+                                p, counts.data_ptr<int64_t>(), stream);
     Tensor offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
     const int64_t total = offsets[n].item<int64_t>();
     Tensor ray_indices = at::empty({total}, counts.options());
     Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
     if (total > 0)
-      DISPATCH(origins.device(), march_fill, origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n,
-               binary.data_ptr<uint8_t>(), p, offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-               t_starts.data_ptr<float>(), t_ends.data_ptr<float>());
+      fields::cuda::march_fill(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(), p,
+                               offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
+                               t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), stream);
     return {ray_indices, t_starts, t_ends};
   }
 #endif

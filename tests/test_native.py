@@ -3,9 +3,11 @@ samples, edge cases; the CUDA build compiles with nvcc, and the CUDA ops match w
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
+import sysconfig
 import warnings
 from pathlib import Path
 
@@ -308,6 +310,8 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
         assert native.native_ops() is None
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "PyTorch reference" in messages[0]
+    # It quotes the compiler's diagnostic, not torch's "Error building extension" preamble.
+    assert "error:" in messages[0] and "Error building extension" not in messages[0], messages[0]
     x, table, res = hash_inputs(n=400, levels=2, log2_t=10)
     from fields.encodings import hash_encode
 
@@ -326,3 +330,36 @@ def test_cuda_sources_compile_standalone(source, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out.o").stat().st_size > 0
+
+
+def cuda_include_dir() -> Path | None:
+    """The CUDA toolkit's include folder (with cuda_runtime_api.h), where one is installed."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), "/usr/local/cuda", nvcc and Path(nvcc).resolve().parent.parent]
+    for c in candidates:
+        if c and (Path(c) / "include" / "cuda_runtime_api.h").exists():
+            return Path(c) / "include"
+    return None
+
+
+def test_bindings_compile_with_the_cuda_dispatch(tmp_path):
+    """bindings.cpp as the CUDA build compiles it (-DFIELDS_WITH_CUDA), syntax-checked by g++ against this torch's
+    headers. Nothing else compiles that branch on a machine without a GPU: a CPU-only helper called from it once
+    broke the GPU build unseen until a GPU was lent."""
+    from torch.utils.cpp_extension import include_paths
+
+    cuda_include, gxx = cuda_include_dir(), shutil.which("g++")
+    if cuda_include is None or gxx is None:
+        pytest.skip("needs g++ and the CUDA toolkit's headers")
+    torch_includes = include_paths()
+    extra = []
+    if not any((Path(d) / "c10/cuda/impl/cuda_cmake_macros.h").exists() for d in torch_includes):
+        # A CPU build of torch ships c10/cuda's headers but not this one, which CMake writes for CUDA builds.
+        (tmp_path / "c10/cuda/impl").mkdir(parents=True)
+        (tmp_path / "c10/cuda/impl/cuda_cmake_macros.h").write_text("#pragma once\n")
+        extra = [str(tmp_path)]
+    includes = [*torch_includes, *extra, str(cuda_include), sysconfig.get_paths()["include"]]
+    cmd = [gxx, "-fsyntax-only", *native.CFLAGS, "-DFIELDS_WITH_CUDA", "-I", str(SOURCE_DIR),
+           *(a for d in includes for a in ("-isystem", d)), str(SOURCE_DIR / "bindings.cpp")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
