@@ -118,11 +118,18 @@ def native_ops():
                 _state["ops"] = _build()
             except Exception as e:  # noqa: BLE001 - any build failure means: use the reference
                 _state["ops"] = None
-                lines = str(e).strip().splitlines() or [type(e).__name__]
-                reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1]).strip()
+                reason = build_error_line(str(e)) or type(e).__name__
                 warnings.warn(f"fields: native kernels unavailable, using the slower PyTorch reference ({reason})",
                               RuntimeWarning, stacklevel=2)
         return _state["ops"]
+
+
+def build_error_line(message: str) -> str:
+    """The line of a failed build's output that says what went wrong: the compiler's first ``error:``
+    diagnostic where there is one (torch's message starts with "Error building extension" and then holds the
+    whole ninja log), else the last line."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return next((ln for ln in lines if "error:" in ln.lower()), lines[-1] if lines else "")
 
 
 @contextlib.contextmanager
