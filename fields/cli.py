@@ -97,9 +97,12 @@ class _TrainOptions:
 
         target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.tensor(trainer.data.background),
                               trainer.step)
+        on_cpu = trainer.device.type == "cpu"  # the exporters read the field on the CPU
+        if not on_cpu:
+            console.print("Training on the GPU: the viewer's export buttons are off (use `fields export` on the run)")
         viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, host=self.host, port=self.port,
                         training=True, title=f"fields: {trainer.run_dir.name}", console=console,
-                        exporter=RunExporter.for_trainer(trainer))
+                        exporter=RunExporter.for_trainer(trainer) if on_cpu else None)
         console.print(f"Viewer at {viewer.url}")
         return viewer
 

@@ -81,6 +81,9 @@ class TrainConfig:
     """Composite training pixels on random colours, so transparent regions learn zero density."""
     seed: int = 0
     """Random seed; a resumed run draws the same batches as an uninterrupted one."""
+    device: str = "cpu"
+    """Where training runs: 'cpu', 'cuda' (or 'cuda:N'), or 'auto' (the GPU where torch sees one).
+    The ray-marched backends train on a GPU (with the CUDA build of the kernels); the saved run loads anywhere."""
     log_every: int = 25
     """Steps between lines in metrics.jsonl."""
     ckpt_every: int = 1000

@@ -106,6 +106,7 @@ class Distiller(Trainer):
     """A Trainer whose step distils ``teacher`` into the run's field (see the module docstring)."""
 
     label = "distill"
+    gpu_ready = False  # the teacher, its points and rays stay on the CPU
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None, teacher: LoadedRun, dcfg: DistillConfig,
                  console: Console | None = None):

@@ -96,17 +96,18 @@ def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, resolutions: tor
     pos = x[:, None, :] * res[None, :, None]  # [N, L, 3]
     base = torch.floor(pos).clamp(max=res[None, :, None] - 1)  # x == 1 stays in the last cell
     frac = pos - base
-    ax = base.int()[..., None] + torch.arange(2, dtype=torch.int32)  # [N, L, 3, 2]: lower/upper vertex per axis
+    # [N, L, 3, 2]: lower/upper vertex per axis
+    ax = base.int()[..., None] + torch.arange(2, dtype=torch.int32, device=x.device)
     side = (resolutions + 1).int()
     dense_levels = (resolutions + 1) ** 3 <= table_size
     # Per-axis terms: dense levels use strides (1, side, side^2), hashed levels the primes.
     stride = torch.where(dense_levels[:, None], torch.stack([torch.ones_like(side), side, side * side], -1),
-                         torch.tensor(PRIMES32, dtype=torch.int32))  # [L, 3]
+                         torch.tensor(PRIMES32, dtype=torch.int32, device=x.device))  # [L, 3]
     t = ax * stride[None, :, :, None]  # [N, L, 3, 2]
     tx, ty, tz = t[:, :, 0, :, None, None], t[:, :, 1, None, :, None], t[:, :, 2, None, None, :]
     dense_idx, hashed_idx = tx + ty + tz, (tx ^ ty ^ tz) & (table_size - 1)
     idx = torch.where(dense_levels[:, None, None, None], dense_idx, hashed_idx)
-    idx = idx + (torch.arange(n_levels, dtype=torch.int32) * table_size)[:, None, None, None]
+    idx = idx + (torch.arange(n_levels, dtype=torch.int32, device=x.device) * table_size)[:, None, None, None]
     feats = _Gather.apply(table.reshape(-1, n_feat), idx.reshape(-1)).reshape(n, n_levels, 8, n_feat)
     wa = torch.stack([1 - frac, frac], -1)  # [N, L, 3, 2]
     w = (wa[:, :, 0, :, None, None] * wa[:, :, 1, None, :, None] * wa[:, :, 2, None, None, :]).reshape(n, n_levels, 8)

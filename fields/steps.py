@@ -26,13 +26,13 @@ from scenes import SceneSplit, image_rays
 
 
 class TrainingRays:
-    """All training pixels as rays, flattened once so a batch is a single gather."""
+    """All training pixels as rays, flattened once (on the training device) so a batch is a single gather."""
 
-    def __init__(self, data: SceneSplit):
+    def __init__(self, data: SceneSplit, device: torch.device | str = "cpu"):
         rays = [image_rays(data.cameras, i) for i in range(len(data))]
-        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
-        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
-        self.rgba = data.images.reshape(-1, 4)
+        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays]).to(device)
+        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays]).to(device)
+        self.rgba = data.images.reshape(-1, 4).to(device)
 
     def __len__(self) -> int:
         return self.rgba.shape[0]
@@ -46,22 +46,27 @@ def backgrounds(cfg: RunConfig, data: SceneSplit, n: int, gen: torch.Generator) 
 
 
 class RayBatches:
-    """Random ray batches through the occupancy grid (volume fields)."""
+    """Random ray batches through the occupancy grid (volume fields), on the grid's device. Random draws come
+    from the step's CPU generator (the same batches on every device) and move to the device."""
+
+    gpu_ready = True
 
     def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
         self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
-        self.rays = TrainingRays(data)
+        self.device = grid.aabb.device
+        self.rays = TrainingRays(data, self.device)
         self.n_rays = cfg.train.init_rays
 
     def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
         t = self.cfg.train
         if step % t.grid_every == 0:
             self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
-        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
+        dev = self.device
+        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen).to(dev)
         rgba = self.rays.rgba[idx]
-        bg = backgrounds(self.cfg, self.data, self.n_rays, gen)
+        bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
         target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
-        jitter = torch.rand(self.n_rays, generator=gen)
+        jitter = torch.rand(self.n_rays, generator=gen).to(dev)
         out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
                           jitter=jitter, geometry_fn=self.field.geometry, color_fn=self.field.color)
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
@@ -89,6 +94,8 @@ class RayBatches:
 
 class WholeImages:
     """One random training image per step, rendered whole by ``field.render_image`` (gaussians)."""
+
+    gpu_ready = False  # the rasterizer has CUDA kernels; densification and the image loss are not moved yet
 
     def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
         self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fields.base import Field
 from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
-from fields.config import RunConfig
+from fields.config import ConfigError, RunConfig
 from fields.run import build_model, newest_checkpoint
 from fields.steps import STEPS
 from renderers import native
@@ -34,6 +34,22 @@ class TrainingError(RuntimeError):
 
 def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
+
+
+def training_device(requested: str) -> torch.device:
+    """The device a ``--device`` value names; ``auto``: the GPU where torch sees one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {requested!r}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: torch sees no CUDA GPU here (torch {torch.__version__}); use "
+                          "--device cpu (for a resumed run: train.device in its config.yaml)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {requested}: fields trains on 'cpu' or 'cuda' devices")
+    return device
 
 
 def _logged_step(line: str) -> float:
@@ -54,6 +70,7 @@ class Trainer:
     """
 
     label = "train"  # progress-bar caption
+    gpu_ready = True  # whether this kind of run can train on a CUDA device (its step and what it reads are there)
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
                  model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None):
@@ -63,7 +80,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
         self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
         self.step_size = cfg.render.step_size(self.grid.aabb)
-        self.steps = STEPS[cfg.field_config.training_steps](cfg, self.data, self.field, self.grid, self.step_size)
+        steps = STEPS[cfg.field_config.training_steps]
+        self.device = self._device(steps)
+        self.field.to(self.device)
+        self.grid.to(self.device)
+        self.steps = steps(cfg, self.data, self.field, self.grid, self.step_size)
         groups = self.field.param_groups(cfg.train.lr)
         for g in groups:
             g["base_lr"] = g["lr"]
@@ -71,6 +92,18 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, eps=1e-15, weight_decay=cfg.train.weight_decay, fused=True)
         self.step, self.elapsed = 0, 0.0
         self.last: dict = {}
+
+    def _device(self, steps: type) -> torch.device:
+        """``cfg.train.device`` resolved; the CPU where this run's kind does not train on a GPU yet (an error
+        if a GPU was asked for by name)."""
+        requested = self.cfg.train.device
+        device = training_device(requested)
+        if device.type != "cpu" and not (self.gpu_ready and steps.gpu_ready):
+            what = f"'fields {self.label}'" if not self.gpu_ready else f"the {self.cfg.field} backend"
+            if requested != "auto":
+                raise ConfigError(f"--device {requested}: {what} trains on the CPU only for now")
+            device = torch.device("cpu")
+        return device
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

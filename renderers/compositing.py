@@ -64,7 +64,7 @@ def composite_reference(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torc
     alphas = -torch.expm1(-tau)  # 1 - exp(-tau) without cancellation for small tau
     weights = transmittance_reference(tau, ray_indices, n_rays) * alphas
     t_mid = 0.5 * (t_starts + t_ends)
-    rgb = torch.zeros(n_rays, 3, dtype=rgbs.dtype).index_add(0, ray_indices, weights[:, None] * rgbs)
-    opacity = torch.zeros(n_rays, dtype=weights.dtype).index_add(0, ray_indices, weights)
-    depth = torch.zeros(n_rays, dtype=weights.dtype).index_add(0, ray_indices, weights * t_mid)
+    rgb = rgbs.new_zeros(n_rays, 3).index_add(0, ray_indices, weights[:, None] * rgbs)
+    opacity = weights.new_zeros(n_rays).index_add(0, ray_indices, weights)
+    depth = weights.new_zeros(n_rays).index_add(0, ray_indices, weights * t_mid)
     return {"weights": weights, "rgb": rgb, "opacity": opacity, "depth": depth}

@@ -97,13 +97,14 @@ def march_rays_reference(origins: torch.Tensor, dirs: torch.Tensor, binary: torc
     # Every lattice point up to the far bound is a candidate; steps are never shorter than step_size.
     counts = torch.ceil((t_far - t0) / step_size).clamp_min(0).long()
     counts = torch.where(t_far > t_near, counts, torch.zeros_like(counts))
-    ray = torch.repeat_interleave(torch.arange(n_rays), counts)
-    k = (torch.arange(ray.shape[0]) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)).float()
+    dev = origins.device
+    ray = torch.repeat_interleave(torch.arange(n_rays, device=dev), counts)
+    k = (torch.arange(ray.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)).float()
     t_start = lattice(t0[ray], k, step_size, cone_angle, max_step)
     t_end = lattice(t0[ray], k + 1, step_size, cone_angle, max_step)
     mid = 0.5 * (t_start + t_end)
     x = origins[ray] + mid[:, None] * dirs[ray]
-    res = torch.tensor(binary.shape)
+    res = torch.tensor(binary.shape, device=dev)
     u = (x - aabb[0]) / (aabb[1] - aabb[0])
     ijk = torch.floor(u * res).long()
     inside = ((ijk >= 0) & (ijk < res)).all(-1) & (mid < t_far[ray])

@@ -41,17 +41,18 @@ class OccupancyGrid(nn.Module):
     def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
                alpha_thre: float = 0.01, ema_decay: float = 0.95, warmup: bool = True,
                generator: torch.Generator | None = None, chunk: int = 1 << 18) -> None:
-        """Re-estimate occupancy from ``density_fn`` at one jittered point per chosen cell."""
-        n = self.occs.numel()
+        """Re-estimate occupancy from ``density_fn`` at one jittered point per chosen cell. Random draws come
+        from ``generator`` on the CPU (the same cells on every device)."""
+        n, dev = self.occs.numel(), self.occs.device
         if warmup:
-            idx = torch.arange(n)
+            idx = torch.arange(n, device=dev)
         else:
-            rand = torch.randint(0, n, (n // 4,), generator=generator)
+            rand = torch.randint(0, n, (n // 4,), generator=generator).to(dev)
             occupied = self.binary.flatten().nonzero()[:, 0]
             if occupied.numel() > n // 4:
-                occupied = occupied[torch.randint(0, occupied.numel(), (n // 4,), generator=generator)]
+                occupied = occupied[torch.randint(0, occupied.numel(), (n // 4,), generator=generator).to(dev)]
             idx = torch.cat([rand, occupied])
-        x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator))
+        x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator).to(dev))
         occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
         self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
         thre = min(self.occs.double().mean().item(), alpha_thre)  # float64: a uniform field's mean is exact

@@ -137,13 +137,15 @@ def render_image(radiance_fn: RadianceFn, grid: OccupancyGrid, cams: Cameras, i:
                  background: torch.Tensor, density_fn: DensityFn | None = None, chunk: int = 8192,
                  geometry_fn: GeometryFn | None = None, color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
-    ``depth [H, W]``, ``opacity [H, W]``. ``geometry_fn``/``color_fn``: as in ``render_rays`` (one geometry
-    pass per sample)."""
+    ``depth [H, W]``, ``opacity [H, W]`` on the CPU. The rays are cast on the grid's device (a field training on
+    a GPU renders there). ``geometry_fn``/``color_fn``: as in ``render_rays`` (one geometry pass per sample)."""
+    dev = grid.aabb.device
     origins, dirs = image_rays(cams, i)
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    origins, dirs = origins.reshape(-1, 3).to(dev), dirs.reshape(-1, 3).to(dev)
+    background = background.to(dev)
     parts = map_chunks(lambda o, d: render_rays(radiance_fn, grid, o, d, cfg, background, density_fn,
                                                 geometry_fn=geometry_fn, color_fn=color_fn),
                        (origins, dirs), chunk)
     h, w = cams.height, cams.width
-    return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:])
+    return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:]).cpu()
             for k in ("rgb", "depth", "opacity")}

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ROOT, write_section  # noqa: E402
@@ -28,12 +30,13 @@ def main() -> None:
     ap.add_argument("--field", default="hashgrid", choices=list(FIELD_CONFIGS))
     ap.add_argument("--marks", type=float, nargs="+", default=[60, 120, 300], help="training seconds to evaluate at")
     ap.add_argument("--every", type=int, default=8, help="evaluate every N-th test view")
+    ap.add_argument("--device", default="cpu", help="training device (cpu, cuda, auto); a GPU run gets its own section")
     ap.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "bench")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
 
     cfg = RunConfig(scene=SceneConfig(scene=args.scene), field=args.field, field_config=FIELD_CONFIGS[args.field](),
-                    train=TrainConfig(max_time=max(args.marks)))
+                    train=TrainConfig(max_time=max(args.marks), device=args.device))
     run_dir = new_run_dir(args.output_dir, args.scene, args.field)
     trainer = Trainer(cfg, run_dir)
     test = cfg.scene.load("test")
@@ -56,13 +59,17 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     table += [f"| {r['mark']:.0f} s | {r['step']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
               f"{r['samples_per_s'] / 1e6:.3f} M | {r['render_s']:.2f} |" for r in rows]
-    body = (f"## {args.field} on {args.scene} 200x200 (every {args.every}th test view, "
+    gpu = trainer.device.type == "cuda"
+    where = f" on {torch.cuda.get_device_name(trainer.device)}" if gpu else ""
+    body = (f"## {args.field} on {args.scene} 200x200{where} (every {args.every}th test view, "
             f"{len(range(0, len(test), args.every))} views)\n\n" + "\n".join(table) +
             "\n\nPSNR/SSIM on images composited on white; eval time is excluded from training time.")
     print(body)
     if not args.no_write:
-        plot(rows, ROOT / "docs" / f"bench_{args.scene}_{args.field}.png", f"{args.field} on {args.scene}")
-        write_section(f"lego-{args.field}", body + f"\n\n![PSNR vs time](docs/bench_{args.scene}_{args.field}.png)")
+        name = f"{args.scene}_{args.field}" + ("_cuda" if gpu else "")
+        plot(rows, ROOT / "docs" / f"bench_{name}.png", f"{args.field} on {args.scene}{where}")
+        section = f"lego-{args.field}" + ("-cuda" if gpu else "")
+        write_section(section, body + f"\n\n![PSNR vs time](docs/bench_{name}.png)")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

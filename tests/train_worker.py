@@ -38,7 +38,7 @@ def say(text: str) -> None:
 
 def child(run_dir: Path, data, rays, midwrite: bool) -> None:
     SceneConfig.load = lambda self, split: data  # the scene was loaded once, before forking
-    fields.steps.TrainingRays = lambda _: rays
+    fields.steps.TrainingRays = lambda *_: rays
     fields.cli.console = Console(file=io.StringIO())
     if midwrite:
         real_save, writes = torch.save, [0]
