@@ -12,15 +12,20 @@
 // Internal buffers have rows padded to the block size and columns padded to 16 floats (one AVX-512 vector), with
 // zeros in the padding, so the inner loops never need masks.
 //
-// bf16 mode (built where the CPU has AMX-BF16, and the process may use AMX tiles): every matrix product (forward,
-// input gradient, weight gradient) runs on AMX tiles with bfloat16 operands (layer inputs, weights, gradients
-// rounded to nearest even) and float32 accumulation; biases, ReLU, saved activations, outputs and the bias
-// gradients stay float32. Elsewhere the flag is ignored (float32 throughout).
+// bf16 mode (built where the CPU has AVX512-BF16): every matrix product (forward, input gradient, weight gradient)
+// takes bfloat16 operands (layer inputs, weights, gradients rounded to nearest even) with float32 accumulation, on
+// AMX tiles where the CPU has AMX-BF16 and the process may use them, else as AVX512-BF16 dot products of bfloat16
+// pairs (AMD Zen 4 and later, Intel Cooper Lake: about twice the float32 FMA rate). Biases, ReLU, outputs and the
+// bias gradients stay float32; hidden activations are saved as the bfloat16 copy the next layer reads. Elsewhere
+// the flag is ignored (float32 throughout).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <omp.h>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define FIELDS_MLP_BF16 1
+#endif
+#if defined(FIELDS_MLP_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
 #define FIELDS_MLP_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -36,6 +41,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -55,9 +61,13 @@ inline int pad16(int n) { return (n + 15) & ~15; }
 enum class Init { kZero, kBias, kAccum };
 
 // C[i, 0:16*NV) (op)= sum_r A[i*sai + r*sar] * B[r*ldb + 0:16*NV) for i < RB; Init says what C starts from
-// (zero, the bias row `bias`, or C itself), relu clamps the result at 0.
-template <int RB, int NV>
-inline void micro(const float* __restrict A, int sai, int sar, int nred, const float* __restrict B, int ldb,
+// (zero, the bias row `bias`, or C itself), relu clamps the result at 0. T = float: float32 operands. T = Pair
+// (bf16 mode without AMX): each element of A and B is a pair of bfloat16 values along the reduction (r counts
+// pairs), multiplied and summed pairwise by AVX512-BF16's dot product, into float32.
+using Pair = uint32_t;
+
+template <int RB, int NV, class T>
+inline void micro(const T* __restrict A, int sai, int sar, int nred, const T* __restrict B, int ldb,
                   float* __restrict C, int ldc, Init init, const float* __restrict bias, bool relu) {
 #ifdef __AVX512F__
   __m512 acc[RB][NV];
@@ -67,11 +77,22 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
                   : init == Init::kBias ? _mm512_loadu_ps(bias + 16 * j)
                                         : _mm512_setzero_ps();
   for (int r = 0; r < nred; ++r) {
-    __m512 b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_ps(B + r * ldb + 16 * j);
-    for (int i = 0; i < RB; ++i) {
-      const __m512 a = _mm512_set1_ps(A[i * sai + r * sar]);
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    if constexpr (std::is_same_v<T, float>) {
+      __m512 b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_ps(B + r * ldb + 16 * j);
+      for (int i = 0; i < RB; ++i) {
+        const __m512 a = _mm512_set1_ps(A[i * sai + r * sar]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      }
+    } else {
+#ifdef FIELDS_MLP_BF16
+      __m512i b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_si512(B + r * ldb + 16 * j);
+      for (int i = 0; i < RB; ++i) {
+        const __m512i a = _mm512_set1_epi32(static_cast<int>(A[i * sai + r * sar]));
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)b[j]);
+      }
+#endif
     }
   }
   const __m512 zero = _mm512_setzero_ps();
@@ -79,6 +100,7 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
     for (int j = 0; j < NV; ++j)
       _mm512_storeu_ps(C + i * ldc + 16 * j, relu ? _mm512_max_ps(acc[i][j], zero) : acc[i][j]);
 #elif defined(FIELDS_MLP_AVX2)
+  static_assert(std::is_same_v<T, float>, "bfloat16 pairs need AVX512-BF16");
   __m256 acc[RB][2 * NV];
   for (int i = 0; i < RB; ++i)
     for (int j = 0; j < 2 * NV; ++j)
@@ -98,6 +120,7 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
     for (int j = 0; j < 2 * NV; ++j)
       _mm256_storeu_ps(C + i * ldc + 8 * j, relu ? _mm256_max_ps(acc[i][j], zero) : acc[i][j]);
 #else
+  static_assert(std::is_same_v<T, float>, "bfloat16 pairs need AVX512-BF16");
   float acc[RB][16 * NV];
   for (int i = 0; i < RB; ++i)
     for (int c = 0; c < 16 * NV; ++c)
@@ -113,8 +136,8 @@ inline void micro(const float* __restrict A, int sai, int sar, int nred, const f
 }
 
 // One column group of up to 4 vectors over `rows` rows of C (any count: a 1-row tile takes the tail).
-template <int NV>
-void micro_rows(const float* A, int sai, int sar, int nred, const float* B, int ldb, float* C, int ldc, int rows,
+template <int NV, class T>
+void micro_rows(const T* A, int sai, int sar, int nred, const T* B, int ldb, float* C, int ldc, int rows,
                 Init init, const float* bias, bool relu) {
 #ifdef FIELDS_MLP_AVX2
   constexpr int RB = 6;  // NV is 1: 12 accumulators + 2 loads + 1 broadcast of the 16 registers
@@ -123,15 +146,16 @@ void micro_rows(const float* A, int sai, int sar, int nred, const float* B, int 
 #endif
   int i = 0;
   for (; i + RB <= rows; i += RB)
-    micro<RB, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
+    micro<RB, NV, T>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
   for (; i + 2 <= rows; i += 2)
-    micro<2, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
-  for (; i < rows; ++i) micro<1, NV>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
+    micro<2, NV, T>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
+  for (; i < rows; ++i) micro<1, NV, T>(A + i * sai, sai, sar, nred, B, ldb, C + i * ldc, ldc, init, bias, relu);
 }
 
 // C[rows, cols] (op)= A[rows, nred] @ B[nred, cols], cols a multiple of 16, split in groups of kGroupCols.
-void gemm(const float* A, int sai, int sar, int nred, const float* B, int ldb, float* C, int ldc, int rows,
-          int cols, Init init, const float* bias, bool relu) {
+template <class T>
+void gemm(const T* A, int sai, int sar, int nred, const T* B, int ldb, float* C, int ldc, int rows, int cols,
+          Init init, const float* bias, bool relu) {
   for (int c = 0; c < cols; c += kGroupCols) {
     const float* bc = bias ? bias + c : nullptr;
     switch (std::min(cols - c, kGroupCols) / 16) {
@@ -251,14 +275,109 @@ inline void relu_mask(float* __restrict g, int ldg, const float* __restrict h, i
 
 int64_t padded_rows(int64_t n) { return (n + kRows - 1) / kRows * kRows; }
 
+// Adds the bias row to rows x cols of C (stride ldc) and applies the ReLU when asked.
+inline void bias_relu(float* C, int ldc, const float* bias, int rows, int cols, bool relu) {
+  for (int i = 0; i < rows; ++i) {
+    float* c = C + static_cast<size_t>(i) * ldc;
+#pragma omp simd
+    for (int j = 0; j < cols; ++j) c[j] = relu ? std::max(c[j] + bias[j], 0.0f) : c[j] + bias[j];
+  }
+}
+
+// How bf16 mode runs here: on AMX tiles, as AVX512-BF16 dot products of pairs, or not at all (float32).
+enum class Mode { kFloat32, kAMX, kDot };
+
+#ifdef FIELDS_MLP_BF16
+namespace bf {
+
+using bf16 = uint16_t;
+
+inline int pad32(int n) { return (n + 31) & ~31; }
+
+inline bf16 to_bf16(float f) {  // round to nearest even, as _mm512_cvtne2ps_pbh
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// rows x cols float32 (stride lds) -> bf16 (stride ldd), zero-padded to cols_out (a multiple of 32) columns.
+inline void rows_to_bf16(const float* src, int lds, int cols, bf16* dst, int ldd, int cols_out, int rows) {
+  for (int i = 0; i < rows; ++i)
+    for (int c = 0; c < cols_out; c += 32) {
+      const int left = cols - c;
+      const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1u) : 0;
+      const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u) : 0;
+      const __m512 lo = _mm512_maskz_loadu_ps(m0, src + i * lds + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(m1, src + i * lds + c + 16);
+      _mm512_storeu_si512(dst + i * ldd + c, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    }
+}
+
+// Rows 2j and 2j+1 of src (float32, stride lds, cols a multiple of 16) as bf16 pairs: dst[j, c] (32-bit, stride
+// ldd) = (src[2j, c], src[2j + 1, c]), for j < kRows / 2. This is the B layout of a product reducing over rows.
+inline void row_pairs(const float* src, int lds, int cols, uint32_t* dst, int ldd) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int j = 0; j < kRows / 2; ++j)
+    for (int c = 0; c < cols; c += 16) {
+      const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + (2 * j + 1) * lds + c),
+                                                _mm512_loadu_ps(src + 2 * j * lds + c));
+      _mm512_storeu_si512(dst + j * ldd + c, _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(both)));
+    }
+}
+
+// row_pairs of bfloat16 rows (the activations the forward saved in bf16 mode).
+inline void row_pairs_bf16(const bf16* src, int lds, int cols, uint32_t* dst, int ldd) {
+  for (int j = 0; j < kRows / 2; ++j)
+    for (int c = 0; c < cols; c += 16) {
+      const auto* even = reinterpret_cast<const __m256i*>(src + 2 * j * lds + c);
+      const auto* odd = reinterpret_cast<const __m256i*>(src + (2 * j + 1) * lds + c);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(even));
+      const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(odd));
+      _mm512_storeu_si512(dst + j * ldd + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+// g[i, c] = 0 where the saved bfloat16 ReLU output h[i, c] is 0 (i < kRows, c < cols, a multiple of 16).
+inline void relu_mask_bf16(float* g, int ldg, const bf16* h, int ldh, int cols) {
+  for (int i = 0; i < kRows; ++i)
+    for (int c = 0; c < cols; c += 16) {
+      // ReLU outputs are >= 0: positive as int16 exactly when positive as bfloat16
+      const auto* hv = reinterpret_cast<const __m256i*>(h + i * ldh + c);
+      const __mmask16 on = _mm256_cmpgt_epi16_mask(_mm256_loadu_si256(hv), _mm256_setzero_si256());
+      _mm512_storeu_ps(g + i * ldg + c, _mm512_maskz_mov_ps(on, _mm512_loadu_ps(g + i * ldg + c)));
+    }
+}
+
+// Rows from r0 of a saved bfloat16 activation.
+inline bf16* bf16_rows(const Tensor& h, int64_t r0) {
+  return reinterpret_cast<bf16*>(h.data_ptr<at::BFloat16>()) + r0 * h.size(1);
+}
+
+// B operand of C[., N] = A[., K] @ B[K, N] for the dot-product kernel (`micro` with Pair operands): row p holds
+// the pairs (B(2p, n), B(2p + 1, n)) for n < pad16(N), pad32(K) / 2 rows, zeros outside K x N.
+template <class At>
+std::vector<Pair> pair_b(int K, int N, At at) {
+  const int rows = pad32(K) / 2, cols = pad16(N);
+  std::vector<Pair> out(static_cast<size_t>(rows) * cols, 0);
+  for (int r = 0; r < rows; ++r)
+    for (int n = 0; n < N; ++n) {
+      const bf16 lo = 2 * r < K ? to_bf16(at(2 * r, n)) : 0, hi = 2 * r + 1 < K ? to_bf16(at(2 * r + 1, n)) : 0;
+      out[static_cast<size_t>(r) * cols + n] = static_cast<Pair>(lo) | (static_cast<Pair>(hi) << 16);
+    }
+  return out;
+}
+
+}  // namespace bf
+#endif
+
 #ifdef FIELDS_MLP_AMX
 namespace amx {
 
-using bf16 = uint16_t;
+using bf::bf16;
+using bf::pad32;
 constexpr int kTileRows = 16;        // rows of every tile; a block of kRows samples is two row halves
 constexpr int kTileElems = 16 * 32;  // bf16 elements of a 16 x 64-byte tile
-
-inline int pad32(int n) { return (n + 31) & ~31; }
 
 // Whether this process may use AMX tile data (Linux asks for it once per process).
 bool ready() {
@@ -281,12 +400,6 @@ void configure() {
   _tile_loadconfig(&cfg);
 }
 
-inline bf16 to_bf16(float f) {  // round to nearest even, as _mm512_cvtne2ps_pbh
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<bf16>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // B operand of C[., N] = A[., K] @ B[K, N] in AMX's pair-interleaved layout, one tile per (16 columns, 32 rows of
 // the reduction): tile (ng, kc) holds element (r, c, e) = B(32 kc + 2 r + e, 16 ng + c), zeros outside K x N.
 template <class At>
@@ -300,22 +413,9 @@ std::vector<bf16> pack_b(int K, int N, At at) {
           for (int e = 0; e < 2; ++e) {
             const int k = 32 * kc + 2 * r + e, n = 16 * ng + c;
             if (k < K && n < N)
-              out[(static_cast<size_t>(ng) * kcs + kc) * kTileElems + r * 32 + 2 * c + e] = to_bf16(at(k, n));
+              out[(static_cast<size_t>(ng) * kcs + kc) * kTileElems + r * 32 + 2 * c + e] = bf::to_bf16(at(k, n));
           }
   return out;
-}
-
-// rows x cols float32 (stride lds) -> bf16 (stride ldd), zero-padded to cols_out (a multiple of 32) columns.
-inline void rows_to_bf16(const float* src, int lds, int cols, bf16* dst, int ldd, int cols_out, int rows) {
-  for (int i = 0; i < rows; ++i)
-    for (int c = 0; c < cols_out; c += 32) {
-      const int left = cols - c;
-      const __mmask16 m0 = left >= 16 ? 0xffff : left > 0 ? static_cast<__mmask16>((1u << left) - 1u) : 0;
-      const __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? static_cast<__mmask16>((1u << (left - 16)) - 1u) : 0;
-      const __m512 lo = _mm512_maskz_loadu_ps(m0, src + i * lds + c);
-      const __m512 hi = _mm512_maskz_loadu_ps(m1, src + i * lds + c + 16);
-      _mm512_storeu_si512(dst + i * ldd + c, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
-    }
 }
 
 // C[16, 16 G) = A[16, 32 kcs) @ B (G column groups of packed tiles starting at B).
@@ -366,19 +466,6 @@ void gemm(const bf16* A, int lda, const bf16* B, int kcs, int ngs, float* C, int
   }
 }
 
-// Rows 2j and 2j+1 of src (float32, stride lds, cols a multiple of 16) as bf16 pairs: dst[j, c] (32-bit, stride
-// ldd) = (src[2j, c], src[2j + 1, c]), for j < kRows / 2. This is the B layout of a product reducing over rows.
-inline void row_pairs(const float* src, int lds, int cols, uint32_t* dst, int ldd) {
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
-                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  for (int j = 0; j < kRows / 2; ++j)
-    for (int c = 0; c < cols; c += 16) {
-      const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + (2 * j + 1) * lds + c),
-                                                _mm512_loadu_ps(src + 2 * j * lds + c));
-      _mm512_storeu_si512(dst + j * ldd + c, _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(both)));
-    }
-}
-
 // 16 x 16 transpose of 32-bit elements: dst[c, r] = src[r, c] (strides in elements).
 inline void transpose16(const uint32_t* src, int lds, uint32_t* dst, int ldd) {
   __m512i r[16], t[16];
@@ -406,35 +493,12 @@ inline void transpose16(const uint32_t* src, int lds, uint32_t* dst, int ldd) {
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ldd, r[i]);
 }
 
-// row_pairs of bfloat16 rows (the activations the forward saved in bf16 mode).
-inline void row_pairs_bf16(const bf16* src, int lds, int cols, uint32_t* dst, int ldd) {
-  for (int j = 0; j < kRows / 2; ++j)
-    for (int c = 0; c < cols; c += 16) {
-      const auto* even = reinterpret_cast<const __m256i*>(src + 2 * j * lds + c);
-      const auto* odd = reinterpret_cast<const __m256i*>(src + (2 * j + 1) * lds + c);
-      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(even));
-      const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(odd));
-      _mm512_storeu_si512(dst + j * ldd + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-    }
-}
-
-// g[i, c] = 0 where the saved bfloat16 ReLU output h[i, c] is 0 (i < kRows, c < cols, a multiple of 16).
-inline void relu_mask_bf16(float* g, int ldg, const bf16* h, int ldh, int cols) {
-  for (int i = 0; i < kRows; ++i)
-    for (int c = 0; c < cols; c += 16) {
-      // ReLU outputs are >= 0: positive as int16 exactly when positive as bfloat16
-      const auto* hv = reinterpret_cast<const __m256i*>(h + i * ldh + c);
-      const __mmask16 on = _mm256_cmpgt_epi16_mask(_mm256_loadu_si256(hv), _mm256_setzero_si256());
-      _mm512_storeu_ps(g + i * ldg + c, _mm512_maskz_mov_ps(on, _mm512_loadu_ps(g + i * ldg + c)));
-    }
-}
-
 // dW^T[kp, mp] (float32, stride mp) += X^T G over the block's kRows samples, from X's row pairs xp [kRows / 2, kp]
 // (row_pairs or row_pairs_bf16) and G [kRows, mp] float32 (stride ldg; kp, mp multiples of 16). X^T's rows are the
 // transposed row pairs, G's pairs are the B operand as they are. xt, gp: scratch of kp * 16, kRows / 2 * mp words.
 void weight_grad(const uint32_t* xp, int kp, const float* G, int ldg, int mp, float* dwt, uint32_t* xt, uint32_t* gp) {
   for (int c = 0; c < kp; c += 16) transpose16(xp + c, kp, xt + c * 16, 16);
-  row_pairs(G, ldg, mp, gp, mp);
+  bf::row_pairs(G, ldg, mp, gp, mp);
   for (int t = 0; t < kp; t += 16) {
     _tile_loadd(4, xt + t * 16, 64);
     for (int ng = 0; ng < mp; ng += 16) {
@@ -447,60 +511,110 @@ void weight_grad(const uint32_t* xp, int kp, const float* G, int ldg, int mp, fl
   }
 }
 
-// Rows from r0 of a saved bfloat16 activation.
-inline bf16* bf16_rows(const Tensor& h, int64_t r0) {
-  return reinterpret_cast<bf16*>(h.data_ptr<at::BFloat16>()) + r0 * h.size(1);
+}  // namespace amx
+#endif
+
+Mode mode_for(bool bf16) {
+#ifdef FIELDS_MLP_AMX
+  if (bf16 && amx::ready()) return Mode::kAMX;
+#endif
+#ifdef FIELDS_MLP_BF16
+  if (bf16) return Mode::kDot;
+#endif
+  return Mode::kFloat32;
 }
 
-// Packed weights of one layer W [m, k]: `fwd` for x @ W^T (reduction over k), `bwd` for g @ W (over m).
+#ifdef FIELDS_MLP_BF16
+namespace bf {
+
+// One layer's weights W [m, k] as the bfloat16 products read them: `fwd` for x @ W^T (reduction over k), `bwd`
+// for g @ W (over m); AMX tiles or dot-product pairs, by mode (either stored as bfloat16 words).
 struct PackedLayer {
   std::vector<bf16> fwd, bwd;
 };
 
-std::vector<PackedLayer> pack(const std::vector<Tensor>& weights, bool for_backward) {
+std::vector<PackedLayer> pack(const std::vector<Tensor>& weights, bool for_backward, Mode mode) {
   std::vector<PackedLayer> out;
   for (const Tensor& w_ : weights) {
     const Tensor w = w_.contiguous();
     const float* wd = w.data_ptr<float>();
     const int m = static_cast<int>(w.size(0)), k = static_cast<int>(w.size(1));
+    const auto fwd_at = [&](int kk, int mm) { return wd[static_cast<size_t>(mm) * k + kk]; };
+    const auto bwd_at = [&](int mm, int kk) { return wd[static_cast<size_t>(mm) * k + kk]; };
+    const auto words = [](const std::vector<Pair>& v) {
+      std::vector<bf16> out(2 * v.size());
+      std::memcpy(out.data(), v.data(), sizeof(Pair) * v.size());
+      return out;
+    };
     PackedLayer p;
+#ifdef FIELDS_MLP_AMX
+    if (mode == Mode::kAMX) {
+      if (for_backward)
+        p.bwd = amx::pack_b(m, k, bwd_at);
+      else
+        p.fwd = amx::pack_b(k, m, fwd_at);
+      out.push_back(std::move(p));
+      continue;
+    }
+#endif
     if (for_backward)
-      p.bwd = pack_b(m, k, [&](int mm, int kk) { return wd[static_cast<size_t>(mm) * k + kk]; });
+      p.bwd = words(pair_b(m, k, bwd_at));
     else
-      p.fwd = pack_b(k, m, [&](int kk, int mm) { return wd[static_cast<size_t>(mm) * k + kk]; });
+      p.fwd = words(pair_b(k, m, fwd_at));
     out.push_back(std::move(p));
   }
   return out;
 }
 
-}  // namespace amx
+// dst[kRows, 16 ngs) (init: zero, or the bias row then the ReLU when `relu`) = a @ B: `a` kRows bfloat16 rows of
+// k columns (stride pad32(k)), B packed by `pack` for a reduction over k.
+inline void product(Mode mode, const bf16* a, int k, const bf16* B, int ngs, float* dst, const float* bias,
+                    bool relu) {
+#ifdef FIELDS_MLP_AMX
+  if (mode == Mode::kAMX) {
+    amx::gemm(a, pad32(k), B, pad32(k) / 32, ngs, dst, 16 * ngs);
+    if (bias) bias_relu(dst, 16 * ngs, bias, kRows, 16 * ngs, relu);
+    return;
+  }
+#endif
+  const int pairs = pad32(k) / 2;
+  gemm(reinterpret_cast<const Pair*>(a), pairs, 1, pairs, reinterpret_cast<const Pair*>(B), 16 * ngs, dst, 16 * ngs,
+       kRows, 16 * ngs, bias ? Init::kBias : Init::kZero, bias, relu);
+}
 
-bool use_amx(bool bf16) { return bf16 && amx::ready(); }
-#else
-bool use_amx(bool) { return false; }
+// dW^T[kp, mp] (float32, stride mp) += X^T G over the block's kRows samples, from X's row pairs xp [kRows / 2, kp]
+// (row_pairs or row_pairs_bf16; k real columns) and G [kRows, mp] float32. xt, gp: scratch of kp * 16 and
+// kRows / 2 * mp words.
+inline void weight_product(Mode mode, const Pair* xp, int k, int kp, const float* G, int mp, float* dwt, Pair* xt,
+                           Pair* gp) {
+#ifdef FIELDS_MLP_AMX
+  if (mode == Mode::kAMX) {
+    amx::weight_grad(xp, kp, G, mp, mp, dwt, xt, gp);
+    return;
+  }
+#endif
+  row_pairs(G, mp, mp, gp, mp);
+  gemm(xp, 1, kp, kRows / 2, gp, mp, dwt, mp, k, mp, Init::kAccum, nullptr, false);
+}
+
+}  // namespace bf
 #endif
 
 // The activation of an m-wide hidden layer that the forward saves for the backward: float32 [rows, m padded to 16],
-// or in AMX mode the bfloat16 copy the next layer reads anyway [rows, m padded to 32] (the weight gradients round
+// or in bf16 mode the bfloat16 copy the next layer reads anyway [rows, m padded to 32] (the weight gradients round
 // it to bfloat16 too, and its sign is the ReLU mask): half the memory traffic.
-Tensor saved_activation(int64_t rows, int m, bool amx_on) {
-  return amx_on ? at::empty({rows, (m + 31) & ~31}, at::kBFloat16) : at::empty({rows, pad16(m)}, at::kFloat);
+Tensor saved_activation(int64_t rows, int m, bool lowp) {
+  return lowp ? at::empty({rows, (m + 31) & ~31}, at::kBFloat16) : at::empty({rows, pad16(m)}, at::kFloat);
 }
 
 // Whether bf16 mode runs on AMX here (built for a CPU with AMX-BF16 and the OS lets the process use it).
-bool mlp_amx() { return use_amx(true); }
+bool mlp_amx() { return mode_for(true) == Mode::kAMX; }
 
-// Adds the bias row to rows x cols of C (stride ldc) and applies the ReLU when asked.
-inline void bias_relu(float* C, int ldc, const float* bias, int rows, int cols, bool relu) {
-  for (int i = 0; i < rows; ++i) {
-    float* c = C + static_cast<size_t>(i) * ldc;
-#pragma omp simd
-    for (int j = 0; j < cols; ++j) c[j] = relu ? std::max(c[j] + bias[j], 0.0f) : c[j] + bias[j];
-  }
-}
+// Whether bf16 mode runs in bfloat16 here at all (AMX, or AVX512-BF16 dot products).
+bool mlp_bf16() { return mode_for(true) != Mode::kFloat32; }
 
 // Forward. Returns the output [N, M_last] and, when `save`, the post-ReLU activations of the hidden layers
-// ([N padded to the block, M_l padded to 16]) that the backward reads.
+// ([N padded to the block, M_l padded to 16], bfloat16 and padded to 32 in bf16 mode) that the backward reads.
 std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& inputs, const std::vector<Tensor>& weights,
                                                  const std::vector<Tensor>& biases, bool relu_out, bool save,
                                                  bool bf16) {
@@ -512,24 +626,27 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
   const size_t n_layers = net.layers.size();
   const Layer& last = net.layers.back();
   Tensor out = at::empty({n, last.m}, inputs[0].options());
-  const bool amx_on = use_amx(bf16);
+  const Mode mode = mode_for(bf16);
+  const bool lowp = mode != Mode::kFloat32;
   std::vector<Tensor> hidden;
   const int64_t np = padded_rows(n);
   if (save)
-    for (size_t l = 0; l + 1 < n_layers; ++l) hidden.push_back(saved_activation(np, net.layers[l].m, amx_on));
+    for (size_t l = 0; l + 1 < n_layers; ++l) hidden.push_back(saved_activation(np, net.layers[l].m, lowp));
   std::vector<float*> hp;
-  for (Tensor& h : hidden) hp.push_back(amx_on ? nullptr : h.data_ptr<float>());
+  for (Tensor& h : hidden) hp.push_back(lowp ? nullptr : h.data_ptr<float>());
   float* op = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
-#ifdef FIELDS_MLP_AMX
-  const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, false) : std::vector<amx::PackedLayer>();
+#ifdef FIELDS_MLP_BF16
+  const std::vector<bf::PackedLayer> packed = lowp ? bf::pack(weights, false, mode) : std::vector<bf::PackedLayer>();
 #endif
 #pragma omp parallel
   {
     std::vector<float> xs(kRows * pad16(parts.total)), s0(kRows * kMaxWidth), s1(kRows * kMaxWidth);
+#ifdef FIELDS_MLP_BF16
+    std::vector<bf::bf16> xb0(lowp ? kRows * bf::pad32(std::max(parts.total, kMaxWidth)) : 0), xb1(xb0.size());
+#endif
 #ifdef FIELDS_MLP_AMX
-    std::vector<amx::bf16> xb0(amx_on ? kRows * amx::pad32(std::max(parts.total, kMaxWidth)) : 0), xb1(xb0.size());
-    if (amx_on) amx::configure();
+    if (mode == Mode::kAMX) amx::configure();
 #endif
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -538,24 +655,23 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
       gather_rows(parts, r0, nr, xs.data(), pad16(parts.total));
       const float* in = xs.data();
       int ldi = pad16(parts.total);
-#ifdef FIELDS_MLP_AMX
-      const amx::bf16* a = xb0.data();
-      if (amx_on) amx::rows_to_bf16(xs.data(), ldi, parts.total, xb0.data(), amx::pad32(parts.total),
-                                    amx::pad32(parts.total), kRows);
+#ifdef FIELDS_MLP_BF16
+      const bf::bf16* a = xb0.data();
+      if (lowp) bf::rows_to_bf16(xs.data(), ldi, parts.total, xb0.data(), bf::pad32(parts.total),
+                                 bf::pad32(parts.total), kRows);
 #endif
       for (size_t l = 0; l < n_layers; ++l) {
         const Layer& L = net.layers[l];
-        float* dst = (save && !amx_on && l + 1 < n_layers) ? hp[l] + r0 * L.mp : (l % 2 ? s1.data() : s0.data());
-        if (!amx_on) {
+        float* dst = (save && !lowp && l + 1 < n_layers) ? hp[l] + r0 * L.mp : (l % 2 ? s1.data() : s0.data());
+        if (!lowp) {
           gemm(in, ldi, 1, L.k, L.wt.data(), L.mp, dst, L.mp, kRows, L.mp, Init::kBias, L.bias.data(),
                net.relu_after(l));
         } else {
-#ifdef FIELDS_MLP_AMX
-          amx::gemm(a, amx::pad32(L.k), packed[l].fwd.data(), amx::pad32(L.k) / 32, L.mp / 16, dst, L.mp);
-          bias_relu(dst, L.mp, L.bias.data(), kRows, L.mp, net.relu_after(l));
+#ifdef FIELDS_MLP_BF16
+          bf::product(mode, a, L.k, packed[l].fwd.data(), L.mp / 16, dst, L.bias.data(), net.relu_after(l));
           if (l + 1 < n_layers) {  // the next layer's input, which the backward reads when saved
-            amx::bf16* next = save ? amx::bf16_rows(hidden[l], r0) : l % 2 ? xb0.data() : xb1.data();
-            amx::rows_to_bf16(dst, L.mp, L.mp, next, amx::pad32(L.m), amx::pad32(L.m), kRows);
+            bf::bf16* next = save ? bf::bf16_rows(hidden[l], r0) : l % 2 ? xb0.data() : xb1.data();
+            bf::rows_to_bf16(dst, L.mp, L.mp, next, bf::pad32(L.m), bf::pad32(L.m), kRows);
             a = next;
           }
 #endif
@@ -566,7 +682,7 @@ std::tuple<Tensor, std::vector<Tensor>> mlp_fwd(const std::vector<Tensor>& input
       for (int i = 0; i < nr; ++i) std::memcpy(op + (r0 + i) * last.m, in + i * ldi, sizeof(float) * last.m);
     }
 #ifdef FIELDS_MLP_AMX
-    if (amx_on) _tile_release();
+    if (mode == Mode::kAMX) _tile_release();
 #endif
   }
   return {out, hidden};
@@ -590,14 +706,15 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.size(0) == n && out.size(1) == last.m,
               "mlp: grad_out must be [N, ", last.m, "]");
   const int64_t np = padded_rows(n);
-  const bool amx_on = use_amx(bf16);
+  const Mode mode = mode_for(bf16);
+  const bool lowp = mode != Mode::kFloat32;
   std::vector<const float*> hp;
   for (size_t l = 0; l + 1 < n_layers; ++l) {
-    const Tensor want = saved_activation(0, net.layers[l].m, amx_on);
+    const Tensor want = saved_activation(0, net.layers[l].m, lowp);
     TORCH_CHECK(hidden[l].is_contiguous() && hidden[l].size(0) == np && hidden[l].size(1) == want.size(1) &&
                     hidden[l].scalar_type() == want.scalar_type(),
                 "mlp: saved activation ", l, " has the wrong shape or dtype");
-    hp.push_back(amx_on ? nullptr : hidden[l].data_ptr<float>());
+    hp.push_back(lowp ? nullptr : hidden[l].data_ptr<float>());
   }
   std::vector<Tensor> grad_in;
   std::vector<float*> gip;
@@ -620,17 +737,19 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   const float* outp = out.data_ptr<float>();
   const int64_t n_blocks = np / kRows;
   const int ldx = pad16(parts.total);
-#ifdef FIELDS_MLP_AMX
-  const std::vector<amx::PackedLayer> packed = amx_on ? amx::pack(weights, true) : std::vector<amx::PackedLayer>();
+#ifdef FIELDS_MLP_BF16
+  const std::vector<bf::PackedLayer> packed = lowp ? bf::pack(weights, true, mode) : std::vector<bf::PackedLayer>();
 #endif
 #pragma omp parallel num_threads(n_threads)
   {
     float* my = acc.data() + acc_size * omp_get_thread_num();
     std::vector<float> xs(kRows * ldx), g0(kRows * kMaxWidth), g1(kRows * kMaxWidth);
+#ifdef FIELDS_MLP_BF16
+    std::vector<bf::bf16> gb(lowp ? kRows * kMaxWidth : 0);
+    std::vector<Pair> xp(lowp ? kRows / 2 * kMaxWidth : 0), xt(lowp ? 16 * kMaxWidth : 0), gpairs(xp.size());
+#endif
 #ifdef FIELDS_MLP_AMX
-    std::vector<amx::bf16> gb(amx_on ? kRows * kMaxWidth : 0);
-    std::vector<uint32_t> xp(amx_on ? kRows / 2 * kMaxWidth : 0), xt(amx_on ? 16 * kMaxWidth : 0), gpairs(xp.size());
-    if (amx_on) amx::configure();
+    if (mode == Mode::kAMX) amx::configure();
 #endif
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -644,38 +763,36 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
       if (relu_out) relu_mask(g, last.mp, outp + r0 * last.m, last.m, nr, last.m);
       for (size_t l = n_layers; l-- > 0;) {
         const Layer& L = net.layers[l];
-        const float* in = l == 0 ? xs.data() : amx_on ? nullptr : hp[l - 1] + r0 * net.layers[l - 1].mp;
+        const float* in = l == 0 ? xs.data() : lowp ? nullptr : hp[l - 1] + r0 * net.layers[l - 1].mp;
         const int ldi = l == 0 ? ldx : net.layers[l - 1].mp;
         float* dwt = my + acc_off[l];
         float* db = dwt + static_cast<size_t>(L.kp) * L.mp;
         // dW^T[k, m] += sum_r in[r, k] g[r, m]; db[m] += sum_r g[r, m]
-        if (!amx_on) {
+        if (!lowp) {
           gemm(in, 1, ldi, kRows, g, L.mp, dwt, L.mp, L.k, L.mp, Init::kAccum, nullptr, false);
         } else {
-#ifdef FIELDS_MLP_AMX
+#ifdef FIELDS_MLP_BF16
           if (l == 0)
-            amx::row_pairs(in, ldi, L.kp, xp.data(), L.kp);
+            bf::row_pairs(in, ldi, L.kp, xp.data(), L.kp);
           else
-            amx::row_pairs_bf16(amx::bf16_rows(hidden[l - 1], r0), amx::pad32(L.k), L.kp, xp.data(), L.kp);
-          amx::weight_grad(xp.data(), L.kp, g, L.mp, L.mp, dwt, xt.data(), gpairs.data());
+            bf::row_pairs_bf16(bf::bf16_rows(hidden[l - 1], r0), bf::pad32(L.k), L.kp, xp.data(), L.kp);
+          bf::weight_product(mode, xp.data(), L.k, L.kp, g, L.mp, dwt, xt.data(), gpairs.data());
 #endif
         }
         for (int i = 0; i < kRows; ++i)
           for (int c = 0; c < L.mp; ++c) db[c] += g[i * L.mp + c];
         if (l == 0 && !any_input_grad) break;
         // grad of this layer's input: g @ W, masked by the previous ReLU
-        if (!amx_on) {
+        if (!lowp) {
           gemm(g, L.mp, 1, L.m, L.wp.data(), L.kp, gn, L.kp, kRows, L.kp, Init::kZero, nullptr, false);
+          if (l > 0) relu_mask(gn, L.kp, in, ldi, kRows, L.kp);
         } else {
-#ifdef FIELDS_MLP_AMX
-          amx::rows_to_bf16(g, L.mp, L.mp, gb.data(), amx::pad32(L.m), amx::pad32(L.m), kRows);
-          amx::gemm(gb.data(), amx::pad32(L.m), packed[l].bwd.data(), amx::pad32(L.m) / 32, L.kp / 16, gn, L.kp);
+#ifdef FIELDS_MLP_BF16
+          bf::rows_to_bf16(g, L.mp, L.mp, gb.data(), bf::pad32(L.m), bf::pad32(L.m), kRows);
+          bf::product(mode, gb.data(), L.m, packed[l].bwd.data(), L.kp / 16, gn, nullptr, false);
+          if (l > 0) bf::relu_mask_bf16(gn, L.kp, bf::bf16_rows(hidden[l - 1], r0), bf::pad32(L.k), L.kp);
 #endif
         }
-        if (l > 0 && !amx_on) relu_mask(gn, L.kp, in, ldi, kRows, L.kp);
-#ifdef FIELDS_MLP_AMX
-        if (l > 0 && amx_on) amx::relu_mask_bf16(gn, L.kp, amx::bf16_rows(hidden[l - 1], r0), amx::pad32(L.k), L.kp);
-#endif
         std::swap(g, gn);
       }
       if (any_input_grad) {
@@ -690,7 +807,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
       }
     }
 #ifdef FIELDS_MLP_AMX
-    if (amx_on) _tile_release();
+    if (mode == Mode::kAMX) _tile_release();
 #endif
   }
   std::vector<Tensor> grad_w, grad_b;
@@ -720,6 +837,7 @@ TORCH_LIBRARY_FRAGMENT(fields, m) {
   m.def("mlp_bwd(Tensor grad_out, Tensor[] inputs, Tensor[] hidden, Tensor out, Tensor[] weights, Tensor[] biases,"
         " bool relu_out, bool[] need_input_grad, bool bf16) -> (Tensor[], Tensor[], Tensor[])");
   m.def("mlp_amx() -> bool", &mlp_amx);
+  m.def("mlp_bf16() -> bool", &mlp_bf16);
 }
 
 TORCH_LIBRARY_IMPL(fields, CPU, m) {

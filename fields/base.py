@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fields.fused_mlp import ReLUMLP
-from renderers.native import has_amx_bf16
+from renderers.native import has_native_bf16
 from renderers.render import render_image
 from scenes.cameras import Cameras
 
@@ -103,10 +103,11 @@ class ImageField(nn.Module):
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, bf16: bool = False) -> ReLUMLP:
     """A ReLU MLP with ``layers`` hidden layers of width ``hidden`` (fused native kernel on CPU; ``bf16``: its
-    matrix products on AMX tiles where the CPU has them)."""
+    matrix products in bfloat16 where the CPU multiplies bfloat16 natively)."""
     return ReLUMLP([in_dim] + [hidden] * layers + [out_dim], bf16)
 
 
 def bf16_enabled(flag: bool | None) -> bool:
-    """A backend's ``bf16`` setting with None resolved for this machine: on where the CPU has AMX-BF16."""
-    return has_amx_bf16() if flag is None else flag
+    """A backend's ``bf16`` setting with None resolved for this machine: on where the CPU multiplies bfloat16
+    natively (AMX-BF16 or AVX512-BF16, ``has_native_bf16``)."""
+    return has_native_bf16() if flag is None else flag

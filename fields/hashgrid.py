@@ -37,8 +37,10 @@ class HashGridConfig(FieldConfig):
     grid_lr_scale: float = 1.0
     """Learning rate of the hash table relative to the base learning rate."""
     bf16: bool | None = None
-    """Run the MLPs' matrix products in bfloat16 on AMX tiles (float32 accumulation; weights, optimizer, hash
-    table and activations stay float32); None: where the CPU has AMX-BF16 (``relu_mlp``'s ``bf16``)."""
+    """Run the MLPs' matrix products in bfloat16 (float32 accumulation; weights, optimizer, hash table and
+    activations stay float32), on AMX tiles or as AVX512-BF16 dot products; None: where the CPU has either
+    (``relu_mlp``'s ``bf16``). Lego, 120 s, every 16th view, on a Zen 4 (AVX512-BF16): 31.25 dB in 3270 steps
+    against 31.07 in 2649 in float32; on AMX: 31.11 in 2944 against 31.09 in 2660."""
 
     def build(self, aabb: torch.Tensor) -> "HashGridField":
         return HashGridField(aabb, self)

@@ -54,8 +54,10 @@ class MLPConfig(FieldConfig):
     of minutes needs a larger rate, and 3e-3 (decaying with the schedule) still trains stably."""
     bf16: bool | None = None
     """Run the radiance field's matrix products in bfloat16 on the CPU (torch autocast; weights, optimizer,
-    densities and colours stay float32); None: where the CPU has AMX-BF16. There the network's forward+backward
-    is ~2.5x faster than in float32, and lego at 120 s scores higher (mlp 23.9 vs 22.7 dB, cam 22.1 vs 21.7).
+    densities and colours stay float32); None: where the CPU multiplies bfloat16 natively (AMX-BF16 or
+    AVX512-BF16). There the network's forward+backward is ~2.5x (AMX) or ~1.6x (AVX512-BF16 on a Zen 4) faster
+    than in float32, and lego at 120 s scores higher (AMX: mlp 23.9 vs 22.7 dB, cam 22.1 vs 21.7; Zen 4: mlp 23.61
+    vs 21.61, cam 24.63 vs 20.98).
     Batches are padded to a multiple of ``BF16_ROWS`` rows: oneDNN builds a kernel for every new batch size, and
     training batches change size every step."""
 

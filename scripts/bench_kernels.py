@@ -211,8 +211,9 @@ def main() -> None:
     for name, t in profile:
         prof.append(f"| {name} | {t * 1e3:.1f} | {t * 1e3 / step_ms:.0%} |")
     n_marched, n_kept = len(batch["marched"]), len(batch["samples"])
-    amx = tr.field.density_net.bf16 and torch.ops.fields.mlp_amx()
-    mlp_precision = "bfloat16 on AMX tiles (float32 accumulation)" if amx else "float32"
+    bf16 = tr.field.density_net.bf16 and torch.ops.fields.mlp_bf16()
+    mlp_precision = ("float32" if not bf16 else "bfloat16 on AMX tiles (float32 accumulation)"
+                     if torch.ops.fields.mlp_amx() else "bfloat16 AVX512-BF16 dot products (float32 accumulation)")
     body = "\n".join([
         "## Native kernels (`scripts/bench_kernels.py`)",
         "",

@@ -93,16 +93,17 @@ def bf16_oracle(xs, ws, bs, relu_out):
     ((7, 5), [3, 4], False),
 ])
 @pytest.mark.parametrize("n", [1, 33, 1000])
-def test_bf16_mode_matches_a_bfloat16_oracle_on_amx_and_is_float32_elsewhere(dims, parts, relu_out, n):
-    """With AMX: forward values within 1e-3 of their scale (float32 sums round a hidden value to the other
-    neighbouring bfloat16 now and then: one bfloat16 step, 0.4%, of one input of the next layer); gradients (whose
-    output and layer gradients the kernel also rounds to bfloat16) within 2% of their scale; outputs different
-    from float32's. Without AMX: the flag changes nothing. An indexing or layout bug errs by the whole scale."""
+def test_bf16_mode_matches_a_bfloat16_oracle_where_it_runs_and_is_float32_elsewhere(dims, parts, relu_out, n):
+    """Where bf16 mode runs (AMX tiles, or AVX512-BF16 dot products): forward values within 1e-3 of their scale
+    (float32 sums round a hidden value to the other neighbouring bfloat16 now and then: one bfloat16 step, 0.4%, of
+    one input of the next layer); gradients (whose output and layer gradients the kernel also rounds to bfloat16)
+    within 2% of their scale; outputs different from float32's. Elsewhere the flag changes nothing. An indexing or
+    layout bug errs by the whole scale."""
     g = torch.Generator().manual_seed(n)
     ws, bs = net(dims)
     xs = [torch.randn(n, k, generator=g).requires_grad_() for k in parts]
     out = relu_mlp(xs, ws, bs, relu_out, bf16=True)
-    if not torch.ops.fields.mlp_amx():
+    if not torch.ops.fields.mlp_bf16():
         assert torch.equal(out, relu_mlp(xs, ws, bs, relu_out))
         return
     d64 = [[t.detach().double().requires_grad_() for t in ts] for ts in (xs, ws, bs)]
