@@ -1,12 +1,12 @@
 """The CUDA build of the native kernels against the CPU build of the same ops, on the same inputs, in one run.
 
 Needs a GPU, torch with CUDA and nvcc (the extension is then built for both devices). For each op it times the
-CUDA kernel (CUDA events, after a warm-up call) and the CPU build on this machine's cores, and checks that the two
-agree on these large inputs: identical marching samples and binning, values and gradients within float32
-rounding (the tests compare each build with the plain-PyTorch reference on small inputs; this adds scale). Inputs
-are sized like real work: a million hash-grid samples of the default lego table, a quarter of a million rays
-through a 128^3 grid holding a shell, 300k Gaussians on an 800x800 image. Rewrites the ``cuda`` section of
-BENCHMARKS.md.
+CUDA kernel (wall time between synchronisations, after a warm-up call) and the CPU build on this machine's cores,
+and checks that the two agree on these large inputs: identical marching samples and binning, values and gradients
+within float32 rounding (the tests compare each build with the plain-PyTorch reference on small inputs; this
+adds scale). Inputs are sized like real work: a million hash-grid samples of the default lego table, a quarter of a
+million rays through a 128^3 grid holding a shell, 300k Gaussians on an 800x800 image. Rewrites the ``cuda``
+section of BENCHMARKS.md.
 
     python scripts/bench_cuda.py              # on a machine with a GPU
     python scripts/bench_cuda.py --device cpu --scale 0.05 --no-write   # dry run of the script without a GPU
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,33 +26,15 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import BENCHMARKS, write_section  # noqa: E402
+from benchlib import BENCHMARKS, timed, write_section  # noqa: E402
 from fields.encodings import hash_encode, level_resolutions  # noqa: E402
+from fields.export.camera_paths import look_at  # noqa: E402
 from fields.hashgrid import HashGridConfig  # noqa: E402
 from renderers import native  # noqa: E402
 from renderers import splatting as sp  # noqa: E402
 from renderers.compositing import composite  # noqa: E402
 from renderers.marching import march_rays  # noqa: E402
 from scenes.cameras import Cameras  # noqa: E402
-
-
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median seconds of ``fn()`` on ``device`` after one untimed call (CUDA: events around each call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            tic = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def max_rel_diff(a, b) -> float:
@@ -116,16 +97,6 @@ def splat_scene(n: int, g: torch.Generator):
     return means, quats, scales, opac, colors
 
 
-def look_at_origin(eye: tuple[float, float, float], size: int) -> Cameras:
-    eye_t = torch.tensor(eye, dtype=torch.float64)
-    back = eye_t / eye_t.norm()
-    right = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, 0, 1], dtype=torch.float64), back),
-                                          dim=0)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, torch.linalg.cross(back, right), back, eye_t
-    return Cameras.from_fov(c2w[None], size, size, 0.7)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", help="device measured against the CPU build (cpu: a dry run)")
@@ -145,12 +116,14 @@ def main() -> None:
     rows: list[tuple[str, str, int, float, float, float]] = []
     tic = time.perf_counter()
 
-    def measure(name: str, what: str, count: int, make: Callable, cpu_repeats: int = 3) -> None:
+    def measure(name: str, what: str, count: int, make: Callable, cpu_repeats: int = 3) -> float:
+        """Times ``make(device)()`` on the device and on the CPU; returns their largest relative difference."""
         fn_dev, fn_cpu = make(dev), make("cpu")
         diff = max_rel_diff(fn_dev(), fn_cpu())
-        rows.append((name, what, count, timed(fn_dev, dev, args.repeats), timed(fn_cpu, "cpu", cpu_repeats), diff))
+        rows.append((name, what, count, timed(fn_dev, args.repeats, device=dev), timed(fn_cpu, cpu_repeats), diff))
         console.print(f"{name}: {rows[-1][3] * 1e3:.3f} ms on {dev}, {rows[-1][4] * 1e3:.2f} ms on the CPU, "
                       f"max relative diff {diff:.1e}")
+        return diff
 
     # Hash encoding.
     n = int((1 << 20) * args.scale)
@@ -176,8 +149,7 @@ def main() -> None:
 
     samples = march_rays(origins, dirs, binary, aabb, step, jitter=jitter)
     n_samples = len(samples)
-    measure("march_rays", march_label, n_rays, make_march)
-    if max_rel_diff(make_march(dev)(), make_march("cpu")()) != 0.0:
+    if measure("march_rays", march_label, n_rays, make_march) != 0.0:
         raise SystemExit(f"march_rays on {dev} does not emit the CPU build's samples")
     sigmas = torch.rand(n_samples, generator=g) * 30
     rgbs = torch.rand(n_samples, 3, generator=g)
@@ -198,7 +170,8 @@ def main() -> None:
     # Gaussian splatting: projection, binning, rasterization, forward and backward.
     n_gauss, size = int(300_000 * args.scale), max(64, int(800 * math.sqrt(args.scale)))
     scene = splat_scene(n_gauss, g)
-    cams = look_at_origin((2.2, 1.4, 1.2), size)
+    c2w = look_at(torch.tensor([2.2, 1.4, 1.2]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+    cams = Cameras.from_fov(c2w[None], size, size, 0.7)
     bg = torch.tensor([0.2, 0.3, 0.4])
     img_coef = torch.randn(size, size, 3, generator=g)
 

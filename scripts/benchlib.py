@@ -62,13 +62,17 @@ def path_mode(use_native: bool):
             os.environ["FIELDS_NATIVE"] = old
 
 
-def timed(fn, repeats: int, warmup: bool = True) -> float:
-    """Median wall time of ``fn()`` in seconds (after one untimed call unless ``warmup`` is false)."""
+def timed(fn, repeats: int, warmup: bool = True, device: str = "cpu") -> float:
+    """Median wall time of ``fn()`` in seconds (after one untimed call unless ``warmup`` is false). On a CUDA
+    ``device`` each call is timed between synchronisations, so it counts the kernels it queued."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     if warmup:
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         tic = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
