@@ -354,17 +354,15 @@ inline bf16* bf16_rows(const Tensor& h, int64_t r0) {
   return reinterpret_cast<bf16*>(h.data_ptr<at::BFloat16>()) + r0 * h.size(1);
 }
 
-// B operand of C[., N] = A[., K] @ B[K, N] for the dot-product kernel (`micro` with Pair operands): row p holds
-// the pairs (B(2p, n), B(2p + 1, n)) for n < pad16(N), pad32(K) / 2 rows, zeros outside K x N.
+// B operand of C[., N] = A[., K] @ B[K, N] for the dot-product kernel (`micro` with Pair operands): pair row p,
+// column n holds (B(2p, n), B(2p + 1, n)) as two bfloat16 words, low first, for n < pad16(N), pad32(K) / 2 pair
+// rows, zeros outside K x N.
 template <class At>
-std::vector<Pair> pair_b(int K, int N, At at) {
-  const int rows = pad32(K) / 2, cols = pad16(N);
-  std::vector<Pair> out(static_cast<size_t>(rows) * cols, 0);
-  for (int r = 0; r < rows; ++r)
-    for (int n = 0; n < N; ++n) {
-      const bf16 lo = 2 * r < K ? to_bf16(at(2 * r, n)) : 0, hi = 2 * r + 1 < K ? to_bf16(at(2 * r + 1, n)) : 0;
-      out[static_cast<size_t>(r) * cols + n] = static_cast<Pair>(lo) | (static_cast<Pair>(hi) << 16);
-    }
+std::vector<bf16> pair_b(int K, int N, At at) {
+  const int cols = pad16(N);
+  std::vector<bf16> out(static_cast<size_t>(pad32(K)) * cols, 0);
+  for (int k = 0; k < K; ++k)
+    for (int n = 0; n < N; ++n) out[(static_cast<size_t>(k / 2) * cols + n) * 2 + k % 2] = to_bf16(at(k, n));
   return out;
 }
 
@@ -541,11 +539,6 @@ std::vector<PackedLayer> pack(const std::vector<Tensor>& weights, bool for_backw
     const int m = static_cast<int>(w.size(0)), k = static_cast<int>(w.size(1));
     const auto fwd_at = [&](int kk, int mm) { return wd[static_cast<size_t>(mm) * k + kk]; };
     const auto bwd_at = [&](int mm, int kk) { return wd[static_cast<size_t>(mm) * k + kk]; };
-    const auto words = [](const std::vector<Pair>& v) {
-      std::vector<bf16> out(2 * v.size());
-      std::memcpy(out.data(), v.data(), sizeof(Pair) * v.size());
-      return out;
-    };
     PackedLayer p;
 #ifdef FIELDS_MLP_AMX
     if (mode == Mode::kAMX) {
@@ -558,9 +551,9 @@ std::vector<PackedLayer> pack(const std::vector<Tensor>& weights, bool for_backw
     }
 #endif
     if (for_backward)
-      p.bwd = words(pair_b(m, k, bwd_at));
+      p.bwd = pair_b(m, k, bwd_at);
     else
-      p.fwd = words(pair_b(k, m, fwd_at));
+      p.fwd = pair_b(k, m, fwd_at);
     out.push_back(std::move(p));
   }
   return out;
