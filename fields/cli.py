@@ -21,12 +21,12 @@ import tyro
 from rich.console import Console
 from rich.markup import escape
 
-from fields.checkpoint import CheckpointError
-from fields.config import ConfigError, RunConfig, SceneConfig, TrainConfig
-from fields.distill import DistillConfig
+from fields.run.checkpoint import CheckpointError
+from fields.run.config import ConfigError, RunConfig, SceneConfig, TrainConfig
+from fields.training.distill import DistillConfig
 from fields.export.commands import Export
-from fields.registry import FIELD_CONFIGS
-from fields.run import RunError, load_run, new_run_dir, resolve_run
+from fields.backends.registry import FIELD_CONFIGS
+from fields.run.folder import RunError, load_run, new_run_dir, resolve_run
 from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
@@ -63,7 +63,7 @@ class _TrainOptions:
                          render=self.render, train=self.train, grid_resolution=self.grid_resolution)
 
     def run(self) -> None:
-        from fields.trainer import Trainer
+        from fields.training.trainer import Trainer
 
         if self.resume is not None:
             run_dir = resolve_run(self.resume)
@@ -137,7 +137,7 @@ class _DistillOptions:
     """No progress bar."""
 
     def run(self) -> None:
-        from fields.distill import Distiller, load_distill_config, student_config
+        from fields.training.distill import Distiller, load_distill_config, student_config
 
         if self.resume is not None:
             run_dir = resolve_run(self.resume)
@@ -165,7 +165,7 @@ class _DistillOptions:
 
 
     def _distill_to_gaussians(self, teacher, cfg: RunConfig) -> None:
-        from fields.gaussian_distill import distill_to_gaussians
+        from fields.training.gaussian_distill import distill_to_gaussians
 
         run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
         console.print(f"Run folder: {run_dir} (teacher {teacher.path}, {teacher.config.field})")
@@ -204,8 +204,8 @@ class _FitOptions:
     """No progress bar."""
 
     def run(self) -> None:
-        from fields.fit import fit_image, fit_output_path, load_image
-        from fields.imaging import write_png
+        from fields.training.fit import fit_image, fit_output_path, load_image
+        from renderers.imaging import write_png
 
         target = load_image(self.image)
         torch.manual_seed(self.seed)

@@ -11,8 +11,8 @@ import kornia
 import torch
 from rich.progress import Progress
 
-from fields.base import Field
-from fields.imaging import colormap, depth_image, write_png
+from fields.backends.base import Field
+from renderers.imaging import colormap, depth_image, write_png
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from scenes import SceneSplit

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import write_section  # noqa: E402
-from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
 from fields.evaluation import evaluate  # noqa: E402
-from fields.fit import fit_image  # noqa: E402
-from fields.registry import FIELD_CONFIGS  # noqa: E402
-from fields.trainer import Trainer  # noqa: E402
+from fields.training.fit import fit_image  # noqa: E402
+from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
+from fields.training.trainer import Trainer  # noqa: E402
 
 SECTION = "backends"
 console = Console()

@@ -27,9 +27,9 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import BENCHMARKS, timed, write_section  # noqa: E402
-from fields.encodings import hash_encode, level_resolutions  # noqa: E402
-from fields.export.camera_paths import look_at  # noqa: E402
-from fields.hashgrid import HashGridConfig  # noqa: E402
+from fields.backends.encodings import hash_encode, level_resolutions  # noqa: E402
+from scenes.camera_paths import look_at  # noqa: E402
+from fields.backends.hashgrid import HashGridConfig  # noqa: E402
 from renderers import native  # noqa: E402
 from renderers import splatting as sp  # noqa: E402
 from renderers.compositing import composite  # noqa: E402

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ROOT, write_section  # noqa: E402
-from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
-from fields.distill import DistillConfig, Distiller, student_config  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
+from fields.training.distill import DistillConfig, Distiller, student_config  # noqa: E402
 from fields.evaluation import evaluate  # noqa: E402
-from fields.registry import FIELD_CONFIGS  # noqa: E402
-from fields.run import LoadedRun, load_run, new_run_dir  # noqa: E402
-from fields.trainer import Trainer  # noqa: E402
+from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
+from fields.run.folder import LoadedRun, load_run, new_run_dir  # noqa: E402
+from fields.training.trainer import Trainer  # noqa: E402
 
 SECTION = "distill"
 PLOT = ROOT / "docs" / "bench_distill.png"

@@ -29,12 +29,12 @@ from rich.console import Console  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_section  # noqa: E402
 
-from fields.config import RunConfig  # noqa: E402
+from fields.run.config import RunConfig  # noqa: E402
 from fields.export import ExportError  # noqa: E402
 from fields.export.mesh import MeshSettings, default_threshold, extract_mesh, write_mesh  # noqa: E402
 from fields.export.surface_metrics import chamfer_fscore, sample_surface  # noqa: E402
-from fields.registry import FIELD_CONFIGS  # noqa: E402
-from fields.run import load_run, new_run_dir  # noqa: E402
+from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
+from fields.run.folder import load_run, new_run_dir  # noqa: E402
 from scenes import procedural  # noqa: E402
 
 TARGET_FSCORE = 0.9  # for the hash grid after the default training run (issue 6)
@@ -43,7 +43,7 @@ SECTION = "export"
 
 def train_default(field: str, output_dir: Path, console: Console) -> Path:
     """Train ``fields train --field FIELD`` with every other option at its default; returns the run folder."""
-    from fields.trainer import Trainer
+    from fields.training.trainer import Trainer
 
     cfg = RunConfig(field=field, field_config=FIELD_CONFIGS[field]())
     run_dir = new_run_dir(output_dir, cfg.scene.name, field)

@@ -19,13 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ROOT, write_section  # noqa: E402
-from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
 from fields.evaluation import evaluate, view_indices  # noqa: E402
-from fields.gaussian_distill import distill_to_gaussians  # noqa: E402
-from fields.gaussians import GaussiansConfig  # noqa: E402
-from fields.hashgrid import HashGridConfig  # noqa: E402
-from fields.run import load_run, new_run_dir  # noqa: E402
-from fields.trainer import Trainer  # noqa: E402
+from fields.training.gaussian_distill import distill_to_gaussians  # noqa: E402
+from fields.backends.gaussians import GaussiansConfig  # noqa: E402
+from fields.backends.hashgrid import HashGridConfig  # noqa: E402
+from fields.run.folder import load_run, new_run_dir  # noqa: E402
+from fields.training.trainer import Trainer  # noqa: E402
 
 
 class MarkEvaluator:

@@ -22,9 +22,9 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import BENCHMARKS, path_mode, timed, write_section  # noqa: E402
-from fields.config import RunConfig, SceneConfig  # noqa: E402
-from fields.encodings import hash_encode, sh_encode  # noqa: E402
-from fields.trainer import Trainer  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig  # noqa: E402
+from fields.backends.encodings import hash_encode, sh_encode  # noqa: E402
+from fields.training.trainer import Trainer  # noqa: E402
 from renderers import native  # noqa: E402
 from renderers.compositing import composite, transmittance  # noqa: E402
 from renderers.marching import march_rays  # noqa: E402

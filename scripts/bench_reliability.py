@@ -4,7 +4,7 @@ viewer clients held while bad clients misbehave.
     python scripts/bench_reliability.py [--kills 10] [--corruptions 100] [--fuzz-examples 200] [--clients 10]
 
 It counts outcomes, not speed, so a busy machine only makes it slower. The fault injection is the tests' own
-(``tests/faults.py``, ``tests/test_bad_input.py``).
+(``scripts/faults.py``, ``tests/test_bad_input.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchlib import write_section  # noqa: E402
 
@@ -49,8 +49,8 @@ def corruptions(run: Path, n: int) -> list[str]:
     import torch
 
     from faults import flip_byte, truncate
-    from test_faults import CreatesFile
-    from fields.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, state_digest
+    from faults import CreatesFile
+    from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, state_digest
 
     rng = random.Random(0)
     good = list_checkpoints(run)[0]
@@ -137,11 +137,11 @@ def fuzz(examples: int) -> list[str]:
 def viewer_clients(run: Path, n: int) -> list[str]:
     from rich.console import Console
 
-    from fields.run import load_run
+    from fields.run.folder import load_run
     from test_viewer import free_port
-    from test_viewer_faults import send_nan_camera
+    from ws_client import send_nan_camera
     from viewer import Viewer
-    from viewer.ws_client import ViserTab
+    from ws_client import ViserTab
 
     loaded = load_run(run)
     cams = loaded.split("train").cameras

@@ -27,12 +27,12 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fields.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
-from fields.run import resolve_run  # noqa: E402
-from fields.trainer import Trainer  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
+from fields.run.folder import resolve_run  # noqa: E402
+from fields.training.trainer import Trainer  # noqa: E402
 from viewer import RenderTarget, Viewer  # noqa: E402
 from viewer.camera import c2w_to_viser, vertical_fov, viewer_camera  # noqa: E402
-from viewer.ws_client import ViserTab  # noqa: E402
+from ws_client import ViserTab  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 from benchlib import write_section  # noqa: E402

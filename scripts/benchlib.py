@@ -25,7 +25,7 @@ def machine() -> str:
     cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     flags = set(cpu_signature().split())
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    # the MLPs of every backend then run in bfloat16 (fields.base.bf16_enabled)
+    # the MLPs of every backend then run in bfloat16 (fields.backends.base.bf16_enabled)
     isa += " + AMX-BF16" if "amx_bf16" in flags else " + AVX512-BF16" if "avx512_bf16" in flags else ""
     return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 

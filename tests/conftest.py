@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+
+# Dev helpers shared with the benchmark scripts (fault injection, a viser websocket tab) live in scripts/.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,8 +66,8 @@ def write_nerfstudio(root: Path, n: int = 8, w: int = 12, h: int = 10, **top) ->
 
 def tiny_config(max_steps: int = 30, **train):
     """A small, fast run on the procedural scene at half resolution (for tests)."""
-    from fields.config import RunConfig, SceneConfig, TrainConfig
-    from fields.hashgrid import HashGridConfig
+    from fields.run.config import RunConfig, SceneConfig, TrainConfig
+    from fields.backends.hashgrid import HashGridConfig
 
     return RunConfig(scene=SceneConfig(downscale=2),
                      field_config=HashGridConfig(n_levels=8, log2_table_size=14, max_resolution=128, hidden=32),
@@ -75,9 +79,9 @@ def tiny_config(max_steps: int = 30, **train):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, procedural_root) -> Path:
     """A procedural run trained for 200 steps (shared by the tests that need a trained field)."""
-    from fields.trainer import Trainer
+    from fields.training.trainer import Trainer
 
-    from fields.hashgrid import HashGridConfig
+    from fields.backends.hashgrid import HashGridConfig
     from renderers.render import RenderConfig
 
     cfg = tiny_config(max_steps=200, grid_every=8)

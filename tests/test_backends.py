@@ -13,17 +13,17 @@ import os
 import pytest
 import torch
 
-from fields.base import Field
-from fields.checkpoint import load_checkpoint, save_checkpoint
+from fields.backends.base import Field
+from fields.run.checkpoint import load_checkpoint, save_checkpoint
 from fields.cli import main
-from fields.config import RunConfig, SceneConfig, TrainConfig
+from fields.run.config import RunConfig, SceneConfig, TrainConfig
 from fields.evaluation import psnr
-from fields.fit import FitError, fit_image, fit_output_path, load_image, pixel_coords
-from fields.imaging import write_png
-from fields.mlp import BF16_ROWS
-from fields.rbf import GaussianRBF, rbf_activations_reference
-from fields.registry import FIELD_CONFIGS
-from fields.trainer import Trainer
+from fields.training.fit import FitError, fit_image, fit_output_path, load_image, pixel_coords
+from renderers.imaging import write_png
+from fields.backends.mlp import BF16_ROWS
+from fields.backends.rbf import GaussianRBF, rbf_activations_reference
+from fields.backends.registry import FIELD_CONFIGS
+from fields.training.trainer import Trainer
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig, march, render_rays
 from scenes import SceneError, image_rays

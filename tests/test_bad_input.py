@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_blender, write_nerfstudio
-from fields.export import ExportError
-from fields.export.camera_paths import load_camera_path
+from scenes.camera_paths import CameraPathError, load_camera_path
 from scenes import SceneError, load_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +260,7 @@ def test_fuzzed_camera_paths(tmp_path, data):
     path.write_text(json.dumps(mutate(camera_path_doc(), data)))
     try:
         cams = load_camera_path(path).cameras
-    except ExportError as e:
+    except CameraPathError as e:
         assert_one_line_error(e, path)
     else:
         assert np.isfinite(cams.c2w.numpy()).all() and (cams.fx > 0).all() and cams.width >= 1
@@ -271,11 +270,11 @@ def test_camera_path_rejects_non_rigid_and_nan_matrices(tmp_path):
     doc = camera_path_doc()
     doc["camera_path"][1]["camera_to_world"][0] = 2.0  # scales x
     (tmp_path / "p.json").write_text(json.dumps(doc))
-    with pytest.raises(ExportError, match=r"p.json: camera_path\[1\].*not a rigid"):
+    with pytest.raises(CameraPathError, match=r"p.json: camera_path\[1\].*not a rigid"):
         load_camera_path(tmp_path / "p.json")
     doc["camera_path"][1]["camera_to_world"][0] = float("nan")
     (tmp_path / "p.json").write_text(json.dumps(doc))
-    with pytest.raises(ExportError, match=r"p.json: camera_path\[1\].*NaN"):
+    with pytest.raises(CameraPathError, match=r"p.json: camera_path\[1\].*NaN"):
         load_camera_path(tmp_path / "p.json")
 
 

@@ -11,11 +11,11 @@ import torch
 
 from conftest import tiny_config
 from fields.cli import main
-from fields.distill import DistillConfig, Distiller, density_error, student_config
+from fields.training.distill import DistillConfig, Distiller, density_error, student_config
 from fields.evaluation import evaluate
-from fields.registry import FIELD_CONFIGS
-from fields.run import load_run
-from fields.trainer import Trainer
+from fields.backends.registry import FIELD_CONFIGS
+from fields.run.folder import load_run
+from fields.training.trainer import Trainer
 
 GRID = dict(n_levels=8, log2_table_size=14, base_resolution=8, max_resolution=128)
 NET = dict(width=64, layers=3, skip=1, color_width=32, pos_freqs=6, dir_freqs=2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fields.encodings import HashEncoding, hash_encode, level_resolutions, sh_encode, trunc_exp
-from fields.hashgrid import HashGridConfig
+from fields.backends.encodings import HashEncoding, hash_encode, level_resolutions, sh_encode, trunc_exp
+from fields.backends.hashgrid import HashGridConfig
 
 
 def test_level_resolutions_are_geometric():

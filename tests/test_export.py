@@ -12,10 +12,10 @@ import pytest
 import torch
 import trimesh
 
-from fields.base import Field
+from fields.backends.base import Field
 from fields.cli import main
 from fields.export import ExportError
-from fields.export.camera_paths import derived_path, interpolate, load_camera_path, orbit, scene_frame, spiral
+from scenes.camera_paths import CameraPathError, derived_path, interpolate, load_camera_path, orbit, scene_frame, spiral
 from fields.export.mesh import MeshSettings, density_volume, extract_mesh, marching_cubes
 from fields.export.surface_metrics import chamfer_fscore, sample_surface
 from fields.export.visibility import seen_faces
@@ -184,7 +184,7 @@ def test_nerfstudio_path_maps_back_through_the_dataparser_transform(tmp_path):
     assert torch.allclose(cams.c2w, split.cameras.c2w, atol=1e-5)
     assert not torch.allclose(load_camera_path(tmp_path / "path.json").cameras.c2w, split.cameras.c2w, atol=1e-2)
     (tmp_path / "bad.json").write_text('{"transform": [[1, 0, 0]], "scale": 1}')
-    with pytest.raises(ExportError, match="'transform' must be 3x4"):
+    with pytest.raises(CameraPathError, match="'transform' must be 3x4"):
         load_camera_path(tmp_path / "path.json", tmp_path / "bad.json")
 
 
@@ -245,7 +245,7 @@ def test_bad_camera_path_files_name_the_problem(tmp_path):
                           ('{"camera_path": [{"fov": 50}], "render_width": 4, "render_height": 4}',
                            "camera_path[0] needs 'camera_to_world'")]:
         bad.write_text(text)
-        with pytest.raises(ExportError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(CameraPathError, match=message.replace("[", r"\[").replace("]", r"\]")):
             load_camera_path(bad)
-    with pytest.raises(ExportError, match="unknown camera path"):
+    with pytest.raises(CameraPathError, match="unknown camera path"):
         derived_path(procedural_cameras(), "zigzag", 4)

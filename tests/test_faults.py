@@ -16,12 +16,12 @@ import yaml
 from rich.console import Console
 
 from conftest import tiny_config
-from faults import flip_byte, kill_loop, truncate
-from fields.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, state_digest
+from faults import CreatesFile, flip_byte, kill_loop, truncate
+from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, state_digest
 from fields.cli import main
-from fields.config import ConfigError, RunConfig
-from fields.run import load_run
-from fields.trainer import Trainer, TrainingError
+from fields.run.config import ConfigError, RunConfig
+from fields.run.folder import load_run
+from fields.training.trainer import Trainer, TrainingError
 
 
 def quiet() -> Console:
@@ -108,7 +108,7 @@ def resume_to(run, steps: int) -> None:
 
 
 def test_disk_full_stops_with_what_was_saved(run_copy, monkeypatch, capsys):
-    import fields.checkpoint as ckpt
+    import fields.run.checkpoint as ckpt
 
     resume_to(run_copy, 9)
     monkeypatch.setattr(ckpt.torch, "save", out_of_space)  # the write of the step-9 checkpoint fails
@@ -124,7 +124,7 @@ def test_disk_full_stops_with_what_was_saved(run_copy, monkeypatch, capsys):
 
 
 def test_read_only_run_folder_stops_before_writing(run_copy, monkeypatch, capsys):
-    import fields.checkpoint as ckpt
+    import fields.run.checkpoint as ckpt
 
     resume_to(run_copy, 9)
     before = {p.name: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
@@ -154,7 +154,7 @@ def test_nan_gradients_stop_before_a_nan_checkpoint_is_written(tmp_path, procedu
 
 
 def test_inf_loss_stops_and_keeps_good_checkpoints(tmp_path, procedural_root, monkeypatch):
-    import fields.steps as steps_module
+    import fields.training.steps as steps_module
 
     real = steps_module.render_rays
 
@@ -179,16 +179,6 @@ def test_saving_nan_weights_is_refused(tmp_path, procedural_root):
 
 
 # -- code in files ---------------------------------------------------------------------------------------------
-class CreatesFile:
-    """A pickle payload that creates a file when unpickled (``open(path, 'w')``)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
 def test_a_crafted_pickle_in_a_checkpoint_is_refused(run_copy, tmp_path):
     marker = tmp_path / "pwned"
     evil = run_copy / "checkpoints" / "step-000009.pt"

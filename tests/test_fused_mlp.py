@@ -1,6 +1,6 @@
 """The fused native MLP (cuda/mlp_cpu.cpp) against its plain-PyTorch reference: values and gradients of every
 input part, weight and bias, for the shapes the backends use, ragged batch sizes and empty batches; dispatch and
-parameter names of ``fields.base.mlp``; the bf16 (AMX) mode against a bfloat16 oracle. The same for CAM's fused
+parameter names of ``fields.backends.base.mlp``; the bf16 (AMX) mode against a bfloat16 oracle. The same for CAM's fused
 modulated activation (cuda/modulate_cpu.cpp), in float32 and bfloat16."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fields.base import mlp
-from fields.fused_mlp import modulated_relu, modulated_relu_reference, relu_mlp, relu_mlp_reference
+from fields.backends.base import mlp
+from fields.backends.fused_mlp import modulated_relu, modulated_relu_reference, relu_mlp, relu_mlp_reference
 from renderers import native
 
 
@@ -141,7 +141,7 @@ def test_empty_batch():
 
 
 def test_mlp_module_dispatches_and_keeps_sequential_names(monkeypatch):
-    """``fields.base.mlp`` keeps nn.Sequential's parameter names (old checkpoints load) and runs the fused op,
+    """``fields.backends.base.mlp`` keeps nn.Sequential's parameter names (old checkpoints load) and runs the fused op,
     which agrees with the reference path that FIELDS_NATIVE=0 selects."""
     torch.manual_seed(0)
     m = mlp(24, 64, 2, 16)
@@ -162,7 +162,7 @@ def test_mlp_module_dispatches_and_keeps_sequential_names(monkeypatch):
 @pytest.mark.parametrize("skip", [None, 2])
 def test_nerf_trunk_runs_fused_and_matches_reference(skip, monkeypatch):
     """The NeRF backend's unmodulated trunk (split at its skip) agrees with the reference path."""
-    from fields.mlp import ModulatedMLP
+    from fields.backends.mlp import ModulatedMLP
 
     torch.manual_seed(0)
     trunk = ModulatedMLP(27, 64, 4, skip)
@@ -229,7 +229,7 @@ def test_modulated_relu_in_bfloat16_keeps_the_dtype_and_rounds_only_at_the_ends(
 
 def test_cam_trunk_runs_the_fused_activation_and_matches_reference(monkeypatch):
     """A modulated trunk (CAM) calls the fused op and agrees with the reference path (FIELDS_NATIVE=0)."""
-    from fields.mlp import ModulatedMLP
+    from fields.backends.mlp import ModulatedMLP
 
     torch.manual_seed(0)
     trunk = ModulatedMLP(27, 64, 3, 1)

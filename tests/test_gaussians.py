@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from fields.config import RunConfig, TrainConfig
+from fields.run.config import RunConfig, TrainConfig
 from fields.evaluation import evaluate
-from fields.gaussians import GaussiansConfig
-from fields.gaussians.density_control import PER_GAUSSIAN
-from fields.gaussians.ply import PlyError, read_splats
-from fields.run import load_run
-from fields.trainer import Trainer
+from fields.backends.gaussians import GaussiansConfig
+from fields.backends.gaussians.density_control import PER_GAUSSIAN
+from fields.export.splats import PlyError, read_splats
+from fields.run.folder import load_run
+from fields.training.trainer import Trainer
 from scenes import procedural
 
 TINY_RUN_POINT_DISTANCE = 0.06  # median distance of the trained_run's point cloud to the surface (test_export)
@@ -189,7 +189,7 @@ def test_density_is_the_sum_of_gaussian_kernels():
 
 
 def test_seeding_from_a_trained_field_lands_on_the_surface(trained_run, tmp_path):
-    from fields.gaussian_distill import distill_to_gaussians, seed_points
+    from fields.training.gaussian_distill import distill_to_gaussians, seed_points
 
     teacher = load_run(trained_run)
     points, colors, sizes = seed_points(teacher, 1000, show_progress=False)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import devices, needs_device
-from fields.encodings import hash_encode_reference, level_resolutions
+from fields.backends.encodings import hash_encode_reference, level_resolutions
 from renderers import native
 from renderers.compositing import composite_reference, transmittance_reference
 from renderers.marching import march_rays_reference
@@ -72,7 +72,7 @@ def test_hash_encode_table_only_gradient(ops):
 def test_sh_encode_matches_reference_and_keeps_gradients_on_the_reference(ops, degree):
     """Values within float32 rounding of the reference for every degree (unit, non-unit, axis-aligned and zero
     directions, ragged sizes); a direction that needs a gradient goes through the reference and gets it."""
-    from fields.encodings import sh_encode, sh_encode_reference
+    from fields.backends.encodings import sh_encode, sh_encode_reference
 
     g = torch.Generator().manual_seed(degree)
     d = torch.cat([torch.nn.functional.normalize(torch.randn(5001, 3, generator=g), dim=-1),
@@ -89,7 +89,7 @@ def test_sh_encode_matches_reference_and_keeps_gradients_on_the_reference(ops, d
 
 
 def test_field_dispatches_to_native_and_matches_reference(ops, monkeypatch):
-    from fields.hashgrid import HashGridConfig
+    from fields.backends.hashgrid import HashGridConfig
 
     torch.manual_seed(0)
     aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
@@ -313,7 +313,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     # It quotes the compiler's diagnostic, not torch's "Error building extension" preamble.
     assert "error:" in messages[0] and "Error building extension" not in messages[0], messages[0]
     x, table, res = hash_inputs(n=400, levels=2, log2_t=10)
-    from fields.encodings import hash_encode
+    from fields.backends.encodings import hash_encode
 
     assert torch.equal(hash_encode(x, table, res), hash_encode_reference(x, table, res))
 

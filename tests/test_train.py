@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import devices, tiny_config
-from fields.checkpoint import list_checkpoints, load_checkpoint
+from fields.run.checkpoint import list_checkpoints, load_checkpoint
 from fields.cli import main
 from fields.evaluation import evaluate
-from fields.run import load_run, resolve_run
-from fields.config import ConfigError
-from fields.trainer import Trainer, TrainingError, training_device
+from fields.run.folder import load_run, resolve_run
+from fields.run.config import ConfigError
+from fields.training.trainer import Trainer, TrainingError, training_device
 
 
 def test_training_raises_psnr_above_bar(trained_run):
@@ -143,7 +143,7 @@ def test_device_option_errors_name_the_problem(procedural_root, tmp_path):
         with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
             Trainer(tiny_config(device="cuda"), tmp_path / "a")
     else:  # distillation and Gaussians stay on the CPU: asked by name that is an error, with auto a fallback
-        from fields.gaussians import GaussiansConfig
+        from fields.backends.gaussians import GaussiansConfig
 
         cfg = tiny_config(device="cuda")
         cfg.field, cfg.field_config = "gaussians", GaussiansConfig()

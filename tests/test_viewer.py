@@ -27,12 +27,12 @@ import trimesh
 from rich.console import Console
 
 from fields.export.run_exports import RunExporter
-from fields.run import load_run
+from fields.run.folder import load_run
 from renderers.render import render_image
 from scenes.cameras import image_rays
 from viewer import Viewer
 from viewer.camera import c2w_to_viser, viewer_camera, viser_to_c2w
-from viewer.ws_client import ViserTab
+from ws_client import ViserTab
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -162,7 +162,7 @@ def test_default_bind_is_loopback_and_exposing_warns(viewer, loaded):
 
 # -- pausing training ------------------------------------------------------------------------------------------
 def test_pause_holds_training_and_resume_finishes_it(trained_run, tmp_path):
-    from fields.trainer import Trainer
+    from fields.training.trainer import Trainer
     from viewer import RenderTarget
 
     run = tmp_path / "run"
@@ -265,7 +265,7 @@ def test_a_failed_export_is_shown_and_the_buttons_come_back():
 
 
 def test_training_carries_on_while_the_viewer_exports(trained_run, tmp_path):
-    from fields.trainer import Trainer
+    from fields.training.trainer import Trainer
     from viewer import RenderTarget
 
     run = tmp_path / "run"

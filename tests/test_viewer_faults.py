@@ -6,24 +6,15 @@ from __future__ import annotations
 import io
 import threading
 
-import msgspec
 import numpy as np
 import torch
 from rich.console import Console
 
 from conftest import tiny_config
-from fields.trainer import Trainer
+from fields.training.trainer import Trainer
 from test_viewer import free_port, wait_for
 from viewer import RenderTarget, Viewer
-from viewer.ws_client import ViserTab
-
-
-def send_nan_camera(tab: ViserTab) -> None:
-    nan = float("nan")
-    tab.ws.send(msgspec.msgpack.encode({
-        "type": "ViewerCameraMessage", "wxyz": [nan, 0.0, 0.0, 0.0], "position": [nan, nan, float("inf")],
-        "fov": nan, "near": 0.01, "far": 1000.0, "image_height": 0, "image_width": 0, "look_at": [nan] * 3,
-        "up_direction": [0.0, 0.0, 1.0]}))
+from ws_client import ViserTab, send_nan_camera
 
 
 def test_ten_tabs_a_dropout_and_a_nan_camera_do_not_stop_serving_or_training(tmp_path, procedural_root):

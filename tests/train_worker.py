@@ -23,11 +23,11 @@ torch.set_num_threads(1)
 
 from rich.console import Console  # noqa: E402
 
-import fields.checkpoint  # noqa: E402
+import fields.run.checkpoint  # noqa: E402
 import fields.cli  # noqa: E402
-import fields.steps  # noqa: E402
-import fields.trainer  # noqa: E402
-from fields.config import RunConfig, SceneConfig  # noqa: E402
+import fields.training.steps  # noqa: E402
+import fields.training.trainer  # noqa: E402
+from fields.run.config import RunConfig, SceneConfig  # noqa: E402
 from renderers.native import native_ops  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def say(text: str) -> None:
 
 def child(run_dir: Path, data, rays, midwrite: bool) -> None:
     SceneConfig.load = lambda self, split: data  # the scene was loaded once, before forking
-    fields.steps.TrainingRays = lambda *_: rays
+    fields.training.steps.TrainingRays = lambda *_: rays
     fields.cli.console = Console(file=io.StringIO())
     if midwrite:
         real_save, writes = torch.save, [0]
@@ -54,7 +54,7 @@ def child(run_dir: Path, data, rays, midwrite: bool) -> None:
             say("midwrite")
             time.sleep(600)
 
-        fields.checkpoint.torch.save = half_then_wait
+        fields.run.checkpoint.torch.save = half_then_wait
 
     announced: list[int] = []
 
@@ -63,13 +63,13 @@ def child(run_dir: Path, data, rays, midwrite: bool) -> None:
             announced.append(trainer.step)
             say(f"started {trainer.step}")
 
-    real_train = fields.trainer.Trainer.train
-    fields.trainer.Trainer.train = lambda self, callbacks=(), show_progress=True: real_train(
+    real_train = fields.training.trainer.Trainer.train
+    fields.training.trainer.Trainer.train = lambda self, callbacks=(), show_progress=True: real_train(
         self, [*callbacks, started], show_progress)
-    if fields.checkpoint.list_checkpoints(run_dir):
+    if fields.run.checkpoint.list_checkpoints(run_dir):
         fields.cli.main(["train", "--resume", str(run_dir), "--quiet"])
     else:
-        trainer = fields.trainer.Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir, fields.cli.console)
+        trainer = fields.training.trainer.Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir, fields.cli.console)
         trainer.train(callbacks=[started], show_progress=False)
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     cfg = RunConfig.load(run_dir / "config.yaml")
     native_ops()  # load (or build) the native kernels once, before forking
     data = cfg.scene.load("train")
-    rays = fields.steps.TrainingRays(data)
+    rays = fields.training.steps.TrainingRays(data)
     say("ready")
     for line in sys.stdin:
         request = line.strip()

@@ -23,7 +23,7 @@ from viewer.export_panel import ExportPanel, Exporter
 from viewer.render_worker import RENDER_MODES, ClientRenderer, RenderMode, RenderTarget, View
 
 if TYPE_CHECKING:
-    from fields.run import LoadedRun
+    from fields.run.folder import LoadedRun
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATS_EVERY = 0.5  # seconds between stats updates in the panel

@@ -23,8 +23,8 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from fields.base import Field
-from fields.imaging import depth_image, to_uint8
+from fields.backends.base import Field
+from renderers.imaging import depth_image, to_uint8
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from scenes.cameras import Cameras

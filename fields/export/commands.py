@@ -16,7 +16,7 @@ import tyro
 from rich.console import Console
 
 from fields.export import ExportError, output_path
-from fields.run import load_run
+from fields.run.folder import load_run
 
 console = Console()
 RunDir = tyro.conf.Positional[Path]
@@ -100,7 +100,7 @@ class Video:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.camera_paths import PATH_TYPES, derived_path, load_camera_path, resized
+        from scenes.camera_paths import PATH_TYPES, derived_path, load_camera_path, resized
         from fields.export.video import parse_outputs, render_video
 
         outputs = parse_outputs(self.outputs)
@@ -175,8 +175,8 @@ class Splats:
     """Output file or folder (default: <run>/exports/)."""
 
     def run(self) -> None:
-        from fields.gaussians import GaussianField
-        from fields.gaussians.ply import write_splats
+        from fields.backends.gaussians import GaussianField
+        from fields.export.splats import write_splats
 
         run = load_run(self.run_dir)
         if not isinstance(run.field, GaussianField):

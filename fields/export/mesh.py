@@ -25,7 +25,7 @@ import trimesh
 from rich.progress import Progress
 from skimage import measure
 
-from fields.base import Field
+from fields.backends.base import Field
 from fields.export import ExportError, rgba8
 from fields.export.visibility import seen_faces
 from renderers.chunks import map_chunks

@@ -14,7 +14,7 @@ import torch
 import trimesh
 from rich.progress import Progress
 
-from fields.base import Field
+from fields.backends.base import Field
 from fields.export import ExportError, rgba8
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig, render_rays

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Callable
 
 from rich.progress import Progress
 
-from fields.base import Field
+from fields.backends.base import Field
 from fields.export import ExportError, inside_exports
-from fields.export.camera_paths import derived_path, resized
+from scenes.camera_paths import derived_path, resized
 from fields.export.mesh import MeshSettings, extract_mesh, write_mesh
 from fields.export.video import render_video
 from renderers.occupancy import OccupancyGrid
@@ -24,8 +24,8 @@ from renderers.render import RenderConfig
 from scenes.cameras import Cameras
 
 if TYPE_CHECKING:
-    from fields.run import LoadedRun
-    from fields.trainer import Trainer
+    from fields.run.folder import LoadedRun
+    from fields.training.trainer import Trainer
 
 
 @dataclass

@@ -13,9 +13,9 @@ import imageio.v2 as imageio
 import torch
 from rich.progress import Progress
 
-from fields.base import Field
+from fields.backends.base import Field
 from fields.export import ExportError
-from fields.imaging import depth_image, to_uint8
+from renderers.imaging import depth_image, to_uint8
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from scenes.cameras import Cameras

@@ -17,13 +17,13 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from fields.config import RunConfig, TrainConfig
-from fields.export.camera_paths import derived_path
+from fields.run.config import RunConfig, TrainConfig
+from scenes.camera_paths import derived_path
 from fields.export.pointcloud import point_cloud
-from fields.gaussians import GaussiansConfig
-from fields.gaussians.field import initial_gaussians, neighbour_spacing
-from fields.run import LoadedRun
-from fields.trainer import Trainer
+from fields.backends.gaussians import GaussiansConfig
+from fields.backends.gaussians.field import initial_gaussians, neighbour_spacing
+from fields.run.folder import LoadedRun
+from fields.training.trainer import Trainer
 from scenes import Cameras, SceneSplit
 
 
@@ -70,7 +70,7 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
                          n_teacher_views: int = 50, console: Console | None = None, show_progress: bool = True,
                          callbacks: Sequence[Callable[[Trainer], None]] = ()) -> Path:
     """Train a gaussians run in ``run_dir`` seeded from ``teacher`` (see the module docstring); returns the
-    folder, which ``fields.run.load_run``, ``fields eval`` and ``fields export splats`` read like any run.
+    folder, which ``fields.run.folder.load_run``, ``fields eval`` and ``fields export splats`` read like any run.
     Resuming it trains on the training images only (the teacher's views are not stored). ``callbacks`` run after
     each step, as in ``Trainer.train``."""
     console = console or Console()

@@ -26,11 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fields.export import ExportError
 from scenes.cameras import Cameras
 from scenes.io import first_line, pose_problem
 
 PATH_TYPES = ("orbit", "spiral", "interpolate")
+class CameraPathError(ValueError):
+    """A camera path that cannot be used; the message names the file (or the path kind) and the problem."""
+
+
 MAX_SIDE = 16384  # pixels per side of a video frame (16K); more is a typo, and memory checks follow anyway
 
 
@@ -150,12 +153,12 @@ def read_dataparser_transforms(path: Path) -> tuple[torch.Tensor, float]:
         meta = json.loads(path.read_text())
         transform, scale = torch.tensor(meta["transform"], dtype=torch.float64), float(meta["scale"])
     except FileNotFoundError:
-        raise ExportError(f"{path}: dataparser transforms file not found") from None
+        raise CameraPathError(f"{path}: dataparser transforms file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ExportError(f"{path}: expected nerfstudio dataparser transforms with 'transform' (3x4) and "
+        raise CameraPathError(f"{path}: expected nerfstudio dataparser transforms with 'transform' (3x4) and "
                           f"'scale' ({type(e).__name__}: {e})") from None
     if transform.shape != (3, 4) or not scale > 0:
-        raise ExportError(f"{path}: 'transform' must be 3x4 and 'scale' positive (got {list(transform.shape)}, "
+        raise CameraPathError(f"{path}: 'transform' must be 3x4 and 'scale' positive (got {list(transform.shape)}, "
                           f"{scale})")
     return transform, scale
 
@@ -184,32 +187,32 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
     try:
         meta = json.loads(path.read_text())
     except (FileNotFoundError, IsADirectoryError):
-        raise ExportError(f"{path}: camera path file not found") from None
+        raise CameraPathError(f"{path}: camera path file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ExportError(f"{path}: not valid JSON ({first_line(e)})") from None
+        raise CameraPathError(f"{path}: not valid JSON ({first_line(e)})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("camera_path"), list) or not meta["camera_path"]:
-        raise ExportError(f"{path}: expected a nerfstudio camera path with a non-empty 'camera_path' list")
+        raise CameraPathError(f"{path}: expected a nerfstudio camera path with a non-empty 'camera_path' list")
     kind = meta.get("camera_type", "perspective")
     if kind != "perspective":
-        raise ExportError(f"{path}: camera_type '{kind}' is not supported (only 'perspective')")
+        raise CameraPathError(f"{path}: camera_type '{kind}' is not supported (only 'perspective')")
     width, height = meta.get("render_width"), meta.get("render_height")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
-        raise ExportError(f"{path}: 'render_width' and 'render_height' must be integers")
+        raise CameraPathError(f"{path}: 'render_width' and 'render_height' must be integers")
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
-        raise ExportError(f"{path}: render size {width}x{height} must be 1 to {MAX_SIDE} pixels per side")
+        raise CameraPathError(f"{path}: render size {width}x{height} must be 1 to {MAX_SIDE} pixels per side")
     poses, focals = [], []
     for n, cam in enumerate(meta["camera_path"]):
         try:
             c2w = np.asarray(cam["camera_to_world"], dtype=np.float64).reshape(-1)
             fov = float(cam["fov"])
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise ExportError(f"{path}: camera_path[{n}] needs 'camera_to_world' (16 numbers) and 'fov'") from None
+            raise CameraPathError(f"{path}: camera_path[{n}] needs 'camera_to_world' (16 numbers) and 'fov'") from None
         if c2w.size not in (12, 16) or not 0 < fov < 180:
-            raise ExportError(f"{path}: camera_path[{n}] has {c2w.size} matrix entries (need 16) or "
+            raise CameraPathError(f"{path}: camera_path[{n}] has {c2w.size} matrix entries (need 16) or "
                               f"fov {fov} outside (0, 180) degrees")
         c2w = np.concatenate([c2w, [0.0, 0.0, 0.0, 1.0]])[:16].reshape(4, 4)
         if problem := pose_problem(c2w):
-            raise ExportError(f"{path}: camera_path[{n}] 'camera_to_world' {problem}")
+            raise CameraPathError(f"{path}: camera_path[{n}] 'camera_to_world' {problem}")
         poses.append(torch.tensor(c2w, dtype=torch.float32))
         focals.append(0.5 * height / math.tan(math.radians(fov) / 2))
     n = len(poses)
@@ -234,7 +237,7 @@ def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -
     elif kind == "interpolate":
         poses = interpolate(train, n_frames, keyframes)
     else:
-        raise ExportError(f"unknown camera path '{kind}' (known: {', '.join(PATH_TYPES)}, or a .json file)")
+        raise CameraPathError(f"unknown camera path '{kind}' (known: {', '.join(PATH_TYPES)}, or a .json file)")
     one = train[0]
     n = poses.shape[0]
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
@@ -247,7 +250,7 @@ def resized(cams: Cameras, height: int | None) -> Cameras:
     """The cameras at ``height`` pixels (width by aspect ratio), both rounded to even sizes for H.264 video."""
     h = cams.height if height is None else height
     if h < 2:
-        raise ExportError(f"video resolution must be at least 2 pixels (got {h})")
+        raise CameraPathError(f"video resolution must be at least 2 pixels (got {h})")
     h2 = max(2, h // 2 * 2)
     w2 = max(2, round(cams.width * h2 / cams.height / 2) * 2)
     sx, sy = w2 / cams.width, h2 / cams.height

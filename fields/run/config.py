@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from fields.base import FieldConfig
-from fields.checkpoint import atomic_write
-from fields.registry import FIELD_CONFIGS
+from fields.backends.base import FieldConfig
+from fields.run.checkpoint import atomic_write
+from fields.backends.registry import FIELD_CONFIGS
 from renderers.render import RenderConfig
 from scenes import SceneSplit, find_scene, load_split
 

@@ -29,11 +29,11 @@ import torch
 import yaml
 from rich.console import Console
 
-from fields.base import Field
-from fields.config import ConfigError, RunConfig, _build
-from fields.export.camera_paths import scene_frame
-from fields.run import LoadedRun
-from fields.trainer import Trainer, TrainingError, psnr_from_mse
+from fields.backends.base import Field
+from fields.run.config import ConfigError, RunConfig, _build
+from scenes.camera_paths import scene_frame
+from fields.run.folder import LoadedRun
+from fields.training.trainer import Trainer, TrainingError, psnr_from_mse
 from renderers.occupancy import OccupancyGrid
 from renderers.render import render_rays, sample_rays
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fields.base import Field, FieldConfig, ImageField, bf16_enabled, mlp
-from fields.encodings import HashEncoding, sh_encode, trunc_exp
-from fields.positional import lift_uv
+from fields.backends.base import Field, FieldConfig, ImageField, bf16_enabled, mlp
+from fields.backends.encodings import HashEncoding, sh_encode, trunc_exp
+from fields.backends.positional import lift_uv
 
 
 @dataclass

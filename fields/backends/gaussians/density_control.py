@@ -20,7 +20,7 @@ import torch
 from renderers.splatting import quat_to_rotmat
 
 if TYPE_CHECKING:
-    from fields.gaussians.field import GaussianField, GaussiansConfig
+    from fields.backends.gaussians.field import GaussianField, GaussiansConfig
 
 PER_GAUSSIAN = ("means", "scales", "quats", "opacities", "sh0", "shN")
 STATS = ("grad2d", "grad_count")

@@ -10,7 +10,7 @@ bfloat16 operands: on a CPU with AMX-BF16 on AMX tiles (the hash grid's MLPs for
 lego step, 8.8 -> 6.7 ms, the same PSNR), else with AVX512-BF16 as dot products of bfloat16 pairs (Zen 4: ~1.8x
 faster than float32, 18 -> 10 ms on 30k samples; lego +23% steps in 120 s, +0.2 dB). Elsewhere (CUDA tensors,
 ``FIELDS_NATIVE=0``, no compiler, CPU autocast to bfloat16) it is ``relu_mlp_reference``. ``ReLUMLP`` is the
-``nn.Sequential`` form (same parameter names as before) that ``fields.base.mlp`` builds.
+``nn.Sequential`` form (same parameter names as before) that ``fields.backends.base.mlp`` builds.
 
 ``modulated_relu(h, gamma, beta)`` is CAM's activation, ``relu(gamma * layer_norm(h) + beta)``, on the fused
 native kernel (``cuda/modulate_cpu.cpp``, float32 or bfloat16 ``h``) with ``modulated_relu_reference`` as oracle.

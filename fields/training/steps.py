@@ -18,8 +18,8 @@ from __future__ import annotations
 import kornia
 import torch
 
-from fields.base import Field
-from fields.config import RunConfig
+from fields.backends.base import Field
+from fields.run.config import RunConfig
 from renderers.occupancy import OccupancyGrid
 from renderers.render import render_rays
 from scenes import SceneSplit, image_rays

@@ -19,7 +19,7 @@ import torch
 from renderers.splatting import quat_to_rotmat
 
 if TYPE_CHECKING:
-    from fields.gaussians.field import GaussianField
+    from fields.backends.gaussians.field import GaussianField
 
 MAX_PAIRS = 1 << 22  # (Gaussian, cell) entries of the index; cells start small and grow until it holds fewer
 

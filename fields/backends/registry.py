@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fields.base import FieldConfig
-from fields.cam import CAMConfig
-from fields.gaussians import GaussiansConfig
-from fields.hashgrid import HashGridConfig
-from fields.mlp import MLPConfig
-from fields.rbf import RBFConfig
+from fields.backends.base import FieldConfig
+from fields.backends.cam import CAMConfig
+from fields.backends.gaussians import GaussiansConfig
+from fields.backends.hashgrid import HashGridConfig
+from fields.backends.mlp import MLPConfig
+from fields.backends.rbf import RBFConfig
 
 FIELD_CONFIGS: dict[str, type[FieldConfig]] = {
     "hashgrid": HashGridConfig,

@@ -18,11 +18,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fields.base import Field
-from fields.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
-from fields.config import ConfigError, RunConfig
-from fields.run import build_model, newest_checkpoint
-from fields.steps import STEPS
+from fields.backends.base import Field
+from fields.run.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
+from fields.run.config import ConfigError, RunConfig
+from fields.run.folder import build_model, newest_checkpoint
+from fields.training.steps import STEPS
 from renderers import native
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit

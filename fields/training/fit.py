@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fields.base import ImageField
+from fields.backends.base import ImageField
 from fields.evaluation import psnr
 from renderers import native
 from scenes.io import read_image

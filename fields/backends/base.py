@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fields.fused_mlp import ReLUMLP
+from fields.backends.fused_mlp import ReLUMLP
 from renderers.native import has_native_bf16
 from renderers.render import render_image
 from scenes.cameras import Cameras

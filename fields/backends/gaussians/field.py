@@ -18,10 +18,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fields.base import Field, FieldConfig
-from fields.encodings import sh_encode
-from fields.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
-from fields.gaussians.kernels import GaussianIndex
+from fields.backends.base import Field, FieldConfig
+from fields.backends.encodings import sh_encode
+from fields.backends.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
+from fields.backends.gaussians.spatial_index import GaussianIndex
 from renderers.splatting import render_gaussians
 from scenes.cameras import Cameras
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fields.base import Field, FieldConfig, ImageField
-from fields.encodings import HashEncoding, sh_encode, trunc_exp
-from fields.positional import lift_uv
+from fields.backends.base import Field, FieldConfig, ImageField
+from fields.backends.encodings import HashEncoding, sh_encode, trunc_exp
+from fields.backends.positional import lift_uv
 
 
 @dataclass

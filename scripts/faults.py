@@ -87,8 +87,8 @@ def kill_loop(run_dir: Path, kills: int = 10, ckpt_every: int = 2, max_delay: fl
     let one resume finish two more steps. Checks after every kill that each checkpoint on disk loads and that
     at most ``ckpt_every`` logged steps are lost."""
     from conftest import tiny_config
-    from fields.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-    from fields.config import RunConfig
+    from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+    from fields.run.config import RunConfig
 
     rng = random.Random(seed)
     cfg = tiny_config(max_steps=1_000_000, ckpt_every=ckpt_every)
@@ -136,7 +136,7 @@ def kill_loop(run_dir: Path, kills: int = 10, ckpt_every: int = 2, max_delay: fl
         code = worker.expect("exit", timeout=300)
         if code != "exit 0":
             report.problems.append(f"the final resume ended with {code}")
-        from fields.run import load_run
+        from fields.run.folder import load_run
 
         report.final_step = load_run(run_dir).step
         if report.final_step != target:
@@ -159,3 +159,13 @@ def flip_byte(path: Path, rng: random.Random) -> int:
     data[i] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(data))
     return i
+
+
+class CreatesFile:
+    """A pickle payload that creates a file when unpickled (``open(path, 'w')``)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fields.base import Field, FieldConfig, ImageField, bf16_enabled
-from fields.encodings import trunc_exp
-from fields.fused_mlp import modulated_relu, relu_mlp
-from fields.positional import CoordinateEncoding, fourier_dim, fourier_encode
+from fields.backends.base import Field, FieldConfig, ImageField, bf16_enabled
+from fields.backends.encodings import trunc_exp
+from fields.backends.fused_mlp import modulated_relu, relu_mlp
+from fields.backends.positional import CoordinateEncoding, fourier_dim, fourier_encode
 
 
 @dataclass

@@ -14,7 +14,7 @@ For ``fields fit`` one grid over the pixel coordinates modulates every trunk lay
 
 The grids are initialised to gamma = 1 and beta = 0, so a fresh CAM is the plain MLP with normalisation, and
 they train with their own learning rate (``grid_lr_scale`` times the MLP's; see there why not the official 10x).
-The normalise-modulate-ReLU step runs as one fused native op (``fields.fused_mlp.modulated_relu``).
+The normalise-modulate-ReLU step runs as one fused native op (``fields.backends.fused_mlp.modulated_relu``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fields.mlp import ImageMLP, MLPConfig, MLPField
-from fields.positional import direction_to_unit_square, sample_planes
+from fields.backends.mlp import ImageMLP, MLPConfig, MLPField
+from fields.backends.positional import direction_to_unit_square, sample_planes
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 

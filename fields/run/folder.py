@@ -12,9 +12,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from fields.base import Field
-from fields.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from fields.config import RunConfig
+from fields.backends.base import Field
+from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from fields.run.config import RunConfig
 from renderers.occupancy import OccupancyGrid
 
 

@@ -11,13 +11,13 @@ buffers]``. The websocket subprotocol names the viser version, which must match 
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import imageio.v3 as iio
 import msgspec
 import numpy as np
 import viser
 import zstandard
-from typing import Any, Callable
 
 from websockets.sync.client import ClientConnection, connect
 
@@ -109,3 +109,11 @@ class ViserTab:
 
     def close(self) -> None:
         self.ws.close()
+
+
+def send_nan_camera(tab: ViserTab) -> None:
+    nan = float("nan")
+    tab.ws.send(msgspec.msgpack.encode({
+        "type": "ViewerCameraMessage", "wxyz": [nan, 0.0, 0.0, 0.0], "position": [nan, nan, float("inf")],
+        "fov": nan, "near": 0.01, "far": 1000.0, "image_height": 0, "image_width": 0, "look_at": [nan] * 3,
+        "up_direction": [0.0, 0.0, 1.0]}))

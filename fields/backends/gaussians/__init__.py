@@ -1,6 +1,6 @@
 """The ``gaussians`` backend (3D Gaussian Splatting): field and config, adaptive density control, point
 queries and the 3DGS PLY format."""
 
-from fields.gaussians.field import GaussianField, GaussiansConfig
+from fields.backends.gaussians.field import GaussianField, GaussiansConfig
 
 __all__ = ["GaussianField", "GaussiansConfig"]

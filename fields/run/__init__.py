@@ -1,0 +1,1 @@
+"""Run folders: the config that rebuilds a run, atomic checkpoints, creating and loading run folders."""
