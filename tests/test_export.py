@@ -130,13 +130,27 @@ def test_other_mesh_formats_load_back_with_colours(fmt, tmp_path):
 
 
 def test_video_reads_back_with_the_right_frames_and_size(trained_run, tmp_path):
+    """The file named by --output is the rgb video; the depth video goes beside it with a suffix."""
     main(["export", "video", str(trained_run), "--path", "spiral", "--seconds", "0.5", "--fps", "10",
-          "--resolution", "24", "--output", str(tmp_path / "v.mp4"), "--quiet"])
-    for name in ("rgb", "depth"):
-        frames = iio.imread(tmp_path / f"v-{name}.mp4")
-        assert frames.shape == (5, 24, 24, 3), name
-    rgb = iio.imread(tmp_path / "v-rgb.mp4")
+          "--resolution", "24", "--outputs", "rgb,depth", "--output", str(tmp_path / "orbit.mp4"), "--quiet"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orbit-depth.mp4", "orbit.mp4"]
+    rgb, depth = iio.imread(tmp_path / "orbit.mp4"), iio.imread(tmp_path / "orbit-depth.mp4")
+    assert rgb.shape == depth.shape == (5, 24, 24, 3)
     assert rgb.std() > 10  # the objects are visible, not a blank background
+    # depth is colour-mapped: its frames differ from the rgb ones
+    assert np.abs(rgb.astype(np.float32) - depth.astype(np.float32)).mean() > 10
+
+
+def test_video_writes_one_rgb_file_by_default(trained_run, tmp_path):
+    main(["export", "video", str(trained_run), "--seconds", "0.2", "--fps", "10", "--resolution", "16",
+          "--output", str(tmp_path / "clip"), "--quiet"])  # no suffix: .mp4 is added
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    assert iio.imread(tmp_path / "clip.mp4").shape == (2, 16, 16, 3)
+    (tmp_path / "folder").mkdir()
+    main(["export", "video", str(trained_run), "--seconds", "0.2", "--fps", "10", "--resolution", "16",
+          "--output", str(tmp_path / "folder"), "--quiet"])
+    (video,) = (tmp_path / "folder").iterdir()
+    assert video.name.startswith("video-orbit-step-") and video.suffix == ".mp4"
 
 
 def nerfstudio_path_file(tmp_path, n: int = 3):
@@ -192,7 +206,7 @@ def test_video_from_a_camera_path_file_renders_its_frames(trained_run, tmp_path)
     path, _ = nerfstudio_path_file(tmp_path)
     main(["export", "video", str(trained_run), "--path", str(path), "--outputs", "rgb",
           "--output", str(tmp_path), "--quiet"])
-    (video,) = tmp_path.glob("video-camera_path-*-rgb.mp4")
+    (video,) = tmp_path.glob("video-camera_path-step-*.mp4")
     assert iio.imread(video).shape == (3, 20, 30, 3)
 
 

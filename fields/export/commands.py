@@ -90,18 +90,19 @@ class Video:
     """Frames per second (a JSON path's own fps wins)."""
     resolution: int | None = None
     """Frame height in pixels, width by aspect ratio (default: the training images' / the JSON's)."""
-    outputs: str = "rgb,depth"
-    """Comma-separated outputs, one mp4 each: rgb, depth."""
+    outputs: str = "rgb"
+    """Comma-separated outputs, one mp4 each: rgb, depth. The first is written to --output, the others beside it
+    with their name as a suffix (orbit.mp4, orbit-depth.mp4)."""
     keyframes: int = 0
     """With --path interpolate: go through this many evenly spaced training cameras (0: all of them)."""
     output: Path | None = None
-    """Output folder, or a file name whose stem prefixes each output (default: <run>/exports/)."""
+    """Output file (the first of --outputs; .mp4 added without a suffix) or folder (default: <run>/exports/)."""
     quiet: bool = False
     """No progress bars."""
 
     def run(self) -> None:
         from scenes.camera_paths import PATH_TYPES, derived_path, load_camera_path, resized
-        from fields.export.video import parse_outputs, render_video
+        from fields.export.video import parse_outputs, render_video, video_paths
 
         outputs = parse_outputs(self.outputs)
         if self.resolution is not None and self.resolution < 2:
@@ -128,8 +129,7 @@ class Video:
             cam_path = derived_path(run.split("train").cameras, self.path, n_frames, self.keyframes)
             name = self.path
         cams = resized(cam_path.cameras, self.resolution)
-        stem = output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}")
-        paths = {o: stem.with_name(f"{stem.stem}-{o}.mp4") for o in outputs}
+        paths = video_paths(output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}.mp4"), outputs)
         console.print(f"Rendering {len(cams)} frames at {cams.width}x{cams.height}, {fps:g} fps")
         tic = time.perf_counter()
         render_video(run.field, run.grid, run.config.render, cams, fps, run.config.scene.background, paths,

@@ -66,12 +66,12 @@ class RunExporter:
 
     def orbit_video(self, height: int, seconds: float, progress: Progress, fps: float = 30.0) -> Path:
         """An RGB orbit about the training cameras' centre, ``height`` pixels high, as
-        ``exports/video-orbit-step-N-rgb.mp4``."""
+        ``exports/video-orbit-step-N.mp4``."""
         frames = round(seconds * fps)
         if frames < 1:
             raise ExportError(f"{seconds} s at {fps:g} fps gives no frames")
         field, grid, step = self._snapshot()
         cams = resized(derived_path(self.cameras, "orbit", frames).cameras, height)
-        path = inside_exports(self.run_dir, f"video-orbit-step-{step:06d}-rgb.mp4")
+        path = inside_exports(self.run_dir, f"video-orbit-step-{step:06d}.mp4")
         render_video(field, grid, self.render, cams, fps, self.background, {"rgb": path}, progress=progress)
         return path

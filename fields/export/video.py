@@ -1,6 +1,7 @@
 """Video export: render a camera path through the occupancy grid and write H.264 mp4 files with imageio.
 
-Each requested output (``rgb``, ``depth``) becomes its own mp4. Depth is colour-mapped over one range for the
+Each requested output (``rgb``, ``depth``) becomes its own mp4: the first at the path asked for, the others beside
+it with their name as a suffix (``orbit.mp4``, ``orbit-depth.mp4``), so a user who names a file gets it. Depth is colour-mapped over one range for the
 whole video (the distances from the path's cameras to the occupied cells), so colours do not flicker.
 """
 
@@ -33,6 +34,16 @@ def parse_outputs(text: str) -> list[str]:
         raise ExportError(f"--outputs '{text}': unknown output(s) {', '.join(unknown) or '(none given)'} "
                           f"(known: {', '.join(OUTPUTS)})")
     return list(dict.fromkeys(names))
+
+
+def video_paths(path: Path, outputs: list[str]) -> dict[str, Path]:
+    """The mp4 of each output: the first output at ``path`` (``.mp4`` added when it has no suffix), each other
+    one beside it as ``<stem>-<output><suffix>``."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".mp4")
+    return {name: path if i == 0 else path.with_name(f"{path.stem}-{name}{path.suffix}")
+            for i, name in enumerate(outputs)}
 
 
 def check_frame_memory(width: int, height: int) -> None:
