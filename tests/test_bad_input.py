@@ -320,3 +320,44 @@ def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["eval", "somewhere"])
     assert e.value.code == 2 and "error: [/etc/passwd] frames[1] [bold]x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-steps", "-3"], "--max-steps -3: must be a whole number, at least 1"),
+    (["--max-steps", "0"], "--max-steps 0: must be a whole number, at least 1"),
+    (["--max-time", "0"], "--max-time 0.0: must be a number above 0"),
+    (["--max-time", "nan"], "--max-time nan: must be a number above 0"),
+    (["--lr", "-0.01"], "--lr -0.01: must be a number above 0"),
+    (["--target-samples", "0"], "--target-samples 0: must be a whole number, at least 1"),
+    (["--init-rays", "0"], "--init-rays 0: must be a whole number"),
+    (["--max-rays", "-1"], "--max-rays -1: must be a whole number"),
+    (["--grid-every", "0"], "--grid-every 0: must be a whole number"),
+    (["--ckpt-every", "0"], "--ckpt-every 0: must be a whole number"),
+    (["--log-every", "-5"], "--log-every -5: must be a whole number"),
+    (["--ssim-weight", "1.5"], "--ssim-weight 1.5: must be a number between 0 and 1"),
+    (["--grid-resolution", "0"], "--grid-resolution 0: must be a whole number"),
+    (["--downscale", "0"], "--downscale 0: must be a whole number, at least 1"),
+    (["--background", "1", "2", "1"], "--background (1.0, 2.0, 1.0): must be three numbers between 0 and 1"),
+])
+def test_budgets_and_sizes_that_make_no_sense_are_refused_before_a_run_folder(args, message, tmp_path, capsys):
+    from fields.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--output-dir", str(tmp_path / "outputs"), "--quiet", *args])
+    out = capsys.readouterr().out
+    assert e.value.code == 2 and out.startswith("error: ") and message in " ".join(out.split()), out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_config_file_with_a_senseless_budget_names_the_file_and_key(tmp_path):
+    from fields.run.config import ConfigError, RunConfig
+
+    path = tmp_path / "config.yaml"
+    RunConfig().save(path)
+    path.write_text(path.read_text().replace("max_steps: null", "max_steps: -3"))
+    with pytest.raises(ConfigError, match=r"config.yaml: train.max_steps is -3; it must be a whole number, at least 1"):
+        RunConfig.load(path)
+    path.write_text(path.read_text().replace("max_steps: -3", "max_steps: ten"))
+    with pytest.raises(ConfigError, match=r"train.max_steps is 'ten'"):
+        RunConfig.load(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,43 @@ from scenes import SceneSplit, find_scene, load_split
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the problem."""
+
+
+class SettingError(ConfigError):
+    """A setting whose value makes no sense (a negative budget, a zero size). Its message names the option as
+    given on the command line; ``RunConfig.load`` names the file and the key instead."""
+
+    def __init__(self, key: str, value: Any, rule: str):
+        self.key, self.value, self.rule = key, value, rule
+        super().__init__(f"--{key.replace('_', '-')} {value}: must be {rule}")
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Rules for settings, by name: (test, what the value must be). Checked by each config's ``validate()``.
+AT_LEAST_1 = (lambda v: _whole(v) and v >= 1, "a whole number, at least 1")
+AT_LEAST_0 = (lambda v: _whole(v) and v >= 0, "a whole number, at least 0")
+POSITIVE = (lambda v: _number(v) and v > 0, "a number above 0")
+NOT_NEGATIVE = (lambda v: _number(v) and v >= 0, "a number, at least 0")
+
+
+def _optional(rule: tuple) -> tuple:
+    test, text = rule
+    return (lambda v: v is None or test(v)), f"{text} (or None: no limit)"
+
+
+def check_settings(obj: Any, rules: dict[str, tuple]) -> None:
+    """SettingError for the first attribute of ``obj`` that breaks its rule."""
+    for key, (test, rule) in rules.items():
+        value = getattr(obj, key)
+        if not test(value):
+            raise SettingError(key, value, rule)
 
 
 @dataclass
@@ -46,6 +84,12 @@ class SceneConfig:
 
     def load(self, split: str) -> SceneSplit:
         return load_split(self.folder(), split, self.downscale, self.background, self.allow_outside_data)
+
+    def validate(self) -> None:
+        """SettingError for a setting that makes no sense."""
+        check_settings(self, {"downscale": AT_LEAST_1, "background": (
+            lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(_number(c) and 0 <= c <= 1 for c in v),
+            "three numbers between 0 and 1 (red, green, blue)")})
 
 
 @dataclass
@@ -89,6 +133,15 @@ class TrainConfig:
     ckpt_every: int = 1000
     """Steps between checkpoints (one is also written at the end and on Ctrl-C)."""
 
+    def validate(self) -> None:
+        """SettingError for a budget, rate or interval that makes no sense (a run of -3 steps, a zero rate)."""
+        check_settings(self, {
+            "max_time": _optional(POSITIVE), "max_steps": _optional(AT_LEAST_1), "lr": POSITIVE, "lr_final": POSITIVE,
+            "warmup_steps": AT_LEAST_0, "weight_decay": NOT_NEGATIVE, "target_samples": _optional(AT_LEAST_1),
+            "init_rays": AT_LEAST_1, "max_rays": AT_LEAST_1, "grid_every": AT_LEAST_1, "grid_warmup": AT_LEAST_0,
+            "ssim_weight": (lambda v: _number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+            "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1})
+
 
 @dataclass
 class RunConfig:
@@ -100,6 +153,16 @@ class RunConfig:
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     grid_resolution: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """SettingError for the first setting that makes no sense; every way a run is configured (command line,
+        config.yaml, code) comes through here before a run folder is made."""
+        self.scene.validate()
+        self.train.validate()
+        check_settings(self, {"grid_resolution": AT_LEAST_1})
 
     def to_dict(self) -> dict:
         def plain(v: Any) -> Any:
@@ -138,17 +201,20 @@ class RunConfig:
         name = raw.get("field", "hashgrid")
         if name not in FIELD_CONFIGS:
             raise ConfigError(f"{path}: unknown field '{name}' (known: {', '.join(FIELD_CONFIGS)})")
-        return RunConfig(
-            scene=_build(SceneConfig, raw.get("scene", {}), path, "scene"),
-            field=name,
-            field_config=_build(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
-            render=_build(RenderConfig, raw.get("render", {}), path, "render"),
-            train=_build(TrainConfig, raw.get("train", {}), path, "train"),
-            grid_resolution=int(raw.get("grid_resolution", 64)),
-        )
+        sections = {"scene": build_section(SceneConfig, raw.get("scene", {}), path, "scene"),
+                    "train": build_section(TrainConfig, raw.get("train", {}), path, "train")}
+        try:
+            return RunConfig(
+                field=name,
+                field_config=build_section(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
+                render=build_section(RenderConfig, raw.get("render", {}), path, "render"),
+                grid_resolution=raw.get("grid_resolution", 64), **sections)
+        except SettingError as e:
+            section = next((f"{k}." for k, v in sections.items() if hasattr(v, e.key)), "")
+            raise ConfigError(f"{path}: {section}{e.key} is {e.value!r}; it must be {e.rule}") from None
 
 
-def _build(cls: type, values: Any, path: Path, section: str) -> Any:
+def build_section(cls: type, values: Any, path: Path, section: str) -> Any:
     """A dataclass from a YAML mapping: lists become tuples where the default is one, paths become Paths."""
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: '{section}' must be a mapping")
