@@ -201,20 +201,20 @@ class RunConfig:
         name = raw.get("field", "hashgrid")
         if name not in FIELD_CONFIGS:
             raise ConfigError(f"{path}: unknown field '{name}' (known: {', '.join(FIELD_CONFIGS)})")
-        sections = {"scene": build_section(SceneConfig, raw.get("scene", {}), path, "scene"),
-                    "train": build_section(TrainConfig, raw.get("train", {}), path, "train")}
+        sections = {"scene": _build(SceneConfig, raw.get("scene", {}), path, "scene"),
+                    "train": _build(TrainConfig, raw.get("train", {}), path, "train")}
         try:
             return RunConfig(
                 field=name,
-                field_config=build_section(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
-                render=build_section(RenderConfig, raw.get("render", {}), path, "render"),
+                field_config=_build(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
+                render=_build(RenderConfig, raw.get("render", {}), path, "render"),
                 grid_resolution=raw.get("grid_resolution", 64), **sections)
         except SettingError as e:
             section = next((f"{k}." for k, v in sections.items() if hasattr(v, e.key)), "")
             raise ConfigError(f"{path}: {section}{e.key} is {e.value!r}; it must be {e.rule}") from None
 
 
-def build_section(cls: type, values: Any, path: Path, section: str) -> Any:
+def _build(cls: type, values: Any, path: Path, section: str) -> Any:
     """A dataclass from a YAML mapping: lists become tuples where the default is one, paths become Paths."""
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: '{section}' must be a mapping")
