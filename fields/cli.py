@@ -1,4 +1,4 @@
-"""The ``fields`` command line: ``fields train | distill | eval | fit | view | export``.
+"""The ``fields`` command line: ``fields train | distill | eval | fit | view | export | process``.
 
 Every subcommand is a dataclass whose fields are its options (tyro turns them into flags and ``--help``
 text) and whose ``run()`` does the work. Expected failures (bad scene, bad run folder, NaN loss) print one
@@ -25,8 +25,10 @@ from fields.run.checkpoint import CheckpointError
 from fields.run.config import ConfigError, RunConfig, SceneConfig, TrainConfig
 from fields.training.distill import DistillConfig
 from fields.export.commands import Export
+from fields.process import ProcessError
+from fields.process.commands import Process
 from fields.backends.registry import FIELD_CONFIGS
-from fields.run.folder import RunError, load_run, new_run_dir, resolve_run
+from fields.run.folder import LoadedRun, RunError, load_run, new_run_dir, resolve_run
 from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
@@ -95,7 +97,7 @@ class _TrainOptions:
         from fields.export.run_exports import RunExporter
         from viewer import RenderTarget, Viewer
 
-        target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.tensor(trainer.data.background),
+        target = RenderTarget(trainer.model, torch.tensor(trainer.data.background),
                               trainer.step)
         on_cpu = trainer.device.type == "cpu"  # the exporters read the field on the CPU
         if not on_cpu:
@@ -137,14 +139,14 @@ class _DistillOptions:
     """No progress bar."""
 
     def run(self) -> None:
-        from fields.training.distill import Distiller, load_distill_config, student_config
+        from fields.training.distill import distiller as make_distiller, load_distill_config, student_config
 
         if self.resume is not None:
             run_dir = resolve_run(self.resume)
             teacher_path, dcfg = load_distill_config(run_dir)
-            distiller = Distiller(RunConfig.load(run_dir / "config.yaml"), run_dir, load_run(teacher_path), dcfg,
-                                  console)
-            distiller.resume()
+            trainer = make_distiller(RunConfig.load(run_dir / "config.yaml"), run_dir, load_run(teacher_path), dcfg,
+                                     console)
+            trainer.resume()
         else:
             if self.teacher is None:
                 raise RunError("fields distill: pass --teacher RUN (a trained run folder) or --resume RUN")
@@ -153,16 +155,15 @@ class _DistillOptions:
             if cfg.field_config.training_steps == "images":  # explicit primitives: seeded on the teacher's surface
                 self._distill_to_gaussians(teacher, cfg)
                 return
-            distiller = Distiller(cfg, None, teacher, self.distill, console)
-            run_dir = distiller.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
+            trainer = make_distiller(cfg, None, teacher, self.distill, console)
+            run_dir = trainer.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
             console.print(f"Run folder: {run_dir} (teacher {teacher.path}, {teacher.config.field})")
         try:
-            distiller.train(show_progress=not self.quiet)
+            trainer.train(show_progress=not self.quiet)
         except KeyboardInterrupt:
             sys.exit(130)
-        console.print(f"Distilled {distiller.step} steps in {distiller.elapsed:.1f} s; "
+        console.print(f"Distilled {trainer.step} steps in {trainer.elapsed:.1f} s; "
                       f"evaluate with `fields eval {run_dir}`")
-
 
     def _distill_to_gaussians(self, teacher, cfg: RunConfig) -> None:
         from fields.training.gaussian_distill import distill_to_gaussians
@@ -241,8 +242,8 @@ class Eval:
         run = load_run(self.run_dir)
         split = run.split(self.split)
         out = run.path / "eval" / f"{self.split}-step-{run.step:06d}"
-        result = evaluate(run.field, run.grid, split, run.config.render, self.every, out, not self.quiet)
-        (run.path / "eval" / "metrics.json").write_text(json.dumps(result, indent=2))
+        result = evaluate(run.model, split, self.every, out, not self.quiet)
+        (run.path / "eval" / "metrics.json").write_text(json.dumps({**result, "images": str(out)}, indent=2))
         console.print(f"{self.split}: PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
 
@@ -262,15 +263,24 @@ class View:
 
     def run(self) -> None:
         from fields.export.run_exports import RunExporter
-        from viewer import Viewer
 
         run = load_run(self.run_dir)
-        Viewer.for_run(run, host=self.host, port=self.port, max_side=self.max_resolution, console=console,
-                       exporter=RunExporter.for_run(run)).serve_forever()
+        run_viewer(run, host=self.host, port=self.port, max_side=self.max_resolution, console=console,
+                   exporter=RunExporter.for_run(run)).serve_forever()
 
 
-COMMANDS = {"train": Train, "distill": Distill, "eval": Eval, "fit": Fit, "view": View, "export": Export}
-EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ValueError, OSError)
+def run_viewer(run: LoadedRun, **options) -> "Viewer":
+    """A static viewer of a saved run (its newest checkpoint) with its training cameras; ``options`` go to
+    ``viewer.Viewer``. Needs only what the run folder holds, not the scene's images."""
+    from viewer import RenderTarget, Viewer
+
+    target = RenderTarget(run.model, torch.tensor(run.record.background), run.step)
+    return Viewer(target, run.record.cameras, run.grid.aabb, title=f"fields: {run.path.name}", **options)
+
+
+COMMANDS = {"train": Train, "distill": Distill, "eval": Eval, "fit": Fit, "view": View, "export": Export,
+            "process": Process}
+EXPECTED_ERRORS = (SceneError, ConfigError, RunError, CheckpointError, ProcessError, ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> None:

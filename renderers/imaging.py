@@ -1,12 +1,37 @@
-"""Small image helpers shared by evaluation and export: colour maps, error maps, PNG writing."""
+"""Image helpers shared by training, evaluation, export and the viewer: compositing straight RGBA on a
+background, the image metrics (PSNR, SSIM), colour maps and PNG writing. The one place each of these is defined."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import imageio.v3 as iio
+import kornia
 import numpy as np
 import torch
+
+
+def on_background(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Straight (not premultiplied) RGBA [..., 4] composited on ``background`` ([3] or broadcastable [..., 3])."""
+    alpha = rgba[..., 3:]
+    return rgba[..., :3] * alpha + background * (1.0 - alpha)
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of images in [0, 1] with mean squared error ``mse``."""
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between two images in [0, 1]."""
+    return psnr_from_mse(((a - b) ** 2).mean().item())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of two [H, W, 3] images in [0, 1] (kornia, 11x11 Gaussian window), differentiable."""
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    return kornia.metrics.ssim(x, y, window_size=11).mean()
 
 # Anchor colours of matplotlib's "turbo" map, sampled at 9 evenly spaced points; linear in between.
 _TURBO = torch.tensor([[0.190, 0.072, 0.232], [0.275, 0.417, 0.892], [0.153, 0.735, 0.891], [0.180, 0.935, 0.565],

@@ -1,8 +1,9 @@
 """Instant-NGP-style occupancy grid: which cells of the scene box can hold content.
 
 A density EMA per cell and a boolean mask derived from it. A cell counts as occupied when the opacity of one
-marching step through it, ``sigma * step_size``, reaches ``min(alpha_thre, mean)`` (nerfacc's rule; see
-DESIGN.md for why the threshold is on opacity per step, not raw density). During warm-up every cell is
+marching step through it, ``sigma * step_size``, reaches ``min(occ_thre, mean)`` (nerfacc's rule: the threshold
+is on opacity per step, not raw density, which kept the whole box occupied). ``occ_thre`` decides which cells
+are marched at all; ``RenderConfig.alpha_thre`` separately drops marched samples too faint to matter. During warm-up every cell is
 re-evaluated; afterwards a random quarter of the cells plus up to as many occupied ones, as in Instant-NGP.
 """
 
@@ -37,9 +38,16 @@ class OccupancyGrid(nn.Module):
         frac = 0.5 if jitter is None else jitter
         return self.aabb[0] + (ijk + frac) * self.cell_size
 
+    def update_every_n_steps(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
+                             n: int, warmup_steps: int, generator: torch.Generator | None = None) -> None:
+        """Update at every ``n``-th training step, re-evaluating every cell during the first ``warmup_steps``
+        (nerfacc's ``OccGridEstimator.update_every_n_steps``)."""
+        if step % n == 0:
+            self.update(density_fn, step_size, warmup=step < warmup_steps, generator=generator)
+
     @torch.no_grad()
     def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
-               alpha_thre: float = 0.01, ema_decay: float = 0.95, warmup: bool = True,
+               occ_thre: float = 0.01, ema_decay: float = 0.95, warmup: bool = True,
                generator: torch.Generator | None = None, chunk: int = 1 << 18) -> None:
         """Re-estimate occupancy from ``density_fn`` at one jittered point per chosen cell. Random draws come
         from ``generator`` on the CPU (the same cells on every device)."""
@@ -55,7 +63,7 @@ class OccupancyGrid(nn.Module):
         x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator).to(dev))
         occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
         self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
-        thre = min(self.occs.double().mean().item(), alpha_thre)  # float64: a uniform field's mean is exact
+        thre = min(self.occs.double().mean().item(), occ_thre)  # float64: a uniform field's mean is exact
         # >= keeps a uniform field (every cell at the mean) occupied instead of emptying the box before training
         self.binary.copy_((self.occs.double() >= thre).reshape(self.binary.shape))
         self.updates += 1

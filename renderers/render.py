@@ -1,7 +1,9 @@
 """Volume rendering of a radiance field through the occupancy grid.
 
-The renderer knows no concrete field: like nerfacc it takes callables, ``density_fn(x) -> sigma`` and
-``radiance_fn(x, d) -> (sigma, rgb)``.
+The renderer knows no concrete field: like nerfacc it takes callables, in one mode: the field split in two,
+``geometry_fn(x) -> (sigma, features)`` and ``color_fn(features, d) -> rgb``, so that the densities that prune
+the marched samples are the ones the kept samples are shaded with (``density_fn(x) -> sigma`` alone serves the
+no-grad pruning of ``sample_rays`` and the occupancy grid's updates).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
 
 DensityFn = Callable[[torch.Tensor], torch.Tensor]
-RadianceFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 GeometryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``x -> (sigma, features)``: the view-independent part of a field."""
 ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -113,19 +114,12 @@ def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGr
     return samples, sigmas, color_fn(feats, d)
 
 
-def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor,
-                cfg: RenderConfig, background: torch.Tensor, density_fn: DensityFn | None = None,
-                jitter: torch.Tensor | None = None, geometry_fn: GeometryFn | None = None,
-                color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
+def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
+                dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
+                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity`` and ``samples``.
-
-    With ``geometry_fn`` and ``color_fn`` (the field split in two), pruning reuses the geometry evaluation
-    (``shaded_samples``) and ``radiance_fn``/``density_fn`` are not called."""
-    if geometry_fn is not None and color_fn is not None:
-        samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter)
-    else:
-        samples = sample_rays(origins, dirs, grid, cfg, density_fn, jitter)
-        sigmas, rgbs = radiance_fn(*samples.positions(origins, dirs))
+    Pruning reuses the geometry evaluation (``shaded_samples``)."""
+    samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter)
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays)
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"][:, None]) * background
     out["samples"] = torch.tensor(len(samples))
@@ -133,18 +127,16 @@ def render_rays(radiance_fn: RadianceFn, grid: OccupancyGrid, origins: torch.Ten
 
 
 @torch.no_grad()
-def render_image(radiance_fn: RadianceFn, grid: OccupancyGrid, cams: Cameras, i: int, cfg: RenderConfig,
-                 background: torch.Tensor, density_fn: DensityFn | None = None, chunk: int = 8192,
-                 geometry_fn: GeometryFn | None = None, color_fn: ColorFn | None = None) -> dict[str, torch.Tensor]:
+def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, cams: Cameras, i: int,
+                 cfg: RenderConfig, background: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
     ``depth [H, W]``, ``opacity [H, W]`` on the CPU. The rays are cast on the grid's device (a field training on
-    a GPU renders there). ``geometry_fn``/``color_fn``: as in ``render_rays`` (one geometry pass per sample)."""
+    a GPU renders there)."""
     dev = grid.aabb.device
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3).to(dev), dirs.reshape(-1, 3).to(dev)
     background = background.to(dev)
-    parts = map_chunks(lambda o, d: render_rays(radiance_fn, grid, o, d, cfg, background, density_fn,
-                                                geometry_fn=geometry_fn, color_fn=color_fn),
+    parts = map_chunks(lambda o, d: render_rays(geometry_fn, color_fn, grid, o, d, cfg, background),
                        (origins, dirs), chunk)
     h, w = cams.height, cams.width
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:]).cpu()

@@ -14,8 +14,8 @@ class SceneSplit:
     """One split (train/val/test) of a scene.
 
     ``images`` are straight (not premultiplied) RGBA floats in [0, 1]; the alpha channel is 1 where the format
-    has none. Compositing on a background happens in the trainer and in evaluation, so training can use random
-    backgrounds while evaluation composites on the scene's background colour.
+    has none. Compositing on a background (``renderers.imaging.on_background``) happens in the trainer and in
+    evaluation, so training can use random backgrounds while evaluation composites on the scene's colour.
     """
 
     name: str
@@ -25,15 +25,15 @@ class SceneSplit:
     aabb: torch.Tensor  # [2, 3] min and max corner of the scene box
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     file_paths: tuple[str, ...] = ()
-    # How the loader moved the dataset's poses into this world: position_world = (position_dataset - centre)
-    # * scale, rotations unchanged. nerfstudio-format scenes are re-centred and scaled; Blender scenes are not.
+    # How the loader moved the dataset's poses into this world: position_world = scale * R (position_dataset -
+    # centre), camera rotations R @ rotation_dataset, with (centre, scale) = from_dataset and R =
+    # from_dataset_rotation. Real captures (nerfstudio, COLMAP, LLFF) are oriented (mean camera up = +Z),
+    # centred and scaled into the unit sphere (scenes/orient.py); Blender scenes are left as they are.
     from_dataset: tuple[tuple[float, float, float], float] = ((0.0, 0.0, 0.0), 1.0)
+    from_dataset_rotation: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    points: torch.Tensor | None = None  # [P, 3] structure-from-motion points in the world frame, if the scene has them
+    point_colors: torch.Tensor | None = None  # [P, 3] uint8 RGB of ``points``
+    near_far: tuple[float, float] | None = None  # nearest and farthest scene content the cameras see (world units)
 
     def __len__(self) -> int:
         return len(self.cameras)
-
-    def composited(self, idx=slice(None), background: torch.Tensor | None = None) -> torch.Tensor:
-        """RGB images composited on ``background`` (default: the scene's colour), [N, H, W, 3]."""
-        img = self.images[idx]
-        bg = torch.tensor(self.background) if background is None else background
-        return img[..., :3] * img[..., 3:] + bg * (1.0 - img[..., 3:])

@@ -31,6 +31,7 @@ from fields.evaluation import evaluate  # noqa: E402
 from fields.training.fit import fit_image  # noqa: E402
 from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
 from fields.training.trainer import Trainer  # noqa: E402
+from renderers.imaging import on_background  # noqa: E402
 
 SECTION = "backends"
 console = Console()
@@ -88,13 +89,13 @@ def train_and_eval(name: str, opt: Options, scene: SceneConfig, test, workdir: P
     def snapshot(t: Trainer) -> None:
         samples[0] += int(t.last["samples"])
         if opt.snapshot not in row.psnr and t.elapsed >= opt.snapshot:
-            row.psnr[opt.snapshot] = evaluate(t.field, t.grid, test, cfg.render, opt.every, show_progress=False)["psnr"]
+            row.psnr[opt.snapshot] = evaluate(t.model, test, opt.every, show_progress=False)["psnr"]
             console.print(f"  {name}: {row.psnr[opt.snapshot]:.2f} dB at {t.elapsed:.0f} s (step {t.step})")
 
     trainer.train(callbacks=[snapshot], show_progress=True)
     row.samples_per_s = samples[0] / max(trainer.elapsed, 1e-9)
     row.steps = trainer.step
-    row.psnr[opt.max_time] = evaluate(trainer.field, trainer.grid, test, cfg.render, opt.every,
+    row.psnr[opt.max_time] = evaluate(trainer.model, test, opt.every,
                                       show_progress=False)["psnr"]
     console.print(f"  {name}: {row.psnr[opt.max_time]:.2f} dB at {trainer.elapsed:.0f} s (step {trainer.step}), "
                   f"{row.samples_per_s:,.0f} samples/s")
@@ -102,7 +103,7 @@ def train_and_eval(name: str, opt: Options, scene: SceneConfig, test, workdir: P
 
 
 def fit_target(test, size: int) -> torch.Tensor:
-    img = test.composited([0])[0].permute(2, 0, 1)[None]
+    img = on_background(test.images[0], torch.tensor(test.background)).permute(2, 0, 1)[None]
     return torch.nn.functional.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)[0] \
         .permute(1, 2, 0).clamp(0, 1)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ROOT, write_section  # noqa: E402
 from fields.run.config import RunConfig, SceneConfig, TrainConfig  # noqa: E402
-from fields.training.distill import DistillConfig, Distiller, student_config  # noqa: E402
+from fields.training.distill import DistillConfig, distiller, student_config  # noqa: E402
 from fields.evaluation import evaluate  # noqa: E402
 from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
 from fields.run.folder import LoadedRun, load_run, new_run_dir  # noqa: E402
@@ -119,7 +119,7 @@ def checks(opt: Options, test, curve: Curve):
 
     def check(t: Trainer) -> None:
         if t.elapsed >= opt.eval_every * (len(curve.points) + 1) or t.done():
-            p = evaluate(t.field, t.grid, test, t.cfg.render, every, show_progress=False)["psnr"]
+            p = evaluate(t.model, test, every, show_progress=False)["psnr"]
             curve.points.append((t.elapsed, t.step, p))
             console.print(f"    {t.elapsed:6.1f} s  step {t.step:5d}  {p:.2f} dB")
     return check
@@ -128,7 +128,7 @@ def checks(opt: Options, test, curve: Curve):
 def run(trainer: Trainer, opt: Options, test) -> Curve:
     curve = Curve()
     trainer.train(callbacks=[checks(opt, test, curve)], show_progress=False)
-    curve.final = evaluate(trainer.field, trainer.grid, test, trainer.cfg.render, 8, show_progress=False)["psnr"]
+    curve.final = evaluate(trainer.model, test, 8, show_progress=False)["psnr"]
     curve.seconds = trainer.elapsed
     return curve
 
@@ -174,14 +174,14 @@ def main(opt: Options) -> None:
         if tname not in teachers:
             teachers[tname] = teacher_run(opt.mlp_teacher if tname == "mlp" else opt.teacher, tname, opt, scene)
             t = teachers[tname]
-            teacher_psnr[tname] = evaluate(t.field, t.grid, test, t.config.render, max(len(test) // opt.views, 1),
+            teacher_psnr[tname] = evaluate(t.model, test, max(len(test) // opt.views, 1),
                                            show_progress=False)["psnr"]
             console.print(f"teacher {tname} ({t.path}): {teacher_psnr[tname]:.2f} dB on the check views")
         teacher, target = teachers[tname], teacher_psnr[tname] - opt.gap
         cfg = student_config(teacher.config, name, FIELD_CONFIGS[name](), train_config(opt, opt.budget))
         console.print(f"[bold]{name} <- {tname}[/bold] (target {target:.2f} dB): distillation")
         torch.manual_seed(opt.seed)
-        distilled = run(Distiller(cfg, new_run_dir(opt.output_dir, scene.name, f"{name}-distilled"), teacher,
+        distilled = run(distiller(cfg, new_run_dir(opt.output_dir, scene.name, f"{name}-distilled"), teacher,
                                   DistillConfig(), console), opt, test)
         console.print(f"[bold]{name}[/bold]: training from scratch")
         cfg.train = train_config(opt, opt.scratch_budget)

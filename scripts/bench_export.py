@@ -71,10 +71,10 @@ def measure(run_dir: Path, resolution: int, samples: int, console: Console) -> d
     cameras = run.split("train").cameras
     tic = time.perf_counter()
     try:
-        mesh, _ = extract_mesh(run.field, run.grid, run.config.render, settings, cameras)
+        mesh, _ = extract_mesh(run.model, settings, cameras)
         row["export_s"] = time.perf_counter() - tic
         settings.seen_only = False
-        unchecked, _ = extract_mesh(run.field, run.grid, run.config.render, settings, None)
+        unchecked, _ = extract_mesh(run.model, settings, None)
     except ExportError as e:
         console.print(f"[yellow]{run.path}: {e}[/yellow]")
         return {**row, "faces": 0, "export_s": time.perf_counter() - tic, "chamfer": float("inf"),

@@ -38,22 +38,21 @@ class MarkEvaluator:
     def __call__(self, tr: Trainer) -> None:
         if self.marks and tr.elapsed >= self.marks[0]:
             mark, tic = self.marks.pop(0), time.perf_counter()
-            res = evaluate(tr.field, tr.grid, self.test, tr.cfg.render, self.every, show_progress=False)
+            res = evaluate(tr.model, self.test, self.every, show_progress=False)
             self.rows.append({"run": self.label, "mark": mark, "elapsed": tr.elapsed, "step": tr.step,
                               "psnr": res["psnr"], "ssim": res["ssim"], **tr.field.stats(),
-                              "it_per_s": tr.step / tr.elapsed, "fps": render_fps(tr.field, tr.grid, self.test,
-                                                                                    tr.cfg, self.every)})
+                              "it_per_s": tr.step / tr.elapsed, "fps": render_fps(tr.model, self.test, self.every)})
             print(json.dumps(self.rows[-1]), flush=True)
             self.seconds += time.perf_counter() - tic
 
 
 @torch.no_grad()
-def render_fps(field, grid, test, cfg: RunConfig, every: int) -> float:
-    """Frames per second of ``field.render_image`` over the evaluated test views."""
+def render_fps(model, test, every: int) -> float:
+    """Frames per second of ``model.render`` over the evaluated test views."""
     views, bg = view_indices(len(test), every), torch.tensor(test.background)
     tic = time.perf_counter()
     for i in views:
-        field.render_image(test.cameras, i, bg, grid, cfg.render)
+        model.render(test.cameras, i, bg)
     return len(views) / (time.perf_counter() - tic)
 
 
@@ -82,7 +81,7 @@ def main() -> None:
         args.teacher = new_run_dir(args.output_dir, args.scene, "hashgrid")
         Trainer(teacher_cfg, args.teacher).train()
     teacher = load_run(args.teacher)
-    t_res = evaluate(teacher.field, teacher.grid, test, teacher.config.render, args.every, show_progress=False)
+    t_res = evaluate(teacher.model, test, args.every, show_progress=False)
     print(json.dumps({"teacher": str(args.teacher), "psnr": t_res["psnr"]}), flush=True)
     seeded = MarkEvaluator(test, args.every, args.marks, "from teacher")
     tic = time.perf_counter()
@@ -103,7 +102,7 @@ def main() -> None:
             f"\n\nTeacher: {teacher.config.field} `{args.teacher}`, test PSNR {t_res['psnr']:.2f} dB; from it, "
             f"{best:.2f} dB (target >= {t_res['psnr'] - 1:.2f}). Seeding {args.num_points} points and rendering "
             f"{args.teacher_views} teacher views took about {setup:.0f} s before training (not in the training time). "
-            "Render fps: `render_image` of the evaluated test views; eval time is excluded from training time.")
+            "Render fps: `render` of the evaluated test views; eval time is excluded from training time.")
     print(body)
     if not args.no_write:
         write_section("gaussians", body)

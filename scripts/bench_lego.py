@@ -47,7 +47,7 @@ def main() -> None:
         if marks and tr.elapsed >= marks[0]:
             mark = marks.pop(0)
             t0 = time.perf_counter()
-            res = evaluate(tr.field, tr.grid, test, cfg.render, args.every, show_progress=False)
+            res = evaluate(tr.model, test, args.every, show_progress=False)
             rows.append({"mark": mark, "elapsed": tr.elapsed, "step": tr.step, "psnr": res["psnr"], "ssim": res["ssim"],
                          "samples_per_s": totals["samples"] / tr.elapsed, "render_s": res["seconds_per_view"],
                          "eval_s": time.perf_counter() - t0})

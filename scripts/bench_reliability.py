@@ -140,12 +140,12 @@ def viewer_clients(run: Path, n: int) -> list[str]:
     from fields.run.folder import load_run
     from test_viewer import free_port
     from ws_client import send_nan_camera
-    from viewer import Viewer
+    from fields.cli import run_viewer
     from ws_client import ViserTab
 
     loaded = load_run(run)
     cams = loaded.split("train").cameras
-    viewer = Viewer.for_run(loaded, port=free_port(), max_side=32, console=Console(file=io.StringIO()))
+    viewer = run_viewer(loaded, port=free_port(), max_side=32, console=Console(file=io.StringIO()))
     tabs = []
     try:
         tabs = [ViserTab(viewer.url, 64, 64) for _ in range(n)]

@@ -95,7 +95,7 @@ def main() -> None:
         print(f"warm-up: training {args.scene} for {args.warmup:.0f} s ...", flush=True)
         trainer.train(show_progress=False)
         source = f"{args.scene} trained {args.warmup:.0f} s from scratch"
-    target = RenderTarget(trainer.field, trainer.grid, cfg.render, torch.tensor(trainer.data.background), trainer.step)
+    target = RenderTarget(trainer.model, torch.tensor(trainer.data.background), trainer.step)
     cams = trainer.data.cameras
 
     rows = {}

@@ -17,15 +17,16 @@ from fields.backends.base import Field
 from fields.run.checkpoint import load_checkpoint, save_checkpoint
 from fields.cli import main
 from fields.run.config import RunConfig, SceneConfig, TrainConfig
-from fields.evaluation import psnr
-from fields.training.fit import FitError, fit_image, fit_output_path, load_image, pixel_coords
-from renderers.imaging import write_png
+from fields.training.fit import FitError, fit_image, fit_output_path, load_image
+from fields.training.steps import pixel_coords
+from renderers.imaging import on_background, psnr, write_png
 from fields.backends.mlp import BF16_ROWS
 from fields.backends.rbf import GaussianRBF, rbf_activations_reference
 from fields.backends.registry import FIELD_CONFIGS
 from fields.training.trainer import Trainer
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig, march, render_rays
+from renderers.compositing import composite
+from renderers.render import RenderConfig, march, render_rays, sample_rays
 from scenes import SceneError, image_rays
 
 os.environ.setdefault("FIELDS_CACHE", "/tmp/fields-cache")
@@ -147,14 +148,20 @@ def test_shared_geometry_pass_renders_and_trains_like_separate_passes(name):
     with torch.no_grad():  # prune about half of the samples by opacity
         cfg.alpha_thre = (field.density(samples.positions(origins, dirs)[0]) * cfg.step_size(AABB)).median().item()
 
-    def run(**fns):
+    def separate_passes() -> dict[str, torch.Tensor]:
+        kept = sample_rays(origins, dirs, grid, cfg, field.density)
+        sigmas, rgbs = field(*kept.positions(origins, dirs))
+        out = composite(sigmas, rgbs, kept.t_starts, kept.t_ends, kept.ray_indices, kept.n_rays)
+        return {**out, "rgb": out["rgb"] + (1 - out["opacity"][:, None]) * bg, "samples": torch.tensor(len(kept))}
+
+    def run(render):
         field.zero_grad(set_to_none=True)
-        out = render_rays(field, grid, origins, dirs, cfg, bg, **fns)
+        out = render()
         (out["rgb"].square().sum() + out["depth"].sum()).backward()
         return out, {n: p.grad for n, p in field.named_parameters()}
 
-    (split, split_grads), (ref, ref_grads) = run(geometry_fn=field.geometry, color_fn=field.color), \
-        run(density_fn=field.density)
+    (split, split_grads) = run(lambda: render_rays(field.geometry, field.color, grid, origins, dirs, cfg, bg))
+    (ref, ref_grads) = run(separate_passes)
     assert 0 < int(ref["samples"]) < len(samples), "pruning must drop some samples for this test to mean anything"
     assert int(split["samples"]) == int(ref["samples"])
     for k in ("rgb", "depth", "opacity"):
@@ -290,12 +297,11 @@ def heldout_psnr(trainer: Trainer, n: int = 1024) -> float:
     rays = [image_rays(test.cameras, i) for i in views]
     origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
     dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
-    target = test.composited(views).reshape(-1, 3)
+    target = on_background(test.images[views], torch.tensor(test.background)).reshape(-1, 3)
     idx = torch.randint(0, len(target), (n,), generator=g)
     bg = torch.tensor(test.background)
     with torch.no_grad():
-        out = render_rays(trainer.field, trainer.grid, origins[idx], dirs[idx], trainer.cfg.render, bg,
-                          density_fn=trainer.field.density)
+        out = trainer.model.render_rays(origins[idx], dirs[idx], bg)
     return psnr(out["rgb"].clamp(0, 1), target[idx])
 
 

@@ -11,11 +11,11 @@ import torch
 
 from conftest import tiny_config
 from fields.cli import main
-from fields.training.distill import DistillConfig, Distiller, density_error, student_config
+from fields.training.distill import DistillConfig, distiller, density_error, student_config
 from fields.evaluation import evaluate
 from fields.backends.registry import FIELD_CONFIGS
 from fields.run.folder import load_run
-from fields.training.trainer import Trainer
+from fields.training.steps import StepContext
 
 GRID = dict(n_levels=8, log2_table_size=14, base_resolution=8, max_resolution=128)
 NET = dict(width=64, layers=3, skip=1, color_width=32, pos_freqs=6, dir_freqs=2)
@@ -46,7 +46,7 @@ def one_thread():
 def teacher(trained_run):
     run = load_run(trained_run)
     test = run.split("test")
-    return run, test, evaluate(run.field, run.grid, test, run.config.render, every=4, show_progress=False)["psnr"]
+    return run, test, evaluate(run.model, test, every=4, show_progress=False)["psnr"]
 
 
 @pytest.mark.parametrize("name", ["hashgrid", "rbf", "cam", "mlp"])
@@ -54,10 +54,10 @@ def test_student_comes_within_margin_of_teacher(name, teacher, tmp_path):
     run, test, teacher_psnr = teacher
     field_config = run.config.field_config if name == run.config.field else FIELD_CONFIGS[name](**SMALL[name])
     cfg = student_config(run.config, name, field_config, tiny_config(max_steps=STEPS).train)
-    student = Distiller(cfg, tmp_path / name, run, DistillConfig())
+    student = distiller(cfg, tmp_path / name, run, DistillConfig())
     assert torch.equal(student.grid.binary, run.grid.binary) and torch.equal(student.field.aabb, run.field.aabb)
     student.train(show_progress=False)
-    psnr = evaluate(student.field, student.grid, test, cfg.render, every=4, show_progress=False)["psnr"]
+    psnr = evaluate(student.model, test, every=4, show_progress=False)["psnr"]
     assert psnr > teacher_psnr - MARGIN[name], f"{name}: {psnr:.2f} dB, teacher {teacher_psnr:.2f} dB"
 
 
@@ -75,11 +75,14 @@ def test_density_loss_is_clamped_where_the_teacher_is():
 def test_points_stage_runs_at_its_learning_rate_scale(trained_run, tmp_path):
     run = load_run(trained_run)
     cfg = student_config(run.config, "mlp", FIELD_CONFIGS["mlp"](**NET), tiny_config(max_steps=8).train)
-    student = Distiller(cfg, tmp_path, run, DistillConfig(points_until=0.5, points_lr_scale=4.0))
+    student = distiller(cfg, tmp_path, run, DistillConfig(points_until=0.5, points_lr_scale=4.0))
     stages = []
+    t, group = cfg.train, student.optimizer.param_groups[0]
     while not student.done():
-        stages.append(student.stage())
-        scheduled = Trainer._set_lr(student)  # the plain schedule at this step
+        ctx = StepContext(student.step, student.step_generator(), student.progress(), student.budget_spent())
+        stages.append(student.steps.stage(ctx))
+        warmup = min(1.0, (student.step + 1) / max(t.warmup_steps, 1))
+        scheduled = group["base_lr"] * warmup * group.get("lr_final", t.lr_final) ** ctx.progress  # the plain schedule
         lr = student.train_step()["lr"]
         assert lr == pytest.approx(scheduled * (4.0 if stages[-1] == "points" else 1.0))
         assert student.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
@@ -120,6 +123,6 @@ def test_cli_distill_into_gaussians_seeds_on_the_teacher_surface(teacher, traine
     run = load_run(run_dir)
     assert run.config.field == "gaussians" and run.step == GSTEPS
     _, test, teacher_psnr = teacher
-    student_psnr = evaluate(run.field, run.grid, test, run.config.render, every=4, show_progress=False)["psnr"]
+    student_psnr = evaluate(run.model, test, every=4, show_progress=False)["psnr"]
     print(f"gaussians student {student_psnr:.2f} dB, teacher {teacher_psnr:.2f} dB")
     assert student_psnr > teacher_psnr - GMARGIN

@@ -13,12 +13,13 @@ import torch
 import trimesh
 
 from fields.backends.base import Field
-from fields.cli import main
+from fields.cli import main, run_viewer
 from fields.export import ExportError
 from scenes.camera_paths import CameraPathError, derived_path, interpolate, load_camera_path, orbit, scene_frame, spiral
 from fields.export.mesh import MeshSettings, density_volume, extract_mesh, marching_cubes
 from fields.export.surface_metrics import chamfer_fscore, sample_surface
 from fields.export.visibility import seen_faces
+from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from scenes import procedural
@@ -69,13 +70,14 @@ def training_cameras() -> Cameras:
 
 def test_mesh_of_an_exact_field_matches_the_true_surface_with_its_colours():
     field, grid = sdf_field()
-    _, threshold = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=16, seen_only=False), None,
+    model = VolumeModel(field, grid, RenderConfig())
+    _, threshold = extract_mesh(model, MeshSettings(resolution=16, seen_only=False), None,
                                 show_progress=False)
     assert threshold == pytest.approx(-math.log(0.95) / RenderConfig().step_size(field.aabb))  # 5% per step
     # At the sigmoid's midpoint the iso-surface is the true surface, so any error is the exporter's; keeping
     # only the faces the training cameras see must not cost any of it.
-    mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=96, threshold=500.0),
-                           training_cameras(), show_progress=False)
+    mesh, _ = extract_mesh(model, MeshSettings(resolution=96, threshold=500.0), training_cameras(),
+                           show_progress=False)
     m = chamfer_fscore(sample_surface(mesh, 50000), procedural.surface_points(50000).numpy(), tau=0.02)
     assert m["fscore"] > 0.99 and m["chamfer"] < 0.015, m
     v = torch.tensor(mesh.vertices, dtype=torch.float32)
@@ -89,7 +91,7 @@ def test_faces_no_camera_sees_are_dropped():
     """A hollow field's inner walls (0.1 inside the true surface) are meshed, then found unseen; the outer
     surface is seen. (extract_mesh applies this check in the exact-field test above.)"""
     field, grid = sdf_field(HollowField)
-    vertices, faces = marching_cubes(density_volume(field, grid, 64), 500.0, field.aabb)
+    vertices, faces = marching_cubes(density_volume(VolumeModel(field, grid, RenderConfig()), 64), 500.0, field.aabb)
     seen = seen_faces(vertices, faces, training_cameras(), tolerance=2 * 2 / 63)
     depth = procedural.sdf(torch.tensor(vertices[faces].mean(1), dtype=torch.float32)).numpy()
     inner, outer = depth < -0.05, depth > -0.03
@@ -113,8 +115,8 @@ def test_mesh_of_a_trained_run_loads_back_inside_the_box_near_the_true_surface(t
 @pytest.mark.parametrize("fmt", ["obj", "glb"])
 def test_other_mesh_formats_load_back_with_colours(fmt, tmp_path):
     field, grid = sdf_field()
-    mesh, _ = extract_mesh(field, grid, RenderConfig(), MeshSettings(resolution=32, target_faces=2000,
-                                                                     seen_only=False), None, show_progress=False)
+    settings = MeshSettings(resolution=32, target_faces=2000, seen_only=False)
+    mesh, _ = extract_mesh(VolumeModel(field, grid, RenderConfig()), settings, None, show_progress=False)
     assert len(mesh.faces) <= 2000
     from fields.export.mesh import write_mesh
 
@@ -263,3 +265,90 @@ def test_bad_camera_path_files_name_the_problem(tmp_path):
             load_camera_path(bad)
     with pytest.raises(CameraPathError, match="unknown camera path"):
         derived_path(procedural_cameras(), "zigzag", 4)
+
+
+def test_a_run_whose_scene_is_gone_still_exports_and_views(procedural_root, tmp_path, capsys):
+    """A run folder copied without its training images: the cameras, box and background come from its
+    cameras.json, so export and view work; only eval needs the images (and says the folder is missing)."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from conftest import tiny_config
+    from fields.run.folder import load_run
+    from fields.training.trainer import Trainer
+    from fields.cli import run_viewer
+
+    scene = tmp_path / "scene"
+    shutil.copytree(procedural_root, scene)
+    cfg = tiny_config(max_steps=30)
+    cfg.scene.data = scene
+    run_dir = tmp_path / "run"
+    trainer = Trainer(cfg, run_dir, Console(file=io.StringIO()))
+    trainer.train(show_progress=False)
+    train_cams = trainer.data.cameras
+    shutil.rmtree(scene)
+
+    record = load_run(run_dir).record
+    assert torch.equal(record.cameras.c2w, train_cams.c2w) and torch.equal(record.cameras.fx, train_cams.fx)
+    assert (record.cameras.width, record.cameras.height) == (train_cams.width, train_cams.height)
+    assert torch.equal(record.aabb, trainer.data.aabb.float()) and record.background == tuple(cfg.scene.background)
+    assert record.name == "scene"
+
+    out = tmp_path / "out"
+    main(["export", "video", str(run_dir), "--seconds", "0.2", "--fps", "10", "--resolution", "16",
+          "--output", str(out / "orbit.mp4"), "--quiet"])
+    assert iio.imread(out / "orbit.mp4").shape == (2, 16, 16, 3)
+    main(["export", "pointcloud", str(run_dir), "--num-points", "200", "--min-opacity", "0.1",
+          "--output", str(out / "points.ply"), "--quiet"])
+    assert len(trimesh.load(out / "points.ply").vertices) == 200
+    main(["export", "mesh", str(run_dir), "--resolution", "32", "--threshold", "0.1", "--output", str(out / "mesh.ply"),
+          "--quiet"])  # 30 steps: a faint field, so a low threshold
+    assert len(trimesh.load(out / "mesh.ply").faces) > 0
+    viewer = run_viewer(load_run(run_dir), port=0, console=Console(file=io.StringIO()))
+    viewer.close()
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(run_dir), "--quiet"])
+    assert e.value.code == 2 and f"{scene}: scene folder not found" in " ".join(capsys.readouterr().out.split())
+
+
+def test_runs_without_a_camera_record_load_it_from_their_scene(trained_run, tmp_path):
+    """Run folders trained before cameras.json existed get the same record from the scene's training split."""
+    import shutil
+
+    from fields.run.folder import load_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("exports", "eval"))
+    stored = load_run(run_dir).record
+    (run_dir / "cameras.json").unlink()
+    rebuilt = load_run(run_dir).record
+    assert torch.equal(stored.cameras.c2w, rebuilt.cameras.c2w) and torch.equal(stored.cameras.cy, rebuilt.cameras.cy)
+    assert torch.equal(stored.aabb, rebuilt.aabb) and stored.background == rebuilt.background
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: "{", "not a readable JSON camera record"),
+    (lambda r: {**r, "version": 7}, "not a fields camera record"),
+    (lambda r: {**r, "c2w": r["c2w"][0]}, "'c2w' must be a N x 4 x 4 array"),
+    (lambda r: {**r, "fx": r["fx"][:-1]}, "'fx' must be a"),
+    (lambda r: {**r, "width": 0}, "'width' and 'height' must be positive"),
+    (lambda r: {**r, "aabb": [r["aabb"][1], r["aabb"][0]]}, "'aabb' must be [min corner, max corner]"),
+    (lambda r: {**r, "background": [1, "x", 1]}, "'background' must be a 3 array"),
+    (lambda r: {**r, "cy": [float("nan")] * len(r["cy"])}, "'cy' holds NaN"),
+])
+def test_a_malformed_camera_record_is_named_in_one_line(edit, message, trained_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("exports", "eval"))
+    record = json.loads((run_dir / "cameras.json").read_text())
+    changed = edit(record)
+    (run_dir / "cameras.json").write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(SystemExit) as e:
+        main(["export", "pointcloud", str(run_dir), "--num-points", "10", "--quiet"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 2 and f"{run_dir / 'cameras.json'}: {message}" in out, out

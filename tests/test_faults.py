@@ -154,15 +154,15 @@ def test_nan_gradients_stop_before_a_nan_checkpoint_is_written(tmp_path, procedu
 
 
 def test_inf_loss_stops_and_keeps_good_checkpoints(tmp_path, procedural_root, monkeypatch):
-    import fields.training.steps as steps_module
+    import renderers.model as model_module
 
-    real = steps_module.render_rays
+    real = model_module.render_rays
 
     def render(*args, **kwargs):
         out = real(*args, **kwargs)
         return {**out, "rgb": out["rgb"] * float("inf")} if len(list_checkpoints(tmp_path / "run")) == 2 else out
 
-    monkeypatch.setattr(steps_module, "render_rays", render)
+    monkeypatch.setattr(model_module, "render_rays", render)
     trainer = Trainer(tiny_config(max_steps=20, ckpt_every=2), tmp_path / "run", quiet())
     with pytest.raises(TrainingError, match=r"loss became NaN/inf \(\w+\) at step 4.*Saved: .*step-000004.pt"):
         trainer.train(show_progress=False)

@@ -106,14 +106,14 @@ def gaussian_run(tmp_path_factory, procedural_root):
     run_dir = tmp_path_factory.mktemp("gaussians") / "run"
     trainer = Trainer(cfg, run_dir)
     test = cfg.scene.load("test")
-    before = evaluate(trainer.field, trainer.grid, test, cfg.render, every=8, show_progress=False)["psnr"]
+    before = evaluate(trainer.model, test, every=8, show_progress=False)["psnr"]
     trainer.train(show_progress=False)
     return run_dir, trainer, before, test
 
 
 def test_short_training_improves_psnr_and_grows(gaussian_run):
     run_dir, trainer, before, test = gaussian_run
-    after = evaluate(trainer.field, trainer.grid, test, trainer.cfg.render, every=8, show_progress=False)["psnr"]
+    after = evaluate(trainer.model, test, every=8, show_progress=False)["psnr"]
     assert after > before + 3.0, (before, after)
     assert len(trainer.field) != 1000  # density control ran inside the common training loop
     assert int(trainer.field.active_sh_degree) == 1
@@ -126,12 +126,12 @@ def test_checkpoint_round_trip_with_a_changed_count(gaussian_run):
     assert 0 < run.grid.occupied_fraction() < 0.9  # filled from the Gaussians' density before saving
     bg = torch.ones(3)
     with torch.no_grad():
-        a = run.field.render_image(test.cameras, 0, bg, run.grid, run.config.render)["rgb"]
-        b = trainer.field.render_image(test.cameras, 0, bg, trainer.grid, trainer.cfg.render)["rgb"]
+        a = run.model.render(test.cameras, 0, bg)["rgb"]
+        b = trainer.model.render(test.cameras, 0, bg)["rgb"]
     assert torch.equal(a, b)
-    from viewer import RenderTarget  # the viewer draws the splats through the same render_image
+    from viewer import RenderTarget  # the viewer draws the splats through the same render
 
-    shown = RenderTarget(run.field, run.grid, run.config.render, bg).image(test.cameras[0], "RGB")
+    shown = RenderTarget(run.model, bg).image(test.cameras[0], "RGB")
     assert shown.shape == (test.cameras.height, test.cameras.width, 3)
     assert abs(shown.astype(float) / 255 - a[..., :3].clamp(0, 1).numpy()).max() < 1 / 255 + 1e-6
     resumed = Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir)

@@ -13,6 +13,7 @@ from fields.export import ExportError
 from fields.export.mesh import MeshSettings, extract_mesh
 from fields.export.video import check_frame_memory
 from renderers.chunks import map_chunks
+from renderers.model import VolumeModel
 from renderers.render import RenderConfig, render_image
 from test_export import procedural_cameras, sdf_field
 
@@ -32,9 +33,9 @@ class Starved:
         self.check(x)
         return self.field.density(x)
 
-    def __call__(self, x, d):
+    def geometry(self, x):
         self.check(x)
-        return self.field(x, d)
+        return self.field.geometry(x)
 
     def __getattr__(self, name):
         return getattr(self.field, name)
@@ -43,16 +44,16 @@ class Starved:
 def test_chunks_shrink_when_memory_runs_out_and_results_do_not_change():
     field, grid = sdf_field()
     cams = procedural_cameras(2)
-    full = render_image(field, grid, cams, 0, RenderConfig(), torch.ones(3), field.density)
+    full = VolumeModel(field, grid, RenderConfig()).render(cams, 0, torch.ones(3))
     starved = Starved(field, limit=30_000)  # samples per call: a 1600-ray chunk takes more than that
-    small = render_image(starved, grid, cams, 0, RenderConfig(), torch.ones(3), starved.density, chunk=1600)
+    small = render_image(starved.geometry, starved.color, grid, cams, 0, RenderConfig(), torch.ones(3), chunk=1600)
     assert starved.refused > 0
     for k in ("rgb", "depth", "opacity"):
         assert torch.allclose(full[k], small[k], atol=1e-5), k
     settings = MeshSettings(resolution=24, clean=False, seen_only=False)
-    mesh_full, _ = extract_mesh(field, grid, RenderConfig(), settings, None, False)
+    mesh_full, _ = extract_mesh(VolumeModel(field, grid, RenderConfig()), settings, None, False)
     starved = Starved(field, limit=500)
-    mesh_small, _ = extract_mesh(starved, grid, RenderConfig(), settings, None, False)
+    mesh_small, _ = extract_mesh(VolumeModel(starved, grid, RenderConfig()), settings, None, False)
     assert starved.refused > 0 and (mesh_full.vertices == mesh_small.vertices).all()
     with pytest.raises(RuntimeError, match="not enough memory"):  # below the smallest chunk the error goes up
         map_chunks(Starved(field, limit=10).density, (torch.zeros(1000, 3),), chunk=512, min_chunk=256)

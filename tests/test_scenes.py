@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import write_blender, write_nerfstudio
+from renderers.imaging import on_background
 from scenes import SceneError, find_scene, load_split
 from scenes import procedural
 
@@ -32,17 +33,16 @@ def test_blender_downscale_halves_size_and_focal(tmp_path):
     assert half.images.shape == (3, 4, 4, 4)
     assert torch.allclose(half.cameras.fx, full.cameras.fx / 2)
     # premultiplied box average: the composited half-size image is the box average of the composited one
-    comp_full = full.composited().permute(0, 3, 1, 2)
-    comp_half = half.composited().permute(0, 3, 1, 2)
+    white = torch.ones(3)
+    comp_full = on_background(full.images, white).permute(0, 3, 1, 2)
+    comp_half = on_background(half.images, white).permute(0, 3, 1, 2)
     assert torch.allclose(torch.nn.functional.avg_pool2d(comp_full, 2), comp_half, atol=1e-5)
 
 
-def test_composited_uses_alpha(tmp_path):
-    root = write_blender(tmp_path / "toy")
-    s = load_split(root, "val")
-    img = s.images[0]
-    expected = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
-    assert torch.allclose(s.composited([0])[0], expected)
+def test_on_background_composites_straight_alpha():
+    rgba = torch.tensor([[1.0, 0.0, 0.0, 0.25], [0.2, 0.4, 0.6, 1.0], [0.9, 0.9, 0.9, 0.0]])
+    out = on_background(rgba, torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(out, torch.tensor([[0.25, 0.0, 0.75], [0.2, 0.4, 0.6], [0.0, 0.0, 1.0]]))
 
 
 def test_nerfstudio_intrinsics_distortion_and_split(tmp_path):

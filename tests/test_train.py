@@ -20,9 +20,9 @@ def test_training_raises_psnr_above_bar(trained_run):
     run = load_run(trained_run)
     assert run.step == 200
     test = run.split("test")
-    trained = evaluate(run.field, run.grid, test, run.config.render, every=4, show_progress=False)
+    trained = evaluate(run.model, test, every=4, show_progress=False)
     fresh = Trainer(tiny_config(), trained_run.parent / "fresh")
-    untrained = evaluate(fresh.field, fresh.grid, test, run.config.render, every=4, show_progress=False)
+    untrained = evaluate(fresh.model, test, every=4, show_progress=False)
     assert trained["psnr"] > 17.0, trained["psnr"]  # measured 19.0 dB (seed 0)
     assert trained["psnr"] > untrained["psnr"] + 3.0
     lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -114,16 +114,16 @@ def test_training_on_each_device_learns_and_the_run_loads_on_the_cpu(device, tmp
     assert trainer.grid.binary.device.type == device and trainer.steps.rays.origins.device.type == device
     trainer.train(show_progress=False)
     test = trainer.cfg.scene.load("test")
-    live = evaluate(trainer.field, trainer.grid, test, cfg.render, every=4, show_progress=False)
+    live = evaluate(trainer.model, test, every=4, show_progress=False)
     run = load_run(tmp_path / device)
     assert next(run.field.parameters()).device.type == "cpu"
-    saved = evaluate(run.field, run.grid, test, cfg.render, every=4, show_progress=False)
+    saved = evaluate(run.model, test, every=4, show_progress=False)
     assert saved["psnr"] == pytest.approx(live["psnr"], abs=0.05)
     assert live["psnr"] > 13.0, live["psnr"]  # CPU, seed 0: 14.7 dB after 120 steps (untrained: 10.0)
     if device != "cpu":  # the same batches (drawn on the CPU), so within rounding of a CPU run
         cpu = Trainer(tiny_config(max_steps=120), tmp_path / "cpu")
         cpu.train(show_progress=False)
-        cpu_psnr = evaluate(cpu.field, cpu.grid, test, cfg.render, every=4, show_progress=False)["psnr"]
+        cpu_psnr = evaluate(cpu.model, test, every=4, show_progress=False)["psnr"]
         assert live["psnr"] == pytest.approx(cpu_psnr, abs=1.0)
     cfg.train.max_steps = 130
     resumed = Trainer(cfg, tmp_path / device)

@@ -26,9 +26,9 @@ import torch
 import trimesh
 from rich.console import Console
 
+from fields.cli import run_viewer
 from fields.export.run_exports import RunExporter
 from fields.run.folder import load_run
-from renderers.render import render_image
 from scenes.cameras import image_rays
 from viewer import Viewer
 from viewer.camera import c2w_to_viser, viewer_camera, viser_to_c2w
@@ -51,7 +51,7 @@ def loaded(trained_run):
 
 @pytest.fixture
 def viewer(loaded):
-    v = Viewer.for_run(loaded, port=free_port(), max_side=48, console=Console(file=io.StringIO()))
+    v = run_viewer(loaded, port=free_port(), max_side=48, console=Console(file=io.StringIO()))
     yield v
     v.close()
 
@@ -99,8 +99,7 @@ def test_viewer_renders_the_field_from_the_tab_camera(viewer, loaded):
         img = final_image(tab, 48)
         assert img.shape == (48, 48, 3)
         bg = torch.tensor(loaded.config.scene.background)
-        direct = render_image(loaded.field, loaded.grid, cams.scaled(48 / cams.width), 0, loaded.config.render, bg,
-                              loaded.field.density)["rgb"]
+        direct = loaded.model.render(cams.scaled(48 / cams.width), 0, bg)["rgb"]
         expected = (direct.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
         assert psnr(img, expected) > 30
         assert img.std() > 5  # not a blank frame
@@ -132,6 +131,45 @@ def test_two_tabs_have_their_own_cameras(viewer, loaded):
             tab.close()
 
 
+def test_the_viewer_opens_on_the_whole_scene_with_thin_frustums_and_axes_on_request(viewer, loaded):
+    """A tab opens outside the training cameras' sphere looking at the scene centre (not inside a camera's
+    frustum), frustums are small and drawn with thin screen-space lines, and the world axes stay hidden until
+    the panel's checkbox shows them."""
+    from scenes.camera_paths import scene_frame
+
+    cams = loaded.record.cameras
+    frame = scene_frame(cams)
+    centre, distances = frame.centre.numpy(), (cams.centers - frame.centre).norm(dim=-1).numpy()
+    tab = ViserTab(viewer.url, 64, 64)
+    try:
+        assert tab.wait_gui(lambda t: {"position", "look_at", "up"} <= set(t.camera) and "/WorldAxes" in t.scene
+                            and any(n.startswith("/train_cameras/") for n in t.scene), 10), (tab.camera, tab.scene)
+        eye, target = np.array(tab.camera["position"]), np.array(tab.camera["look_at"])
+        assert np.linalg.norm(eye - centre) > 1.2 * distances.max()  # outside the sphere of the training cameras
+        assert np.allclose(target, centre, atol=1e-4)
+        assert np.dot(tab.camera["up"], frame.up.numpy()) > 0.99 and np.dot(eye - centre, frame.up.numpy()) > 0
+        frustums = {n: p for n, p in tab.scene.items() if n.startswith("/train_cameras/")}
+        assert len(frustums) == len(cams)
+        for name, props in frustums.items():
+            assert props["thickness_units"] == "screen" and props["thickness"] <= 2, props
+            assert props["scale"] <= 0.1 * distances.mean(), props  # small beside the camera spread
+        # the opening view is not inside any frustum: every camera is farther from it than its frustum's size
+        scale = max(p["scale"] for p in frustums.values())
+        assert (np.linalg.norm(cams.centers.numpy() - eye, axis=-1) > 5 * scale).all()
+
+        assert not tab.scene["/WorldAxes"]["visible"]
+        tab.send_camera(cams.c2w[0].numpy())  # viser takes GUI input after a camera
+        assert wait_for(lambda: viewer.server.get_clients(), 10, 0.05)
+        tab.set_value("World axes", True)
+        assert tab.wait_gui(lambda t: t.scene["/WorldAxes"]["visible"], 10)
+        assert tab.scene["/WorldAxes"]["axes_length"] == pytest.approx(0.1 * float((loaded.grid.aabb[1] -
+                                                                                    loaded.grid.aabb[0]).norm()))
+        tab.set_value("World axes", False)
+        assert tab.wait_gui(lambda t: not t.scene["/WorldAxes"]["visible"], 10)
+    finally:
+        tab.close()
+
+
 # -- bind address ----------------------------------------------------------------------------------------------
 def non_loopback_ip() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -153,7 +191,7 @@ def test_default_bind_is_loopback_and_exposing_warns(viewer, loaded):
 
     assert View.host == "127.0.0.1" and Train.host == "127.0.0.1"
     out = io.StringIO()
-    exposed = Viewer.for_run(loaded, host="0.0.0.0", port=free_port(), console=Console(file=out, width=200))
+    exposed = run_viewer(loaded, host="0.0.0.0", port=free_port(), console=Console(file=out, width=200))
     try:
         assert "warning" in out.getvalue() and "0.0.0.0" in out.getvalue()
     finally:
@@ -171,7 +209,7 @@ def test_pause_holds_training_and_resume_finishes_it(trained_run, tmp_path):
     trainer.resume()
     start = trainer.step
     trainer.cfg.train.max_steps = start + 4
-    target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.ones(3), trainer.step)
+    target = RenderTarget(trainer.model, torch.ones(3), trainer.step)
     v = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True,
                console=Console(file=io.StringIO()))
     try:
@@ -201,8 +239,8 @@ def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("exports"))
     before = sorted(p.name for p in run_dir.iterdir())  # other tests may have evaluated the shared run
     run = load_run(run_dir)
-    v = Viewer.for_run(run, port=free_port(), max_side=32, console=Console(file=io.StringIO()),
-                       exporter=RunExporter.for_run(run))
+    v = run_viewer(run, port=free_port(), max_side=32, console=Console(file=io.StringIO()),
+                   exporter=RunExporter.for_run(run))
     tab = ViserTab(v.url, 32, 32)
     try:
         tab.send_camera(run.split("train").cameras.c2w[0].numpy())  # viser takes GUI input after a camera
@@ -274,7 +312,7 @@ def test_training_carries_on_while_the_viewer_exports(trained_run, tmp_path):
     trainer.resume()
     start = trainer.step
     trainer.cfg.train.max_steps = start + 60
-    target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.ones(3), trainer.step)
+    target = RenderTarget(trainer.model, torch.ones(3), trainer.step)
     v = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True,
                console=Console(file=io.StringIO()), exporter=RunExporter.for_trainer(trainer))
     thread = threading.Thread(target=trainer.train, kwargs={"callbacks": [v.on_step], "show_progress": False})

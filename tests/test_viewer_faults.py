@@ -19,7 +19,7 @@ from ws_client import ViserTab, send_nan_camera
 
 def test_ten_tabs_a_dropout_and_a_nan_camera_do_not_stop_serving_or_training(tmp_path, procedural_root):
     trainer = Trainer(tiny_config(max_steps=40, ckpt_every=1000), tmp_path / "run", Console(file=io.StringIO()))
-    target = RenderTarget(trainer.field, trainer.grid, trainer.cfg.render, torch.ones(3), trainer.step)
+    target = RenderTarget(trainer.model, torch.ones(3), trainer.step)
     viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True, max_side=32,
                     console=Console(file=io.StringIO()))
     thread = threading.Thread(target=trainer.train, kwargs={"callbacks": [viewer.on_step], "show_progress": False})

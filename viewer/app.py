@@ -1,5 +1,6 @@
 """The viser web app: a run's field rendered from each browser tab's camera, the training cameras, the scene
-box and world axes, live training stats and Pause / Resume, and export buttons when given an exporter.
+box and (on request) world axes, live training stats and Pause / Resume, and export buttons when given an
+exporter. Tabs open on a view of the whole scene from outside the training cameras.
 
 It binds 127.0.0.1 unless told otherwise (viser's own default is every interface). It writes files only
 through the exporter (``viewer/export_panel.py``), which keeps them in the run's ``exports/`` folder.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,15 +18,14 @@ import viser
 from rich.console import Console
 
 from scenes.cameras import Cameras
-from viewer.camera import c2w_to_viser, vertical_fov
+from viewer.camera import c2w_to_viser, overview, vertical_fov
 from viewer.export_panel import ExportPanel, Exporter
 from viewer.render_worker import RENDER_MODES, ClientRenderer, RenderMode, RenderTarget, View
 
-if TYPE_CHECKING:
-    from fields.run.folder import LoadedRun
-
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATS_EVERY = 0.5  # seconds between stats updates in the panel
+FRUSTUM_SCALE = 0.05  # training-camera frustum size, as a fraction of the cameras' mean distance from the centre
+FRUSTUM_LINE_PX = 1.5  # their line width in screen pixels (world-sized lines fill the view near a camera)
 
 
 class Viewer:
@@ -53,13 +52,6 @@ class Viewer:
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(self._disconnect)
 
-    @classmethod
-    def for_run(cls, run: "LoadedRun", **options) -> "Viewer":
-        """A static viewer of a saved run (its newest checkpoint), with its training cameras."""
-        target = RenderTarget(run.field, run.grid, run.config.render, torch.tensor(run.config.scene.background),
-                              run.step)
-        return cls(target, run.split("train").cameras, run.grid.aabb, title=f"fields: {run.path.name}", **options)
-
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
@@ -67,26 +59,30 @@ class Viewer:
 
     # -- scene ---------------------------------------------------------------------------------------------
     def _add_scene(self, cams: Cameras, aabb: torch.Tensor) -> None:
+        """The scene box, the training cameras (frustums sized to their spread, thin lines), the world axes
+        (hidden until the panel's checkbox shows them) and an opening view of the whole scene."""
         scene = self.server.scene
         lo, hi = aabb[0].numpy().astype(np.float64), aabb[1].numpy().astype(np.float64)
         size = float(np.linalg.norm(hi - lo))
         scene.add_box("/scene_box", color=(120, 120, 120), dimensions=tuple(hi - lo), position=tuple((lo + hi) / 2),
                       wireframe=True)
-        scene.add_frame("/world_axes", axes_length=0.1 * size, axes_radius=0.003 * size)
+        axes = scene.world_axes  # viser's own /WorldAxes node, hidden by default
+        axes.axes_length, axes.axes_radius, axes.visible = 0.1 * size, 0.003 * size, False
+        if not len(cams):
+            return
+        eye, centre, up = overview(cams)
+        spread = float(np.linalg.norm(cams.centers.double().numpy() - centre, axis=-1).mean())
         aspect = cams.width / cams.height
         for i in range(len(cams)):
             wxyz, position = c2w_to_viser(cams.c2w[i].numpy())
             frustum = scene.add_camera_frustum(f"/train_cameras/{i:03d}", fov=vertical_fov(cams, i), aspect=aspect,
-                                               scale=0.04 * size, thickness=0.003 * size, color=(60, 90, 200),
-                                               wxyz=wxyz, position=position)
+                                               scale=FRUSTUM_SCALE * spread, thickness=FRUSTUM_LINE_PX,
+                                               thickness_units="screen", color=(60, 90, 200), wxyz=wxyz,
+                                               position=position)
             frustum.on_click(self._jump_to)
-        if len(cams):
-            initial = self.server.initial_camera
-            # Start at the first training camera, looking at the box centre.
-            centre = (lo + hi) / 2
-            initial.position = tuple(cams.c2w[0, :3, 3].tolist())
-            initial.look_at = tuple(centre.tolist())
-            initial.fov = vertical_fov(cams, 0)
+        initial = self.server.initial_camera
+        initial.position, initial.look_at, initial.up = tuple(eye), tuple(centre), tuple(up)
+        initial.fov = vertical_fov(cams, 0)
 
     @staticmethod
     def _jump_to(event: viser.SceneNodePointerEvent) -> None:
@@ -104,8 +100,11 @@ class Viewer:
             self._mode = gui.add_dropdown("Mode", RENDER_MODES, initial_value="RGB")
             self._max_side = gui.add_slider("Max resolution", min=32, max=1024, step=16, initial_value=max_side,
                                             hint="Longer image side (px) once the camera stops; lower is faster.")
+            self._show_axes = gui.add_checkbox("World axes", initial_value=False,
+                                               hint="Show the world axes (x red, y green, z blue) at the origin.")
         self._mode.on_update(lambda _: self._invalidate())
         self._max_side.on_update(lambda _: self._invalidate())
+        self._show_axes.on_update(lambda _: setattr(self.server.scene.world_axes, "visible", self._show_axes.value))
         with gui.add_folder("Training" if training else "Run"):
             self._stats = gui.add_markdown(self._stats_text({"step": self.target.version}))
             self._pause = gui.add_button("Pause training", icon=viser.Icon.PLAYER_PAUSE) if training else None

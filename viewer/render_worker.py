@@ -1,5 +1,5 @@
-"""Rendering the field from one browser tab's camera, on that tab's own thread, through ``Field.render_image``
-(ray marching for volume fields, splatting for Gaussians).
+"""Rendering a model from one browser tab's camera, on that tab's own thread, through its ``render`` (ray
+marching for volume fields, splatting for Gaussians: any ``renderers.model.Renderable``).
 
 Each tab gets a `ClientRenderer`: a thread plus a single "latest request" slot. Camera messages overwrite
 the slot, so stale requests are dropped, never queued. While the camera moves the thread renders small
@@ -23,10 +23,8 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from fields.backends.base import Field
 from renderers.imaging import depth_image, to_uint8
-from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig
+from renderers.model import Renderable
 from scenes.cameras import Cameras
 from viewer.camera import image_size, viewer_camera
 
@@ -59,20 +57,18 @@ class View:
 
 @dataclass
 class RenderTarget:
-    """What the viewer renders: a field and its occupancy grid, with the run's render settings.
+    """What the viewer renders: a model (``render(cams, i, background)``) on the scene's background.
 
-    ``version`` grows while training changes the field, so idle views know to refresh."""
+    ``version`` grows while training changes the model, so idle views know to refresh."""
 
-    field: Field
-    grid: OccupancyGrid
-    render: RenderConfig
+    model: Renderable
     background: torch.Tensor
     version: int = 0
 
     def image(self, cams: Cameras, mode: RenderMode) -> np.ndarray:
         """Camera 0 of ``cams`` rendered in ``mode`` as uint8 RGB [H, W, 3]."""
         with torch.no_grad():
-            out = self.field.render_image(cams, 0, self.background, self.grid, self.render)
+            out = self.model.render(cams, 0, self.background)
         if mode == "Depth":
             img = depth_image(out["depth"], out["opacity"])
         elif mode == "Opacity":

@@ -1,9 +1,10 @@
 """The one interface every field backend implements, and the registry that picks a backend by name.
 
 A field maps points (and view directions) to density and colour; ``ImageField`` is the same backend over 2-D
-pixel coordinates (``fields fit``). The trainer, renderer, evaluation, viewer
-and exporters only ever call ``density``, ``forward``, ``render_image``, ``param_groups`` and ``after_step``;
-only the config decides which backend runs (and, by ``training_steps``, what one training step works on).
+pixel coordinates (``fields fit``). What is rendered is the field's
+``scene_model`` (a ``VolumeModel`` drawn by ray marching, or the Gaussians' own); training, evaluation, export
+and the viewer only ever call that, ``density``, ``forward``, ``param_groups`` and ``after_step``. Only the config
+decides which backend runs (and, by ``training_steps``, what one training step works on).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from fields.backends.fused_mlp import ReLUMLP
+from renderers.model import VolumeModel
 from renderers.native import has_native_bf16
-from renderers.render import render_image
-from scenes.cameras import Cameras
+from renderers.occupancy import OccupancyGrid
+from renderers.render import RenderConfig
 
 
 class Field(nn.Module):
@@ -51,12 +53,10 @@ class Field(nn.Module):
         """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``."""
         return self.forward(features, d)[1]
 
-    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid,
-                     render_cfg) -> dict[str, torch.Tensor]:
-        """Camera ``i`` of ``cams`` as ``rgb`` [H, W, 3], ``depth`` and ``opacity`` [H, W]. Volume fields ray-march
-        through the occupancy ``grid`` with ``render_cfg``; explicit backends (gaussians) override this."""
-        return render_image(self, grid, cams, i, render_cfg, background, geometry_fn=self.geometry,
-                            color_fn=self.color)
+    def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> VolumeModel:
+        """What renders this field: a ``VolumeModel`` that ray-marches through ``grid``; explicit backends
+        (gaussians) return their own kind, with the same ``field`` / ``grid`` / ``render_cfg``."""
+        return VolumeModel(self, grid, render_cfg)
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups with per-group learning rates (override to give grids their own). A group

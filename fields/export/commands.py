@@ -58,9 +58,9 @@ class Mesh:
         run = load_run(self.run_dir)
         settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
                                 self.target_faces, self.seen_only)
-        cameras = run.split("train").cameras if self.seen_only else None
+        cameras = run.record.cameras if self.seen_only else None
         tic = time.perf_counter()
-        mesh, threshold = extract_mesh(run.field, run.grid, run.config.render, settings, cameras, not self.quiet)
+        mesh, threshold = extract_mesh(run.model, settings, cameras, not self.quiet)
         source = "given" if self.threshold is not None else f"one marching step {self.opacity:.0%} opaque"
         console.print(f"Density threshold {threshold:.4g} ({source})")
         path = output_path(run.path, self.output, f"mesh-step-{run.step:06d}.{self.format}")
@@ -118,7 +118,7 @@ class Video:
         fps = self.fps
         if is_file and cam_path is None:
             cam_path = load_camera_path(Path(self.path), self.dataparser_transforms,
-                                        run.split("train").from_dataset)
+                                        run.record.from_dataset)
         if cam_path is not None:
             fps = cam_path.fps or fps
             name = Path(self.path).stem
@@ -126,13 +126,13 @@ class Video:
             n_frames = round(self.seconds * self.fps)
             if n_frames < 1:
                 raise ExportError(f"--seconds {self.seconds} at --fps {self.fps} gives no frames")
-            cam_path = derived_path(run.split("train").cameras, self.path, n_frames, self.keyframes)
+            cam_path = derived_path(run.record.cameras, self.path, n_frames, self.keyframes)
             name = self.path
         cams = resized(cam_path.cameras, self.resolution)
         paths = video_paths(output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}.mp4"), outputs)
         console.print(f"Rendering {len(cams)} frames at {cams.width}x{cams.height}, {fps:g} fps")
         tic = time.perf_counter()
-        render_video(run.field, run.grid, run.config.render, cams, fps, run.config.scene.background, paths,
+        render_video(run.model, cams, fps, run.config.scene.background, paths,
                      not self.quiet)
         console.print(f"Video in {time.perf_counter() - tic:.1f} s -> {', '.join(str(p) for p in paths.values())}")
 
@@ -153,13 +153,14 @@ class PointCloud:
     """No progress bars."""
 
     def run(self) -> None:
-        from fields.export.pointcloud import check_point_memory, point_cloud, write_point_cloud
+        from fields.export.pointcloud import check_point_memory, write_point_cloud
+        from renderers.surface_points import surface_points
 
         check_point_memory(self.num_points)
         run = load_run(self.run_dir)
         tic = time.perf_counter()
-        points, colors = point_cloud(run.field, run.grid, run.config.render, run.split("train").cameras,
-                                     self.num_points, self.min_opacity, show_progress=not self.quiet)
+        points, colors = surface_points(run.model, run.record.cameras, self.num_points, self.min_opacity,
+                                        show_progress=not self.quiet)
         path = output_path(run.path, self.output, f"pointcloud-step-{run.step:06d}.ply")
         write_point_cloud(points, colors, path)
         console.print(f"Point cloud: {len(points)} points in {time.perf_counter() - tic:.1f} s -> {path}")

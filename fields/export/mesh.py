@@ -29,7 +29,7 @@ from fields.backends.base import Field
 from fields.export import ExportError, rgba8
 from fields.export.visibility import seen_faces
 from renderers.chunks import map_chunks
-from renderers.occupancy import OccupancyGrid
+from renderers.model import VolumeModel
 from renderers.render import RenderConfig
 from scenes.cameras import Cameras
 from scenes.memory import available_bytes, gigabytes
@@ -52,11 +52,13 @@ def lattice_points(aabb: torch.Tensor, resolution: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def density_volume(field: Field, grid: OccupancyGrid, resolution: int, chunk: int = 1 << 17,
+def density_volume(model: VolumeModel, resolution: int, chunk: int = 1 << 17,
                    progress: Progress | None = None) -> np.ndarray:
-    """Density [R, R, R] (x, y, z order) at the lattice points, zero in empty cells and on the box's faces."""
+    """The field's density [R, R, R] (x, y, z order) at the lattice points, zero in empty cells of the grid and on
+    the box's faces."""
     if resolution < 2:
         raise ExportError(f"mesh resolution must be at least 2 (got {resolution})")
+    field, grid = model.field, model.grid
     xs, ys, zs = lattice_points(field.aabb, resolution)
     # Dilate by one cell so that lattice points just outside an occupied cell are still evaluated.
     occupied = torch.nn.functional.max_pool3d(grid.binary[None, None].float(), 3, 1, 1)[0, 0] > 0
@@ -160,10 +162,10 @@ def check_mesh_memory(resolution: int) -> None:
                           f"{gigabytes(free)} available; use --resolution {fits} or lower")
 
 
-def extract_mesh(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, settings: MeshSettings,
-                 cameras: Cameras | None, show_progress: bool = True,
+def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | None, show_progress: bool = True,
                  progress: Progress | None = None) -> tuple[trimesh.Trimesh, float]:
-    """A vertex-coloured mesh of the field's surface and the density threshold used. With
+    """A vertex-coloured mesh of the model's surface (its field's density, in occupied cells of its grid) and the
+    density threshold used. With
     ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
     Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     check_mesh_memory(settings.resolution)
@@ -175,10 +177,11 @@ def extract_mesh(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, se
         raise ExportError("keeping only the faces the training cameras see needs the cameras (or --no-seen-only)")
     threshold = settings.threshold
     if threshold is None:
-        threshold = default_threshold(render_cfg, field.aabb, settings.opacity)
+        threshold = default_threshold(model.render_cfg, model.field.aabb, settings.opacity)
+    field = model.field
     bar = nullcontext(progress) if progress is not None else Progress(disable=not show_progress, transient=True)
     with bar as progress:
-        volume = density_volume(field, grid, settings.resolution, progress=progress)
+        volume = density_volume(model, settings.resolution, progress=progress)
         vertices, faces = marching_cubes(volume, threshold, field.aabb)
         if settings.seen_only:
             voxel = ((field.aabb[1] - field.aabb[0]).max().item()) / (settings.resolution - 1)

@@ -14,11 +14,10 @@ import imageio.v2 as imageio
 import torch
 from rich.progress import Progress
 
-from fields.backends.base import Field
 from fields.export import ExportError
 from renderers.imaging import depth_image, to_uint8
+from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
-from renderers.render import RenderConfig
 from scenes.cameras import Cameras
 from scenes.memory import available_bytes, gigabytes
 
@@ -74,7 +73,7 @@ def video_writer(path: Path, fps: float):
 
 
 @torch.no_grad()
-def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, cams: Cameras, fps: float,
+def render_video(model: VolumeModel, cams: Cameras, fps: float,
                  background: tuple[float, float, float], outputs: dict[str, Path],
                  show_progress: bool = True, progress: Progress | None = None) -> None:
     """Render every camera of ``cams`` and write the frames of each output name to its mp4 path. Progress goes
@@ -84,7 +83,7 @@ def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, ca
     if fps <= 0:
         raise ExportError(f"--fps must be positive (got {fps})")
     check_frame_memory(cams.width, cams.height)
-    lo, hi = depth_range(cams, grid)
+    lo, hi = depth_range(cams, model.grid)
     bg = torch.tensor(background, dtype=torch.float32)
     writers = {name: video_writer(path, fps) for name, path in outputs.items()}
     try:
@@ -92,7 +91,7 @@ def render_video(field: Field, grid: OccupancyGrid, render_cfg: RenderConfig, ca
         with bar as progress:
             task = progress.add_task("frames", total=len(cams))
             for i in range(len(cams)):
-                out = field.render_image(cams, i, bg, grid, render_cfg)
+                out = model.render(cams, i, bg)
                 for name, writer in writers.items():
                     img = out["rgb"] if name == "rgb" else depth_image(out["depth"], out["opacity"], lo, hi)
                     writer.append_data(to_uint8(img))

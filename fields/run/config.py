@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -68,8 +68,9 @@ class SceneConfig:
     """A scene folder in the Blender or nerfstudio format (overrides --scene)."""
     data_root: Path | None = None
     """Folder that holds scenes by name (default: $FIELDS_DATA)."""
-    downscale: int = 1
-    """Divide image resolution by this integer factor."""
+    downscale: int | Literal["auto"] | None = None
+    """Divide image resolution by this factor (any positive integer; sizes are rounded down), or 'auto': the
+    long side at most 1600 px. Default: auto for COLMAP and LLFF scenes, 1 for Blender and nerfstudio."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour that transparent pixels are composited on for evaluation."""
     allow_outside_data: bool = False
@@ -87,7 +88,8 @@ class SceneConfig:
 
     def validate(self) -> None:
         """SettingError for a setting that makes no sense."""
-        check_settings(self, {"downscale": AT_LEAST_1, "background": (
+        downscale = (lambda v: v is None or v == "auto" or AT_LEAST_1[0](v), f"{AT_LEAST_1[1]}, or auto")
+        check_settings(self, {"downscale": downscale, "background": (
             lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(_number(c) and 0 <= c <= 1 for c in v),
             "three numbers between 0 and 1 (red, green, blue)")})
 
@@ -181,9 +183,10 @@ class RunConfig:
         given = self.train.target_samples
         return self.field_config.batch_samples if given is None else given
 
-    def save(self, path: Path) -> None:
-        """Write atomically: a process killed mid-write leaves the previous config.yaml, never half of one."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
+    def save(self, path: Path, sections: dict | None = None) -> None:
+        """Write atomically, with extra top-level ``sections`` (e.g. ``distill``): a process killed mid-write
+        leaves the previous config.yaml, never half of one."""
+        text = yaml.safe_dump({**self.to_dict(), **(sections or {})}, sort_keys=False).encode()
         atomic_write(path, lambda f: f.write(text))
 
     @staticmethod
@@ -201,20 +204,20 @@ class RunConfig:
         name = raw.get("field", "hashgrid")
         if name not in FIELD_CONFIGS:
             raise ConfigError(f"{path}: unknown field '{name}' (known: {', '.join(FIELD_CONFIGS)})")
-        sections = {"scene": _build(SceneConfig, raw.get("scene", {}), path, "scene"),
-                    "train": _build(TrainConfig, raw.get("train", {}), path, "train")}
+        sections = {"scene": build_section(SceneConfig, raw.get("scene", {}), path, "scene"),
+                    "train": build_section(TrainConfig, raw.get("train", {}), path, "train")}
         try:
             return RunConfig(
                 field=name,
-                field_config=_build(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
-                render=_build(RenderConfig, raw.get("render", {}), path, "render"),
+                field_config=build_section(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
+                render=build_section(RenderConfig, raw.get("render", {}), path, "render"),
                 grid_resolution=raw.get("grid_resolution", 64), **sections)
         except SettingError as e:
             section = next((f"{k}." for k, v in sections.items() if hasattr(v, e.key)), "")
             raise ConfigError(f"{path}: {section}{e.key} is {e.value!r}; it must be {e.rule}") from None
 
 
-def _build(cls: type, values: Any, path: Path, section: str) -> Any:
+def build_section(cls: type, values: Any, path: Path, section: str) -> Any:
     """A dataclass from a YAML mapping: lists become tuples where the default is one, paths become Paths."""
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: '{section}' must be a mapping")

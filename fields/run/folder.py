@@ -1,12 +1,13 @@
 """Run folders: creating them, and loading a trained run back (config, field, occupancy grid).
 
-Layout (see README): ``outputs/<scene>/<field>/<timestamp>/`` with ``config.yaml``, ``checkpoints/``,
-``metrics.jsonl``, ``eval/`` and ``exports/``. Every command that reads a run takes the folder or its
-``config.yaml``.
+Layout (see README): ``outputs/<scene>/<field>/<timestamp>/`` with ``config.yaml``, ``cameras.json``,
+``checkpoints/``, ``metrics.jsonl``, ``eval/`` and ``exports/``. Every command that reads a run takes the folder
+or its ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from fields.backends.base import Field
 from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from fields.run.config import RunConfig
+from fields.run.scene_record import RECORD_NAME, SceneRecord, read_scene_record
+from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
 
 
@@ -69,9 +72,21 @@ class LoadedRun:
     grid: OccupancyGrid
     step: int
 
+    @property
+    def model(self) -> VolumeModel:
+        """What renders the run (a ``VolumeModel``, or the Gaussians' splatting model)."""
+        return self.field.scene_model(self.grid, self.config.render)
+
     def split(self, name: str):
-        """A split of the run's scene, loaded as it was for training."""
+        """A split of the run's scene, loaded as it was for training (needs the scene's images)."""
         return self.config.scene.load(name)
+
+    @functools.cached_property
+    def record(self) -> SceneRecord:
+        """Training cameras, scene box and background for viewing and exporting: from the run's
+        ``cameras.json``, or for runs trained before it existed from the scene's training split."""
+        path = self.path / RECORD_NAME
+        return read_scene_record(path) if path.exists() else SceneRecord.of(self.split("train"))
 
 
 def load_run(path: Path) -> LoadedRun:

@@ -3,8 +3,8 @@ Volume Distillation, Fang et al., AAAI 2023; active learning as in PVD-AL).
 
 Only the Field interface is used (``density``, ``forward`` and rendered colour through the renderer), so any
 backend teaches any other. The student inherits the teacher's scene, render settings, scene box and occupancy
-grid, and is trained by the ``Trainer`` loop (budgets, metrics, checkpoints, resume) with its own step, in
-stages over the distillation budget (``--max-time`` / ``--max-steps``):
+grid, and is trained by the ``Trainer`` loop (budgets, metrics, checkpoints, resume) with ``DistillSteps`` as
+its step strategy, in stages over the distillation budget (``--max-time`` / ``--max-steps``):
 
 1. ``points``: density and colour at points from the teacher's occupied cells and from samples of rays through
    the grid. Density is compared as the log-opacity of one marching step, ``log(sigma * step)``, with the
@@ -30,14 +30,14 @@ import yaml
 from rich.console import Console
 
 from fields.backends.base import Field
-from fields.run.config import ConfigError, RunConfig, _build
-from scenes.camera_paths import scene_frame
+from fields.run.config import ConfigError, RunConfig, build_section
 from fields.run.folder import LoadedRun
-from fields.training.trainer import Trainer, TrainingError, psnr_from_mse
+from fields.training.steps import RayBatches, StepContext, Steps
+from fields.training.trainer import Trainer, TrainingError
 from renderers.occupancy import OccupancyGrid
-from renderers.render import render_rays, sample_rays
-
-STAGES = ("points", "render", "finetune")
+from renderers.render import sample_rays
+from scenes import SceneSplit
+from scenes.camera_paths import scene_frame
 
 
 @dataclass
@@ -102,62 +102,58 @@ def density_error(student: torch.Tensor, teacher: torch.Tensor, lo: float, hi: f
     return (s - t) ** 2
 
 
-class Distiller(Trainer):
-    """A Trainer whose step distils ``teacher`` into the run's field (see the module docstring)."""
+class DistillSteps(Steps):
+    """The distillation strategy: a teacher run's points and renders teach ``field`` (see the module docstring).
+    The teacher's training rays, the batch-size adaptation and the finetune stage are a ``RayBatches``'."""
 
     label = "distill"
     gpu_ready = False  # the teacher, its points and rays stay on the CPU
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None, teacher: LoadedRun, dcfg: DistillConfig,
-                 console: Console | None = None):
+    def __init__(self, cfg: RunConfig, teacher: LoadedRun, dcfg: DistillConfig, data: SceneSplit | None = None):
         for p in teacher.field.parameters():
             p.requires_grad_(False)
-        self.teacher, self.dcfg = teacher, dcfg
-        super().__init__(cfg, run_dir, console, model=build_student(cfg, teacher))
+        self.cfg, self.teacher, self.dcfg = cfg, teacher, dcfg
+        self.rays = RayBatches(cfg, cfg.scene.load("train") if data is None else data, *build_student(cfg, teacher))
+        self.field, self.grid, self.data = self.rays.field, self.rays.grid, self.rays.data
+        self.teacher_model = teacher.model
         self.frame = scene_frame(self.data.cameras)
         self.finetune_start: int | None = None
         self.replay: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- schedule ------------------------------------------------------------------------------------------
-    def stage(self) -> str:
-        if not Trainer.done(self):
-            return "points" if self.progress() < self.dcfg.points_until else "render"
-        return "finetune"
+    def stage(self, ctx: StepContext) -> str:
+        if ctx.budget_spent:
+            return "finetune"
+        return "points" if ctx.progress < self.dcfg.points_until else "render"
 
-    def done(self) -> bool:
-        if not Trainer.done(self):
-            return False
+    def finished(self, step: int) -> bool:
         n = self.dcfg.finetune_steps
-        return n <= 0 or (self.finetune_start is not None and self.step >= self.finetune_start + n)
+        return n <= 0 or (self.finetune_start is not None and step >= self.finetune_start + n)
 
-    def _set_lr(self) -> float:
-        """The training schedule's learning rate, times ``points_lr_scale`` in the points stage."""
-        lr = super()._set_lr()
-        if self.stage() != "points":
-            return lr
-        for g in self.optimizer.param_groups:
-            g["lr"] *= self.dcfg.points_lr_scale
-        return lr * self.dcfg.points_lr_scale
+    def lr_scale(self, ctx: StepContext) -> float:
+        """``points_lr_scale`` in the points stage, else the schedule's rate."""
+        return self.dcfg.points_lr_scale if self.stage(ctx) == "points" else 1.0
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         replay = {f"{k}_{i}": t for k, pair in self.replay.items() for i, t in enumerate(pair)}
-        return {**super().state_dict(), "finetune_start": -1 if self.finetune_start is None else self.finetune_start,
+        return {**self.rays.state_dict(), "finetune_start": -1 if self.finetune_start is None else self.finetune_start,
                 "replay": replay}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+        self.rays.load_state_dict(state)
         start = int(state.get("finetune_start", -1))
         self.finetune_start = None if start < 0 else start
         r = state.get("replay", {})
         self.replay = {k: (r[f"{k}_0"], r[f"{k}_1"]) for k in ("rays", "points") if f"{k}_0" in r}
 
-    def write_config(self) -> None:
-        super().write_config()
+    def config_sections(self) -> dict:
         teacher = {"teacher": str(self.teacher.path.resolve()), **asdict(self.dcfg)}
         teacher["log_opacity_range"] = list(self.dcfg.log_opacity_range)
-        with (self.run_dir / "config.yaml").open("a") as f:
-            f.write(yaml.safe_dump({"distill": teacher}, sort_keys=False))
+        return {"distill": teacher}
+
+    def log(self) -> dict:
+        return self.rays.log()
 
     # -- batches -------------------------------------------------------------------------------------------
     def _occupied_points(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -173,7 +169,8 @@ class Distiller(Trainer):
         o, d = self._replayed("rays", n)
         n_new = n - o.shape[0]
         n_rand = int(round(n_new * self.dcfg.random_view_fraction))
-        idx = torch.randint(0, len(self.steps.rays), (n_new - n_rand,), generator=gen)
+        rays = self.rays.rays
+        idx = torch.randint(0, len(rays), (n_new - n_rand,), generator=gen)
         f = self.frame
         up = f.up
         a = torch.nn.functional.normalize(torch.linalg.cross(up, torch.eye(3)[int(up.abs().argmin())]), dim=0)
@@ -183,7 +180,7 @@ class Distiller(Trainer):
         el = lo + (hi - lo) * torch.rand(n_rand, 1, generator=gen)
         eye = f.centre + f.radius * (torch.cos(el) * (torch.cos(az) * a + torch.sin(az) * b) + torch.sin(el) * up)
         aim = torch.nn.functional.normalize(self._occupied_points(n_rand, gen) - eye, dim=-1)
-        return (torch.cat([o, self.steps.rays.origins[idx], eye]), torch.cat([d, self.steps.rays.dirs[idx], aim]))
+        return (torch.cat([o, rays.origins[idx], eye]), torch.cat([d, rays.dirs[idx], aim]))
 
     def _points(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Points from occupied cells (random directions) and visible samples of rays through the grid."""
@@ -192,11 +189,11 @@ class Distiller(Trainer):
         n_occ = int(round(n_new * self.dcfg.occupied_fraction))
         x_occ = self._occupied_points(n_occ, gen)
         d_occ = torch.nn.functional.normalize(torch.randn(n_occ, 3, generator=gen), dim=-1)
-        o, d = self._rays(self.steps.n_rays, gen)
+        o, d = self._rays(self.rays.n_rays, gen)
         samples = sample_rays(o, d, self.grid, self.cfg.render, self.teacher.field.density,
                               jitter=torch.rand(o.shape[0], generator=gen))
         x_ray, d_ray = samples.positions(o, d)
-        self.steps.adapt(len(samples), n_new - n_occ)
+        self.rays.adapt(len(samples), n_new - n_occ)
         pick = torch.randperm(len(samples), generator=gen)[: n_new - n_occ]
         return torch.cat([xr, x_occ, x_ray[pick]]), torch.cat([dr, d_occ, d_ray[pick]])
 
@@ -215,53 +212,58 @@ class Distiller(Trainer):
             self.replay[kind] = (a[top].detach(), b[top].detach())
 
     # -- steps ---------------------------------------------------------------------------------------------
-    def _points_step(self, gen: torch.Generator) -> dict:
+    def _points_loss(self, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
         x, d = self._points(self.cfg.batch_samples(), gen)
         with torch.no_grad():
             sigma_t, rgb_t = self.teacher.field(x, d)
         sigma_s, rgb_s = self.field(x, d)
         lo, hi = self.dcfg.log_opacity_range
-        dens = density_error(log_opacity(sigma_s, self.step_size), log_opacity(sigma_t, self.step_size), lo, hi)
-        alpha = 1 - torch.exp(-sigma_t * self.step_size)
+        step = self.rays.model.step_size
+        dens = density_error(log_opacity(sigma_s, step), log_opacity(sigma_t, step), lo, hi)
+        alpha = 1 - torch.exp(-sigma_t * step)
         col = alpha * ((rgb_s - rgb_t) ** 2).mean(-1)
         color_loss = col.sum() / alpha.sum().clamp_min(1e-6)
         loss = self.dcfg.density_weight * dens.mean() + self.dcfg.color_weight * color_loss
         self._remember("points", x, d, dens + col)
-        return {"loss": loss, "density_loss": dens.mean().item(), "color_loss": color_loss.item(),
-                "samples": x.shape[0]}
+        return loss, {"density_loss": dens.mean().item(), "color_loss": color_loss.item(), "samples": x.shape[0]}
 
-    def _render_step(self, gen: torch.Generator) -> dict:
-        o, d = self._rays(self.steps.n_rays, gen)
+    def _render_loss(self, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        o, d = self._rays(self.rays.n_rays, gen)
         bg = torch.rand(o.shape[0], 3, generator=gen)
         jitter = torch.rand(o.shape[0], generator=gen)
-        teacher = self.teacher.field
         with torch.no_grad():
-            target = render_rays(teacher, self.grid, o, d, self.cfg.render, bg, jitter=jitter,
-                                 geometry_fn=teacher.geometry, color_fn=teacher.color)["rgb"]
-        out = render_rays(self.field, self.grid, o, d, self.cfg.render, bg, jitter=jitter,
-                          geometry_fn=self.field.geometry, color_fn=self.field.color)
+            target = self.teacher_model.render_rays(o, d, bg, jitter)["rgb"]
+        out = self.rays.model.render_rays(o, d, bg, jitter)
         n_samples = int(out["samples"])
-        self.steps.adapt(n_samples, self.cfg.batch_samples())
+        self.rays.adapt(n_samples, self.cfg.batch_samples())
         err = ((out["rgb"] - target) ** 2).mean(-1)
         self._remember("rays", o, d, err)
-        return {"loss": err.mean(), "samples": n_samples}
+        loss = err.mean()
+        return loss, {"mse": loss.item(), "samples": n_samples}
 
-    def train_step(self) -> dict:
-        """One step of the current stage; returns its metrics (``mse``: rendered RGB against the teacher)."""
-        stage = self.stage()
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
+        """The current stage's loss; ``mse`` is rendered RGB against the teacher (render stage) or the images
+        (finetune)."""
+        stage = self.stage(ctx)
         if stage == "finetune":
             if self.finetune_start is None:
-                self.finetune_start = self.step
-            return {**super().train_step(), "stage": stage}
-        gen = self.step_generator()
-        lr = self._set_lr()
-        m = self._points_step(gen) if stage == "points" else self._render_step(gen)
-        loss = m.pop("loss")
-        self.apply_loss(loss, m["samples"])
-        m.update(loss=loss.item(), lr=lr, stage=stage)
-        if stage == "render":
-            m.update(mse=loss.item(), psnr=psnr_from_mse(loss.item()))
-        return m
+                self.finetune_start = ctx.step
+            loss, metrics, info = self.rays.loss(ctx)
+            return loss, {**metrics, "stage": stage}, info
+        loss, metrics = self._points_loss(ctx.gen) if stage == "points" else self._render_loss(ctx.gen)
+        return loss, {**metrics, "stage": stage}, {}
+
+    def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
+        if self.stage(ctx) == "finetune":  # the photometric step; the distillation stages adapted their batch
+            self.rays.after_step(ctx, optimizer, metrics, info)
+        else:
+            self.field.after_step(ctx.step, optimizer, info)
+
+
+def distiller(cfg: RunConfig, run_dir: Path | None, teacher: LoadedRun, dcfg: DistillConfig,
+              console: Console | None = None) -> Trainer:
+    """The trainer of a distillation of ``teacher`` into the student that ``cfg`` names."""
+    return Trainer(cfg, run_dir, console, steps=DistillSteps(cfg, teacher, dcfg))
 
 
 def load_distill_config(run_dir: Path) -> tuple[Path, DistillConfig]:
@@ -271,5 +273,5 @@ def load_distill_config(run_dir: Path) -> tuple[Path, DistillConfig]:
     if not isinstance(raw, dict) or "teacher" not in raw:
         raise ConfigError(f"{path}: not a distilled run (no 'distill' section naming the teacher)")
     raw = dict(raw)
-    return Path(raw.pop("teacher")), _build(DistillConfig, raw, path, "distill")
+    return Path(raw.pop("teacher")), build_section(DistillConfig, raw, path, "distill")
 

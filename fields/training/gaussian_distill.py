@@ -1,6 +1,6 @@
 """Field -> Gaussians: seed 3-D Gaussians from a trained radiance field and optimise them (issue 8).
 
-Seeds are the points where training rays of the teacher become opaque (``fields/export/pointcloud.py``: the
+Seeds are the points where training rays of the teacher become opaque (``renderers.surface_points``: the
 expected depth of rays at least ``min_opacity`` opaque), with the teacher's colour there as the SH DC term and
 the spacing of neighbouring seeds as the size. They are then trained like any gaussians run, on the training
 images plus ``teacher_views`` extra views along a spiral around the training cameras that the teacher renders
@@ -17,21 +17,21 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from fields.run.config import RunConfig, TrainConfig
-from scenes.camera_paths import derived_path
-from fields.export.pointcloud import point_cloud
 from fields.backends.gaussians import GaussiansConfig
 from fields.backends.gaussians.field import initial_gaussians, neighbour_spacing
+from fields.run.config import RunConfig, TrainConfig
 from fields.run.folder import LoadedRun
 from fields.training.trainer import Trainer
+from renderers.surface_points import surface_points
 from scenes import Cameras, SceneSplit
+from scenes.camera_paths import derived_path
 
 
 def seed_points(teacher: LoadedRun, num_points: int, min_opacity: float = 0.95,
                 show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Points [N, 3] where the teacher's training rays turn opaque, their colours [N, 3] and sizes [N]."""
-    points, colors = point_cloud(teacher.field, teacher.grid, teacher.config.render, teacher.split("train").cameras,
-                                 num_points, min_opacity, show_progress=show_progress)
+    points, colors = surface_points(teacher.model, teacher.split("train").cameras, num_points, min_opacity,
+                                    show_progress=show_progress)
     points = torch.from_numpy(points).float()
     return points, torch.from_numpy(colors).float(), neighbour_spacing(points)
 
@@ -45,7 +45,7 @@ def teacher_views(teacher: LoadedRun, n: int, show_progress: bool = True) -> Sce
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task("teacher views", total=n)
         for i in range(n):
-            out = teacher.field.render_image(cams, i, torch.zeros(3), teacher.grid, teacher.config.render)
+            out = teacher.model.render(cams, i, torch.zeros(3))
             alpha = out["opacity"][..., None]
             images.append(torch.cat([(out["rgb"] / alpha.clamp_min(1e-6)).clamp(0, 1), alpha], -1))
             bar.advance(task)

@@ -1,28 +1,94 @@
-"""What one training step works on, chosen by the field config's ``training_steps`` name, so that the Trainer
-keeps one loop (budget, schedule, metrics, checkpoints, resume, callbacks) for every backend.
+"""What one training step works on: the strategies of the one training loop (``fields.training.trainer``).
 
-- ``rays``: random rays from all training images, marched through the occupancy grid (volume fields); the
-  batch size adapts to keep the number of samples near ``RunConfig.batch_samples()``.
-- ``images``: one whole training image per step, rendered by the field's ``render_image`` (gaussians), with
-  the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy grid is filled from the
-  field's density only before a checkpoint is written, since training does not march rays.
+- ``RayBatches`` (``rays``): random rays from all training images, marched through the occupancy grid (volume
+  fields); the batch size adapts to keep the number of samples near ``RunConfig.batch_samples()``.
+- ``WholeImages`` (``images``): one whole training image per step, rendered by the field's scene model
+  (gaussians: splatting), with the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy
+  grid is filled from the field's density only before a checkpoint is written, since training does not march rays.
+- ``PixelBatches``: random pixels of one image for a 2-D image field (``fields fit``).
+- ``DistillSteps`` (``fields.training.distill``): a teacher run's points and renders.
 
-A step object's ``loss(step, gen)`` returns the loss, its metrics (``mse`` and ``samples``: pixels or samples
-processed) and an ``info`` dict for the field's ``after_step``; its own ``after_step`` adapts the next batch;
-``before_save`` prepares what a saved run needs; ``log()`` adds figures to metrics.jsonl; ``state_dict()`` (what
-a resumed run needs) is merged into the trainer's checkpoint.
+The field config names ``rays`` or ``images`` (``training_steps``); the trainer builds them with ``build_steps``.
+A strategy's ``loss(ctx)`` returns the loss, its metrics (``samples``: pixels or samples processed, and ``mse``
+where the step compares images) and an ``info`` dict; ``after_step`` runs after the optimizer step (the field's
+own ``after_step``: Gaussians densify there; the next batch's size); the other hooks have defaults in ``Steps``.
 """
 
 from __future__ import annotations
 
-import kornia
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
+from torch import nn
 
 from fields.backends.base import Field
 from fields.run.config import RunConfig
+from fields.run.folder import build_model
+from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
-from renderers.render import render_rays
 from scenes import SceneSplit, image_rays
+
+
+@dataclass
+class StepContext:
+    """What a strategy knows of the step it computes."""
+
+    step: int
+    gen: torch.Generator
+    """The step's random generator (seeded by (seed, step): a resumed run draws the same batches)."""
+    progress: float
+    """Fraction of the budget used (steps or time, whichever is further along)."""
+    budget_spent: bool
+    """The budget is used up; only strategies whose ``finished`` says otherwise still take steps."""
+
+
+class Steps:
+    """Base of the step strategies: the module trained (``field``; ``grid`` where rays are marched) and the
+    optional hooks' defaults."""
+
+    label: ClassVar[str] = "train"
+    """Progress-bar caption."""
+    gpu_ready: ClassVar[bool] = False
+    """Whether this strategy can train on a CUDA device."""
+    field: nn.Module
+    grid: OccupancyGrid | None = None
+    data: SceneSplit | None = None
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return self.field.param_groups(lr)
+
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
+        raise NotImplementedError
+
+    def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
+        """After the optimizer step (skipped for an empty batch)."""
+
+    def lr_scale(self, ctx: StepContext) -> float:
+        """Factor on the schedule's learning rate for this step."""
+        return 1.0
+
+    def finished(self, step: int) -> bool:
+        """Once the budget is spent: whether training stops (a strategy may add steps after it)."""
+        return True
+
+    def before_save(self, step: int) -> None:
+        """Prepare what a saved run needs."""
+
+    def log(self) -> dict:
+        """Figures added to each metrics.jsonl line."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the field, grid and optimizer (merged into the checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def config_sections(self) -> dict:
+        """Sections written into config.yaml beside the run config (e.g. a distillation's teacher)."""
+        return {}
 
 
 class TrainingRays:
@@ -45,42 +111,39 @@ def backgrounds(cfg: RunConfig, data: SceneSplit, n: int, gen: torch.Generator) 
     return torch.tensor(data.background).expand(n, 3)
 
 
-class RayBatches:
+class RayBatches(Steps):
     """Random ray batches through the occupancy grid (volume fields), on the grid's device. Random draws come
     from the step's CPU generator (the same batches on every device) and move to the device."""
 
     gpu_ready = True
 
-    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
-        self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
+    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid):
+        self.cfg, self.data, self.field, self.grid = cfg, data, field, grid
+        self.model = field.scene_model(grid, cfg.render)
         self.device = grid.aabb.device
         self.rays = TrainingRays(data, self.device)
         self.n_rays = cfg.train.init_rays
 
-    def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
-        t = self.cfg.train
-        if step % t.grid_every == 0:
-            self.grid.update(self.field.density, self.step_size, warmup=step < t.grid_warmup, generator=gen)
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
+        t, gen = self.cfg.train, ctx.gen
+        self.grid.update_every_n_steps(ctx.step, self.field.density, self.model.step_size, t.grid_every,
+                                       t.grid_warmup, gen)
         dev = self.device
         idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen).to(dev)
-        rgba = self.rays.rgba[idx]
         bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
-        target = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
+        target = on_background(self.rays.rgba[idx], bg)
         jitter = torch.rand(self.n_rays, generator=gen).to(dev)
-        out = render_rays(self.field, self.grid, self.rays.origins[idx], self.rays.dirs[idx], self.cfg.render, bg,
-                          jitter=jitter, geometry_fn=self.field.geometry, color_fn=self.field.color)
+        out = self.model.render_rays(self.rays.origins[idx], self.rays.dirs[idx], bg, jitter)
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
 
-    def after_step(self, metrics: dict) -> None:
+    def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
+        self.field.after_step(ctx.step, optimizer, info)
         self.adapt(metrics["samples"], self.cfg.batch_samples())
 
     def adapt(self, found: int, wanted: int) -> None:
         """Scale the next batch's ray count so that it gives about ``wanted`` samples (nerfacc's dynamic batch)."""
         self.n_rays = int(min(max(self.n_rays * wanted / max(found, 1), 64), self.cfg.train.max_rays))
-
-    def before_save(self, step: int) -> None:
-        pass  # the grid is kept up to date while training
 
     def log(self) -> dict:
         return {"rays": self.n_rays, "occupied": self.grid.occupied_fraction()}
@@ -92,45 +155,67 @@ class RayBatches:
         self.n_rays = int(state["n_rays"])
 
 
-class WholeImages:
-    """One random training image per step, rendered whole by ``field.render_image`` (gaussians)."""
+class WholeImages(Steps):
+    """One random training image per step, rendered whole by the field's scene model (gaussians)."""
 
     gpu_ready = False  # the rasterizer has CUDA kernels; densification and the image loss are not moved yet
 
-    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid, step_size: float):
-        self.cfg, self.data, self.field, self.grid, self.step_size = cfg, data, field, grid, step_size
+    def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid):
+        self.cfg, self.data, self.field, self.grid = cfg, data, field, grid
+        self.model = field.scene_model(grid, cfg.render)
 
-    def loss(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
-        i = int(torch.randint(0, len(self.data), (), generator=gen))
-        bg = backgrounds(self.cfg, self.data, 1, gen)[0]
-        rgba = self.data.images[i]
-        target = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
-        out = self.field.render_image(self.data.cameras, i, bg, self.grid, self.cfg.render)
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
+        i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))
+        bg = backgrounds(self.cfg, self.data, 1, ctx.gen)[0]
+        target = on_background(self.data.images[i], bg)
+        out = self.model.render(self.data.cameras, i, bg)
         rgb, w = out["rgb"], self.cfg.train.ssim_weight
         loss = (1 - w) * (rgb - target).abs().mean()
         if w > 0:
-            ssim = kornia.metrics.ssim(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None], window_size=11)
-            loss = loss + w * (1 - ssim.mean())
+            loss = loss + w * (1 - ssim(rgb, target))
         metrics = {"mse": torch.nn.functional.mse_loss(rgb.detach(), target).item(), "samples": rgb[..., 0].numel()}
         return loss, metrics, {**out, "width": self.data.cameras.width, "height": self.data.cameras.height}
 
-    def after_step(self, metrics: dict) -> None:
-        pass
+    def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
+        self.field.after_step(ctx.step, optimizer, info)
 
     def before_save(self, step: int) -> None:
         """Fill the occupancy grid from the field's density: training never marches rays, but what reads the
         saved run does (mesh export, video depth range, distillation with this run as the teacher)."""
-        self.grid.update(self.field.density, self.step_size, warmup=True,
+        self.grid.update(self.field.density, self.model.step_size, warmup=True,
                          generator=torch.Generator().manual_seed(step))
 
-    def log(self) -> dict:
-        return {}
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+STEPS: dict[str, type[Steps]] = {"rays": RayBatches, "images": WholeImages}
 
 
-STEPS = {"rays": RayBatches, "images": WholeImages}
+def build_steps(cfg: RunConfig, device: torch.device, data: SceneSplit | None = None,
+                model: tuple[Field, OccupancyGrid] | None = None) -> Steps:
+    """The strategy the field config names, over ``data`` (default: the scene's training split) and ``model``
+    (default: a fresh field and grid), with field and grid on ``device``."""
+    data = cfg.scene.load("train") if data is None else data
+    field, grid = model if model is not None else build_model(cfg, data.aabb)
+    return STEPS[cfg.field_config.training_steps](cfg, data, field.to(device), grid.to(device))
+
+
+def pixel_coords(height: int, width: int) -> torch.Tensor:
+    """Pixel centres as (u, v) in [0, 1]^2 (u along the width), row-major [H * W, 2]."""
+    v, u = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width,
+                          indexing="ij")
+    return torch.stack([u, v], -1).reshape(-1, 2)
+
+
+class PixelBatches(Steps):
+    """Random pixels of one image [H, W, 3] for a 2-D image field (``fields fit``)."""
+
+    label = "fit"
+
+    def __init__(self, field: nn.Module, target: torch.Tensor, batch: int):
+        self.field = field
+        self.uv, self.rgb = pixel_coords(*target.shape[:2]), target.reshape(-1, 3)
+        self.batch = min(batch, self.uv.shape[0])
+
+    def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
+        idx = torch.randint(0, self.uv.shape[0], (self.batch,), generator=ctx.gen)
+        loss = torch.nn.functional.mse_loss(self.field(self.uv[idx]), self.rgb[idx])
+        return loss, {"mse": loss.item(), "samples": self.batch}, {}

@@ -1,6 +1,7 @@
-"""Training a field: one loop for every backend (budget in steps or seconds, warm-up and decaying learning rates
-per parameter group, metrics, checkpoints, resume, callbacks). What a step works on (ray batches through the
-occupancy grid, or whole images) is the step object of ``fields/steps.py`` that the field config names.
+"""Training: one loop for every backend and every kind of training (budget in steps or seconds, warm-up and
+decaying learning rates per parameter group, metrics, checkpoints, resume, callbacks). What a step works on is a
+strategy of ``fields.training.steps``: ray batches or whole images (as the field config names), a teacher's
+points and renders (distillation), the pixels of one image (``fields fit``).
 
 Every random draw of step ``s`` comes from a generator seeded with ``(seed, s)``, so a run resumed from a
 checkpoint draws exactly the batches an uninterrupted run would have drawn.
@@ -21,9 +22,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from fields.backends.base import Field
 from fields.run.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
 from fields.run.config import ConfigError, RunConfig
-from fields.run.folder import build_model, newest_checkpoint
-from fields.training.steps import STEPS
+from fields.run.folder import newest_checkpoint
+from fields.run.scene_record import write_scene_record
+from fields.training.steps import STEPS, StepContext, Steps, build_steps
 from renderers import native
+from renderers.imaging import psnr_from_mse
+from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit
 
@@ -32,14 +36,11 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
-def psnr_from_mse(mse: float) -> float:
-    return -10.0 * math.log10(max(mse, 1e-10))
-
-
-def training_device(requested: str) -> torch.device:
-    """The device a ``--device`` value names; ``auto``: the GPU where torch sees one, else the CPU."""
+def training_device(requested: str, gpu_ready: bool = True, what: str = "this run") -> torch.device:
+    """The device a ``--device`` value names; ``auto``: the GPU where torch sees one, else the CPU. Where
+    ``what`` is not ``gpu_ready`` yet: the CPU for ``auto``, an error for a GPU asked for by name."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if gpu_ready and torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError):
@@ -49,6 +50,10 @@ def training_device(requested: str) -> torch.device:
                           "--device cpu (for a resumed run: train.device in its config.yaml)")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {requested}: fields trains on 'cpu' or 'cuda' devices")
+    if device.type != "cpu" and not gpu_ready:
+        if requested != "auto":
+            raise ConfigError(f"--device {requested}: {what} trains on the CPU only for now")
+        device = torch.device("cpu")
     return device
 
 
@@ -61,31 +66,28 @@ def _logged_step(line: str) -> float:
 
 
 class Trainer:
-    """Owns the field, the occupancy grid and the optimizer of one run folder.
+    """The training loop of one run: field, occupancy grid and optimizer, budget, schedule, metrics, checkpoints.
 
-    ``model`` starts from a given field and grid (e.g. a distilled student) instead of fresh ones; ``data``
-    trains on these views instead of the scene's training split (e.g. plus teacher renders). What one step works
-    on (ray batches, whole images) is the step object ``self.steps`` that the field config names; subclasses
-    may override ``train_step``. The loop, budgets, metrics and checkpoints stay.
+    What a step works on is ``steps`` (a ``fields.training.steps.Steps``); by default the strategy the field
+    config names, over ``data`` (default: the scene's training split) and ``model`` (default: a fresh field and
+    grid). ``run_dir`` None writes nothing (no config, metrics or checkpoints).
     """
 
-    label = "train"  # progress-bar caption
-    gpu_ready = True  # whether this kind of run can train on a CUDA device (its step and what it reads are there)
-
-    def __init__(self, cfg: RunConfig, run_dir: Path | None, console: Console | None = None,
-                 model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None, console: Console | None = None,
+                 model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None,
+                 steps: Steps | None = None):
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
-        self.data = cfg.scene.load("train") if data is None else data
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
-        self.field, self.grid = model if model is not None else build_model(cfg, self.data.aabb)
-        self.step_size = cfg.render.step_size(self.grid.aabb)
-        steps = STEPS[cfg.field_config.training_steps]
-        self.device = self._device(steps)
-        self.field.to(self.device)
-        self.grid.to(self.device)
-        self.steps = steps(cfg, self.data, self.field, self.grid, self.step_size)
-        groups = self.field.param_groups(cfg.train.lr)
+        if steps is None:
+            kind = STEPS[cfg.field_config.training_steps]
+            self.device = training_device(cfg.train.device, kind.gpu_ready, f"the {cfg.field} backend")
+            steps = build_steps(cfg, self.device, data, model)
+        else:
+            self.device = training_device(cfg.train.device, steps.gpu_ready, f"'fields {steps.label}'")
+        self.steps = steps
+        self.field, self.grid, self.data = steps.field, steps.grid, steps.data
+        groups = steps.param_groups(cfg.train.lr)
         for g in groups:
             g["base_lr"] = g["lr"]
         # fused: one pass over each tensor instead of ~8 (25x faster on the 2-core CPU for a 2^17 x 12 table).
@@ -93,27 +95,21 @@ class Trainer:
         self.step, self.elapsed = 0, 0.0
         self.last: dict = {}
 
-    def _device(self, steps: type) -> torch.device:
-        """``cfg.train.device`` resolved; the CPU where this run's kind does not train on a GPU yet (an error
-        if a GPU was asked for by name)."""
-        requested = self.cfg.train.device
-        device = training_device(requested)
-        if device.type != "cpu" and not (self.gpu_ready and steps.gpu_ready):
-            what = f"'fields {self.label}'" if not self.gpu_ready else f"the {self.cfg.field} backend"
-            if requested != "auto":
-                raise ConfigError(f"--device {requested}: {what} trains on the CPU only for now")
-            device = torch.device("cpu")
-        return device
+    @property
+    def model(self) -> VolumeModel:
+        """The field being trained as what renders it (with the trainer's grid and render settings)."""
+        return self.field.scene_model(self.grid, self.cfg.render)
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        grid = {} if self.grid is None else {"grid": self.grid.state_dict()}
         return {"step": self.step, "elapsed": self.elapsed, **self.steps.state_dict(),
-                "field": self.field.state_dict(), "grid": self.grid.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "field": self.field.state_dict(), **grid, "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.field.load_state_dict(state["field"])
-        self.grid.load_state_dict(state["grid"])
+        if self.grid is not None:
+            self.grid.load_state_dict(state["grid"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps.load_state_dict(state)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
@@ -130,7 +126,9 @@ class Trainer:
             raise TrainingError(f"cannot write checkpoint {path} ({e.strerror or e})") from None
 
     def write_config(self) -> None:
-        self.cfg.save(self.run_dir / "config.yaml")
+        self.cfg.save(self.run_dir / "config.yaml", self.steps.config_sections())
+        if self.data is not None:  # cameras.json: the run can be viewed and exported without the images
+            write_scene_record(self.run_dir, self.data)
 
     def resume(self) -> None:
         """Continue from the newest loadable checkpoint, dropping metrics logged after it (and a line cut short
@@ -159,15 +157,21 @@ class Trainer:
             fractions.append(self.elapsed / t.max_time)
         return min(max(fractions), 1.0)
 
-    def done(self) -> bool:
+    def budget_spent(self) -> bool:
         t = self.cfg.train
         return bool((t.max_steps and self.step >= t.max_steps) or (t.max_time and self.elapsed >= t.max_time))
 
-    def _set_lr(self) -> float:
+    def done(self) -> bool:
+        """The budget is spent and the strategy adds no steps after it."""
+        return self.budget_spent() and self.steps.finished(self.step)
+
+    def _set_lr(self, ctx: StepContext) -> float:
+        """Warm-up, then exponential decay to each group's ``lr_final`` over the budget, times the strategy's
+        factor for this step."""
         t = self.cfg.train
-        warmup, progress = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)), self.progress()
+        warmup, scale = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)), self.steps.lr_scale(ctx)
         for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * warmup * g.get("lr_final", t.lr_final) ** progress
+            g["lr"] = g["base_lr"] * warmup * g.get("lr_final", t.lr_final) ** ctx.progress * scale
         return self.optimizer.param_groups[0]["lr"]
 
     # -- one step ------------------------------------------------------------------------------------------
@@ -183,9 +187,8 @@ class Trainer:
         if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
             raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
 
-    def apply_loss(self, loss: torch.Tensor, n_samples: int, info: dict | None = None) -> None:
-        """Backward and optimizer step (skipped for an empty batch; a NaN loss or gradient stops training), the
-        field's ``after_step`` with the render's ``info`` (gaussians densify there); next step."""
+    def apply_loss(self, loss: torch.Tensor, n_samples: int) -> None:
+        """Backward and optimizer step (skipped for an empty batch); a NaN loss or gradient stops training."""
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -195,24 +198,37 @@ class Trainer:
             if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
                 raise TrainingError(f"gradients became NaN/inf at step {self.step}")
             self.optimizer.step()
-        self.field.after_step(self.step, self.optimizer, info or {})
-        self.step += 1
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
-        gen = self.step_generator()
-        lr = self._set_lr()
-        loss, metrics, info = self.steps.loss(self.step, gen)
-        self.apply_loss(loss, metrics["samples"], info)
-        self.steps.after_step(metrics)
-        return {"loss": loss.item(), "psnr": psnr_from_mse(metrics["mse"]), "lr": lr, **metrics}
+        ctx = StepContext(self.step, self.step_generator(), self.progress(), self.budget_spent())
+        lr = self._set_lr(ctx)
+        loss, metrics, info = self.steps.loss(ctx)
+        self.apply_loss(loss, metrics["samples"])
+        self.steps.after_step(ctx, self.optimizer, metrics, info)
+        self.step += 1
+        psnr = {"psnr": psnr_from_mse(metrics["mse"])} if "mse" in metrics else {}
+        return {"loss": loss.item(), **psnr, "lr": lr, **metrics}
 
     def _stopped(self, problem: str) -> TrainingError:
         """The error that ends training: the problem, the step, and the checkpoint it can resume from."""
+        if self.run_dir is None:
+            return TrainingError(f"{problem}; training stopped at step {self.step}")
         kept = list_checkpoints(self.run_dir)
         return TrainingError(f"{problem}; training stopped at step {self.step}. Saved: "
                              f"{kept[0] if kept else 'no checkpoint yet'}; continue with "
                              f"`fields train --resume {self.run_dir}` once the problem is fixed")
+
+    def _open_run_folder(self):
+        """Create the run folder, write config.yaml and open metrics.jsonl for appending (None without a folder)."""
+        if self.run_dir is None:
+            return None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.write_config()
+            return (self.run_dir / "metrics.jsonl").open("a")
+        except OSError as e:  # read-only or full disk
+            raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
 
     # -- loop ----------------------------------------------------------------------------------------------
     def train(self, callbacks: list[Callable[["Trainer"], None]] = (), show_progress: bool = True) -> None:
@@ -222,12 +238,7 @@ class Trainer:
         metrics line averages the loss over its window and gives the PSNR of the steps that report an image
         ``mse``; other entries a step returns (e.g. a distillation stage) are logged as the last step had them.
         """
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.write_config()
-            metrics_file = (self.run_dir / "metrics.jsonl").open("a")
-        except OSError as e:  # read-only or full disk
-            raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
+        metrics_file = self._open_run_folder()
         t = self.cfg.train
         fresh = lambda: {"samples": 0, "time": 0.0, "loss": 0.0, "n": 0, "mse": 0.0, "n_mse": 0}  # noqa: E731
         window = fresh()
@@ -235,7 +246,7 @@ class Trainer:
                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
                                   "psnr {task.fields[psnr]:.2f}  {task.fields[sps]:.3g} samples/s"),
                        TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
-        task = bar.add_task(self.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
+        task = bar.add_task(self.steps.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
         try:
             with bar, native.flushed_denormals():  # denormals late in a run halved the step rate
                 while not self.done():
@@ -256,21 +267,26 @@ class Trainer:
                         psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
                         record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats()}
+                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(),
+                                  **(self.field.stats() if isinstance(self.field, Field) else {})}
                         record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
+                        if metrics_file is not None:
+                            metrics_file.write(json.dumps(record) + "\n")
+                            metrics_file.flush()
                         bar.update(task, completed=self.progress(), step=self.step, loss=loss,
                                    psnr=psnr or 0.0, sps=record["samples_per_s"])
                         window = fresh()
-                    if self.step % t.ckpt_every == 0:
+                    if self.run_dir is not None and self.step % t.ckpt_every == 0:
                         self.save()
                     for cb in callbacks:
                         cb(self)
                     if callbacks:
                         self.check_parameters()
-                self.save()
+                if self.run_dir is not None:
+                    self.save()
         except KeyboardInterrupt:
+            if self.run_dir is None:
+                raise
             path = self.save()
             self.console.print(f"Interrupted: saved {path}; continue with `fields train --resume {self.run_dir}`")
             raise
@@ -278,6 +294,7 @@ class Trainer:
             raise self._stopped(str(e)) from None
         finally:
             try:
-                metrics_file.close()
+                if metrics_file is not None:
+                    metrics_file.close()
             except OSError:  # flushing to a full disk; the error above already says what was saved
                 pass

@@ -1,6 +1,6 @@
-"""The ``gaussians`` backend (3D Gaussian Splatting): field and config, adaptive density control, point
-queries and the 3DGS PLY format."""
+"""The ``gaussians`` backend (3D Gaussian Splatting): field, config and its splatting ``SplatModel``, adaptive
+density control and the spatial index that answers point queries."""
 
-from fields.backends.gaussians.field import GaussianField, GaussiansConfig
+from fields.backends.gaussians.field import GaussianField, GaussiansConfig, SplatModel
 
-__all__ = ["GaussianField", "GaussiansConfig"]
+__all__ = ["GaussianField", "GaussiansConfig", "SplatModel"]

@@ -22,6 +22,9 @@ from fields.backends.base import Field, FieldConfig
 from fields.backends.encodings import sh_encode
 from fields.backends.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
 from fields.backends.gaussians.spatial_index import GaussianIndex
+from renderers.model import VolumeModel
+from renderers.occupancy import OccupancyGrid
+from renderers.render import RenderConfig
 from renderers.splatting import render_gaussians
 from scenes.cameras import Cameras
 
@@ -159,8 +162,10 @@ class GaussianField(Field):
         return ((sh_encode(dirs, int(self.active_sh_degree) + 1)[:, :, None] * coeffs).sum(1) + 0.5).clamp_min(0)
 
     # -- rendering -----------------------------------------------------------------------------------------
-    def render_image(self, cams: Cameras, i: int, background: torch.Tensor, grid=None,
-                     render_cfg=None) -> dict[str, torch.Tensor]:
+    def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> "SplatModel":
+        return SplatModel(self, grid, render_cfg)
+
+    def splat(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Splat camera ``i``: ``rgb`` [H, W, 3], ``depth``, ``opacity`` and, for densification, ``means2d``
         (its gradient retained) and ``radii``. Differentiable when grad is enabled."""
         with self.lock:  # one consistent set of Gaussians even while training edits them
@@ -208,3 +213,14 @@ class GaussianField(Field):
                 t.data = t.new_zeros(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+class SplatModel(VolumeModel):
+    """Gaussians drawn by splatting. Its ``grid`` and ``render_cfg`` serve point queries through the Gaussians'
+    density (mesh export, point clouds, distillation as a teacher); rendering does not march rays."""
+
+    field: GaussianField
+
+    def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Camera ``i`` splatted (differentiable when grad is enabled; see ``GaussianField.splat``)."""
+        return self.field.splat(cams, i, background)

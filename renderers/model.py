@@ -1,0 +1,62 @@
+"""What gets rendered: one object per kind of scene model, each with one ``render(cameras, index, background)``.
+
+Evaluation, export, the viewer and distillation take such an object and never the loose pieces. A
+``VolumeModel`` is a radiance field with its occupancy grid and render settings, drawn by ray marching; the
+Gaussian backend has its own (``fields.backends.gaussians.SplatModel``), drawn by splatting, with the same
+``field`` / ``grid`` / ``render_cfg`` so that point queries (mesh export, point clouds, distillation) work on
+either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from renderers.occupancy import OccupancyGrid
+from renderers.render import RenderConfig, render_image, render_rays
+from scenes.cameras import Cameras
+
+
+class VolumeField(Protocol):
+    """What the volume renderer needs of a field: density alone, and density + colour split in two."""
+
+    def density(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def color(self, features: torch.Tensor, d: torch.Tensor) -> torch.Tensor: ...
+
+
+class Renderable(Protocol):
+    """Anything the viewer, evaluation and video export can draw."""
+
+    def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Camera ``i`` of ``cams`` as ``rgb`` [H, W, 3], ``depth`` and ``opacity`` [H, W]; differentiable where
+        the kind trains on whole images (splatting), without grad where it trains on rays (volumes)."""
+        ...
+
+
+@dataclass
+class VolumeModel:
+    """A radiance field, its occupancy grid and its render settings, drawn by ray marching."""
+
+    field: VolumeField
+    grid: OccupancyGrid
+    render_cfg: RenderConfig
+
+    def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Camera ``i`` of ``cams`` (no grad; CPU tensors): ``rgb`` [H, W, 3], ``depth``, ``opacity`` [H, W]."""
+        return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
+
+    def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
+                    jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Rays [R, 3] rendered with autograd where enabled (training, distillation); see ``render_rays``."""
+        return render_rays(self.field.geometry, self.field.color, self.grid, origins, dirs, self.render_cfg,
+                           background, jitter)
+
+    @property
+    def step_size(self) -> float:
+        """The marching step over the grid's box."""
+        return self.render_cfg.step_size(self.grid.aabb)
