@@ -1,22 +1,20 @@
-// Torch bindings: registers the native kernels as torch ops (torch.ops.fields.*), checks and allocates tensors,
-// and dispatches on the device to the CPU build (fields::cpu) or, when compiled with FIELDS_WITH_CUDA, the
-// CUDA build (fields::cuda). The kernels themselves see only raw pointers and sizes.
+// Torch bindings, the one place that registers the native ops (torch.ops.fields.*): every schema, then the CPU
+// implementations and, when compiled with FIELDS_WITH_CUDA, the CUDA ones. Each wrapper checks its tensors,
+// allocates the outputs and dispatches on the device to the CPU build (fields::cpu, cpu/) or the CUDA build
+// (fields::cuda, gpu/). The kernels themselves see only raw pointers and sizes (common/kernels.h), except the fused
+// MLP, which manages its own tensors (cpu/mlp.h).
 #include <torch/library.h>
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #ifdef FIELDS_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include <algorithm>
 #include <tuple>
 #include <vector>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
-#include "kernels.h"
+#include "common/kernels.h"
+#include "cpu/mlp.h"
 
 namespace {
 
@@ -94,7 +92,7 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   Tensor aabb = aabb_.to(at::kCPU, at::kFloat).contiguous().reshape({6});
   Tensor jitter;
   if (jitter_.has_value()) jitter = f32(*jitter_, "jitter");
-  fields::MarchParams p;
+  fields::MarchParams p{};
   for (int a = 0; a < 3; ++a) {
     p.lo[a] = aabb[a].item<float>();
     p.hi[a] = aabb[3 + a].item<float>();
@@ -105,60 +103,16 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   p.far = far;
   p.cone = cone_angle;
   p.max_step = max_step;
-  // Coarse occupancy: which blocks of kCoarseBlock^3 cells hold an occupied one (a lego ray crosses ~100 empty
-  // cells of a 64^3 grid; jumping them a block at a time halved marching). Reduced innermost axis first: half the
-  // time of one amax over the three block axes (0.1 vs 0.2 ms per call for 64^3).
-  Tensor coarse;
-  const int64_t kb = fields::kCoarseBlock;
-  p.coarse = nullptr;
-  if (binary.size(0) % kb == 0 && binary.size(1) % kb == 0 && binary.size(2) % kb == 0) {
-    coarse = binary.reshape({binary.size(0) / kb, kb, binary.size(1) / kb, kb, binary.size(2) / kb, kb})
-                 .amax(5)
-                 .amax(3)
-                 .amax(1)
-                 .contiguous();
-    p.coarse = coarse.data_ptr<uint8_t>();
-    for (int a = 0; a < 3; ++a) p.coarse_res[a] = static_cast<int>(coarse.size(a));
-  }
   const int64_t n = origins.size(0);
-  const float* jp = jitter.defined() ? jitter.data_ptr<float>() : nullptr;
-#ifdef FIELDS_WITH_CUDA
-  if (origins.is_cuda()) {  // count, then fill (march_chunks is the CPU build's)
-    void* stream = c10::cuda::getCurrentCUDAStream().stream();
-    Tensor counts = at::empty({n}, origins.options().dtype(at::kLong));
-    if (n > 0)
-      fields::cuda::march_count(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(),
-                                p, counts.data_ptr<int64_t>(), stream);
-    Tensor offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
-    const int64_t total = offsets[n].item<int64_t>();
-    Tensor ray_indices = at::empty({total}, counts.options());
-    Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
-    if (total > 0)
-      fields::cuda::march_fill(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(), p,
-                               offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-                               t_starts.data_ptr<float>(), t_ends.data_ptr<float>(), stream);
-    return {ray_indices, t_starts, t_ends};
-  }
-#endif
-  TORCH_CHECK(!origins.is_cuda(), "fields native ops were built without CUDA support");
-  const std::vector<fields::cpu::MarchedChunk> chunks =
-      fields::cpu::march_chunks(origins.data_ptr<float>(), dirs.data_ptr<float>(), jp, n, binary.data_ptr<uint8_t>(),
-                                p);
-  std::vector<int64_t> start(chunks.size() + 1, 0);
-  for (size_t c = 0; c < chunks.size(); ++c) start[c + 1] = start[c] + static_cast<int64_t>(chunks[c].ray.size());
-  const int64_t total = start.back();
-  Tensor ray_indices = at::empty({total}, origins.options().dtype(at::kLong));
-  Tensor t_starts = at::empty({total}, origins.options()), t_ends = at::empty({total}, origins.options());
-  int64_t* rp = ray_indices.data_ptr<int64_t>();
-  float *tsp = t_starts.data_ptr<float>(), *tep = t_ends.data_ptr<float>();
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 16, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const fields::cpu::MarchedChunk& ch = chunks[c];
-      std::copy(ch.ray.begin(), ch.ray.end(), rp + start[c]);
-      std::copy(ch.t_start.begin(), ch.t_start.end(), tsp + start[c]);
-      std::copy(ch.t_end.begin(), ch.t_end.end(), tep + start[c]);
-    }
-  });
+  Tensor ray_indices, t_starts, t_ends;
+  const fields::AllocateSamples allocate = [&](int64_t count) {
+    ray_indices = at::empty({count}, origins.options().dtype(at::kLong));
+    t_starts = at::empty({count}, origins.options());
+    t_ends = at::empty({count}, origins.options());
+    return fields::PackedSamples{count ? ray_indices.data_ptr<int64_t>() : nullptr, mptr(t_starts), mptr(t_ends)};
+  };
+  DISPATCH(origins.device(), march_rays, origins.data_ptr<float>(), dirs.data_ptr<float>(),
+           jitter.defined() ? jitter.data_ptr<float>() : nullptr, n, binary.data_ptr<uint8_t>(), p, allocate);
   return {ray_indices, t_starts, t_ends};
 }
 
@@ -372,20 +326,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
   return {v_means2d, v_conics, v_colors, v_opacities};
 }
 
-// Flush-to-zero and denormals-are-zero on (or off) on every thread of the OpenMP pool (the one torch's intra-op
-// ops and our kernels share) and on the calling thread; returns whether the calling thread had them on before.
-// torch.set_flush_denormal sets only the calling thread, and late in training, gradients and optimizer moments
-// decaying into denormals made lego hash-grid steps 2x slower.
-bool flush_denormals(bool on) {
-#if defined(__x86_64__) || defined(__i386__)
-  const unsigned int bits = 0x8040;  // MXCSR FTZ (bit 15) | DAZ (bit 6)
-  const bool was = (_mm_getcsr() & bits) == bits;
-#pragma omp parallel  // the calling thread is one of the team
-  _mm_setcsr(on ? (_mm_getcsr() | bits) : (_mm_getcsr() & ~bits));
-  return was;
-#else
-  return false;
-#endif
+// -- CPU-only ops (CUDA tensors take the plain-PyTorch path) -----------------------------------------------
+
+Tensor sh_encode(const Tensor& d_, int64_t degree) {
+  TORCH_CHECK(d_.device().is_cpu() && d_.scalar_type() == at::kFloat && d_.dim() == 2 && d_.size(1) == 3,
+              "sh_encode: directions must be float32 CPU [N, 3]");
+  TORCH_CHECK(degree >= 1 && degree <= 4, "sh_encode: degree must be 1..4, got ", degree);
+  const Tensor d = d_.contiguous();
+  Tensor out = at::empty({d.size(0), degree * degree}, d.options());
+  if (d.size(0) > 0) fields::cpu::sh_encode(d.data_ptr<float>(), d.size(0), static_cast<int>(degree), mptr(out));
+  return out;
+}
+
+static_assert(sizeof(fields::Bf16) == sizeof(at::BFloat16), "bfloat16 layouts differ");
+fields::Bf16* bf16_ptr(const Tensor& t) { return reinterpret_cast<fields::Bf16*>(t.data_ptr<at::BFloat16>()); }
+
+void check_modulated(const Tensor& h, const Tensor& gamma, const Tensor& beta) {
+  TORCH_CHECK(h.dim() == 2 && h.is_contiguous(), "modulated_relu: h must be a contiguous [N, W] tensor");
+  TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kBFloat16,
+              "modulated_relu: h must be float32 or bfloat16");
+  for (const Tensor* t : {&gamma, &beta})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == h.size(0),
+                "modulated_relu: gamma and beta must be contiguous float32 [N]");
+}
+
+std::tuple<Tensor, Tensor, Tensor> modulated_relu_fwd(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                                      double eps) {
+  check_modulated(h, gamma, beta);
+  const int64_t n = h.size(0), w = h.size(1);
+  Tensor y = at::empty_like(h), mean = at::empty({n}, gamma.options()), rstd = at::empty({n}, gamma.options());
+  const float *g = gamma.data_ptr<float>(), *b = beta.data_ptr<float>();
+  if (h.scalar_type() == at::kFloat)
+    fields::cpu::modulated_relu_forward(h.data_ptr<float>(), g, b, n, w, eps, y.data_ptr<float>(),
+                                        mean.data_ptr<float>(), rstd.data_ptr<float>());
+  else
+    fields::cpu::modulated_relu_forward(bf16_ptr(h), g, b, n, w, eps, bf16_ptr(y), mean.data_ptr<float>(),
+                                        rstd.data_ptr<float>());
+  return {y, mean, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor> modulated_relu_bwd(const Tensor& dy_, const Tensor& h, const Tensor& gamma,
+                                                      const Tensor& beta, const Tensor& mean, const Tensor& rstd) {
+  check_modulated(h, gamma, beta);
+  const Tensor dy = dy_.to(h.scalar_type()).contiguous();
+  TORCH_CHECK(dy.sizes() == h.sizes(), "modulated_relu: grad must have h's shape");
+  const int64_t n = h.size(0), w = h.size(1);
+  Tensor dh = at::empty_like(h), dgamma = at::empty({n}, gamma.options()), dbeta = at::empty({n}, gamma.options());
+  const float *g = gamma.data_ptr<float>(), *b = beta.data_ptr<float>();
+  const float *mu = mean.data_ptr<float>(), *r = rstd.data_ptr<float>();
+  if (h.scalar_type() == at::kFloat)
+    fields::cpu::modulated_relu_backward(dy.data_ptr<float>(), h.data_ptr<float>(), g, b, mu, r, n, w,
+                                         dh.data_ptr<float>(), dgamma.data_ptr<float>(), dbeta.data_ptr<float>());
+  else
+    fields::cpu::modulated_relu_backward(bf16_ptr(dy), bf16_ptr(h), g, b, mu, r, n, w, bf16_ptr(dh),
+                                         dgamma.data_ptr<float>(), dbeta.data_ptr<float>());
+  return {dh, dgamma, dbeta};
 }
 
 bool has_cuda() {
@@ -421,12 +416,24 @@ TORCH_LIBRARY(fields, m) {
   m.def("splat_rasterize_bwd(Tensor v_image, Tensor v_alpha, Tensor means2d, Tensor conics, Tensor colors,"
         " Tensor opacities, Tensor ids, Tensor tile_offsets, Tensor final_T, Tensor last, int width, int height,"
         " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  // CPU only
+  m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
+  m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("modulated_relu_bwd(Tensor grad, Tensor h, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("mlp_fwd(Tensor[] inputs, Tensor[] weights, Tensor[] biases, bool relu_out, bool save, bool bf16)"
+        " -> (Tensor, Tensor[])");
+  m.def("mlp_bwd(Tensor grad_out, Tensor[] inputs, Tensor[] hidden, Tensor out, Tensor[] weights, Tensor[] biases,"
+        " bool relu_out, bool[] need_input_grad, bool bf16) -> (Tensor[], Tensor[], Tensor[])");
+  // What this build can do (no tensors: one implementation for every device)
   m.def("has_cuda() -> bool", &has_cuda);
-  m.def("flush_denormals(bool on) -> bool", &flush_denormals);
+  m.def("mlp_amx() -> bool", &fields::cpu::mlp_amx);
+  m.def("mlp_bf16() -> bool", &fields::cpu::mlp_bf16);
+  m.def("flush_denormals(bool on) -> bool", &fields::cpu::flush_denormals);
 }
 
 // The same wrappers serve both devices: each one dispatches on its tensors' device.
-void register_impls(torch::Library& m) {
+void register_device_impls(torch::Library& m) {
   m.impl("hash_encode_fwd", &hash_encode_fwd);
   m.impl("hash_encode_bwd", &hash_encode_bwd);
   m.impl("march_rays", &march_rays);
@@ -440,8 +447,15 @@ void register_impls(torch::Library& m) {
   m.impl("splat_rasterize_bwd", &splat_rasterize_bwd);
 }
 
-TORCH_LIBRARY_IMPL(fields, CPU, m) { register_impls(m); }
+TORCH_LIBRARY_IMPL(fields, CPU, m) {
+  register_device_impls(m);
+  m.impl("sh_encode", &sh_encode);
+  m.impl("modulated_relu_fwd", &modulated_relu_fwd);
+  m.impl("modulated_relu_bwd", &modulated_relu_bwd);
+  m.impl("mlp_fwd", &fields::cpu::mlp_fwd);
+  m.impl("mlp_bwd", &fields::cpu::mlp_bwd);
+}
 
 #ifdef FIELDS_WITH_CUDA
-TORCH_LIBRARY_IMPL(fields, CUDA, m) { register_impls(m); }
+TORCH_LIBRARY_IMPL(fields, CUDA, m) { register_device_impls(m); }
 #endif

@@ -13,13 +13,21 @@ from __future__ import annotations
 import torch
 
 from renderers import native
+from renderers.native.autograd import Composite
 
 
-def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+def ray_starts(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     """Index of each ray's first sample in the packed arrays, [n_rays] (rays without samples get their
     would-be position)."""
     counts = torch.bincount(ray_indices, minlength=n_rays)
     return counts.cumsum(0) - counts
+
+
+def csr_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """CSR offsets [n_rays + 1] of packed samples sorted by ray: ray ``r`` owns samples
+    ``offsets[r]:offsets[r + 1]`` (the native kernels' layout)."""
+    bounds = torch.arange(n_rays + 1, device=ray_indices.device, dtype=ray_indices.dtype)
+    return torch.searchsorted(ray_indices, bounds)
 
 
 def transmittance(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
@@ -27,7 +35,7 @@ def transmittance(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> 
     ops = native.ops_for(tau)
     if ops is None or tau.requires_grad:
         return transmittance_reference(tau, ray_indices, n_rays)
-    return ops.transmittance(tau, native.ray_offsets(ray_indices, n_rays))
+    return ops.transmittance(tau, csr_offsets(ray_indices, n_rays))
 
 
 def transmittance_reference(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
@@ -35,7 +43,7 @@ def transmittance_reference(tau: torch.Tensor, ray_indices: torch.Tensor, n_rays
     if tau.numel() == 0:
         return tau
     incl = tau.double().cumsum(0)
-    starts = ray_offsets(ray_indices, n_rays)
+    starts = ray_starts(ray_indices, n_rays)
     before = torch.cat([incl.new_zeros(1), incl])[starts]  # inclusive sum up to each ray's first sample
     excl = incl - tau.double() - before[ray_indices]
     return torch.exp(-excl).to(tau.dtype)
@@ -48,8 +56,7 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, t_starts: torch.Tensor, 
     ops = native.ops_for(sigmas, rgbs, t_starts, t_ends)
     if ops is None or t_starts.requires_grad or t_ends.requires_grad:
         return composite_reference(sigmas, rgbs, t_starts, t_ends, ray_indices, n_rays)
-    weights, rgb, opacity, depth = native.Composite.apply(sigmas, rgbs, t_starts, t_ends,
-                                                          native.ray_offsets(ray_indices, n_rays))
+    weights, rgb, opacity, depth = Composite.apply(sigmas, rgbs, t_starts, t_ends, csr_offsets(ray_indices, n_rays))
     return {"weights": weights, "rgb": rgb, "opacity": opacity, "depth": depth}
 
 

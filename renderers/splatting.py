@@ -11,9 +11,9 @@ puts both together and also renders depth as an extra colour channel.
 
 Conventions: cameras are ``scenes.cameras.Cameras`` (OpenGL camera-to-world, turned into an OpenCV view with
 z forward), pixel centres at +0.5. Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
-rasterization, forward and backward, wrapped in autograd Functions) when they are built; otherwise, and for
-other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by autograd, they are
-the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
+rasterization, forward and backward, wrapped in ``renderers.native.autograd``'s Functions) when they are built;
+otherwise, and for other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by
+autograd, they are the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from renderers import native
+from renderers.native.autograd import ProjectGaussians, RasterizeGaussians
 from scenes.cameras import Cameras
 
 ALPHA_MAX = 0.99
@@ -119,7 +120,7 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         return project_reference(means, quats, scales, cam, near)
     viewmat = torch.cat([cam.R, cam.t[:, None]], 1).cpu()
     intrinsics = (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, float(near))
-    return Projection(*ProjectNative.apply(means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat,
+    return Projection(*ProjectGaussians.apply(means.contiguous(), quats.contiguous(), scales.contiguous(), viewmat,
                                            intrinsics))
 
 
@@ -229,56 +230,11 @@ def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch
     if ops is None:
         return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
     ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.radii, proj.depths.detach(), width, height, tile_size)
-    image, alpha = RasterizeNative.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
+    image, alpha = RasterizeGaussians.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
                                          offsets, (width, height, tile_size))
     if background is not None:
         image = image + (1 - alpha)[..., None] * background.to(image)
     return image, alpha
-
-
-def _dense(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if grad is None else grad.contiguous()
-
-
-class ProjectNative(torch.autograd.Function):
-    """Native projection; backward gives the means', quaternions' and scales' gradients."""
-
-    @staticmethod
-    def forward(ctx, means, quats, scales, viewmat, intrinsics):
-        means2d, conics, depths, radii = torch.ops.fields.splat_project_fwd(means, quats, scales, viewmat, *intrinsics)
-        ctx.save_for_backward(means, quats, scales, viewmat)
-        ctx.intrinsics = intrinsics
-        ctx.mark_non_differentiable(radii)
-        return means2d, conics, depths, radii
-
-    @staticmethod
-    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
-        means, quats, scales, viewmat = ctx.saved_tensors
-        grads = torch.ops.fields.splat_project_bwd(
-            _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]), means, quats,
-            scales, viewmat, *ctx.intrinsics)
-        return (*grads, None, None)
-
-
-class RasterizeNative(torch.autograd.Function):
-    """Native tile rasterizer on binned Gaussians; saves each pixel's final transmittance and last Gaussian for
-    the back-to-front backward pass."""
-
-    @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, ids, offsets, size):
-        image, alpha, final_T, last = torch.ops.fields.splat_rasterize_fwd(means2d, conics, colors, opacities, ids,
-                                                                          offsets, *size)
-        ctx.save_for_backward(means2d, conics, colors, opacities, ids, offsets, final_T, last)
-        ctx.size = size
-        return image, alpha
-
-    @staticmethod
-    def backward(ctx, v_image, v_alpha):
-        means2d, conics, colors, opacities, ids, offsets, final_T, last = ctx.saved_tensors
-        v_image = _dense(v_image, final_T[..., None].expand(-1, -1, colors.shape[1]))
-        grads = torch.ops.fields.splat_rasterize_bwd(v_image, _dense(v_alpha, final_T), means2d, conics, colors,
-                                                     opacities, ids, offsets, final_T, last, *ctx.size)
-        return (*grads, None, None, None)
 
 
 def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,

@@ -178,7 +178,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     console = Console()
-    if native.native_ops() is None:
+    kernels = native.native_ops()
+    if kernels is None:
         raise SystemExit("native kernels unavailable (see the warning above); nothing to compare")
 
     cfg = RunConfig(scene=SceneConfig(scene=args.scene, data_root=args.data_root))
@@ -211,9 +212,9 @@ def main() -> None:
     for name, t in profile:
         prof.append(f"| {name} | {t * 1e3:.1f} | {t * 1e3 / step_ms:.0%} |")
     n_marched, n_kept = len(batch["marched"]), len(batch["samples"])
-    bf16 = tr.field.density_net.bf16 and torch.ops.fields.mlp_bf16()
+    bf16 = tr.field.density_net.bf16 and kernels.mlp_bf16()
     mlp_precision = ("float32" if not bf16 else "bfloat16 on AMX tiles (float32 accumulation)"
-                     if torch.ops.fields.mlp_amx() else "bfloat16 AVX512-BF16 dot products (float32 accumulation)")
+                     if kernels.mlp_amx() else "bfloat16 AVX512-BF16 dot products (float32 accumulation)")
     body = "\n".join([
         "## Native kernels (`scripts/bench_kernels.py`)",
         "",

@@ -14,7 +14,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 nvidia-smi -L
-python3 -c "from renderers import native; ops = native._build(); print('native build, CUDA:', ops.has_cuda())" \
+python3 -c "from renderers.native import loader; ops = loader._build(); print('native build, CUDA:', ops.has_cuda())" \
     2>&1 | tee "$out/build.log" | tail -5
 timeout 300 python3 -m pytest -q -p no:cacheprovider -rfEs tests/test_native.py tests/test_splatting.py \
     "tests/test_train.py::test_training_on_each_device_learns_and_the_run_loads_on_the_cpu" \

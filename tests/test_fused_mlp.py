@@ -1,7 +1,7 @@
-"""The fused native MLP (cuda/mlp_cpu.cpp) against its plain-PyTorch reference: values and gradients of every
+"""The fused native MLP (cuda/cpu/mlp.cpp) against its plain-PyTorch reference: values and gradients of every
 input part, weight and bias, for the shapes the backends use, ragged batch sizes and empty batches; dispatch and
 parameter names of ``fields.backends.base.mlp``; the bf16 (AMX) mode against a bfloat16 oracle. The same for CAM's fused
-modulated activation (cuda/modulate_cpu.cpp), in float32 and bfloat16."""
+modulated activation (cuda/cpu/modulate.cpp), in float32 and bfloat16."""
 
 from __future__ import annotations
 

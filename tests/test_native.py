@@ -17,7 +17,9 @@ import torch
 from conftest import devices, needs_device
 from fields.backends.encodings import hash_encode_reference, level_resolutions
 from renderers import native
-from renderers.compositing import composite_reference, transmittance_reference
+from renderers.compositing import composite_reference, csr_offsets, transmittance_reference
+from renderers.native import loader
+from renderers.native.autograd import Composite, HashEncode
 from renderers.marching import march_rays_reference
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
@@ -49,7 +51,7 @@ def test_hash_encode_matches_reference(ops, device, features):
     xr, tr = x.clone().requires_grad_(), table.clone().requires_grad_()
     xn, tn = x.to(device).requires_grad_(), table.to(device).requires_grad_()
     ref = hash_encode_reference(xr, tr, res)  # the oracle runs on the CPU
-    out = native.HashEncode.apply(xn, tn, res.to(device))
+    out = HashEncode.apply(xn, tn, res.to(device))
     assert (out.cpu() - ref).abs().max().item() < 1e-5
     g = torch.randn_like(ref)
     (ref * g).sum().backward()
@@ -62,7 +64,7 @@ def test_hash_encode_matches_reference(ops, device, features):
 def test_hash_encode_table_only_gradient(ops):
     x, table, res = hash_inputs(n=500)
     t = table.clone().requires_grad_()
-    native.HashEncode.apply(x, t, res).sum().backward()
+    HashEncode.apply(x, t, res).sum().backward()
     tr = table.clone().requires_grad_()
     hash_encode_reference(x, tr, res).sum().backward()
     assert (t.grad - tr.grad).abs().max().item() < 1e-5
@@ -231,7 +233,7 @@ def test_composite_matches_reference(ops, device):
     s_n, c_n = sigmas.to(device).requires_grad_(), rgbs.to(device).requires_grad_()
     ref = composite_reference(s_r, c_r, t_starts, t_ends, ray, n_rays)  # the oracle runs on the CPU
     ray_d = ray.to(device)
-    got = native.Composite.apply(s_n, c_n, t_starts.to(device), t_ends.to(device), native.ray_offsets(ray_d, n_rays))
+    got = Composite.apply(s_n, c_n, t_starts.to(device), t_ends.to(device), csr_offsets(ray_d, n_rays))
     got = dict(zip(("weights", "rgb", "opacity", "depth"), got))
     g = torch.Generator().manual_seed(5)
     coef = {k: torch.randn(v.shape, generator=g) for k, v in ref.items()}
@@ -242,7 +244,7 @@ def test_composite_matches_reference(ops, device):
     assert (c_n.grad.cpu() - c_r.grad).abs().max().item() < 1e-5
     assert (s_n.grad.cpu() - s_r.grad).abs().max().item() < 1e-5
     tau = sigmas * (t_ends - t_starts)
-    got_t = ops.transmittance(tau.to(device), native.ray_offsets(ray_d, n_rays))
+    got_t = ops.transmittance(tau.to(device), csr_offsets(ray_d, n_rays))
     assert (got_t.cpu() - transmittance_reference(tau, ray, n_rays)).abs().max().item() < 1e-6
 
 
@@ -284,26 +286,34 @@ def test_fields_native_0_forces_reference(monkeypatch):
 
 def test_build_key_follows_the_cpus_instruction_sets(monkeypatch):
     """-march=native builds for this CPU: another CPU (a shared cache) must get its own build, not a SIGILL."""
-    assert native.cpu_signature()
+    assert loader.cpu_signature()
 
     def key_on(flags: str) -> str:
-        monkeypatch.setattr(native, "cpu_signature", lambda: flags)
-        return native._build_key(False)
+        monkeypatch.setattr(loader, "cpu_signature", lambda: flags)
+        return loader._build_key(False)
 
     avx2 = "fpu sse sse2 avx avx2 fma"
     assert key_on(avx2) == key_on(avx2)
     assert key_on(avx2) != key_on(avx2 + " avx512f avx512bw")
 
 
+def test_build_key_covers_every_source_and_header():
+    """Every file of cuda/ is compiled or hashed: an edited header must rebuild, not reuse a stale build."""
+    on_disk = {str(f.relative_to(SOURCE_DIR)) for f in SOURCE_DIR.rglob("*") if f.suffix in (".cpp", ".cu", ".h")}
+    listed = loader.CPU_SOURCES + loader.CUDA_SOURCES + loader.HEADERS
+    assert len(set(listed)) == len(listed) and set(listed) == on_disk
+
+
 def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     """A source that does not compile: one clear RuntimeWarning, then the reference path (no crash)."""
-    for name in native.CPU_SOURCES + native.HEADERS:
+    for name in loader.CPU_SOURCES + loader.HEADERS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("this is not C++\n")
     monkeypatch.setenv("FIELDS_NATIVE", "1")
-    monkeypatch.setattr(native, "build_root", lambda: tmp_path / "build")
-    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path)
-    monkeypatch.setattr(native, "_want_cuda", lambda: False)
-    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(loader, "build_root", lambda: tmp_path / "build")
+    monkeypatch.setattr(loader, "SOURCE_DIR", tmp_path)
+    monkeypatch.setattr(loader, "_want_cuda", lambda: False)
+    monkeypatch.setattr(loader, "_state", {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert native.native_ops() is None
@@ -320,7 +330,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
 
 # -- CUDA build ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", sorted(p.name for p in SOURCE_DIR.glob("*.cu")))
+@pytest.mark.parametrize("source", loader.CUDA_SOURCES)
 def test_cuda_sources_compile_standalone(source, tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -359,7 +369,7 @@ def test_bindings_compile_with_the_cuda_dispatch(tmp_path):
         (tmp_path / "c10/cuda/impl/cuda_cmake_macros.h").write_text("#pragma once\n")
         extra = [str(tmp_path)]
     includes = [*torch_includes, *extra, str(cuda_include), sysconfig.get_paths()["include"]]
-    cmd = [gxx, "-fsyntax-only", *native.CFLAGS, "-DFIELDS_WITH_CUDA", "-I", str(SOURCE_DIR),
+    cmd = [gxx, "-fsyntax-only", *loader.CFLAGS, "-DFIELDS_WITH_CUDA", "-I", str(SOURCE_DIR),
            *(a for d in includes for a in ("-isystem", d)), str(SOURCE_DIR / "bindings.cpp")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

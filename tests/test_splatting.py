@@ -308,13 +308,13 @@ def test_native_zero_gaussians_and_nothing_visible(ops):
 
 
 def test_failed_native_build_falls_back_to_the_reference(monkeypatch):
-    from renderers import native
+    from renderers.native import loader
 
-    monkeypatch.setattr(native, "_state", {"ops": None})
+    monkeypatch.setattr(loader, "_state", {"ops": None})
     cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=16)
     means, quats, scales, opac, colors = (t.float() for t in scene(n=20, seed=7))
     out = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, torch.zeros(3))
-    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setenv("FIELDS_NATIVE", "0")
     ref = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, torch.zeros(3))
     assert torch.equal(out["rgb"], ref["rgb"]) and out["opacity"].max() > 0.5

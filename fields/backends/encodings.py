@@ -1,7 +1,7 @@
 """Input encodings shared by the field backends.
 
 - ``HashEncoding``: Instant-NGP's multiresolution hash encoding (Mueller et al. 2022); ``hash_encode`` runs the
-  native kernel (``renderers/native.py``) when it is built and ``hash_encode_reference``, its plain-PyTorch
+  native kernel (``renderers.native``) when it is built and ``hash_encode_reference``, its plain-PyTorch
   oracle, otherwise.
 - ``sh_encode``: real spherical harmonics of a unit direction, up to degree 4 (16 coefficients); a native CPU op
   when no gradient is needed, ``sh_encode_reference`` otherwise.
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from renderers import native
+from renderers.native.autograd import HashEncode
 
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's spatial hash primes (first is 1 for coherence)
 
@@ -77,7 +78,7 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor)
     ops = native.ops_for(x, table)
     if ops is None:
         return hash_encode_reference(x, table, resolutions)
-    return native.HashEncode.apply(x.contiguous(), table, resolutions)
+    return HashEncode.apply(x.contiguous(), table, resolutions)
 
 
 def hash_encode_reference(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor) -> torch.Tensor:
@@ -130,12 +131,13 @@ class HashEncoding(nn.Module):
 
 
 def sh_encode(d: torch.Tensor, degree: int = 4) -> torch.Tensor:
-    """``sh_encode_reference`` on the native CPU op (``cuda/sh_cpu.cpp``, one pass per row) when ``d`` is float32 on
+    """``sh_encode_reference`` on the native CPU op (``cuda/cpu/sh.cpp``, one pass per row) when ``d`` is float32 on
     the CPU, needs no gradient and the native build is there."""
-    if (d.device.type == "cpu" and d.dim() == 2 and not (d.requires_grad and torch.is_grad_enabled())
-            and native.ops_for(d) is not None):
-        return torch.ops.fields.sh_encode(d, degree)
-    return sh_encode_reference(d, degree)
+    cpu_no_grad = d.device.type == "cpu" and d.dim() == 2 and not (d.requires_grad and torch.is_grad_enabled())
+    ops = native.ops_for(d) if cpu_no_grad else None
+    if ops is None:
+        return sh_encode_reference(d, degree)
+    return ops.sh_encode(d, degree)
 
 
 def sh_encode_reference(d: torch.Tensor, degree: int = 4) -> torch.Tensor:

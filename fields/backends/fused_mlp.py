@@ -1,4 +1,4 @@
-"""Small ReLU MLPs on the fused native CPU kernel (``cuda/mlp_cpu.cpp``), with a plain-PyTorch oracle.
+"""Small ReLU MLPs on the fused native CPU kernel (``cuda/cpu/mlp.cpp``), with a plain-PyTorch oracle.
 
 ``relu_mlp(parts, weights, biases)`` is ``Linear -> ReLU -> ... -> Linear`` (a ReLU after the last layer too with
 ``relu_out``) on the column-wise concatenation of ``parts``. On float32 CPU tensors with the native build it runs
@@ -13,7 +13,7 @@ faster than float32, 18 -> 10 ms on 30k samples; lego +23% steps in 120 s, +0.2 
 ``nn.Sequential`` form (same parameter names as before) that ``fields.backends.base.mlp`` builds.
 
 ``modulated_relu(h, gamma, beta)`` is CAM's activation, ``relu(gamma * layer_norm(h) + beta)``, on the fused
-native kernel (``cuda/modulate_cpu.cpp``, float32 or bfloat16 ``h``) with ``modulated_relu_reference`` as oracle.
+native kernel (``cuda/cpu/modulate.cpp``, float32 or bfloat16 ``h``) with ``modulated_relu_reference`` as oracle.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderers import native
+from renderers.native.autograd import FusedMLP, ModulatedReLU
 
 
 def relu_mlp_reference(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
@@ -38,29 +39,6 @@ def relu_mlp_reference(parts: Sequence[torch.Tensor], weights: Sequence[torch.Te
     return h
 
 
-class _FusedMLP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, relu_out: bool, bf16: bool, n_parts: int, *tensors: torch.Tensor) -> torch.Tensor:
-        parts, n_layers = tensors[:n_parts], (len(tensors) - n_parts) // 2
-        weights, biases = tensors[n_parts:n_parts + n_layers], tensors[n_parts + n_layers:]
-        out, hidden = torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, True, bf16)
-        ctx.relu_out, ctx.bf16, ctx.n_parts, ctx.n_hidden = relu_out, bf16, n_parts, len(hidden)
-        ctx.save_for_backward(*parts, *weights, *biases, out, *hidden)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        saved = ctx.saved_tensors
-        n_parts, n_layers = ctx.n_parts, ctx.n_hidden + 1
-        parts, rest = saved[:n_parts], saved[n_parts:]
-        weights, biases = rest[:n_layers], rest[n_layers:2 * n_layers]
-        out, hidden = rest[2 * n_layers], rest[2 * n_layers + 1:]
-        need = [bool(n) for n in ctx.needs_input_grad[3:3 + n_parts]]
-        grad_parts, grad_w, grad_b = torch.ops.fields.mlp_bwd(grad_out, parts, hidden, out, weights, biases,
-                                                              ctx.relu_out, need, ctx.bf16)
-        return (None, None, None, *(g if n else None for g, n in zip(grad_parts, need)), *grad_w, *grad_b)
-
-
 def relu_mlp(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
              relu_out: bool = False, bf16: bool = False) -> torch.Tensor:
     """``relu_mlp_reference`` on the fused native kernel when it can run (float32 CPU tensors, native build).
@@ -68,13 +46,14 @@ def relu_mlp(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], bia
     ``mlp_amx()``, or AVX512-BF16 dot products), every matrix product (forward, input and weight gradients) takes
     bfloat16 operands with float32 accumulation; biases, activations and outputs stay float32. Ignored elsewhere."""
     tensors = (*parts, *weights, *biases)
-    if (any(t.device.type != "cpu" for t in tensors) or native.ops_for(*tensors) is None
-            or torch.is_autocast_enabled("cpu")):
+    on_cpu = all(t.device.type == "cpu" for t in tensors) and not torch.is_autocast_enabled("cpu")
+    ops = native.ops_for(*tensors) if on_cpu else None
+    if ops is None:
         return relu_mlp_reference(parts, weights, biases, relu_out)
     parts = [p.contiguous() for p in parts]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _FusedMLP.apply(relu_out, bf16, len(parts), *parts, *weights, *biases)
-    return torch.ops.fields.mlp_fwd(parts, weights, biases, relu_out, False, bf16)[0]
+        return FusedMLP.apply(relu_out, bf16, len(parts), *parts, *weights, *biases)
+    return ops.mlp_fwd(parts, weights, biases, relu_out, False, bf16)[0]
 
 
 LAYER_NORM_EPS = 1e-5
@@ -87,28 +66,13 @@ def modulated_relu_reference(h: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     return torch.relu(torch.addcmul(beta, F.layer_norm(h, (h.shape[-1],), eps=LAYER_NORM_EPS), gamma))
 
 
-class _ModulatedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        g, b = gamma.reshape(-1).float().contiguous(), beta.reshape(-1).float().contiguous()
-        y, mean, rstd = torch.ops.fields.modulated_relu_fwd(h, g, b, LAYER_NORM_EPS)
-        ctx.save_for_backward(h, g, b, mean, rstd)
-        ctx.shapes = gamma.shape, beta.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        dh, dgamma, dbeta = torch.ops.fields.modulated_relu_bwd(grad, *ctx.saved_tensors)
-        return dh, dgamma.reshape(ctx.shapes[0]), dbeta.reshape(ctx.shapes[1])
-
-
 def modulated_relu(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """``modulated_relu_reference`` on the fused native kernel when it can run (CPU, float32 or bfloat16 ``h``,
     one gamma and beta per row, native build); the result has ``h``'s dtype there."""
     if (h.device.type != "cpu" or h.dtype not in (torch.float32, torch.bfloat16) or native.native_ops() is None
             or gamma.device.type != "cpu" or not gamma.numel() == beta.numel() == h.shape[0]):
         return modulated_relu_reference(h, gamma, beta)
-    return _ModulatedReLU.apply(h.contiguous(), gamma, beta)
+    return ModulatedReLU.apply(h.contiguous(), gamma, beta, LAYER_NORM_EPS)
 
 
 class ReLUMLP(nn.Sequential):

@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels.h"
+#include "common/kernels.h"
 
 namespace fields {
 namespace cpu {

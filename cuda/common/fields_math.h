@@ -1,7 +1,7 @@
 // Shared math of the native kernels: inline functions compiled for the host (g++, the CPU build) and for the
-// device (nvcc, the CUDA build). Every function mirrors one step of the plain-PyTorch reference in
-// renderers/ and fields/encodings.py operation for operation in the same precision, so that the two builds and
-// the reference agree (marching emits bit-identical samples; see renderers/marching.py). Build with FMA
+// device (nvcc, the CUDA build). Every function mirrors one step of the plain-PyTorch reference in renderers/
+// and fields/backends/encodings.py operation for operation in the same precision, so that the two builds and the
+// reference agree (marching emits bit-identical samples; see renderers/marching.py). Build with FMA
 // contraction off (-ffp-contract=off, nvcc --fmad=false): a fused multiply-add rounds differently from the
 // reference's separate multiply and add.
 #pragma once
@@ -199,9 +199,31 @@ struct MarchParams {
   double step, near, far, cone, max_step;
   // Whether each block of kCoarseBlock^3 cells holds an occupied cell ([res / kCoarseBlock] per axis, same memory
   // as the grid), or null when a side is not a multiple of kCoarseBlock: empty space is jumped block by block.
+  // Each build's march_rays derives it from the grid (coarse_shape, coarse_block).
   const uint8_t* coarse;
   int coarse_res[3];
 };
+
+// Sets p.coarse_res and returns true where every side of the grid is a multiple of kCoarseBlock (a coarse
+// occupancy exists), else returns false.
+FIELDS_HD bool coarse_shape(MarchParams& p) {
+  for (int a = 0; a < 3; ++a)
+    if (p.res[a] % kCoarseBlock != 0) return false;
+  for (int a = 0; a < 3; ++a) p.coarse_res[a] = p.res[a] / kCoarseBlock;
+  return true;
+}
+
+// Whether coarse block (bx, by, bz) holds an occupied cell of the grid `binary` ([res], z fastest).
+FIELDS_HD uint8_t coarse_block(const uint8_t* binary, const MarchParams& p, int bx, int by, int bz) {
+  uint8_t any = 0;
+  for (int i = 0; i < kCoarseBlock; ++i)
+    for (int j = 0; j < kCoarseBlock; ++j) {
+      const uint8_t* row = binary + (static_cast<int64_t>(bx * kCoarseBlock + i) * p.res[1] + by * kCoarseBlock + j) *
+                                        p.res[2] + static_cast<int64_t>(bz) * kCoarseBlock;
+      for (int k = 0; k < kCoarseBlock; ++k) any |= row[k];
+    }
+  return any;
+}
 
 // Distance at which the ray may resume after finding the point at distance t in the empty cell `cell`: the exit of
 // the enclosing coarse block when that block is empty too, else of the cell (-inf when no jump is safe).

@@ -1,13 +1,14 @@
-// Entry points of the native kernels on raw pointers and sizes, one set per build: fields::cpu (kernels_cpu.cpp,
-// C++17 + OpenMP) and fields::cuda (kernels_cuda.cu, nvcc). No ATen here: bindings.cpp allocates the tensors,
-// checks shapes and dispatches on the device. All float tensors are float32 and contiguous; `offsets` are the
-// CSR offsets [n_rays + 1] of packed samples sorted by ray.
+// Entry points of the native kernels on raw pointers and sizes, one set per build: fields::cpu (cpu/*.cpp, C++17 +
+// OpenMP) and fields::cuda (gpu/*.cu, nvcc), plus the CPU-only ops. No ATen here: bindings.cpp checks shapes,
+// allocates the tensors and dispatches on the device. All float tensors are float32 (or bfloat16 where a
+// signature says so) and contiguous; `offsets` are the CSR offsets [n_rays + 1] of packed samples sorted by ray.
+// (The fused MLP is the one op that works on tensors itself: cpu/mlp.h.)
 #pragma once
 
 #include <cstdint>
-#include <vector>
+#include <functional>
 
-#include "fields_math.h"
+#include "common/fields_math.h"
 
 namespace fields {
 
@@ -19,12 +20,29 @@ struct HashGrid {
   int features;           // F
 };
 
+// The packed samples of a march, in arrays the caller allocates once the kernel knows how many there are.
+struct PackedSamples {
+  int64_t* ray_indices;  // [S], non-decreasing
+  float* t_starts;       // [S]
+  float* t_ends;         // [S]
+};
+using AllocateSamples = std::function<PackedSamples(int64_t count)>;
+
+// A bfloat16 value as its bits (the top half of a float32), layout-compatible with torch's.
+struct Bf16 {
+  uint16_t bits;
+};
+
 #define FIELDS_KERNEL_DECLS(...)                                                                            \
   /* out [N, L * F] */                                                                                         \
   void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out __VA_ARGS__);                          \
   /* grad_table [L, T, F] overwritten (zeroed inside); grad_x [N, 3] or null */                                \
   void hash_encode_backward(const float* grad_out, const float* x, int64_t n, HashGrid g, float* grad_table,    \
                             float* grad_x __VA_ARGS__);                                                             \
+  /* Packed samples in occupied cells of `binary` [res] (see renderers/marching.py), in `allocate(count)`'s */   \
+  /* arrays; p.coarse is derived here from `binary` (empty blocks of cells are jumped) */                        \
+  void march_rays(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,                 \
+                  const uint8_t* binary, MarchParams p, const AllocateSamples& allocate __VA_ARGS__);             \
   void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out __VA_ARGS__);              \
   void composite_forward(const float* sigmas, const float* rgbs, const float* t_starts, const float* t_ends,     \
                          const int64_t* offsets, int64_t n_rays, float* weights, float* rgb, float* opacity,    \
@@ -63,26 +81,28 @@ struct HashGrid {
 namespace cpu {
 FIELDS_KERNEL_DECLS()
 
-// Samples of a run of consecutive rays, in ray order.
-struct MarchedChunk {
-  std::vector<int64_t> ray;
-  std::vector<float> t_start, t_end;
-};
-// Marching in one pass: every ray is marched once, its samples appended to its chunk (consecutive rays), and the
-// caller concatenates the chunks in order. (The CUDA build marches twice instead, count then fill, because
-// threads there cannot grow buffers; on a CPU the second pass would double the cost.)
-std::vector<MarchedChunk> march_chunks(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
-                                       const uint8_t* binary, MarchParams p);
+// CPU-only ops (CUDA tensors take the plain-PyTorch path).
+// Real spherical harmonics of unit directions [N, 3]: out [N, degree^2], degree 1..4.
+void sh_encode(const float* dirs, int64_t n, int degree, float* out);
+// y = relu(gamma * layer_norm(h) + beta) per row of h [N, W] (float32 or bfloat16), gamma and beta [N]; saves the
+// rows' mean and 1/std [N] for the backward.
+void modulated_relu_forward(const float* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,
+                            float* y, float* mean, float* rstd);
+void modulated_relu_forward(const Bf16* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,
+                            Bf16* y, float* mean, float* rstd);
+void modulated_relu_backward(const float* dy, const float* h, const float* gamma, const float* beta,
+                             const float* mean, const float* rstd, int64_t n, int64_t w, float* dh, float* dgamma,
+                             float* dbeta);
+void modulated_relu_backward(const Bf16* dy, const Bf16* h, const float* gamma, const float* beta,
+                             const float* mean, const float* rstd, int64_t n, int64_t w, Bf16* dh, float* dgamma,
+                             float* dbeta);
+// Flush-to-zero and denormals-are-zero on (or off) on every thread of the OpenMP pool and the calling thread;
+// returns whether the calling thread had them on before.
+bool flush_denormals(bool on);
 }  // namespace cpu
 
 namespace cuda {
 FIELDS_KERNEL_DECLS(, void* stream)
-/* samples per ray */
-void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                 MarchParams p, int64_t* counts, void* stream);
-void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends,
-                void* stream);
 }  // namespace cuda
 
 #undef FIELDS_KERNEL_DECLS

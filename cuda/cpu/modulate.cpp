@@ -1,30 +1,29 @@
 // CAM's modulated activation, fused, CPU only (C++17 + OpenMP): y = relu(gamma * layer_norm(h) + beta), with the
 // layer norm over each row of h without a learned affine and gamma, beta one scalar per row. The reference is
-// fields/fused_mlp.py's modulated_relu_reference; CUDA tensors never reach this file.
+// fields/backends/fused_mlp.py's modulated_relu_reference; CUDA tensors never reach this file.
 //
 // Why: in torch this is layer_norm, addcmul and relu, each a pass over [N, width], plus bfloat16 <-> float32
 // casts around the layer norm under CPU autocast, and as many passes again backward; measured on a CAM field,
 // these element-wise passes cost more than the network's matrix products. Here one pass per row goes each way,
 // in the dtype of h (float32 or bfloat16; arithmetic in float32). The backward recomputes the normalised row
 // from h and the saved mean and 1/std instead of keeping it.
-#include <torch/library.h>
-#include <ATen/ATen.h>
-
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <tuple>
 #include <vector>
 
-namespace {
+#include "common/kernels.h"
 
-using at::Tensor;
+namespace fields {
+namespace cpu {
+namespace {
 
 // Element conversions that vectorise (c10's bfloat16 conversions branch on NaN): bfloat16 is the top half of a
 // float32, rounded to nearest even on the way down.
 inline float to_float(float v) { return v; }
-inline float to_float(c10::BFloat16 v) {
-  uint32_t u = static_cast<uint32_t>(v.x) << 16;
+inline float to_float(Bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
   float f;
   std::memcpy(&f, &u, 4);
   return f;
@@ -34,11 +33,11 @@ inline T from_float(float v);
 template <>
 inline float from_float<float>(float v) { return v; }
 template <>
-inline c10::BFloat16 from_float<c10::BFloat16>(float v) {
+inline Bf16 from_float<Bf16>(float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
-  c10::BFloat16 out;
-  out.x = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  Bf16 out;
+  out.bits = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
   return out;
 }
 
@@ -103,55 +102,29 @@ void backward_rows(const T* dy, const T* h, const float* gamma, const float* bet
   }
 }
 
-void check(const Tensor& h, const Tensor& gamma, const Tensor& beta) {
-  TORCH_CHECK(h.dim() == 2 && h.is_contiguous(), "modulated_relu: h must be a contiguous [N, W] tensor");
-  TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kBFloat16,
-              "modulated_relu: h must be float32 or bfloat16");
-  for (const Tensor* t : {&gamma, &beta})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == h.size(0),
-                "modulated_relu: gamma and beta must be contiguous float32 [N]");
-}
-
-std::tuple<Tensor, Tensor, Tensor> modulated_relu_fwd(const Tensor& h, const Tensor& gamma, const Tensor& beta,
-                                                      double eps) {
-  check(h, gamma, beta);
-  const int64_t n = h.size(0), w = h.size(1);
-  Tensor y = at::empty_like(h), mean = at::empty({n}, gamma.options()), rstd = at::empty({n}, gamma.options());
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    forward_rows<T>(h.data_ptr<T>(), gamma.data_ptr<float>(), beta.data_ptr<float>(), n, w, eps, y.data_ptr<T>(),
-                    mean.data_ptr<float>(), rstd.data_ptr<float>());
-  };
-  h.scalar_type() == at::kFloat ? run(float()) : run(c10::BFloat16());
-  return {y, mean, rstd};
-}
-
-std::tuple<Tensor, Tensor, Tensor> modulated_relu_bwd(const Tensor& dy_, const Tensor& h, const Tensor& gamma,
-                                                      const Tensor& beta, const Tensor& mean, const Tensor& rstd) {
-  check(h, gamma, beta);
-  const Tensor dy = dy_.to(h.scalar_type()).contiguous();
-  TORCH_CHECK(dy.sizes() == h.sizes(), "modulated_relu: grad must have h's shape");
-  const int64_t n = h.size(0), w = h.size(1);
-  Tensor dh = at::empty_like(h), dgamma = at::empty({n}, gamma.options()), dbeta = at::empty({n}, gamma.options());
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    backward_rows<T>(dy.data_ptr<T>(), h.data_ptr<T>(), gamma.data_ptr<float>(), beta.data_ptr<float>(),
-                     mean.data_ptr<float>(), rstd.data_ptr<float>(), n, w, dh.data_ptr<T>(), dgamma.data_ptr<float>(),
-                     dbeta.data_ptr<float>());
-  };
-  h.scalar_type() == at::kFloat ? run(float()) : run(c10::BFloat16());
-  return {dh, dgamma, dbeta};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fields, m) {
-  m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def("modulated_relu_bwd(Tensor grad, Tensor h, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
-        " -> (Tensor, Tensor, Tensor)");
+void modulated_relu_forward(const float* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,
+                            float* y, float* mean, float* rstd) {
+  forward_rows(h, gamma, beta, n, w, eps, y, mean, rstd);
 }
 
-TORCH_LIBRARY_IMPL(fields, CPU, m) {
-  m.impl("modulated_relu_fwd", &modulated_relu_fwd);
-  m.impl("modulated_relu_bwd", &modulated_relu_bwd);
+void modulated_relu_forward(const Bf16* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,
+                            Bf16* y, float* mean, float* rstd) {
+  forward_rows(h, gamma, beta, n, w, eps, y, mean, rstd);
 }
+
+void modulated_relu_backward(const float* dy, const float* h, const float* gamma, const float* beta,
+                             const float* mean, const float* rstd, int64_t n, int64_t w, float* dh, float* dgamma,
+                             float* dbeta) {
+  backward_rows(dy, h, gamma, beta, mean, rstd, n, w, dh, dgamma, dbeta);
+}
+
+void modulated_relu_backward(const Bf16* dy, const Bf16* h, const float* gamma, const float* beta,
+                             const float* mean, const float* rstd, int64_t n, int64_t w, Bf16* dh, float* dgamma,
+                             float* dbeta) {
+  backward_rows(dy, h, gamma, beta, mean, rstd, n, w, dh, dgamma, dbeta);
+}
+
+}  // namespace cpu
+}  // namespace fields

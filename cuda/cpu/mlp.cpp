@@ -1,6 +1,7 @@
 // Fused forward and backward of the small ReLU MLPs the field backends use, CPU only (C++17 + OpenMP, AVX-512
-// or AVX2+FMA intrinsics when compiled with them, plain loops otherwise). The reference is fields/fused_mlp.py's
-// relu_mlp_reference; CUDA tensors never reach this file (the Python wrapper runs the reference on them).
+// or AVX2+FMA intrinsics when compiled with them, plain loops otherwise). The reference is
+// fields/backends/fused_mlp.py's relu_mlp_reference; CUDA tensors never reach this file (the Python wrapper runs
+// the reference on them).
 //
 // Why: torch runs each layer over the whole batch, so every [N, 64] activation, its ReLU, its ReLU backward
 // and its bias-gradient sum stream through memory, and the weight-gradient GEMMs reduce over 30k rows. Here a
@@ -18,8 +19,8 @@
 // pairs (AMD Zen 4 and later, Intel Cooper Lake: about twice the float32 FMA rate). Biases, ReLU, outputs and the
 // bias gradients stay float32; hidden activations are saved as the bfloat16 copy the next layer reads. Elsewhere
 // the flag is ignored (float32 throughout).
-#include <torch/library.h>
-#include <ATen/ATen.h>
+#include "cpu/mlp.h"
+
 #include <omp.h>
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -44,6 +45,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace fields {
+namespace cpu {
 namespace {
 
 using at::Tensor;
@@ -600,6 +603,8 @@ Tensor saved_activation(int64_t rows, int m, bool lowp) {
   return lowp ? at::empty({rows, (m + 31) & ~31}, at::kBFloat16) : at::empty({rows, pad16(m)}, at::kFloat);
 }
 
+}  // namespace
+
 // Whether bf16 mode runs on AMX here (built for a CPU with AMX-BF16 and the OS lets the process use it).
 bool mlp_amx() { return mode_for(true) == Mode::kAMX; }
 
@@ -821,19 +826,5 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> mlp_bw
   return {grad_in, grad_w, grad_b};
 }
 
-}  // namespace
-
-// Own fragment of the `fields` op library, so the shared bindings.cpp needs no edit for this CPU-only op.
-TORCH_LIBRARY_FRAGMENT(fields, m) {
-  m.def("mlp_fwd(Tensor[] inputs, Tensor[] weights, Tensor[] biases, bool relu_out, bool save, bool bf16)"
-        " -> (Tensor, Tensor[])");
-  m.def("mlp_bwd(Tensor grad_out, Tensor[] inputs, Tensor[] hidden, Tensor out, Tensor[] weights, Tensor[] biases,"
-        " bool relu_out, bool[] need_input_grad, bool bf16) -> (Tensor[], Tensor[], Tensor[])");
-  m.def("mlp_amx() -> bool", &mlp_amx);
-  m.def("mlp_bf16() -> bool", &mlp_bf16);
-}
-
-TORCH_LIBRARY_IMPL(fields, CPU, m) {
-  m.impl("mlp_fwd", &mlp_fwd);
-  m.impl("mlp_bwd", &mlp_bwd);
-}
+}  // namespace cpu
+}  // namespace fields

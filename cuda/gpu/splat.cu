@@ -1,4 +1,4 @@
-// CUDA build of the Gaussian-splatting kernels: the same ops as splat_cpu.cpp on raw device pointers, sharing the
+// CUDA build of the Gaussian-splatting kernels: the same ops as cpu/splat.cpp on raw device pointers, sharing the
 // math of fields_math.h. One thread per Gaussian for projection and binning (pairs sorted with CUB's radix sort
 // on (tile << 32 | depth bits), stable, so ties keep the id order), one block per tile and one thread per pixel
 // for the rasterizer; the backward pass replays each pixel back to front and adds into the per-Gaussian
@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.h"
+#include "common/kernels.h"
 
 namespace fields {
 namespace cuda {

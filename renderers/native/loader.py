@@ -1,4 +1,4 @@
-"""Loader of the native kernels in ``cuda/`` and the autograd wrappers around them.
+"""Loader of the native kernels in ``cuda/``.
 
 The extension is JIT-built once with ``torch.utils.cpp_extension`` + ninja (``-O3 -march=native -fopenmp``,
 plus the CUDA build when torch has CUDA and nvcc is found) into torch's extension folder
@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "cuda"
-CPU_SOURCES = ("bindings.cpp", "kernels_cpu.cpp", "splat_cpu.cpp", "mlp_cpu.cpp", "modulate_cpu.cpp", "sh_cpu.cpp")
-CUDA_SOURCES = ("kernels_cuda.cu", "splat_cuda.cu")
-HEADERS = ("fields_math.h", "kernels.h")
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
+# Paths under SOURCE_DIR. The build key hashes every one of them, so an edit to any source or header rebuilds.
+CPU_SOURCES = ("bindings.cpp", "cpu/volume.cpp", "cpu/splat.cpp", "cpu/mlp.cpp", "cpu/modulate.cpp", "cpu/sh.cpp",
+               "cpu/denormals.cpp")
+CUDA_SOURCES = ("gpu/volume.cu", "gpu/splat.cu")
+HEADERS = ("common/fields_math.h", "common/kernels.h", "cpu/mlp.h")
 # No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17"]
 CUDA_CFLAGS = ["-O3", "--fmad=false", "-std=c++17"]
@@ -165,51 +167,3 @@ def ops_for(*tensors: torch.Tensor):
         if not (t.is_cuda or t.device.type == "cpu"):
             return None
     return ops
-
-
-def ray_offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """CSR offsets [n_rays + 1] of packed samples sorted by ray."""
-    bounds = torch.arange(n_rays + 1, device=ray_indices.device, dtype=ray_indices.dtype)
-    return torch.searchsorted(ray_indices, bounds)
-
-
-# -- autograd wrappers -----------------------------------------------------------------------------------
-
-
-class HashEncode(torch.autograd.Function):
-    """Native hash encoding; backward returns the table gradient and, when ``x`` requires it, the input's."""
-
-    @staticmethod
-    def forward(ctx, x, table, resolutions):
-        ctx.save_for_backward(x, table, resolutions)
-        return torch.ops.fields.hash_encode_fwd(x, table, resolutions)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, table, resolutions = ctx.saved_tensors
-        grad_table, grad_x = torch.ops.fields.hash_encode_bwd(grad_out.contiguous(), x, table, resolutions,
-                                                              ctx.needs_input_grad[0])
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_table, None
-
-
-class Composite(torch.autograd.Function):
-    """Native packed compositing: weights, rgb, opacity, depth; differentiable w.r.t. sigmas and rgbs."""
-
-    @staticmethod
-    def forward(ctx, sigmas, rgbs, t_starts, t_ends, offsets):
-        out = torch.ops.fields.composite_fwd(sigmas, rgbs, t_starts, t_ends, offsets)
-        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, offsets)
-        return out
-
-    @staticmethod
-    def backward(ctx, g_weights, g_rgb, g_opacity, g_depth):
-        sigmas, rgbs, t_starts, t_ends, offsets = ctx.saved_tensors
-        n_rays = offsets.numel() - 1
-
-        def dense(g, *shape):
-            return torch.zeros(*shape, dtype=sigmas.dtype, device=sigmas.device) if g is None else g.contiguous()
-
-        grad_sigmas, grad_rgbs = torch.ops.fields.composite_bwd(
-            None if g_weights is None else g_weights.contiguous(), dense(g_rgb, n_rays, 3),
-            dense(g_opacity, n_rays), dense(g_depth, n_rays), sigmas, rgbs, t_starts, t_ends, offsets)
-        return grad_sigmas, grad_rgbs, None, None, None

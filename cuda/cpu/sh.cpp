@@ -1,17 +1,21 @@
-// Real spherical harmonics of unit directions, CPU only (C++17, at::parallel_for): out [N, degree^2] in one pass
-// per row, the constants, sign convention and arithmetic order of fields/encodings.py's sh_encode_reference
+// Real spherical harmonics of unit directions, CPU only (C++17 + OpenMP): out [N, degree^2] in one pass per row,
+// the constants, sign convention and arithmetic order of fields/backends/encodings.py's sh_encode_reference
 // (tiny-cuda-nn's SphericalHarmonics). Forward only: the directions of a radiance field's samples need no
 // gradient; the wrapper runs the reference when they do (3D Gaussians' view directions). CUDA tensors use torch.
 //
 // Why: torch builds the encoding from ~30 element-wise passes over [N] and a stack into [N, 16] with strided
 // writes: 1.2 ms of a 29 ms lego hash-grid step, for what one pass computes in a tenth of that.
-#include <torch/library.h>
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include <omp.h>
 
+#include <algorithm>
+
+#include "common/kernels.h"
+
+namespace fields {
+namespace cpu {
 namespace {
 
-using at::Tensor;
+constexpr int64_t kRowsPerThread = 4096;  // at least, per thread
 
 // Row i of the encoding: degree^2 values of direction (x, y, z).
 inline void sh_row(float x, float y, float z, int degree, float* o) {
@@ -37,24 +41,15 @@ inline void sh_row(float x, float y, float z, int degree, float* o) {
   o[15] = 0.59004358992664352f * x * (-xx + 3.0f * yy);
 }
 
-Tensor sh_encode(const Tensor& d_, int64_t degree) {
-  TORCH_CHECK(d_.device().is_cpu() && d_.scalar_type() == at::kFloat && d_.dim() == 2 && d_.size(1) == 3,
-              "sh_encode: directions must be float32 CPU [N, 3]");
-  TORCH_CHECK(degree >= 1 && degree <= 4, "sh_encode: degree must be 1..4, got ", degree);
-  const Tensor d = d_.contiguous();
-  const int deg = static_cast<int>(degree), width = deg * deg;
-  Tensor out = at::empty({d.size(0), width}, d.options());
-  const float* dp = d.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, d.size(0), 4096, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) sh_row(dp[3 * i], dp[3 * i + 1], dp[3 * i + 2], deg, op + i * width);
-  });
-  return out;
-}
-
 }  // namespace
 
-// Own fragment of the `fields` op library, so the shared bindings.cpp needs no edit for this CPU-only op.
-TORCH_LIBRARY_FRAGMENT(fields, m) { m.def("sh_encode(Tensor dirs, int degree) -> Tensor"); }
+void sh_encode(const float* dirs, int64_t n, int degree, float* out) {
+  const int width = degree * degree;
+  const int64_t tasks = (n + kRowsPerThread - 1) / kRowsPerThread;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), tasks)));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < n; ++i) sh_row(dirs[3 * i], dirs[3 * i + 1], dirs[3 * i + 2], degree, out + i * width);
+}
 
-TORCH_LIBRARY_IMPL(fields, CPU, m) { m.impl("sh_encode", &sh_encode); }
+}  // namespace cpu
+}  // namespace fields

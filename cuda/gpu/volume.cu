@@ -1,12 +1,14 @@
-// CUDA build of the native kernels: the same ops as kernels_cpu.cpp on raw device pointers, sharing the math of
-// fields_math.h. No ATen here (compiles standalone with `nvcc -c`); bindings.cpp passes torch's current stream.
-// Build with --fmad=false so that marching reproduces the reference's float32 rounding exactly.
+// CUDA build of the volume-rendering kernels: the same ops as cpu/volume.cpp on raw device pointers, sharing the
+// math of common/fields_math.h. No ATen here (compiles standalone with `nvcc -c`); bindings.cpp passes torch's
+// current stream. Build with --fmad=false so that marching reproduces the reference's float32 rounding exactly.
 #include <cuda_runtime.h>
 
+#include <cub/cub.cuh>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
-#include "kernels.h"
+#include "common/kernels.h"
 
 namespace fields {
 namespace cuda {
@@ -16,10 +18,11 @@ constexpr int kThreads = 256;
 
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-inline void check_launch(const char* what) {
-  cudaError_t err = cudaGetLastError();
+inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
+
+inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 struct LevelCorners {
   uint32_t row[8];
@@ -106,6 +109,15 @@ struct FillEmit {
   }
 };
 
+// One thread per coarse block (MarchParams::coarse).
+__global__ void coarse_occupancy_kernel(const uint8_t* binary, MarchParams p, uint8_t* coarse) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int cy = p.coarse_res[1], cz = p.coarse_res[2];
+  if (b >= static_cast<int64_t>(p.coarse_res[0]) * cy * cz) return;
+  coarse[b] = coarse_block(binary, p, static_cast<int>(b / (static_cast<int64_t>(cy) * cz)),
+                           static_cast<int>(b / cz % cy), static_cast<int>(b % cz));
+}
+
 __global__ void march_count_kernel(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
                                    const uint8_t* binary, MarchParams p, int64_t* counts) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -169,19 +181,43 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
   }
 }
 
-void march_count(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                 MarchParams p, int64_t* counts, void* stream) {
-  march_count_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      origins, dirs, jitter, n_rays, binary, p, counts);
-  check_launch("march_count");
-}
-
-void march_fill(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
-                MarchParams p, const int64_t* offsets, int64_t* ray_indices, float* t_starts, float* t_ends,
-                void* stream) {
-  march_fill_kernel<<<blocks_for(n_rays), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      origins, dirs, jitter, n_rays, binary, p, offsets, ray_indices, t_starts, t_ends);
-  check_launch("march_fill");
+// Count the samples of every ray, scan the counts into offsets, allocate, then march again to fill: threads cannot
+// grow buffers (the CPU build marches once into per-chunk vectors instead).
+void march_rays(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const AllocateSamples& allocate, void* stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  uint8_t* coarse = nullptr;
+  int64_t *counts = nullptr, *offsets = nullptr;
+  void* temp = nullptr;
+  size_t temp_bytes = 0;
+  if (coarse_shape(p)) {
+    const int64_t n_coarse = static_cast<int64_t>(p.coarse_res[0]) * p.coarse_res[1] * p.coarse_res[2];
+    check(cudaMallocAsync(&coarse, n_coarse, st), "march_rays alloc");
+    coarse_occupancy_kernel<<<blocks_for(n_coarse), kThreads, 0, st>>>(binary, p, coarse);
+    check_launch("march_rays coarse");
+  }
+  p.coarse = coarse;
+  int64_t total = 0;
+  if (n_rays > 0) {
+    check(cudaMallocAsync(&counts, sizeof(int64_t) * n_rays, st), "march_rays alloc");
+    check(cudaMallocAsync(&offsets, sizeof(int64_t) * (n_rays + 1), st), "march_rays alloc");
+    march_count_kernel<<<blocks_for(n_rays), kThreads, 0, st>>>(origins, dirs, jitter, n_rays, binary, p, counts);
+    check_launch("march_rays count");
+    check(cudaMemsetAsync(offsets, 0, sizeof(int64_t), st), "march_rays offsets");
+    check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, offsets + 1, n_rays, st), "march_rays scan");
+    check(cudaMallocAsync(&temp, temp_bytes, st), "march_rays alloc");
+    check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, counts, offsets + 1, n_rays, st), "march_rays scan");
+    check(cudaMemcpyAsync(&total, offsets + n_rays, sizeof(int64_t), cudaMemcpyDeviceToHost, st), "march_rays total");
+    check(cudaStreamSynchronize(st), "march_rays total");
+  }
+  const PackedSamples out = allocate(total);
+  if (total > 0) {
+    march_fill_kernel<<<blocks_for(n_rays), kThreads, 0, st>>>(origins, dirs, jitter, n_rays, binary, p, offsets,
+                                                               out.ray_indices, out.t_starts, out.t_ends);
+    check_launch("march_rays fill");
+  }
+  for (void* ptr : {temp, static_cast<void*>(offsets), static_cast<void*>(counts), static_cast<void*>(coarse)})
+    if (ptr != nullptr) cudaFreeAsync(ptr, st);
 }
 
 void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out, void* stream) {

@@ -1,14 +1,14 @@
-// CPU build of the native kernels (C++17 + OpenMP). Loops are written so that g++ -O3 -march=native
-// vectorises the per-point arithmetic (blocks of points, structure-of-arrays scratch, no branches inside), and
-// the hash-grid backward partitions the work by level, so every thread owns its levels' table rows and the
-// gradient scatter needs no atomics.
+// CPU build of the volume-rendering kernels (C++17 + OpenMP): hash encoding, ray marching, compositing. Loops are
+// written so that g++ -O3 -march=native vectorises the per-point arithmetic (blocks of points, structure-of-arrays
+// scratch, no branches inside), and the hash-grid backward partitions the work by level, so every thread owns its
+// levels' table rows and the gradient scatter needs no atomics.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "kernels.h"
+#include "common/kernels.h"
 
 namespace fields {
 namespace cpu {
@@ -227,10 +227,19 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Marching: one pass, samples collected per chunk of consecutive rays.
+// Marching in one pass: every ray is marched once, its samples appended to its chunk (a run of consecutive rays),
+// and the chunks are then copied in order into the caller's arrays. (The CUDA build marches twice instead, count
+// then fill, because threads there cannot grow buffers; on a CPU the second pass would double the cost.)
 
 namespace {
 constexpr int64_t kRaysPerChunk = 32;
+constexpr int64_t kChunksPerCopyTask = 16;  // chunks per thread of the merge at least
+
+// Samples of a run of consecutive rays, in ray order.
+struct MarchedChunk {
+  std::vector<int64_t> ray;
+  std::vector<float> t_start, t_end;
+};
 
 struct ChunkEmit {
   int64_t ray;
@@ -241,20 +250,49 @@ struct ChunkEmit {
     chunk->t_end.push_back(te);
   }
 };
+
+// Coarse occupancy (MarchParams::coarse): which blocks of kCoarseBlock^3 cells hold an occupied one (a lego ray
+// crosses ~100 empty cells of a 64^3 grid; jumping them a block at a time halved marching). Empty where the grid's
+// sides are not multiples of kCoarseBlock.
+std::vector<uint8_t> coarse_occupancy(const uint8_t* binary, MarchParams& p) {
+  if (!coarse_shape(p)) return {};
+  const int cx = p.coarse_res[0], cy = p.coarse_res[1], cz = p.coarse_res[2];
+  std::vector<uint8_t> coarse(static_cast<size_t>(cx) * cy * cz);
+#pragma omp parallel for schedule(static)
+  for (int bx = 0; bx < cx; ++bx)
+    for (int by = 0; by < cy; ++by)
+      for (int bz = 0; bz < cz; ++bz)
+        coarse[(static_cast<size_t>(bx) * cy + by) * cz + bz] = coarse_block(binary, p, bx, by, bz);
+  return coarse;
+}
 }  // namespace
 
-std::vector<MarchedChunk> march_chunks(const float* origins, const float* dirs, const float* jitter, int64_t n_rays,
-                                       const uint8_t* binary, MarchParams p) {
-  std::vector<MarchedChunk> chunks((n_rays + kRaysPerChunk - 1) / kRaysPerChunk);
+void march_rays(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
+                MarchParams p, const AllocateSamples& allocate) {
+  const std::vector<uint8_t> coarse = coarse_occupancy(binary, p);
+  p.coarse = coarse.empty() ? nullptr : coarse.data();
+  const int64_t n_chunks = (n_rays + kRaysPerChunk - 1) / kRaysPerChunk;
+  std::vector<MarchedChunk> chunks(n_chunks);
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t ch = 0; ch < static_cast<int64_t>(chunks.size()); ++ch) {
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
     const int64_t r1 = std::min(n_rays, (ch + 1) * kRaysPerChunk);
     for (int64_t r = ch * kRaysPerChunk; r < r1; ++r) {
       ChunkEmit emit{r, &chunks[ch]};
       march_ray(origins + 3 * r, dirs + 3 * r, jitter ? jitter[r] : 0.0f, binary, p, emit);
     }
   }
-  return chunks;
+  std::vector<int64_t> start(n_chunks + 1, 0);
+  for (int64_t c = 0; c < n_chunks; ++c) start[c + 1] = start[c] + static_cast<int64_t>(chunks[c].ray.size());
+  const PackedSamples out = allocate(start.back());
+  const int64_t copy_tasks = (n_chunks + kChunksPerCopyTask - 1) / kChunksPerCopyTask;
+  const int copy_threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), copy_tasks)));
+#pragma omp parallel for schedule(static) num_threads(copy_threads) if (copy_threads > 1)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const MarchedChunk& ch = chunks[c];
+    std::copy(ch.ray.begin(), ch.ray.end(), out.ray_indices + start[c]);
+    std::copy(ch.t_start.begin(), ch.t_start.end(), out.t_starts + start[c]);
+    std::copy(ch.t_end.begin(), ch.t_end.end(), out.t_ends + start[c]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
