@@ -4,9 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/kernels.h"
 
@@ -23,6 +23,29 @@ inline void check(cudaError_t err, const char* what) {
 }
 
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+// Device buffers of one call, from the stream-ordered pool, freed (in stream order) when the call returns or throws.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    for (void* ptr : buffers_) cudaFreeAsync(ptr, stream_);
+  }
+  template <class T>
+  T* get(int64_t count) {
+    if (count <= 0) return nullptr;
+    void* ptr = nullptr;
+    check(cudaMallocAsync(&ptr, sizeof(T) * static_cast<size_t>(count), stream_), "device scratch");
+    buffers_.push_back(ptr);
+    return static_cast<T*>(ptr);
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<void*> buffers_;
+};
 
 struct LevelCorners {
   uint32_t row[8];
@@ -186,26 +209,27 @@ void hash_encode_backward(const float* grad_out, const float* x, int64_t n, Hash
 void march_rays(const float* origins, const float* dirs, const float* jitter, int64_t n_rays, const uint8_t* binary,
                 MarchParams p, const AllocateSamples& allocate, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  Scratch scratch{st};
   uint8_t* coarse = nullptr;
-  int64_t *counts = nullptr, *offsets = nullptr;
-  void* temp = nullptr;
-  size_t temp_bytes = 0;
-  if (coarse_shape(p)) {
-    const int64_t n_coarse = static_cast<int64_t>(p.coarse_res[0]) * p.coarse_res[1] * p.coarse_res[2];
-    check(cudaMallocAsync(&coarse, n_coarse, st), "march_rays alloc");
+  const int64_t n_coarse =
+      coarse_shape(p) ? static_cast<int64_t>(p.coarse_res[0]) * p.coarse_res[1] * p.coarse_res[2] : 0;
+  if (n_coarse > 0) {
+    coarse = scratch.get<uint8_t>(n_coarse);
     coarse_occupancy_kernel<<<blocks_for(n_coarse), kThreads, 0, st>>>(binary, p, coarse);
     check_launch("march_rays coarse");
   }
   p.coarse = coarse;
   int64_t total = 0;
+  int64_t* offsets = nullptr;
   if (n_rays > 0) {
-    check(cudaMallocAsync(&counts, sizeof(int64_t) * n_rays, st), "march_rays alloc");
-    check(cudaMallocAsync(&offsets, sizeof(int64_t) * (n_rays + 1), st), "march_rays alloc");
+    int64_t* counts = scratch.get<int64_t>(n_rays);
+    offsets = scratch.get<int64_t>(n_rays + 1);
     march_count_kernel<<<blocks_for(n_rays), kThreads, 0, st>>>(origins, dirs, jitter, n_rays, binary, p, counts);
     check_launch("march_rays count");
     check(cudaMemsetAsync(offsets, 0, sizeof(int64_t), st), "march_rays offsets");
+    size_t temp_bytes = 0;
     check(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, counts, offsets + 1, n_rays, st), "march_rays scan");
-    check(cudaMallocAsync(&temp, temp_bytes, st), "march_rays alloc");
+    void* temp = scratch.get<uint8_t>(static_cast<int64_t>(temp_bytes));
     check(cub::DeviceScan::InclusiveSum(temp, temp_bytes, counts, offsets + 1, n_rays, st), "march_rays scan");
     check(cudaMemcpyAsync(&total, offsets + n_rays, sizeof(int64_t), cudaMemcpyDeviceToHost, st), "march_rays total");
     check(cudaStreamSynchronize(st), "march_rays total");
@@ -216,8 +240,6 @@ void march_rays(const float* origins, const float* dirs, const float* jitter, in
                                                                out.ray_indices, out.t_starts, out.t_ends);
     check_launch("march_rays fill");
   }
-  for (void* ptr : {temp, static_cast<void*>(offsets), static_cast<void*>(counts), static_cast<void*>(coarse)})
-    if (ptr != nullptr) cudaFreeAsync(ptr, st);
 }
 
 void transmittance(const float* tau, const int64_t* offsets, int64_t n_rays, float* out, void* stream) {
