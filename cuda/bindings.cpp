@@ -425,7 +425,7 @@ TORCH_LIBRARY(fields, m) {
         " -> (Tensor, Tensor[])");
   m.def("mlp_bwd(Tensor grad_out, Tensor[] inputs, Tensor[] hidden, Tensor out, Tensor[] weights, Tensor[] biases,"
         " bool relu_out, bool[] need_input_grad, bool bf16) -> (Tensor[], Tensor[], Tensor[])");
-  // What this build can do (no tensors: one implementation for every device)
+  // No tensors, so one implementation for every device: what this build can do, the CPU threads' float mode
   m.def("has_cuda() -> bool", &has_cuda);
   m.def("mlp_amx() -> bool", &fields::cpu::mlp_amx);
   m.def("mlp_bf16() -> bool", &fields::cpu::mlp_bf16);
