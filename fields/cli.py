@@ -14,7 +14,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import tyro
@@ -32,6 +32,11 @@ from fields.run.folder import LoadedRun, RunError, load_run, new_run_dir, resolv
 from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
+
+if TYPE_CHECKING:
+    from fields.export.run_exports import RunExporter
+    from fields.training.trainer import Trainer
+    from viewer import Viewer
 
 console = Console()
 FieldName = Literal[tuple(FIELD_CONFIGS)]  # type: ignore[valid-type]
@@ -61,7 +66,7 @@ class _TrainOptions:
     """Viewer port (the next free one is taken if it is busy)."""
 
     def run_config(self) -> RunConfig:
-        return RunConfig(scene=self.scene, field=self.field, field_config=getattr(self, self.field),
+        return RunConfig(scene=self.scene, field_config=getattr(self, self.field),
                          render=self.render, train=self.train, grid_resolution=self.grid_resolution)
 
     def run(self) -> None:
@@ -91,20 +96,16 @@ class _TrainOptions:
             viewer.training_finished(trainer)
             viewer.serve_forever()
 
-    def _open_viewer(self, trainer):
-        import torch
-
-        from fields.export.run_exports import RunExporter
+    def _open_viewer(self, trainer: "Trainer") -> "Viewer":
         from viewer import RenderTarget, Viewer
 
-        target = RenderTarget(trainer.model, torch.tensor(trainer.data.background),
-                              trainer.step)
+        target = RenderTarget(trainer.model, torch.tensor(trainer.data.background), trainer.step)
         on_cpu = trainer.device.type == "cpu"  # the exporters read the field on the CPU
         if not on_cpu:
             console.print("Training on the GPU: the viewer's export buttons are off (use `fields export` on the run)")
         viewer = Viewer(target, trainer.data.cameras, trainer.data.aabb, host=self.host, port=self.port,
                         training=True, title=f"fields: {trainer.run_dir.name}", console=console,
-                        exporter=RunExporter.for_trainer(trainer) if on_cpu else None)
+                        exporter=live_exporter(trainer) if on_cpu else None)
         console.print(f"Viewer at {viewer.url}")
         return viewer
 
@@ -151,7 +152,7 @@ class _DistillOptions:
             if self.teacher is None:
                 raise RunError("fields distill: pass --teacher RUN (a trained run folder) or --resume RUN")
             teacher = load_run(self.teacher)
-            cfg = student_config(teacher.config, self.student, getattr(self, self.student), self.train)
+            cfg = student_config(teacher.config, getattr(self, self.student), self.train)
             if cfg.field_config.training_steps == "images":  # explicit primitives: seeded on the teacher's surface
                 self._distill_to_gaussians(teacher, cfg)
                 return
@@ -231,8 +232,9 @@ class Eval:
     """Run folder (or its config.yaml)."""
     split: Literal["test", "val", "train"] = "test"
     """Which split to evaluate."""
-    every: int = 8
-    """Evaluate every N-th view."""
+    every: int | None = None
+    """Evaluate every N-th view (default: every view of a split of up to 32 views, as real captures hold out every
+    8th image; every 8th of larger ones, such as Blender's 200 test views)."""
     quiet: bool = False
     """No progress bar."""
 
@@ -241,8 +243,9 @@ class Eval:
 
         run = load_run(self.run_dir)
         split = run.split(self.split)
+        every = self.every if self.every is not None else (1 if len(split) <= 32 else 8)
         out = run.path / "eval" / f"{self.split}-step-{run.step:06d}"
-        result = evaluate(run.model, split, self.every, out, not self.quiet)
+        result = evaluate(run.model, split, every, out, not self.quiet)
         (run.path / "eval" / "metrics.json").write_text(json.dumps({**result, "images": str(out)}, indent=2))
         console.print(f"{self.split}: PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
@@ -267,6 +270,14 @@ class View:
         run = load_run(self.run_dir)
         run_viewer(run, host=self.host, port=self.port, max_side=self.max_resolution, console=console,
                    exporter=RunExporter.for_run(run)).serve_forever()
+
+
+def live_exporter(trainer: "Trainer") -> "RunExporter":
+    """Exports of a run while it trains (of the field at the step an export starts)."""
+    from fields.export.run_exports import RunExporter
+
+    return RunExporter(trainer.run_dir, trainer.model, trainer.data.cameras, tuple(trainer.data.background),
+                       lambda: trainer.step)
 
 
 def run_viewer(run: LoadedRun, **options) -> "Viewer":

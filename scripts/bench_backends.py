@@ -77,7 +77,7 @@ class Row:
 
 
 def train_and_eval(name: str, opt: Options, scene: SceneConfig, test, workdir: Path) -> Row:
-    cfg = RunConfig(scene=scene, field=name, field_config=FIELD_CONFIGS[name](),
+    cfg = RunConfig(scene=scene, field_config=FIELD_CONFIGS[name](),
                     train=TrainConfig(max_time=opt.max_time, seed=opt.seed, ckpt_every=1 << 30))
     torch.manual_seed(opt.seed)
     trainer = Trainer(cfg, workdir / name, console)

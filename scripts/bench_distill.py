@@ -135,7 +135,7 @@ def run(trainer: Trainer, opt: Options, test) -> Curve:
 
 def teacher_run(path: Path | None, field_name: str, opt: Options, scene: SceneConfig) -> LoadedRun:
     if path is None:
-        cfg = RunConfig(scene=scene, field=field_name, field_config=FIELD_CONFIGS[field_name](),
+        cfg = RunConfig(scene=scene, field_config=FIELD_CONFIGS[field_name](),
                         train=train_config(opt, opt.teacher_time))
         path = new_run_dir(opt.output_dir, scene.name, field_name)
         console.print(f"[bold]teacher {field_name}[/bold]: training {opt.teacher_time:.0f} s into {path}")
@@ -178,7 +178,7 @@ def main(opt: Options) -> None:
                                            show_progress=False)["psnr"]
             console.print(f"teacher {tname} ({t.path}): {teacher_psnr[tname]:.2f} dB on the check views")
         teacher, target = teachers[tname], teacher_psnr[tname] - opt.gap
-        cfg = student_config(teacher.config, name, FIELD_CONFIGS[name](), train_config(opt, opt.budget))
+        cfg = student_config(teacher.config, FIELD_CONFIGS[name](), train_config(opt, opt.budget))
         console.print(f"[bold]{name} <- {tname}[/bold] (target {target:.2f} dB): distillation")
         torch.manual_seed(opt.seed)
         distilled = run(distiller(cfg, new_run_dir(opt.output_dir, scene.name, f"{name}-distilled"), teacher,

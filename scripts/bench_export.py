@@ -45,7 +45,7 @@ def train_default(field: str, output_dir: Path, console: Console) -> Path:
     """Train ``fields train --field FIELD`` with every other option at its default; returns the run folder."""
     from fields.training.trainer import Trainer
 
-    cfg = RunConfig(field=field, field_config=FIELD_CONFIGS[field]())
+    cfg = RunConfig(field_config=FIELD_CONFIGS[field]())
     run_dir = new_run_dir(output_dir, cfg.scene.name, field)
     console.print(f"training {field} (defaults: {cfg.train.max_time} s budget) -> {run_dir}")
     Trainer(cfg, run_dir, console).train(show_progress=True)

@@ -72,11 +72,11 @@ def main() -> None:
     scene, budget = SceneConfig(scene=args.scene), TrainConfig(max_time=max(args.marks))
     test = scene.load("test")
     random = MarkEvaluator(test, args.every, args.marks, "random init")
-    cfg = RunConfig(scene=scene, field="gaussians", field_config=GaussiansConfig(), train=budget)
+    cfg = RunConfig(scene=scene, field_config=GaussiansConfig(), train=budget)
     Trainer(cfg, new_run_dir(args.output_dir, args.scene, "gaussians")).train(callbacks=[random])
 
     if args.teacher is None:
-        teacher_cfg = RunConfig(scene=scene, field="hashgrid", field_config=HashGridConfig(),
+        teacher_cfg = RunConfig(scene=scene, field_config=HashGridConfig(),
                                 train=TrainConfig(max_time=args.teacher_time))
         args.teacher = new_run_dir(args.output_dir, args.scene, "hashgrid")
         Trainer(teacher_cfg, args.teacher).train()

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
 
-    cfg = RunConfig(scene=SceneConfig(scene=args.scene), field=args.field, field_config=FIELD_CONFIGS[args.field](),
+    cfg = RunConfig(scene=SceneConfig(scene=args.scene), field_config=FIELD_CONFIGS[args.field](),
                     train=TrainConfig(max_time=max(args.marks), device=args.device))
     run_dir = new_run_dir(args.output_dir, args.scene, args.field)
     trainer = Trainer(cfg, run_dir)

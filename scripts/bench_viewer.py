@@ -90,7 +90,7 @@ def main() -> None:
         trainer.resume()
         source = f"{cfg.scene.name} run {args.run.name} at step {trainer.step}"
     else:
-        cfg = RunConfig(scene=SceneConfig(scene=args.scene), field="hashgrid", train=TrainConfig(max_time=args.warmup))
+        cfg = RunConfig(scene=SceneConfig(scene=args.scene), train=TrainConfig(max_time=args.warmup))
         trainer = Trainer(cfg, work / "run", quiet)
         print(f"warm-up: training {args.scene} for {args.warmup:.0f} s ...", flush=True)
         trainer.train(show_progress=False)

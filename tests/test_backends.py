@@ -94,7 +94,7 @@ def test_batch_size_is_the_backends_unless_given(tmp_path):
     """The MLPs default to smaller batches than the grids; --train.target-samples overrides either, and a
     config saved with the default reloads to the same batch size."""
     for name, default in [("hashgrid", 1 << 15), ("rbf", 1 << 15), ("mlp", 1 << 13), ("cam", 1 << 13)]:
-        cfg = RunConfig(field=name, field_config=FIELD_CONFIGS[name]())
+        cfg = RunConfig(field_config=FIELD_CONFIGS[name]())
         assert cfg.batch_samples() == default
         cfg.save(tmp_path / "config.yaml")
         assert RunConfig.load(tmp_path / "config.yaml").batch_samples() == default
@@ -310,11 +310,11 @@ def heldout_psnr(trainer: Trainer, n: int = 1024) -> float:
 def test_short_radiance_run_improves_psnr(name, tmp_path):
     train = TrainConfig(max_time=None, max_steps=100, target_samples=1 << 12, init_rays=256, max_rays=1024,
                         warmup_steps=5, grid_every=8, grid_warmup=32, log_every=20, ckpt_every=10_000)
-    cfg = RunConfig(scene=SceneConfig(scene="procedural", downscale=2), field=name, field_config=small_config(name),
+    cfg = RunConfig(scene=SceneConfig(scene="procedural", downscale=2), field_config=small_config(name),
                     train=train, grid_resolution=32)
     torch.manual_seed(0)
     trainer = Trainer(cfg, tmp_path / "run")
-    trainer.grid.update(trainer.field.density, trainer.step_size)  # prune the box as step 0 would
+    trainer.grid.update(trainer.field.density, trainer.model.step_size)  # prune the box as step 0 would
     before = heldout_psnr(trainer)
     initial = {n: p.detach().clone() for n, p in trainer.field.named_parameters() if n.endswith("_grid")}
     trainer.train(show_progress=False)

@@ -53,7 +53,7 @@ def teacher(trained_run):
 def test_student_comes_within_margin_of_teacher(name, teacher, tmp_path):
     run, test, teacher_psnr = teacher
     field_config = run.config.field_config if name == run.config.field else FIELD_CONFIGS[name](**SMALL[name])
-    cfg = student_config(run.config, name, field_config, tiny_config(max_steps=STEPS).train)
+    cfg = student_config(run.config, field_config, tiny_config(max_steps=STEPS).train)
     student = distiller(cfg, tmp_path / name, run, DistillConfig())
     assert torch.equal(student.grid.binary, run.grid.binary) and torch.equal(student.field.aabb, run.field.aabb)
     student.train(show_progress=False)
@@ -74,7 +74,7 @@ def test_density_loss_is_clamped_where_the_teacher_is():
 
 def test_points_stage_runs_at_its_learning_rate_scale(trained_run, tmp_path):
     run = load_run(trained_run)
-    cfg = student_config(run.config, "mlp", FIELD_CONFIGS["mlp"](**NET), tiny_config(max_steps=8).train)
+    cfg = student_config(run.config, FIELD_CONFIGS["mlp"](**NET), tiny_config(max_steps=8).train)
     student = distiller(cfg, tmp_path, run, DistillConfig(points_until=0.5, points_lr_scale=4.0))
     stages = []
     t, group = cfg.train, student.optimizer.param_groups[0]

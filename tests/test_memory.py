@@ -37,6 +37,10 @@ class Starved:
         self.check(x)
         return self.field.geometry(x)
 
+    def __call__(self, x, d):
+        self.check(x)
+        return self.field(x, d)
+
     def __getattr__(self, name):
         return getattr(self.field, name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -28,6 +29,14 @@ def test_training_raises_psnr_above_bar(trained_run):
     lines = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(10, 201, 10))
     assert {"loss", "psnr", "samples_per_s", "lr", "elapsed", "rays"} <= set(lines[-1])
+
+
+def test_eval_takes_every_held_out_view_of_a_small_split_by_default(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    main(["eval", str(run), "--quiet"])
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["views"] == 16 == len(metrics["per_view"]) and metrics["every"] == 1  # the whole 16-view split
 
 
 def test_eval_command_writes_metrics_and_grids(trained_run):
@@ -146,7 +155,7 @@ def test_device_option_errors_name_the_problem(procedural_root, tmp_path):
         from fields.backends.gaussians import GaussiansConfig
 
         cfg = tiny_config(device="cuda")
-        cfg.field, cfg.field_config = "gaussians", GaussiansConfig()
+        cfg.field_config = GaussiansConfig()
         with pytest.raises(ConfigError, match="gaussians backend trains on the CPU only"):
             Trainer(cfg, tmp_path / "g")
         cfg.train.device = "auto"

@@ -26,7 +26,7 @@ import torch
 import trimesh
 from rich.console import Console
 
-from fields.cli import run_viewer
+from fields.cli import live_exporter, run_viewer
 from fields.export.run_exports import RunExporter
 from fields.run.folder import load_run
 from scenes.cameras import image_rays
@@ -142,11 +142,16 @@ def test_the_viewer_opens_on_the_whole_scene_with_thin_frustums_and_axes_on_requ
     centre, distances = frame.centre.numpy(), (cams.centers - frame.centre).norm(dim=-1).numpy()
     tab = ViserTab(viewer.url, 64, 64)
     try:
-        assert tab.wait_gui(lambda t: {"position", "look_at", "up"} <= set(t.camera) and "/WorldAxes" in t.scene
+        assert tab.wait_gui(lambda t: {"position", "look_at", "up", "fov"} <= set(t.camera) and "/WorldAxes" in t.scene
                             and any(n.startswith("/train_cameras/") for n in t.scene), 10), (tab.camera, tab.scene)
         eye, target = np.array(tab.camera["position"]), np.array(tab.camera["look_at"])
         assert np.linalg.norm(eye - centre) > 1.2 * distances.max()  # outside the sphere of the training cameras
         assert np.allclose(target, centre, atol=1e-4)
+        lo, hi = loaded.grid.aabb.numpy()
+        corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+        rays = (corners - eye) / np.linalg.norm(corners - eye, axis=-1, keepdims=True)
+        view = (target - eye) / np.linalg.norm(target - eye)
+        assert (np.arccos(rays @ view) < tab.camera["fov"] / 2).all()  # the whole scene box is in view
         assert np.dot(tab.camera["up"], frame.up.numpy()) > 0.99 and np.dot(eye - centre, frame.up.numpy()) > 0
         frustums = {n: p for n, p in tab.scene.items() if n.startswith("/train_cameras/")}
         assert len(frustums) == len(cams)
@@ -314,7 +319,7 @@ def test_training_carries_on_while_the_viewer_exports(trained_run, tmp_path):
     trainer.cfg.train.max_steps = start + 60
     target = RenderTarget(trainer.model, torch.ones(3), trainer.step)
     v = Viewer(target, trainer.data.cameras, trainer.data.aabb, port=free_port(), training=True,
-               console=Console(file=io.StringIO()), exporter=RunExporter.for_trainer(trainer))
+               console=Console(file=io.StringIO()), exporter=live_exporter(trainer))
     thread = threading.Thread(target=trainer.train, kwargs={"callbacks": [v.on_step], "show_progress": False})
     try:
         thread.start()

@@ -58,6 +58,10 @@ class Field(nn.Module):
         (gaussians) return their own kind, with the same ``field`` / ``grid`` / ``render_cfg``."""
         return VolumeModel(self, grid, render_cfg)
 
+    def seed_points(self, points: torch.Tensor, colors: torch.Tensor) -> None:
+        """Start from a scene's structure-from-motion points [P, 3] with colours [P, 3] in [0, 1] where the backend
+        places primitives (Gaussians sit on them, as 3DGS starts); fields of a volume learn from the images."""
+
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups with per-group learning rates (override to give grids their own). A group
         may set ``lr_final`` (its own end-of-budget factor, instead of the trainer's ``lr_final``)."""

@@ -16,3 +16,11 @@ FIELD_CONFIGS: dict[str, type[FieldConfig]] = {
     "cam": CAMConfig,
     "gaussians": GaussiansConfig,
 }
+
+
+def field_name(cfg: FieldConfig) -> str:
+    """The registered name of the backend a config builds."""
+    for name, cls in FIELD_CONFIGS.items():
+        if type(cfg) is cls:
+            return name
+    raise ValueError(f"{type(cfg).__name__} is not a registered field backend (known: {', '.join(FIELD_CONFIGS)})")

@@ -1,4 +1,5 @@
-"""Exporters that turn a trained run into files: meshes, videos and point clouds.
+"""Exporters that turn a trained run into files: meshes, videos, point clouds and splats. This module holds
+what they share: the error type, output paths, colour packing and the open3d import.
 
 They use a run only through the Field interface (``density`` and ``forward``) and the renderer, so every
 backend exports the same way. Files go to ``<run>/exports/`` unless an output path is given.
@@ -49,3 +50,13 @@ def inside_exports(run_dir: Path, name: str) -> Path:
 def rgba8(colors: np.ndarray) -> np.ndarray:
     """Opaque 8-bit RGBA [N, 4] from float RGB [N, 3] in [0, 1] (what mesh and point-cloud files store)."""
     return np.concatenate([np.round(np.clip(colors, 0, 1) * 255), np.full((len(colors), 1), 255)], 1).astype(np.uint8)
+
+
+def import_open3d():
+    """open3d, or an ExportError saying how to get it (it needs the system library libusb-1.0)."""
+    try:
+        import open3d
+    except ImportError as e:  # also OSError-like failures to load libusb surface as ImportError
+        raise ExportError(f"mesh export needs open3d, which failed to import ({e}); run scripts/setup.sh "
+                          "(installs open3d and libusb-1.0-0) or pass --no-clean") from None
+    return open3d

@@ -26,7 +26,7 @@ from rich.progress import Progress
 from skimage import measure
 
 from fields.backends.base import Field
-from fields.export import ExportError, rgba8
+from fields.export import ExportError, import_open3d, rgba8
 from fields.export.visibility import seen_faces
 from renderers.chunks import map_chunks
 from renderers.model import VolumeModel
@@ -111,16 +111,6 @@ def clean(vertices: np.ndarray, faces: np.ndarray, min_component: float = 0.05,
         mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=int(target_faces))
         mesh.remove_unreferenced_vertices()
     return np.asarray(mesh.vertices), np.asarray(mesh.triangles).astype(np.int64)
-
-
-def import_open3d():
-    """open3d, or an ExportError saying how to get it (it needs the system library libusb-1.0)."""
-    try:
-        import open3d
-    except ImportError as e:  # also OSError-like failures to load libusb surface as ImportError
-        raise ExportError(f"mesh clean-up needs open3d, which failed to import ({e}); run scripts/setup.sh "
-                          "(installs open3d and libusb-1.0-0) or pass --no-clean") from None
-    return open3d
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ from scenes.cameras import Cameras
 
 if TYPE_CHECKING:
     from fields.run.folder import LoadedRun
-    from fields.training.trainer import Trainer
 
 
 @dataclass
@@ -40,12 +39,6 @@ class RunExporter:
     def for_run(cls, run: "LoadedRun") -> "RunExporter":
         return cls(run.path, run.model, run.record.cameras, run.record.background,
                    lambda: run.step)
-
-    @classmethod
-    def for_trainer(cls, trainer: "Trainer") -> "RunExporter":
-        """Exports of a run while it trains (the field at the step an export starts)."""
-        return cls(trainer.run_dir, trainer.model, trainer.data.cameras,
-                   tuple(trainer.data.background), lambda: trainer.step)
 
     def _snapshot(self) -> tuple[VolumeModel, int]:
         """A copy of the model at the current step (training goes on while the export runs)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from rich.progress import Progress
 
+from fields.export import import_open3d
 from scenes.cameras import Cameras
 
 
@@ -20,8 +21,6 @@ def seen_faces(vertices: np.ndarray, faces: np.ndarray, cams: Cameras, tolerance
                progress: Progress | None = None) -> np.ndarray:
     """Boolean mask [F]: faces whose centre some camera of ``cams`` sees unoccluded; a hit within ``tolerance``
     (world units) of the centre counts as the face itself."""
-    from fields.export.mesh import import_open3d
-
     o3d = import_open3d()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(vertices, np.float32)),

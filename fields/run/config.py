@@ -12,7 +12,7 @@ import yaml
 
 from fields.backends.base import FieldConfig
 from fields.run.checkpoint import atomic_write
-from fields.backends.registry import FIELD_CONFIGS
+from fields.backends.registry import FIELD_CONFIGS, field_name
 from renderers.render import RenderConfig
 from scenes import SceneSplit, find_scene, load_split
 
@@ -150,7 +150,6 @@ class RunConfig:
     """A whole run: scene, field backend, renderer and trainer settings."""
 
     scene: SceneConfig = dataclasses.field(default_factory=SceneConfig)
-    field: str = "hashgrid"
     field_config: FieldConfig = dataclasses.field(default_factory=lambda: FIELD_CONFIGS["hashgrid"]())
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -166,6 +165,11 @@ class RunConfig:
         self.train.validate()
         check_settings(self, {"grid_resolution": AT_LEAST_1})
 
+    @property
+    def field(self) -> str:
+        """The backend's name, from its config's type (the one source of truth; config.yaml records it)."""
+        return field_name(self.field_config)
+
     def to_dict(self) -> dict:
         def plain(v: Any) -> Any:
             if dataclasses.is_dataclass(v):
@@ -176,7 +180,8 @@ class RunConfig:
                 return list(v)
             return v
 
-        return plain(self)
+        d = plain(self)
+        return {"scene": d.pop("scene"), "field": self.field, **d}
 
     def batch_samples(self) -> int:
         """Samples per training batch: ``--train.target-samples`` if given, else the backend's default."""
@@ -208,7 +213,6 @@ class RunConfig:
                     "train": build_section(TrainConfig, raw.get("train", {}), path, "train")}
         try:
             return RunConfig(
-                field=name,
                 field_config=build_section(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),
                 render=build_section(RenderConfig, raw.get("render", {}), path, "render"),
                 grid_resolution=raw.get("grid_resolution", 64), **sections)

@@ -29,8 +29,8 @@ import torch
 import yaml
 from rich.console import Console
 
-from fields.backends.base import Field
-from fields.run.config import ConfigError, RunConfig, build_section
+from fields.backends.base import Field, FieldConfig
+from fields.run.config import ConfigError, RunConfig, TrainConfig, build_section
 from fields.run.folder import LoadedRun
 from fields.training.steps import RayBatches, StepContext, Steps
 from fields.training.trainer import Trainer, TrainingError
@@ -72,10 +72,10 @@ class DistillConfig:
     """Share of each batch replayed with active learning."""
 
 
-def student_config(teacher: RunConfig, field: str, field_config, train) -> RunConfig:
+def student_config(teacher: RunConfig, field_config: FieldConfig, train: TrainConfig) -> RunConfig:
     """The student's run config: the teacher's scene, renderer and grid size with the student's backend."""
-    return RunConfig(scene=teacher.scene, field=field, field_config=field_config, render=teacher.render,
-                     train=train, grid_resolution=teacher.grid_resolution)
+    return RunConfig(scene=teacher.scene, field_config=field_config, render=teacher.render, train=train,
+                     grid_resolution=teacher.grid_resolution)
 
 
 def build_student(cfg: RunConfig, teacher: LoadedRun) -> tuple[Field, OccupancyGrid]:

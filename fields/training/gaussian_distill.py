@@ -74,7 +74,7 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
     Resuming it trains on the training images only (the teacher's views are not stored). ``callbacks`` run after
     each step, as in ``Trainer.train``."""
     console = console or Console()
-    cfg = RunConfig(scene=teacher.config.scene, field="gaussians", field_config=field_config or GaussiansConfig(),
+    cfg = RunConfig(scene=teacher.config.scene, field_config=field_config or GaussiansConfig(),
                     render=teacher.config.render, train=train or TrainConfig(),
                     grid_resolution=teacher.grid.resolution)
     points, colors, sizes = seed_points(teacher, num_points, min_opacity, show_progress)

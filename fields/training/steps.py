@@ -192,9 +192,14 @@ STEPS: dict[str, type[Steps]] = {"rays": RayBatches, "images": WholeImages}
 def build_steps(cfg: RunConfig, device: torch.device, data: SceneSplit | None = None,
                 model: tuple[Field, OccupancyGrid] | None = None) -> Steps:
     """The strategy the field config names, over ``data`` (default: the scene's training split) and ``model``
-    (default: a fresh field and grid), with field and grid on ``device``."""
+    (default: a fresh field and grid, seeded from the scene's structure-from-motion points where it has them),
+    with field and grid on ``device``."""
     data = cfg.scene.load("train") if data is None else data
-    field, grid = model if model is not None else build_model(cfg, data.aabb)
+    if model is None:
+        model = build_model(cfg, data.aabb)
+        if data.points is not None and len(data.points):
+            model[0].seed_points(data.points, data.point_colors.float() / 255)
+    field, grid = model
     return STEPS[cfg.field_config.training_steps](cfg, data, field.to(device), grid.to(device))
 
 

@@ -13,21 +13,38 @@ Each edit resizes the parameters in place and applies the same row edit to the o
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
+from fields.backends.gaussians.params import PER_GAUSSIAN, STATS, GaussianSet
 from renderers.splatting import quat_to_rotmat
 
-if TYPE_CHECKING:
-    from fields.backends.gaussians.field import GaussianField, GaussiansConfig
 
-PER_GAUSSIAN = ("means", "scales", "quats", "opacities", "sh0", "shN")
-STATS = ("grad2d", "grad_count")
+@dataclass
+class DensitySchedule:
+    """When and how Gaussians are cloned, split, pruned and reset (the ``GaussiansConfig`` fields of the same
+    names document each)."""
+
+    densify_from: int
+    densify_until: int
+    densify_every: int
+    grow_grad2d: float
+    grow_scale3d: float
+    prune_opacity: float
+    prune_scale3d: float
+    reset_opacity_every: int
+    max_gaussians: int
+
+    @classmethod
+    def of(cls, settings: object) -> "DensitySchedule":
+        """The schedule from any object with these attributes (the backend's config)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @torch.no_grad()
-def edit_gaussians(field: "GaussianField", optimizer: torch.optim.Optimizer | None,
+def edit_gaussians(field: GaussianSet, optimizer: torch.optim.Optimizer | None,
                    rows: Callable[[torch.Tensor], torch.Tensor],
                    new_rows: dict[str, torch.Tensor] | None = None) -> None:
     """Replace every per-Gaussian tensor ``t`` by ``cat([rows(t), new_rows[name]])``; optimizer state rows
@@ -48,10 +65,10 @@ def edit_gaussians(field: "GaussianField", optimizer: torch.optim.Optimizer | No
 
 
 class DensityControl:
-    """Clone, split, prune and opacity resets on the schedule of a ``GaussiansConfig``."""
+    """Clone, split, prune and opacity resets of ``field``'s Gaussians on ``schedule``."""
 
-    def __init__(self, field: "GaussianField", cfg: "GaussiansConfig"):
-        self.field, self.cfg = field, cfg
+    def __init__(self, field: GaussianSet, schedule: DensitySchedule):
+        self.field, self.cfg = field, schedule
 
     @torch.no_grad()
     def step(self, step: int, optimizer: torch.optim.Optimizer | None, info: dict) -> dict[str, int]:

@@ -20,7 +20,8 @@ from torch import nn
 
 from fields.backends.base import Field, FieldConfig
 from fields.backends.encodings import sh_encode
-from fields.backends.gaussians.density_control import PER_GAUSSIAN, DensityControl, edit_gaussians
+from fields.backends.gaussians.density_control import DensityControl, DensitySchedule, edit_gaussians
+from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.backends.gaussians.spatial_index import GaussianIndex
 from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
@@ -128,7 +129,7 @@ class GaussianField(Field):
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
         self.register_buffer("grad2d", torch.zeros(n))  # densification statistics (DensityControl)
         self.register_buffer("grad_count", torch.zeros(n))
-        self.control = DensityControl(self, cfg)
+        self.control = DensityControl(self, DensitySchedule.of(cfg))
         self.lock = threading.Lock()  # held while the set of Gaussians changes (the viewer renders concurrently)
         self._index: GaussianIndex | None = None
 
@@ -138,6 +139,10 @@ class GaussianField(Field):
     def gaussians(self) -> dict[str, torch.Tensor]:
         """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN."""
         return {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
+
+    def seed_points(self, points: torch.Tensor, colors: torch.Tensor) -> None:
+        """One Gaussian on each point with its colour, sized by the mean distance to its 3 nearest points."""
+        self.set_gaussians(initial_gaussians(self.aabb, self.cfg, points.float(), colors.float()))
 
     def set_gaussians(self, g: dict[str, torch.Tensor]) -> None:
         """Replace all Gaussians (before training: optimizer state is not carried over)."""

@@ -12,14 +12,12 @@ its own cell.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from fields.backends.gaussians.params import GaussianSet
 from renderers.splatting import quat_to_rotmat
 
-if TYPE_CHECKING:
-    from fields.backends.gaussians.field import GaussianField
 
 MAX_PAIRS = 1 << 22  # (Gaussian, cell) entries of the index; cells start small and grow until it holds fewer
 
@@ -27,7 +25,7 @@ MAX_PAIRS = 1 << 22  # (Gaussian, cell) entries of the index; cells start small 
 class GaussianIndex:
     """Which Gaussians' 3-sigma boxes touch each cell of a uniform grid over the scene box."""
 
-    def __init__(self, field: "GaussianField", min_opacity: float = 1 / 255):
+    def __init__(self, field: GaussianSet, min_opacity: float = 1 / 255):
         self.field = field
         self.key = self._key(field)
         with torch.no_grad():
@@ -59,11 +57,11 @@ class GaussianIndex:
             self.starts, self.counts = bounds[:-1], bounds[1:] - bounds[:-1]
 
     @staticmethod
-    def _key(field: "GaussianField") -> tuple:
+    def _key(field: GaussianSet) -> tuple:
         return tuple((p.data_ptr(), p._version, p.shape[0]) for p in
                      (field.means, field.scales, field.quats, field.opacities, field.sh0, field.shN))
 
-    def matches(self, field: "GaussianField") -> bool:
+    def matches(self, field: GaussianSet) -> bool:
         """Whether the Gaussians are unchanged since the index was built."""
         return field is self.field and self._key(field) == self.key
 
