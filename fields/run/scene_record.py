@@ -1,0 +1,104 @@
+"""What viewing and exporting a run need from its scene, kept in the run folder as ``cameras.json``: the
+training cameras, the scene box, the background colour, the scene's name and how its loader moved the
+dataset's poses (for nerfstudio camera paths).
+
+Training writes it when it starts, so a run folder copied to another machine without the training images can
+still be viewed and exported; only training and ``fields eval`` read the images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fields.run.checkpoint import atomic_write
+from fields.run.config import ConfigError
+from scenes import SceneSplit
+from scenes.cameras import Cameras
+
+RECORD_NAME = "cameras.json"
+VERSION = 1
+
+
+@dataclass
+class SceneRecord:
+    """The training cameras of a run with the scene box, background and dataset frame they belong to."""
+
+    name: str
+    cameras: Cameras
+    aabb: torch.Tensor  # [2, 3] min and max corner
+    background: tuple[float, float, float]
+    from_dataset: tuple[tuple[float, float, float], float] = ((0.0, 0.0, 0.0), 1.0)
+
+    @classmethod
+    def of(cls, split: SceneSplit) -> "SceneRecord":
+        """The record of a loaded training split."""
+        return cls(split.name, split.cameras, split.aabb.float().cpu(), tuple(split.background), split.from_dataset)
+
+
+def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
+    """Write ``<run_dir>/cameras.json`` for the training split ``split`` (atomically: a killed process leaves
+    the previous file or none, never half of one)."""
+    cams = split.cameras
+    rows = lambda t: t.detach().cpu().double().tolist()  # noqa: E731  float32 values survive the round trip
+    centre, scale = split.from_dataset
+    data = {"version": VERSION, "scene": split.name, "width": cams.width, "height": cams.height,
+            "c2w": rows(cams.c2w), "fx": rows(cams.fx), "fy": rows(cams.fy), "cx": rows(cams.cx), "cy": rows(cams.cy),
+            "distortion": None if cams.distortion is None else rows(cams.distortion),
+            "aabb": rows(split.aabb), "background": [float(c) for c in split.background],
+            "from_dataset": {"centre": [float(c) for c in centre], "scale": float(scale)}}
+    text = json.dumps(data).encode()
+    return atomic_write(Path(run_dir) / RECORD_NAME, lambda f: f.write(text))
+
+
+def read_scene_record(path: Path) -> SceneRecord:
+    """Read a ``cameras.json``; ConfigError names the file and the first problem found."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: camera record not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable JSON camera record ({e})") from None
+    if not isinstance(raw, dict) or raw.get("version") != VERSION:
+        raise ConfigError(f"{path}: not a fields camera record (expected an object with \"version\": {VERSION})")
+
+    def tensor(value: Any, label: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+        try:
+            t = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            t = None
+        if t is None or t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+            want = " x ".join("N" if s is None else str(s) for s in shape) or "single"
+            raise ConfigError(f"{path}: '{label}' must be a {want} array of numbers")
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"{path}: '{label}' holds NaN or infinite values")
+        return t
+
+    size = {k: raw.get(k) for k in ("width", "height")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size.values()):
+        raise ConfigError(f"{path}: 'width' and 'height' must be positive whole numbers (got {size})")
+    c2w = tensor(raw.get("c2w"), "c2w", (None, 4, 4))
+    n = len(c2w)
+    fx, fy, cx, cy = (tensor(raw.get(k), k, (n,)) for k in ("fx", "fy", "cx", "cy"))
+    if not bool((fx > 0).all() and (fy > 0).all()):
+        raise ConfigError(f"{path}: focal lengths 'fx' and 'fy' must be positive")
+    distortion = None if raw.get("distortion") is None else tensor(raw["distortion"], "distortion", (n, 4))
+    aabb = tensor(raw.get("aabb"), "aabb", (2, 3))
+    if not bool((aabb[0] < aabb[1]).all()):
+        raise ConfigError(f"{path}: 'aabb' must be [min corner, max corner] with min < max")
+    background = tensor(raw.get("background"), "background", (3,))
+    frame = raw.get("from_dataset") if isinstance(raw.get("from_dataset"), dict) else {}
+    centre = tensor(frame.get("centre"), "from_dataset.centre", (3,))
+    scale = tensor(frame.get("scale"), "from_dataset.scale", ())
+    if float(scale) == 0.0:
+        raise ConfigError(f"{path}: 'from_dataset.scale' must not be 0")
+    if not isinstance(raw.get("scene"), str):
+        raise ConfigError(f"{path}: 'scene' must be the scene's name")
+    cams = Cameras(c2w, fx, fy, cx, cy, size["width"], size["height"], distortion)
+    return SceneRecord(raw["scene"], cams, aabb, tuple(background.tolist()),
+                       (tuple(centre.tolist()), float(scale)))
