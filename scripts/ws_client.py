@@ -24,6 +24,12 @@ from websockets.sync.client import ClientConnection, connect
 from viewer.camera import c2w_to_viser
 
 
+# The server's camera messages: the key each sets in ``ViserTab.camera`` and the message field holding it.
+CAMERA_MESSAGES = {"SetCameraPositionMessage": ("position", "position"),
+                   "SetCameraLookAtMessage": ("look_at", "look_at"),
+                   "SetCameraUpDirectionMessage": ("up", "position"), "SetCameraFovMessage": ("fov", "fov")}
+
+
 def decode_window(frame: bytes) -> list[dict]:
     """The messages of one server frame (binary buffers left as placeholders)."""
     compressed_size = int.from_bytes(frame[8:16], "little")
@@ -36,12 +42,16 @@ class ViserTab:
     """One simulated browser tab connected to a viser server.
 
     ``gui`` holds the GUI components the server created, by uuid (their props, ``type`` and ``value``, kept
-    up to date from the server's updates); ``gui_updates`` is every update received, in order."""
+    up to date from the server's updates); ``gui_updates`` is every update received, in order. ``scene`` holds
+    the scene nodes by name (``type``, props and ``visible``) and ``camera`` the camera the server set
+    (``position``, ``look_at``, ``up``, ``fov``)."""
 
     def __init__(self, url: str, width: int = 320, height: int = 240, fov_y: float = 0.7):
         self.width, self.height, self.fov_y = width, height, fov_y
         self.gui: dict[str, dict[str, Any]] = {}
         self.gui_updates: list[tuple[str, dict[str, Any]]] = []
+        self.scene: dict[str, dict[str, Any]] = {}
+        self.camera: dict[str, Any] = {}
         ws_url = url.replace("http://", "ws://")
         self.ws: ClientConnection = connect(ws_url, subprotocols=[f"viser-v{viser.__version__}"],
                                             max_size=64 * 1024 * 1024, compression=None, open_timeout=10)
@@ -59,6 +69,15 @@ class ViserTab:
                     self.gui[m["uuid"]].update(m["updates"])
             elif m["type"].startswith("Gui") and isinstance(m.get("props"), dict) and "uuid" in m:
                 self.gui[m["uuid"]] = {**m["props"], "type": m["type"], "value": m.get("value")}
+            elif m["type"] in CAMERA_MESSAGES:
+                key, field = CAMERA_MESSAGES[m["type"]]
+                self.camera[key] = m[field]
+            elif "name" in m and isinstance(m.get("props"), dict):
+                self.scene[m["name"]] = {**m["props"], "type": m["type"], "visible": True}
+            elif m["type"] == "SetSceneNodeVisibilityMessage" and m["name"] in self.scene:
+                self.scene[m["name"]]["visible"] = m["visible"]
+            elif m["type"] == "SceneNodeUpdateMessage" and m["name"] in self.scene:
+                self.scene[m["name"]].update(m["updates"])
         return messages
 
     def find(self, label: str) -> str:

@@ -18,7 +18,7 @@ import viser
 from rich.console import Console
 
 from scenes.cameras import Cameras
-from viewer.camera import c2w_to_viser, overview, vertical_fov
+from viewer.camera import OVERVIEW_FOV, c2w_to_viser, overview, vertical_fov
 from viewer.export_panel import ExportPanel, Exporter
 from viewer.render_worker import RENDER_MODES, ClientRenderer, RenderMode, RenderTarget, View
 
@@ -70,7 +70,7 @@ class Viewer:
         axes.axes_length, axes.axes_radius, axes.visible = 0.1 * size, 0.003 * size, False
         if not len(cams):
             return
-        eye, centre, up = overview(cams)
+        eye, centre, up = overview(cams, aabb)
         spread = float(np.linalg.norm(cams.centers.double().numpy() - centre, axis=-1).mean())
         aspect = cams.width / cams.height
         for i in range(len(cams)):
@@ -82,7 +82,7 @@ class Viewer:
             frustum.on_click(self._jump_to)
         initial = self.server.initial_camera
         initial.position, initial.look_at, initial.up = tuple(eye), tuple(centre), tuple(up)
-        initial.fov = vertical_fov(cams, 0)
+        initial.fov = OVERVIEW_FOV
 
     @staticmethod
     def _jump_to(event: viser.SceneNodePointerEvent) -> None:

@@ -13,7 +13,12 @@ import numpy as np
 import torch
 import viser.transforms as vtf
 
+from scenes.camera_paths import scene_frame
 from scenes.cameras import Cameras
+
+OVERVIEW_FOV = math.radians(50)  # vertical field of view of the opening view
+OVERVIEW_ELEVATION = math.radians(30)  # its height above the scene centre's horizontal plane
+OVERVIEW_DISTANCE = 1.5  # its least distance from the scene centre, in farthest-camera distances
 
 # Right-multiplying a camera-to-world rotation by this flips the camera's Y and Z axes (OpenCV <-> OpenGL).
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
@@ -53,3 +58,24 @@ def viewer_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, width: i
 def vertical_fov(cams: Cameras, i: int) -> float:
     """Vertical field of view (radians) of camera ``i``."""
     return 2.0 * math.atan(0.5 * cams.height / cams.fy[i].item())
+
+
+def overview(cams: Cameras, aabb: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eye, target and up of a view of the whole scene: 30 degrees above the scene centre (where the training
+    cameras' optical axes meet), on the side of the first camera, looking at the centre from outside the
+    cameras' sphere and far enough for the scene box to fit in ``OVERVIEW_FOV``. The viewer opens there rather
+    than inside a training camera's frustum."""
+    frame = scene_frame(cams)
+    centre, up = frame.centre.double().numpy(), frame.up.double().numpy()
+    side = cams.centers[0].double().numpy() - centre
+    side -= (side @ up) * up
+    if np.linalg.norm(side) < 1e-6:  # the first camera looks straight down: any horizontal direction
+        side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    side /= np.linalg.norm(side)
+    reach = float(np.linalg.norm(cams.centers.double().numpy() - centre, axis=-1).max())
+    lo, hi = aabb.double().cpu().numpy()
+    corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
+    box = float(np.linalg.norm(corners - centre, axis=-1).max())  # a sphere about the centre that holds the box
+    distance = max(OVERVIEW_DISTANCE * reach, box / math.sin(OVERVIEW_FOV / 2))
+    direction = math.cos(OVERVIEW_ELEVATION) * side + math.sin(OVERVIEW_ELEVATION) * up
+    return centre + distance * direction, centre, up
