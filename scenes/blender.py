@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import (SceneError, get_frames, get_number, get_pose, read_images, read_json,
-                       resolve_image)
+from scenes.io import (SceneError, downscale_factor, get_frames, get_number, get_pose, image_size, read_images,
+                       read_json, resolve_image)
 from scenes.scene import SceneSplit
 
 # NeRF-synthetic objects fit in this box (the convention of nerfacc and Instant-NGP for these scenes).
@@ -20,7 +20,7 @@ def is_blender(root: Path) -> bool:
     return (root / "transforms_train.json").is_file()
 
 
-def load_blender(root: Path, split: str = "train", downscale: int = 1,
+def load_blender(root: Path, split: str = "train", downscale: int | str = 1,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
     """Load one split. Image size comes from the first image; ``camera_angle_x`` gives the focal length.
 
@@ -37,12 +37,11 @@ def load_blender(root: Path, split: str = "train", downscale: int = 1,
     poses = np.stack([get_pose(f, path, i) for i, f in enumerate(frames)])
     files = [resolve_image(root, f.get("file_path"), path, i, allow_outside) for i, f in enumerate(frames)]
 
-    images = read_images(files, downscale=downscale)  # the first image fixes the size of the others
-    height, width = images.shape[1] * downscale, images.shape[2] * downscale
+    width, height = image_size(files[0])  # the first image fixes the size of the others
+    images = read_images(files, (width, height), downscale_factor(downscale, width, height, root))
     aabb = torch.tensor(_read_aabb(data, path), dtype=torch.float32)
     cams = Cameras.from_fov(torch.from_numpy(poses).float(), width, height, fov_x)
-    if downscale > 1:
-        cams = cams.scaled(1.0 / downscale)
+    cams = cams.resized(images.shape[2], images.shape[1])
     return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files))
 
 

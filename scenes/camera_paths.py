@@ -12,7 +12,8 @@ also ours: such paths work as they are. Its nerfstudio-data dataparser instead o
 poses and records this in the run's ``dataparser_transforms.json`` (``transform`` T [3, 4], ``scale`` s:
 ``pose_ns = [R_T R | s (R_T t + t_T)]``). Given that file, a path is mapped back to the dataset frame as
 nerfstudio's ``transform_poses_to_original_space`` does (translation / s, then T^-1), then into our world
-with the loader's own re-centring (``SceneSplit.from_dataset``). Without it the path is taken as already in
+with the loader's own orientation, centring and scale (``SceneSplit.from_dataset`` and
+``from_dataset_rotation``). Without it the path is taken as already in
 the run's world frame.
 """
 
@@ -164,25 +165,29 @@ def read_dataparser_transforms(path: Path) -> tuple[torch.Tensor, float]:
 
 
 def nerfstudio_to_world(c2w: torch.Tensor, transform: torch.Tensor, scale: float,
-                        from_dataset: tuple[tuple[float, float, float], float]) -> torch.Tensor:
+                        from_dataset: tuple[tuple[float, float, float], float],
+                        rotation: tuple[tuple[float, float, float], ...] | None = None) -> torch.Tensor:
     """Poses [N, 4, 4] from nerfstudio's dataparser output frame (``transform``, ``scale``) to our world
-    (``SceneSplit.from_dataset``: centre and scale of our loader)."""
+    (``SceneSplit.from_dataset``: centre and scale of our loader, then ``from_dataset_rotation``)."""
     inverse = torch.linalg.inv(torch.cat([transform, torch.tensor([[0.0, 0, 0, 1]], dtype=torch.float64)]))
     poses = c2w.double().clone()
     poses[:, :3, 3] /= scale
     poses = inverse @ poses  # the dataset's own frame
     centre, world_scale = from_dataset
+    rot = torch.eye(3, dtype=torch.float64) if rotation is None else torch.tensor(rotation, dtype=torch.float64)
     poses[:, :3, 3] = (poses[:, :3, 3] - torch.tensor(centre, dtype=torch.float64)) * world_scale
+    poses[:, :3, :] = rot @ poses[:, :3, :]
     return poses.float()
 
 
 def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
-                     from_dataset: tuple[tuple[float, float, float], float] | None = None) -> CameraPath:
+                     from_dataset: tuple[tuple[float, float, float], float] | None = None,
+                     from_dataset_rotation: tuple[tuple[float, float, float], ...] | None = None) -> CameraPath:
     """A nerfstudio ``camera_path`` JSON (as written by its viewer's render panel): ``render_width``,
     ``render_height``, ``fps`` and ``camera_path`` entries with a 4x4 ``camera_to_world`` and a vertical
     ``fov`` in degrees. Poses are taken in the run's world frame, or mapped into it from nerfstudio's frame
-    when its ``dataparser_transforms`` file is given (and our loader's ``from_dataset``, default: none; see
-    the module docstring)."""
+    when its ``dataparser_transforms`` file is given (and our loader's ``from_dataset`` and
+    ``from_dataset_rotation``, default: none; see the module docstring)."""
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -220,7 +225,7 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
     c2w = torch.stack(poses)
     if dataparser_transforms is not None:
         c2w = nerfstudio_to_world(c2w, *read_dataparser_transforms(dataparser_transforms),
-                                  from_dataset or ((0.0, 0.0, 0.0), 1.0))
+                                  from_dataset or ((0.0, 0.0, 0.0), 1.0), from_dataset_rotation)
     cams = Cameras(c2w, f, f.clone(), torch.full((n,), width / 2), torch.full((n,), height / 2),
                    width, height)
     fps = meta.get("fps")
@@ -253,5 +258,4 @@ def resized(cams: Cameras, height: int | None) -> Cameras:
         raise CameraPathError(f"video resolution must be at least 2 pixels (got {h})")
     h2 = max(2, h // 2 * 2)
     w2 = max(2, round(cams.width * h2 / cams.height / 2) * 2)
-    sx, sy = w2 / cams.width, h2 / cams.height
-    return Cameras(cams.c2w, cams.fx * sx, cams.fy * sy, cams.cx * sx, cams.cy * sy, w2, h2, cams.distortion)
+    return cams.resized(w2, h2)

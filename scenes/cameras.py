@@ -2,7 +2,8 @@
 
 Conventions (see DESIGN.md): camera-to-world matrices in the OpenGL/Blender convention (+X right, +Y up,
 the camera looks down -Z), intrinsics in pixels, pixel centres at +0.5. Distortion, when present, is the
-OpenCV radial-tangential model ``k1 k2 p1 p2`` that nerfstudio's ``transforms.json`` uses.
+OpenCV radial-tangential model ``k1 k2 p1 p2`` that nerfstudio's ``transforms.json`` uses, or for fisheye
+cameras the OpenCV / COLMAP ``OPENCV_FISHEYE`` equidistant model ``k1 k2 k3 k4``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import torch
 
 @dataclass
 class Cameras:
-    """A batch of pinhole cameras that share one image size.
+    """A batch of cameras that share one image size and one lens model.
 
-    ``fx fy cx cy`` are per camera so that nerfstudio's per-frame overrides survive loading.
+    ``fx fy cx cy`` are per camera so that nerfstudio's per-frame overrides survive loading. ``fisheye``
+    switches the whole batch from the pinhole projection (plus optional radial-tangential distortion) to the
+    equidistant fisheye projection, whose ``distortion`` is then ``k1 k2 k3 k4``.
     """
 
     c2w: torch.Tensor  # [N, 4, 4] float32, OpenGL convention
@@ -26,7 +29,8 @@ class Cameras:
     cy: torch.Tensor  # [N]
     width: int
     height: int
-    distortion: torch.Tensor | None = None  # [N, 4] = k1 k2 p1 p2, or None for an ideal pinhole
+    distortion: torch.Tensor | None = None  # [N, 4] = k1 k2 p1 p2 (k1 k2 k3 k4 if fisheye), or None
+    fisheye: bool = False
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -37,12 +41,20 @@ class Cameras:
             idx = slice(idx, idx + 1)
         dist = None if self.distortion is None else self.distortion[idx]
         return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
-                       self.width, self.height, dist)
+                       self.width, self.height, dist, self.fisheye)
 
     def scaled(self, factor: float) -> "Cameras":
         """The same cameras for images resized by ``factor`` (e.g. 0.5 halves the resolution)."""
         return Cameras(self.c2w, self.fx * factor, self.fy * factor, self.cx * factor, self.cy * factor,
-                       max(1, round(self.width * factor)), max(1, round(self.height * factor)), self.distortion)
+                       max(1, round(self.width * factor)), max(1, round(self.height * factor)), self.distortion,
+                       self.fisheye)
+
+    def resized(self, width: int, height: int) -> "Cameras":
+        """The same cameras for their images resampled to ``width`` x ``height`` pixels (the image's edges map
+        onto the new edges, so x scales by width / self.width and y by height / self.height)."""
+        sx, sy = width / self.width, height / self.height
+        return Cameras(self.c2w, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height,
+                       self.distortion, self.fisheye)
 
     @property
     def centers(self) -> torch.Tensor:
@@ -58,8 +70,13 @@ class Cameras:
         return Cameras(c2w.float(), full(focal), full(focal), full(width / 2), full(height / 2), width, height)
 
 
+CONVERGED = 1e-6  # Newton steps stop when no point moves more than this (normalised units: ~1e-3 px; float32
+# rounding alone moves points by ~1e-7)
+
+
 def undistort(u: torch.Tensor, v: torch.Tensor, dist: torch.Tensor, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Invert the OpenCV radial-tangential model (k1 k2 p1 p2) on normalised coordinates by Newton's method.
+    """Invert the OpenCV radial-tangential model (k1 k2 p1 p2) on normalised coordinates by Newton's method
+    (at most ``iters`` steps, fewer once converged).
 
     ``u, v`` are distorted normalised image coordinates; returns the undistorted ones. Same scheme as
     nerfstudio's ``radial_and_tangential_undistort``.
@@ -78,8 +95,10 @@ def undistort(u: torch.Tensor, v: torch.Tensor, dist: torch.Tensor, iters: int =
         fy_y = radial + 2 * y * y * d_radial + 2 * p2 * x + 6 * p1 * y
         det = fx_x * fy_y - fx_y * fy_x
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
-        x = x - (fx * fy_y - fy * fx_y) / det
-        y = y - (fy * fx_x - fx * fy_x) / det
+        step_x, step_y = (fx * fy_y - fy * fx_y) / det, (fy * fx_x - fx * fy_x) / det
+        x, y = x - step_x, y - step_y
+        if step_x.numel() == 0 or max(step_x.abs().max().item(), step_y.abs().max().item()) < CONVERGED:
+            break
     return x, y
 
 
@@ -92,17 +111,50 @@ def distort(x: torch.Tensor, y: torch.Tensor, dist: torch.Tensor) -> tuple[torch
             radial * y + 2 * p2 * x * y + p1 * (r2 + 2 * y * y))
 
 
-def pixel_rays(cams: Cameras, cam_idx: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+def fisheye_angle(theta_d: torch.Tensor, dist: torch.Tensor, iters: int = 10) -> torch.Tensor:
+    """Invert the equidistant fisheye model theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8)
+    by Newton's method: the angle ``theta`` between a ray and the optical axis."""
+    k1, k2, k3, k4 = dist.unbind(-1)
+    theta = theta_d.clone()
+    for _ in range(iters):
+        t2 = theta * theta
+        poly = 1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4)))
+        d_poly = 1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4)))  # d (theta * poly) / d theta
+        step = (theta * poly - theta_d) / torch.where(d_poly.abs() < 1e-12, torch.full_like(d_poly, 1e-12), d_poly)
+        theta = theta - step
+        if step.numel() == 0 or step.abs().max().item() < CONVERGED:
+            break
+    return theta
+
+
+def fisheye_directions(u: torch.Tensor, v: torch.Tensor, dist: torch.Tensor | None) -> torch.Tensor:
+    """Unit directions in OpenCV camera axes (x right, y down, z forward) of distorted normalised fisheye
+    coordinates ``u, v``: the ray's angle from the axis is the inverted distortion of their radius."""
+    theta_d = torch.sqrt(u * u + v * v)
+    theta = theta_d if dist is None else fisheye_angle(theta_d, dist)
+    sin_over_r = torch.where(theta_d > 1e-8, torch.sin(theta) / theta_d.clamp_min(1e-8), torch.ones_like(theta_d))
+    return torch.stack([u * sin_over_r, v * sin_over_r, torch.cos(theta)], -1)
+
+
+def pixel_rays(cams: Cameras, cam_idx: torch.Tensor | int, px: torch.Tensor, py: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """World-space rays through pixel positions ``(px, py)`` (pixel units; centres at +0.5) of cameras
-    ``cam_idx``. Returns origins and unit directions, each [..., 3]."""
+    ``cam_idx`` (one index per pixel, or one camera for all: then its parameters stay scalars, which keeps
+    the distortion's Newton steps fast). Returns origins and unit directions, each [..., 3]."""
     u = (px - cams.cx[cam_idx]) / cams.fx[cam_idx]
     v = (py - cams.cy[cam_idx]) / cams.fy[cam_idx]
-    if cams.distortion is not None:
-        u, v = undistort(u, v, cams.distortion[cam_idx])
-    dirs_cam = torch.stack([u, -v, -torch.ones_like(u)], -1)  # image y points down, camera +Y up
+    if cams.fisheye:
+        d = fisheye_directions(u, v, None if cams.distortion is None else cams.distortion[cam_idx])
+        dirs_cam = d * torch.tensor([1.0, -1.0, -1.0])  # OpenCV axes to ours
+    else:
+        if cams.distortion is not None:
+            u, v = undistort(u, v, cams.distortion[cam_idx])
+        dirs_cam = torch.stack([u, -v, -torch.ones_like(u)], -1)  # image y points down, camera +Y up
     c2w = cams.c2w[cam_idx]
-    dirs = torch.nn.functional.normalize((c2w[..., :3, :3] @ dirs_cam[..., None])[..., 0], dim=-1)
+    if c2w.dim() == 2:  # one camera
+        dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
+    else:
+        dirs = torch.nn.functional.normalize((c2w[..., :3, :3] @ dirs_cam[..., None])[..., 0], dim=-1)
     return c2w[..., :3, 3].expand_as(dirs), dirs
 
 
@@ -110,4 +162,4 @@ def image_rays(cams: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through every pixel centre of camera ``i``, each [H, W, 3]."""
     py, px = torch.meshgrid(torch.arange(cams.height, dtype=torch.float32) + 0.5,
                             torch.arange(cams.width, dtype=torch.float32) + 0.5, indexing="ij")
-    return pixel_rays(cams, torch.full_like(px, i, dtype=torch.long), px, py)
+    return pixel_rays(cams, i, px, py)

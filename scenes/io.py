@@ -1,7 +1,8 @@
 """Reading the files of a scene with errors that name the file and what is wrong with it.
 
-Images are checked from their header before they are decoded (size limit, equal sizes, room in memory), so a
-decompression bomb or a folder of huge photos fails in milliseconds instead of exhausting memory. Image paths
+Images are checked from their header before they are decoded (size limit, equal sizes, room in memory for
+them at the size they are downscaled to), so a decompression bomb or a folder of huge photos fails in
+milliseconds instead of exhausting memory. Each image is downscaled as soon as it is decoded. Image paths
 must stay inside the scene folder (no ``..``, absolute paths or symlinks out of it) unless the caller allows it.
 """
 
@@ -24,6 +25,7 @@ from scenes.memory import available_bytes, gigabytes
 MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger is a mistake or a decompression bomb
 MAX_COORDINATE = 1e10  # camera positions beyond this lose all precision in float32 rendering
 BYTES_PER_PIXEL = 64  # decoded RGBA float32, its stacked copy, and the training rays built from it
+AUTO_LONG_SIDE = 1600  # --downscale auto: the long side of the training images at most this many pixels
 
 
 class SceneError(ValueError):
@@ -183,35 +185,80 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscale: int = 1) -> torch.Tensor:
-    """Read images in parallel, check each has ``size`` = (width, height) (default: the first image's size), and
-    box-downscale them. Sizes and the memory they need are checked from the headers before anything is decoded.
+def downscale_factor(downscale: int | str, width: int, height: int, folder: Path | None = None) -> int:
+    """``--downscale`` as an integer factor for images of ``width`` x ``height``: ``'auto'`` is the smallest
+    factor that brings the long side to ``AUTO_LONG_SIDE`` pixels or less, and says what it chose for
+    ``folder``."""
+    if downscale == "auto":
+        factor = max(1, math.ceil(max(width, height) / AUTO_LONG_SIDE))
+        if folder is not None:
+            w, h = downscaled_size(width, height, factor)
+            say_once(f"{folder}: --downscale auto: images of {width}x{height} train at {w}x{h} (factor {factor}; "
+                     f"long side at most {AUTO_LONG_SIDE} px)")
+        return factor
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise SceneError(f"--downscale must be a positive integer or 'auto', got {downscale!r}")
+    return downscale
 
-    Downscaling averages premultiplied colour, as Pillow does for RGBA, so edges do not pick up the colour of
-    transparent pixels.
+
+def downscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """Image size after dividing by ``factor``, rounded down as nerfstudio does (1008 / 8 -> 126)."""
+    return max(1, math.floor(width / factor + 1e-9)), max(1, math.floor(height / factor + 1e-9))
+
+
+def say_once(message: str) -> None:
+    """Print a loader's notice (e.g. the size ``--downscale auto`` chose) once per process, not once per split."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"fields: {message}", flush=True)
+
+
+_SAID: set[str] = set()
+
+
+def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscale: float = 1,
+                source_factor: float = 1) -> torch.Tensor:
+    """Read images in parallel, check each has ``size`` = (width, height) (default: the first image's size), and
+    downscale each by ``downscale`` as soon as it is decoded (sizes rounded down). Sizes and the memory the
+    downscaled images need are checked from the headers before anything is decoded; ``source_factor`` says how
+    much smaller than the scene's full size the files already are (LLFF's ``images_N/``), so that the advice in
+    the error is a ``--downscale`` for the full size.
+
+    Downscaling averages premultiplied colour over each output pixel's area (a box filter when the factor
+    divides the size), as Pillow does for RGBA, so edges do not pick up the colour of transparent pixels.
     """
     sizes = [image_size(p) for p in paths]
     width, height = size if size is not None else sizes[0]
     for path, (w, h) in zip(paths, sizes):
         if (w, h) != (width, height):
             raise SceneError(f"{path}: image is {w}x{h}, expected {width}x{height}")
-    need, free = len(paths) * width * height * BYTES_PER_PIXEL, available_bytes()
+    out_w, out_h = downscaled_size(width, height, downscale)
+    need, free = len(paths) * out_w * out_h * BYTES_PER_PIXEL, available_bytes()
     if need > free:
-        raise SceneError(f"{paths[0].parent}: {len(paths)} images of {width}x{height} need about {gigabytes(need)} "
+        advice = math.ceil(source_factor * math.sqrt(len(paths) * width * height * BYTES_PER_PIXEL / free))
+        raise SceneError(f"{paths[0].parent}: {len(paths)} images of {out_w}x{out_h} need about {gigabytes(need)} "
                          f"of memory, more than the {gigabytes(free)} available; pass --downscale "
-                         f"{math.ceil(math.sqrt(need / free))} or larger")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        images = list(pool.map(read_image, paths))
-    for path, img in zip(paths, images):
+                         f"{advice} or larger")
+    stack = torch.empty(len(paths), out_h, out_w, 4)
+
+    def load(i: int) -> None:
+        img = read_image(paths[i])
         if img.shape[:2] != (height, width):  # the decoder disagrees with the header
-            raise SceneError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
-    stack = torch.stack(images)
-    if downscale > 1:
-        if width % downscale or height % downscale:
-            raise SceneError(f"{paths[0].parent}: image size {width}x{height} is not divisible by --downscale {downscale}")
-        premult = torch.cat([stack[..., :3] * stack[..., 3:], stack[..., 3:]], -1).permute(0, 3, 1, 2)
-        premult = torch.nn.functional.avg_pool2d(premult, downscale).permute(0, 2, 3, 1)
-        alpha = premult[..., 3:]
-        stack = torch.cat([premult[..., :3] / alpha.clamp_min(1e-8), alpha], -1)
-        stack[..., :3] = torch.where(alpha > 0, stack[..., :3], torch.zeros_like(stack[..., :3]))
-    return stack.contiguous()
+            raise SceneError(f"{paths[i]}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
+        stack[i] = resample(img, out_w, out_h)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(load, range(len(paths))))
+    return stack
+
+
+def resample(img: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """A straight RGBA image [H, W, 4] reduced to ``width`` x ``height`` by averaging premultiplied colour over
+    each output pixel's area."""
+    if img.shape[:2] == (height, width):
+        return img
+    premult = torch.cat([img[..., :3] * img[..., 3:], img[..., 3:]], -1).permute(2, 0, 1)[None]
+    premult = torch.nn.functional.adaptive_avg_pool2d(premult, (height, width))[0].permute(1, 2, 0)
+    alpha = premult[..., 3:]
+    rgb = torch.where(alpha > 0, premult[..., :3] / alpha.clamp_min(1e-8), torch.zeros_like(premult[..., :3]))
+    return torch.cat([rgb, alpha], -1)

@@ -1,8 +1,11 @@
 """Loader for nerfstudio / Instant-NGP ``transforms.json`` (one file, OpenCV intrinsics and distortion).
 
 Intrinsics ``fl_x fl_y cx cy w h`` (or ``camera_angle_x``) and distortion ``k1 k2 p1 p2`` may sit at the top
-level or be overridden per frame. Poses are re-centred on the mean camera position and scaled so the farthest
-camera is at distance 1; the scene box is then ``[-aabb_scale, aabb_scale]^3`` (``aabb_scale`` defaults to 1).
+level or be overridden per frame. Poses are oriented (mean camera up -> +Z), centred and scaled so the farthest
+camera is at distance 1 (scenes/orient.py); the scene box is then ``[-aabb_scale, aabb_scale]^3``
+(``aabb_scale`` defaults to 1). As in nerfstudio's dataparser, an ``applied_transform`` (the rotation a
+converter such as ``fields process`` already applied to COLMAP's poses) is folded into the recorded transform,
+so that ``from_dataset`` maps from the frame before it.
 The split comes from ``{train,val,test}_filenames`` when the file has them, else every ``test_every``-th frame
 is held out for testing (the LLFF convention).
 """
@@ -16,7 +19,9 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import SceneError, get_frames, get_number, get_pose, read_images, read_json, resolve_image
+from scenes.io import (SceneError, downscale_factor, get_frames, get_number, get_pose, read_images, read_json,
+                       resolve_image)
+from scenes.orient import place
 from scenes.scene import SceneSplit
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy")
@@ -68,7 +73,23 @@ def _split_indices(data: dict, frames: list[dict], split: str, test_every: int, 
     return [i for i in range(len(frames)) if i % test_every == 0]
 
 
-def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_every: int = 8,
+def _applied_transform(data: dict, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rotation and translation of ``applied_transform`` (3x4), if the file has one."""
+    if "applied_transform" not in data:
+        return None
+    try:
+        m = np.asarray(data["applied_transform"], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        m = None
+    if m is None or m.shape != (3, 4) or not np.isfinite(m).all():
+        raise SceneError(f"{path}: 'applied_transform' must be a 3x4 list of numbers")
+    rot = m[:, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or abs(np.linalg.det(rot) - 1) > 1e-4:
+        raise SceneError(f"{path}: 'applied_transform' must be a rotation and translation")
+    return rot, m[:, 3]
+
+
+def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, test_every: int = 8,
                     background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
     """Load one split of a ``transforms.json`` scene."""
     root = Path(root)
@@ -79,9 +100,10 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_e
     if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
         raise SceneError(f"{path}: camera_model {model!r} is not supported (use OPENCV or PINHOLE)")
     poses = np.stack([get_pose(f, path, i) for i, f in enumerate(frames)])
-    center = poses[:, :3, 3].mean(0)
-    scale = 1.0 / max(np.linalg.norm(poses[:, :3, 3] - center, axis=1).max(), 1e-8)
-    poses[:, :3, 3] = (poses[:, :3, 3] - center) * scale
+    placement = place(poses)
+    poses = placement.poses(poses)
+    if (applied := _applied_transform(data, path)) is not None:
+        placement = placement.after(*applied)
     half = get_number(data, "aabb_scale", path, positive=True) if "aabb_scale" in data else 1.0
 
     idx = _split_indices(data, frames, split, test_every, path)
@@ -94,12 +116,11 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int = 1, test_e
         size = (w, h)
         params.append(p)
     files = [resolve_image(root, frames[i].get("file_path"), path, i, allow_outside) for i in idx]
-    images = read_images(files, size, downscale)
+    images = read_images(files, size, downscale_factor(downscale, *size, root))
     p = torch.tensor(params, dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
     cams = Cameras(torch.from_numpy(poses[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[0], size[1], dist)
-    if downscale > 1:
-        cams = cams.scaled(1.0 / downscale)
+    cams = cams.resized(images.shape[2], images.shape[1])
     aabb = torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)
     return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files),
-                      (tuple(float(c) for c in center), float(scale)))
+                      **placement.split_fields())

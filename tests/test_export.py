@@ -196,7 +196,8 @@ def test_nerfstudio_path_maps_back_through_the_dataparser_transform(tmp_path):
     meta = {"render_height": 10, "render_width": 12, "camera_path": [
         {"camera_to_world": p.reshape(-1).tolist(), "fov": 50.0} for p in ns]}
     (tmp_path / "path.json").write_text(json.dumps(meta))
-    cams = load_camera_path(tmp_path / "path.json", tmp_path / "dataparser_transforms.json", split.from_dataset).cameras
+    cams = load_camera_path(tmp_path / "path.json", tmp_path / "dataparser_transforms.json", split.from_dataset,
+                            split.from_dataset_rotation).cameras
     assert torch.allclose(cams.c2w, split.cameras.c2w, atol=1e-5)
     assert not torch.allclose(load_camera_path(tmp_path / "path.json").cameras.c2w, split.cameras.c2w, atol=1e-2)
     (tmp_path / "bad.json").write_text('{"transform": [[1, 0, 0]], "scale": 1}')
