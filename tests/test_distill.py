@@ -122,6 +122,8 @@ def test_cli_distill_into_gaussians_seeds_on_the_teacher_surface(teacher, traine
     (run_dir,) = (tmp_path / "procedural" / "gaussians").iterdir()
     run = load_run(run_dir)
     assert run.config.field == "gaussians" and run.step == GSTEPS
+    # its cameras.json holds the scene's training cameras, not the teacher's extra spiral views it trained on
+    assert torch.equal(run.record.cameras.c2w, load_run(trained_run).record.cameras.c2w)
     _, test, teacher_psnr = teacher
     student_psnr = evaluate(run.model, test, every=4, show_progress=False)["psnr"]
     print(f"gaussians student {student_psnr:.2f} dB, teacher {teacher_psnr:.2f} dB")

@@ -21,6 +21,7 @@ from fields.backends.gaussians import GaussiansConfig
 from fields.backends.gaussians.field import initial_gaussians, neighbour_spacing
 from fields.run.config import RunConfig, TrainConfig
 from fields.run.folder import LoadedRun
+from fields.run.scene_record import write_scene_record
 from fields.training.trainer import Trainer
 from renderers.surface_points import surface_points
 from scenes import Cameras, SceneSplit
@@ -79,11 +80,12 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
                     grid_resolution=teacher.grid.resolution)
     points, colors, sizes = seed_points(teacher, num_points, min_opacity, show_progress)
     console.print(f"Seeded {len(points)} Gaussians from {teacher.path} (step {teacher.step})")
-    data = teacher.split("train")
+    train_split = data = teacher.split("train")
     if n_teacher_views > 0:
         data = joined(data, teacher_views(teacher, n_teacher_views, show_progress))
     trainer = Trainer(cfg, run_dir, console, data=data)
     trainer.field.set_gaussians(initial_gaussians(trainer.field.aabb, cfg.field_config, points, colors, sizes))
     trainer.grid.load_state_dict(teacher.grid.state_dict())  # where the teacher found content
     trainer.train(callbacks=list(callbacks), show_progress=show_progress)
+    write_scene_record(run_dir, train_split)  # the scene's cameras for view/export, not the added spiral views
     return Path(run_dir)
