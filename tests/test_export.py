@@ -340,6 +340,9 @@ def test_runs_without_a_camera_record_load_it_from_their_scene(trained_run, tmp_
     (lambda r: {**r, "aabb": [r["aabb"][1], r["aabb"][0]]}, "'aabb' must be [min corner, max corner]"),
     (lambda r: {**r, "background": [1, "x", 1]}, "'background' must be a 3 array"),
     (lambda r: {**r, "cy": [float("nan")] * len(r["cy"])}, "'cy' holds NaN"),
+    (lambda r: {**r, "from_dataset": {**r["from_dataset"], "rotation": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]}},
+     "'from_dataset.rotation' is not a rotation matrix"),
+    (lambda r: {**r, "fisheye": "yes"}, "'fisheye' must be true or false"),
 ])
 def test_a_malformed_camera_record_is_named_in_one_line(edit, message, trained_run, tmp_path, capsys):
     import shutil
@@ -353,3 +356,26 @@ def test_a_malformed_camera_record_is_named_in_one_line(edit, message, trained_r
         main(["export", "pointcloud", str(run_dir), "--num-points", "10", "--quiet"])
     out = " ".join(capsys.readouterr().out.split())
     assert e.value.code == 2 and f"{run_dir / 'cameras.json'}: {message}" in out, out
+
+
+def test_the_camera_record_keeps_lens_and_dataset_frame(tmp_path):
+    """A nerfstudio capture (OpenCV distortion, oriented and rescaled by the loader) and a fisheye variant come
+    back from cameras.json as they were written."""
+    import dataclasses
+
+    from conftest import write_nerfstudio
+    from fields.run.scene_record import read_scene_record, write_scene_record
+    from scenes.nerfstudio import load_nerfstudio
+
+    split = load_nerfstudio(write_nerfstudio(tmp_path / "scene"), "train")
+    assert not np.allclose(split.from_dataset_rotation, np.eye(3))  # the loader turned it: a real test
+    record = read_scene_record(write_scene_record(tmp_path, split))
+    cams, back = split.cameras, record.cameras
+    for name in ("c2w", "fx", "fy", "cx", "cy", "distortion"):
+        assert torch.equal(getattr(back, name), getattr(cams, name).float()), name
+    assert (back.width, back.height, back.fisheye) == (cams.width, cams.height, False)
+    assert np.allclose(record.from_dataset[0], split.from_dataset[0]) and record.from_dataset[1] == pytest.approx(
+        split.from_dataset[1])
+    assert np.allclose(record.from_dataset_rotation, split.from_dataset_rotation, atol=1e-6)
+    fisheye = dataclasses.replace(split, cameras=dataclasses.replace(cams, fisheye=True))
+    assert read_scene_record(write_scene_record(tmp_path, fisheye)).cameras.fisheye

@@ -118,7 +118,7 @@ class Video:
         fps = self.fps
         if is_file and cam_path is None:
             cam_path = load_camera_path(Path(self.path), self.dataparser_transforms,
-                                        run.record.from_dataset)
+                                        run.record.from_dataset, run.record.from_dataset_rotation)
         if cam_path is not None:
             fps = cam_path.fps or fps
             name = Path(self.path).stem

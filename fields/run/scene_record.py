@@ -1,6 +1,6 @@
 """What viewing and exporting a run need from its scene, kept in the run folder as ``cameras.json``: the
-training cameras, the scene box, the background colour, the scene's name and how its loader moved the
-dataset's poses (for nerfstudio camera paths).
+training cameras (pinhole or fisheye), the scene box, the background colour, the scene's name and how its
+loader moved the dataset's poses (centre, scale and rotation, for nerfstudio camera paths).
 
 Training writes it when it starts, so a run folder copied to another machine without the training images can
 still be viewed and exported; only training and ``fields eval`` read the images.
@@ -33,11 +33,13 @@ class SceneRecord:
     aabb: torch.Tensor  # [2, 3] min and max corner
     background: tuple[float, float, float]
     from_dataset: tuple[tuple[float, float, float], float] = ((0.0, 0.0, 0.0), 1.0)
+    from_dataset_rotation: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     @classmethod
     def of(cls, split: SceneSplit) -> "SceneRecord":
         """The record of a loaded training split."""
-        return cls(split.name, split.cameras, split.aabb.float().cpu(), tuple(split.background), split.from_dataset)
+        return cls(split.name, split.cameras, split.aabb.float().cpu(), tuple(split.background), split.from_dataset,
+                   split.from_dataset_rotation)
 
 
 def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
@@ -48,9 +50,10 @@ def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
     centre, scale = split.from_dataset
     data = {"version": VERSION, "scene": split.name, "width": cams.width, "height": cams.height,
             "c2w": rows(cams.c2w), "fx": rows(cams.fx), "fy": rows(cams.fy), "cx": rows(cams.cx), "cy": rows(cams.cy),
-            "distortion": None if cams.distortion is None else rows(cams.distortion),
+            "distortion": None if cams.distortion is None else rows(cams.distortion), "fisheye": cams.fisheye,
             "aabb": rows(split.aabb), "background": [float(c) for c in split.background],
-            "from_dataset": {"centre": [float(c) for c in centre], "scale": float(scale)}}
+            "from_dataset": {"centre": [float(c) for c in centre], "scale": float(scale),
+                             "rotation": [[float(v) for v in row] for row in split.from_dataset_rotation]}}
     text = json.dumps(data).encode()
     return atomic_write(Path(run_dir) / RECORD_NAME, lambda f: f.write(text))
 
@@ -97,8 +100,14 @@ def read_scene_record(path: Path) -> SceneRecord:
     scale = tensor(frame.get("scale"), "from_dataset.scale", ())
     if float(scale) == 0.0:
         raise ConfigError(f"{path}: 'from_dataset.scale' must not be 0")
+    rotation = tensor(frame.get("rotation", SceneRecord.from_dataset_rotation), "from_dataset.rotation", (3, 3))
+    if not torch.allclose(rotation @ rotation.T, torch.eye(3), atol=1e-4):
+        raise ConfigError(f"{path}: 'from_dataset.rotation' is not a rotation matrix")
+    fisheye = raw.get("fisheye", False)
+    if not isinstance(fisheye, bool):
+        raise ConfigError(f"{path}: 'fisheye' must be true or false (got {fisheye!r})")
     if not isinstance(raw.get("scene"), str):
         raise ConfigError(f"{path}: 'scene' must be the scene's name")
-    cams = Cameras(c2w, fx, fy, cx, cy, size["width"], size["height"], distortion)
-    return SceneRecord(raw["scene"], cams, aabb, tuple(background.tolist()),
-                       (tuple(centre.tolist()), float(scale)))
+    cams = Cameras(c2w, fx, fy, cx, cy, size["width"], size["height"], distortion, fisheye)
+    return SceneRecord(raw["scene"], cams, aabb, tuple(background.tolist()), (tuple(centre.tolist()), float(scale)),
+                       tuple(tuple(row) for row in rotation.double().tolist()))
