@@ -1,11 +1,13 @@
 """Loader for nerfstudio / Instant-NGP ``transforms.json`` (one file, OpenCV intrinsics and distortion).
 
 Intrinsics ``fl_x fl_y cx cy w h`` (or ``camera_angle_x``) and distortion ``k1 k2 p1 p2`` may sit at the top
-level or be overridden per frame. Poses are oriented (mean camera up -> +Z), centred and scaled so the farthest
+level or be overridden per frame (``camera_model`` OPENCV, PINHOLE, SIMPLE_PINHOLE, or OPENCV_FISHEYE with
+``k1 k2 k3 k4``). Poses are oriented (mean camera up -> +Z), centred and scaled so the farthest
 camera is at distance 1 (scenes/orient.py); the scene box is then ``[-aabb_scale, aabb_scale]^3``
 (``aabb_scale`` defaults to 1). As in nerfstudio's dataparser, an ``applied_transform`` (the rotation a
 converter such as ``fields process`` already applied to COLMAP's poses) is folded into the recorded transform,
-so that ``from_dataset`` maps from the frame before it.
+so that ``from_dataset`` maps from the frame before it. The SfM points of ``ply_file_path`` (in the poses'
+frame) come with the split and, unless the file sets ``aabb_scale``, give the scene box.
 The split comes from ``{train,val,test}_filenames`` when the file has them, else every ``test_every``-th frame
 is held out for testing (the LLFF convention).
 """
@@ -19,13 +21,15 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import (SceneError, downscale_factor, get_frames, get_number, get_pose, read_images, read_json,
-                       resolve_image)
-from scenes.orient import place
+from scenes.colmap import near_far
+from scenes.io import (SceneError, downscale_factor, first_line, get_frames, get_number, get_pose, read_images,
+                       read_json, resolve_image)
+from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy")
-DISTORTION = ("k1", "k2", "p1", "p2")
+DISTORTION = {"OPENCV": ("k1", "k2", "p1", "p2"), "PINHOLE": (), "SIMPLE_PINHOLE": (),
+              "OPENCV_FISHEYE": ("k1", "k2", "k3", "k4")}
 
 
 def is_nerfstudio(root: Path) -> bool:
@@ -42,7 +46,7 @@ def _frame_value(frame: dict, data: dict, key: str, path: Path, i: int, default=
     return default
 
 
-def _intrinsics(frame: dict, data: dict, path: Path, i: int) -> tuple[list[float], int, int]:
+def _intrinsics(frame: dict, data: dict, path: Path, i: int, model: str) -> tuple[list[float], int, int]:
     w = int(_frame_value(frame, data, "w", path, i, positive=True))
     h = int(_frame_value(frame, data, "h", path, i, positive=True))
     if "fl_x" in frame or "fl_x" in data:
@@ -53,8 +57,8 @@ def _intrinsics(frame: dict, data: dict, path: Path, i: int) -> tuple[list[float
     fy = _frame_value(frame, data, "fl_y", path, i, default=fx, positive=True)
     cx = _frame_value(frame, data, "cx", path, i, default=w / 2)
     cy = _frame_value(frame, data, "cy", path, i, default=h / 2)
-    dist = [_frame_value(frame, data, k, path, i, default=0.0) for k in DISTORTION]
-    return [fx, fy, cx, cy, *dist], w, h
+    dist = [_frame_value(frame, data, k, path, i, default=0.0) for k in DISTORTION[model]]
+    return [fx, fy, cx, cy, *dist, *[0.0] * (4 - len(dist))], w, h
 
 
 def _split_indices(data: dict, frames: list[dict], split: str, test_every: int, path: Path) -> list[int]:
@@ -97,19 +101,17 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
     data = read_json(path)
     frames = get_frames(data, path)
     model = data.get("camera_model", "OPENCV")
-    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise SceneError(f"{path}: camera_model {model!r} is not supported (use OPENCV or PINHOLE)")
+    if not isinstance(model, str) or model not in DISTORTION:
+        raise SceneError(f"{path}: camera_model {model!r} is not supported (use {', '.join(DISTORTION)})")
     poses = np.stack([get_pose(f, path, i) for i, f in enumerate(frames)])
-    placement = place(poses)
-    poses = placement.poses(poses)
-    if (applied := _applied_transform(data, path)) is not None:
-        placement = placement.after(*applied)
-    half = get_number(data, "aabb_scale", path, positive=True) if "aabb_scale" in data else 1.0
+    points = _read_points(root, data, path, allow_outside)
+    placement = place(poses, None if points is None else points[0])
+    world = placement.poses(poses)
 
     idx = _split_indices(data, frames, split, test_every, path)
     params, size = [], None
     for i in idx:
-        p, w, h = _intrinsics(frames[i], data, path, i)
+        p, w, h = _intrinsics(frames[i], data, path, i, model)
         if size is not None and (w, h) != size:
             raise SceneError(f"{path}: frames[{i}] is {w}x{h} but earlier frames are {size[0]}x{size[1]}; "
                              "all images of a split must have one size")
@@ -119,8 +121,50 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
     images = read_images(files, size, downscale_factor(downscale, *size, root))
     p = torch.tensor(params, dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
-    cams = Cameras(torch.from_numpy(poses[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[0], size[1], dist)
+    cams = Cameras(torch.from_numpy(world[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[0], size[1], dist,
+                   model == "OPENCV_FISHEYE")
     cams = cams.resized(images.shape[2], images.shape[1])
-    aabb = torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)
+    extra = {}
+    if points is not None:
+        bounds = near_far(poses[idx], np.array(params), np.array([size] * len(idx)), points[0])
+        extra = {"points": torch.from_numpy(placement.points(points[0])).float(),
+                 "point_colors": torch.from_numpy(points[1]),
+                 "near_far": None if bounds is None else (bounds[0] * placement.scale, bounds[1] * placement.scale)}
+    if "aabb_scale" in data or points is None:
+        half = get_number(data, "aabb_scale", path, positive=True) if "aabb_scale" in data else 1.0
+        aabb = torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)
+    else:
+        aabb = scene_box(world[:, :3, 3], extra["points"].numpy())
+    if (applied := _applied_transform(data, path)) is not None:
+        placement = placement.after(*applied)
     return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files),
-                      **placement.split_fields())
+                      **placement.split_fields(), **extra)
+
+
+def _read_points(root: Path, data: dict, path: Path, allow_outside: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The SfM points [P, 3] and colours [P, 3] uint8 of the PLY named by ``ply_file_path`` (in the frame of the
+    poses, as ``ns-process-data`` and ``fields process`` write it), or None without one."""
+    if "ply_file_path" not in data:
+        return None
+    name = data["ply_file_path"]
+    ply = root / name if isinstance(name, str) and name and "\0" not in name else None
+    if ply is None:
+        raise SceneError(f"{path}: 'ply_file_path' must be a non-empty string")
+    if not allow_outside and not ply.resolve().is_relative_to(root.resolve()):
+        raise SceneError(f"{path}: 'ply_file_path' ({name!r}) leads outside the scene folder {root}; pass "
+                         "--allow-outside-data if that is intended")
+    if not ply.is_file():
+        raise SceneError(f"{ply}: point cloud file not found (named by {path}'s 'ply_file_path')")
+    import trimesh  # only scenes with a point cloud need it
+
+    try:
+        cloud = trimesh.load(ply, file_type="ply", process=False)
+        xyz = np.asarray(cloud.vertices, dtype=np.float64).reshape(-1, 3)
+        colors = getattr(cloud, "colors", None)
+        rgb = (np.asarray(colors)[:, :3] if colors is not None and len(colors) == len(xyz)
+               else np.full((len(xyz), 3), 128)).astype(np.uint8)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for broken files
+        raise SceneError(f"{ply}: cannot read the point cloud ({first_line(e)})") from None
+    if not np.isfinite(xyz).all():
+        raise SceneError(f"{ply}: point cloud contains NaN or inf")
+    return (xyz, rgb) if len(xyz) else None

@@ -16,6 +16,7 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
+import trimesh
 
 from conftest import write_nerfstudio
 from scenes import SceneError, find_scene, load_split, pixel_rays
@@ -292,8 +293,26 @@ def test_nerfstudio_applied_transform_is_folded_into_the_recorded_frame(tmp_path
     meta = json.loads((root / "transforms.json").read_text())
     applied = np.array([[0.0, 1.0, 0.0, 0.5], [1.0, 0.0, 0.0, -1.0], [0.0, 0.0, -1.0, 2.0]])  # ns-process-data's
     meta["applied_transform"] = applied.tolist()
+    original = np.random.default_rng(4).normal(0, 0.3, (50, 3)) + [0.4, 0.0, 0.0]  # points before applied_transform
+    colors = np.random.default_rng(5).integers(0, 255, (50, 4)).astype(np.uint8)
+    (root / "sparse_pc.ply").write_bytes(trimesh.PointCloud(original @ applied[:, :3].T + applied[:, 3], colors=colors)
+                                         .export(file_type="ply"))
+    meta["ply_file_path"] = "sparse_pc.ply"
     (root / "transforms.json").write_text(json.dumps(meta))
     split = load_split(root, "train")
-    # a camera centre in the frame before applied_transform lands where the split's camera is
+    # a camera centre in the frame before applied_transform lands where the split's camera is, and so do points
     before = np.linalg.solve(applied[:, :3], np.array(meta["frames"][1]["transform_matrix"])[:3, 3] - applied[:, 3])
     assert np.allclose(to_world(split, before[None])[0], split.cameras.centers[0].numpy(), atol=1e-5)
+    assert np.allclose(to_world(split, original), split.points.numpy(), atol=1e-5)
+    assert np.array_equal(split.point_colors.numpy(), colors[:, :3])
+    assert ((split.points >= split.aabb[0]) & (split.points <= split.aabb[1])).all(1).float().mean() > 0.9
+    (root / "sparse_pc.ply").unlink()
+    with pytest.raises(SceneError, match=r"sparse_pc.ply: point cloud file not found \(named by .*transforms.json"):
+        load_split(root, "train")
+
+
+def test_nerfstudio_fisheye(tmp_path):
+    root = write_nerfstudio(tmp_path / "ns", n=2, camera_model="OPENCV_FISHEYE", k3=0.01, k4=-0.001)
+    split = load_split(root, "train")
+    assert split.cameras.fisheye
+    assert torch.allclose(split.cameras.distortion[0], torch.tensor([0.1, -0.02, 0.01, -0.001]))
