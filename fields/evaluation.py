@@ -32,7 +32,7 @@ def evaluate(model: Renderable, split: SceneSplit, every: int = 8, out_dir: Path
         task = bar.add_task(f"eval {split.split}", total=len(views))
         for i in views:
             out = model.render(split.cameras, i, bg)
-            gt = on_background(split.images[i], bg)
+            gt = on_background(split.rgba(i), bg)
             rgb = out["rgb"].clamp(0, 1)
             per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt).item()})
             if out_dir is not None:

@@ -21,10 +21,12 @@ import torch
 from PIL import Image
 
 from scenes.memory import available_bytes, gigabytes
+from scenes.scene import to_uint8
 
 MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger is a mistake or a decompression bomb
 MAX_COORDINATE = 1e10  # camera positions beyond this lose all precision in float32 rendering
-BYTES_PER_PIXEL = 64  # decoded RGBA float32, its stacked copy, and the training rays built from it
+BYTES_PER_PIXEL = 4  # the stacked 8-bit RGBA; each image is decoded and downscaled on its own, and training
+# builds rays per batch from pixel indices, so nothing else grows with the number of pixels
 AUTO_LONG_SIDE = 1600  # --downscale auto: the long side of the training images at most this many pixels
 
 
@@ -218,8 +220,9 @@ _SAID: set[str] = set()
 
 def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscale: float = 1,
                 source_factor: float = 1) -> torch.Tensor:
-    """Read images in parallel, check each has ``size`` = (width, height) (default: the first image's size), and
-    downscale each by ``downscale`` as soon as it is decoded (sizes rounded down). Sizes and the memory the
+    """Read images in parallel into one 8-bit RGBA stack [N, H, W, 4], check each has ``size`` = (width, height)
+    (default: the first image's size), and downscale each by ``downscale`` as soon as it is decoded (sizes
+    rounded down). Sizes and the memory the
     downscaled images need are checked from the headers before anything is decoded; ``source_factor`` says how
     much smaller than the scene's full size the files already are (LLFF's ``images_N/``), so that the advice in
     the error is a ``--downscale`` for the full size.
@@ -239,13 +242,13 @@ def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscal
         raise SceneError(f"{paths[0].parent}: {len(paths)} images of {out_w}x{out_h} need about {gigabytes(need)} "
                          f"of memory, more than the {gigabytes(free)} available; pass --downscale "
                          f"{advice} or larger")
-    stack = torch.empty(len(paths), out_h, out_w, 4)
+    stack = torch.empty(len(paths), out_h, out_w, 4, dtype=torch.uint8)
 
     def load(i: int) -> None:
         img = read_image(paths[i])
         if img.shape[:2] != (height, width):  # the decoder disagrees with the header
             raise SceneError(f"{paths[i]}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
-        stack[i] = resample(img, out_w, out_h)
+        stack[i] = to_uint8(resample(img, out_w, out_h))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(load, range(len(paths))))

@@ -13,7 +13,8 @@ from scenes.cameras import Cameras
 class SceneSplit:
     """One split (train/val/test) of a scene.
 
-    ``images`` are straight (not premultiplied) RGBA floats in [0, 1]; the alpha channel is 1 where the format
+    ``images`` are straight (not premultiplied) RGBA, 8 bits per channel (4 bytes a pixel: a few hundred phone
+    photos fit in a few GB); ``rgba`` gives them as floats in [0, 1]. The alpha channel is 255 where the format
     has none. Compositing on a background (``renderers.imaging.on_background``) happens in the trainer and in
     evaluation, so training can use random backgrounds while evaluation composites on the scene's colour.
     """
@@ -21,7 +22,7 @@ class SceneSplit:
     name: str
     split: str
     cameras: Cameras
-    images: torch.Tensor  # [N, H, W, 4] float32 in [0, 1]
+    images: torch.Tensor  # [N, H, W, 4] uint8
     aabb: torch.Tensor  # [2, 3] min and max corner of the scene box
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     file_paths: tuple[str, ...] = ()
@@ -37,3 +38,17 @@ class SceneSplit:
 
     def __len__(self) -> int:
         return len(self.cameras)
+
+    def rgba(self, idx=slice(None)) -> torch.Tensor:
+        """Images ``idx`` (an index, slice or index tensor) as straight RGBA float32 in [0, 1]."""
+        return to_float(self.images[idx])
+
+
+def to_float(rgba8: torch.Tensor) -> torch.Tensor:
+    """8-bit colour as float32 in [0, 1]."""
+    return rgba8.float() / 255.0
+
+
+def to_uint8(rgba: torch.Tensor) -> torch.Tensor:
+    """Colour in [0, 1] as 8 bits (rounded)."""
+    return (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)

@@ -103,7 +103,7 @@ def train_and_eval(name: str, opt: Options, scene: SceneConfig, test, workdir: P
 
 
 def fit_target(test, size: int) -> torch.Tensor:
-    img = on_background(test.images[0], torch.tensor(test.background)).permute(2, 0, 1)[None]
+    img = on_background(test.rgba(0), torch.tensor(test.background)).permute(2, 0, 1)[None]
     return torch.nn.functional.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)[0] \
         .permute(1, 2, 0).clamp(0, 1)
 

@@ -35,9 +35,9 @@ def capture_batch(tr: Trainer):
     """The rays, samples and field inputs of one training step from the trainer's current state."""
     gen = torch.Generator().manual_seed(12345)
     idx = torch.randint(0, len(tr.steps.rays), (tr.steps.n_rays,), generator=gen)
-    origins, dirs = tr.steps.rays.origins[idx].contiguous(), tr.steps.rays.dirs[idx].contiguous()
+    origins, dirs = (t.contiguous() for t in tr.steps.rays.rays(idx))
     jitter = torch.rand(tr.steps.n_rays, generator=gen)
-    marched = march_rays(origins, dirs, tr.grid.binary, tr.grid.aabb, tr.step_size, jitter=jitter)
+    marched = march_rays(origins, dirs, tr.grid.binary, tr.grid.aabb, tr.model.step_size, jitter=jitter)
     samples = sample_rays(origins, dirs, tr.grid, tr.cfg.render, tr.field.density, jitter)
     x, d = samples.positions(origins, dirs)
     return dict(origins=origins, dirs=dirs, jitter=jitter, marched=marched, samples=samples, x=x, d=d)
@@ -67,7 +67,7 @@ def op_timings(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, int, float
     rgbs = torch.rand(n, 3)
 
     def march():
-        march_rays(b["origins"], b["dirs"], grid.binary, grid.aabb, tr.step_size, jitter=b["jitter"])
+        march_rays(b["origins"], b["dirs"], grid.binary, grid.aabb, tr.model.step_size, jitter=b["jitter"])
 
     def encode_fwd():
         with torch.no_grad():
@@ -87,7 +87,7 @@ def op_timings(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, int, float
 
     def grid_update():
         g = copy.deepcopy(grid)
-        g.update(field.density, tr.step_size, warmup=False, generator=torch.Generator().manual_seed(0))
+        g.update(field.density, tr.model.step_size, warmup=False, generator=torch.Generator().manual_seed(0))
 
     rows = []
     for name, fn, count, reps in [("march_rays", march, n_marched, repeats),
@@ -150,9 +150,9 @@ def native_profile(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, float]
     with path_mode(True):
         grid = copy.deepcopy(tr.grid)
         stages["occupancy-grid update / grid_every"] = timed(
-            lambda: grid.update(field.density, tr.step_size, warmup=False), 1) / cfg.train.grid_every
+            lambda: grid.update(field.density, tr.model.step_size, warmup=False), 1) / cfg.train.grid_every
         stages["march_rays"] = timed(lambda: march_rays(b["origins"], b["dirs"], tr.grid.binary, tr.grid.aabb,
-                                                        tr.step_size, jitter=b["jitter"]), repeats)
+                                                        tr.model.step_size, jitter=b["jitter"]), repeats)
         with torch.no_grad():
             stages["forward: march, geometry of marched samples, pruning, colour of kept ones, composite, loss"] = \
                 timed(forward, repeats)

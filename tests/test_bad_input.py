@@ -17,6 +17,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -194,7 +195,7 @@ def test_fuzzed_images(blender_scene, kinds, cut):
         else:
             assert not broken and not mixed
             assert split.images.shape[:2] == (2, 6 if "bigger" in kinds else 4)
-            assert 0 <= split.images.min() <= split.images.max() <= 1
+            assert split.images.dtype == torch.uint8 and 0 <= split.rgba().min() <= split.rgba().max() <= 1
     finally:
         for f, data in zip(files, originals):
             write_image(f, "missing", 0)
@@ -214,9 +215,10 @@ def test_a_decompression_bomb_is_refused_from_its_header(blender_scene, tmp_path
 def test_images_that_do_not_fit_in_memory_are_refused_with_advice(blender_scene, monkeypatch):
     import scenes.io
 
-    monkeypatch.setattr(scenes.io, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(scenes.io, "available_bytes", lambda: 100)  # 2 images of 4x4 take 128 bytes in 8 bits
     with pytest.raises(SceneError, match=r"2 images of 4x4 need about .* pass --downscale 2 or larger"):
         load_split(blender_scene, "train")
+    assert load_split(blender_scene, "train", downscale=2).images.shape == (2, 2, 2, 4)  # the advice works
 
 
 # -- paths out of the data folder ------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_training_on_each_device_learns_and_the_run_loads_on_the_cpu(device, tmp
     cfg = tiny_config(max_steps=120, device=device)
     trainer = Trainer(cfg, tmp_path / device)
     assert trainer.device.type == device and next(trainer.field.parameters()).device.type == device
-    assert trainer.grid.binary.device.type == device and trainer.steps.rays.origins.device.type == device
+    assert trainer.grid.binary.device.type == device and trainer.steps.rays.rays(torch.arange(4))[0].device.type == device
     trainer.train(show_progress=False)
     test = trainer.cfg.scene.load("test")
     live = evaluate(trainer.model, test, every=4, show_progress=False)

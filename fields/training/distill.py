@@ -104,7 +104,8 @@ def density_error(student: torch.Tensor, teacher: torch.Tensor, lo: float, hi: f
 
 class DistillSteps(Steps):
     """The distillation strategy: a teacher run's points and renders teach ``field`` (see the module docstring).
-    The teacher's training rays, the batch-size adaptation and the finetune stage are a ``RayBatches``'."""
+    The training rays, the batch-size adaptation and the finetune stage are those of ``photo``, the ordinary
+    photometric ``RayBatches`` of the student."""
 
     label = "distill"
     gpu_ready = False  # the teacher, its points and rays stay on the CPU
@@ -113,8 +114,8 @@ class DistillSteps(Steps):
         for p in teacher.field.parameters():
             p.requires_grad_(False)
         self.cfg, self.teacher, self.dcfg = cfg, teacher, dcfg
-        self.rays = RayBatches(cfg, cfg.scene.load("train") if data is None else data, *build_student(cfg, teacher))
-        self.field, self.grid, self.data = self.rays.field, self.rays.grid, self.rays.data
+        self.photo = RayBatches(cfg, cfg.scene.load("train") if data is None else data, *build_student(cfg, teacher))
+        self.field, self.grid, self.data = self.photo.field, self.photo.grid, self.photo.data
         self.teacher_model = teacher.model
         self.frame = scene_frame(self.data.cameras)
         self.finetune_start: int | None = None
@@ -137,11 +138,11 @@ class DistillSteps(Steps):
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         replay = {f"{k}_{i}": t for k, pair in self.replay.items() for i, t in enumerate(pair)}
-        return {**self.rays.state_dict(), "finetune_start": -1 if self.finetune_start is None else self.finetune_start,
+        return {**self.photo.state_dict(), "finetune_start": -1 if self.finetune_start is None else self.finetune_start,
                 "replay": replay}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rays.load_state_dict(state)
+        self.photo.load_state_dict(state)
         start = int(state.get("finetune_start", -1))
         self.finetune_start = None if start < 0 else start
         r = state.get("replay", {})
@@ -153,7 +154,7 @@ class DistillSteps(Steps):
         return {"distill": teacher}
 
     def log(self) -> dict:
-        return self.rays.log()
+        return self.photo.log()
 
     # -- batches -------------------------------------------------------------------------------------------
     def _occupied_points(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -169,8 +170,8 @@ class DistillSteps(Steps):
         o, d = self._replayed("rays", n)
         n_new = n - o.shape[0]
         n_rand = int(round(n_new * self.dcfg.random_view_fraction))
-        rays = self.rays.rays
-        idx = torch.randint(0, len(rays), (n_new - n_rand,), generator=gen)
+        idx = torch.randint(0, len(self.photo.rays), (n_new - n_rand,), generator=gen)
+        o_train, d_train = self.photo.rays.rays(idx)
         f = self.frame
         up = f.up
         a = torch.nn.functional.normalize(torch.linalg.cross(up, torch.eye(3)[int(up.abs().argmin())]), dim=0)
@@ -180,7 +181,7 @@ class DistillSteps(Steps):
         el = lo + (hi - lo) * torch.rand(n_rand, 1, generator=gen)
         eye = f.centre + f.radius * (torch.cos(el) * (torch.cos(az) * a + torch.sin(az) * b) + torch.sin(el) * up)
         aim = torch.nn.functional.normalize(self._occupied_points(n_rand, gen) - eye, dim=-1)
-        return (torch.cat([o, rays.origins[idx], eye]), torch.cat([d, rays.dirs[idx], aim]))
+        return torch.cat([o, o_train, eye]), torch.cat([d, d_train, aim])
 
     def _points(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Points from occupied cells (random directions) and visible samples of rays through the grid."""
@@ -189,11 +190,11 @@ class DistillSteps(Steps):
         n_occ = int(round(n_new * self.dcfg.occupied_fraction))
         x_occ = self._occupied_points(n_occ, gen)
         d_occ = torch.nn.functional.normalize(torch.randn(n_occ, 3, generator=gen), dim=-1)
-        o, d = self._rays(self.rays.n_rays, gen)
+        o, d = self._rays(self.photo.n_rays, gen)
         samples = sample_rays(o, d, self.grid, self.cfg.render, self.teacher.field.density,
                               jitter=torch.rand(o.shape[0], generator=gen))
         x_ray, d_ray = samples.positions(o, d)
-        self.rays.adapt(len(samples), n_new - n_occ)
+        self.photo.adapt(len(samples), n_new - n_occ)
         pick = torch.randperm(len(samples), generator=gen)[: n_new - n_occ]
         return torch.cat([xr, x_occ, x_ray[pick]]), torch.cat([dr, d_occ, d_ray[pick]])
 
@@ -218,7 +219,7 @@ class DistillSteps(Steps):
             sigma_t, rgb_t = self.teacher.field(x, d)
         sigma_s, rgb_s = self.field(x, d)
         lo, hi = self.dcfg.log_opacity_range
-        step = self.rays.model.step_size
+        step = self.photo.model.step_size
         dens = density_error(log_opacity(sigma_s, step), log_opacity(sigma_t, step), lo, hi)
         alpha = 1 - torch.exp(-sigma_t * step)
         col = alpha * ((rgb_s - rgb_t) ** 2).mean(-1)
@@ -228,14 +229,14 @@ class DistillSteps(Steps):
         return loss, {"density_loss": dens.mean().item(), "color_loss": color_loss.item(), "samples": x.shape[0]}
 
     def _render_loss(self, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        o, d = self._rays(self.rays.n_rays, gen)
+        o, d = self._rays(self.photo.n_rays, gen)
         bg = torch.rand(o.shape[0], 3, generator=gen)
         jitter = torch.rand(o.shape[0], generator=gen)
         with torch.no_grad():
             target = self.teacher_model.render_rays(o, d, bg, jitter)["rgb"]
-        out = self.rays.model.render_rays(o, d, bg, jitter)
+        out = self.photo.model.render_rays(o, d, bg, jitter)
         n_samples = int(out["samples"])
-        self.rays.adapt(n_samples, self.cfg.batch_samples())
+        self.photo.adapt(n_samples, self.cfg.batch_samples())
         err = ((out["rgb"] - target) ** 2).mean(-1)
         self._remember("rays", o, d, err)
         loss = err.mean()
@@ -248,14 +249,14 @@ class DistillSteps(Steps):
         if stage == "finetune":
             if self.finetune_start is None:
                 self.finetune_start = ctx.step
-            loss, metrics, info = self.rays.loss(ctx)
+            loss, metrics, info = self.photo.loss(ctx)
             return loss, {**metrics, "stage": stage}, info
         loss, metrics = self._points_loss(ctx.gen) if stage == "points" else self._render_loss(ctx.gen)
         return loss, {**metrics, "stage": stage}, {}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         if self.stage(ctx) == "finetune":  # the photometric step; the distillation stages adapted their batch
-            self.rays.after_step(ctx, optimizer, metrics, info)
+            self.photo.after_step(ctx, optimizer, metrics, info)
         else:
             self.field.after_step(ctx.step, optimizer, info)
 

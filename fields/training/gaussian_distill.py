@@ -25,6 +25,7 @@ from fields.run.scene_record import write_scene_record
 from fields.training.trainer import Trainer
 from renderers.surface_points import surface_points
 from scenes import Cameras, SceneSplit
+from scenes.scene import to_uint8
 from scenes.camera_paths import derived_path
 
 
@@ -50,7 +51,7 @@ def teacher_views(teacher: LoadedRun, n: int, show_progress: bool = True) -> Sce
             alpha = out["opacity"][..., None]
             images.append(torch.cat([(out["rgb"] / alpha.clamp_min(1e-6)).clamp(0, 1), alpha], -1))
             bar.advance(task)
-    return SceneSplit(train.name, "teacher", cams, torch.stack(images), train.aabb, train.background)
+    return SceneSplit(train.name, "teacher", cams, to_uint8(torch.stack(images)), train.aabb, train.background)
 
 
 def joined(a: SceneSplit, b: SceneSplit) -> SceneSplit:

@@ -27,7 +27,8 @@ from fields.run.config import RunConfig
 from fields.run.folder import build_model
 from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
-from scenes import SceneSplit, image_rays
+from scenes import SceneSplit, pixel_rays
+from scenes.scene import to_float
 
 
 @dataclass
@@ -92,16 +93,29 @@ class Steps:
 
 
 class TrainingRays:
-    """All training pixels as rays, flattened once (on the training device) so a batch is a single gather."""
+    """All training pixels, drawn by flat index (image, row, column): a batch's rays are built from the cameras
+    when it is drawn (the same rays ``image_rays`` gives) and its colours gathered from the 8-bit images, so
+    nothing per pixel is stored beyond the images themselves. Rays and colours move to ``device``."""
 
     def __init__(self, data: SceneSplit, device: torch.device | str = "cpu"):
-        rays = [image_rays(data.cameras, i) for i in range(len(data))]
-        self.origins = torch.cat([o.reshape(-1, 3) for o, _ in rays]).to(device)
-        self.dirs = torch.cat([d.reshape(-1, 3) for _, d in rays]).to(device)
-        self.rgba = data.images.reshape(-1, 4).to(device)
+        self.cameras, self.device = data.cameras, torch.device(device)
+        self.rgba = data.images.reshape(-1, 4)  # a view of the 8-bit stack, not a copy
+        self.pixels = self.cameras.height * self.cameras.width
 
     def __len__(self) -> int:
         return self.rgba.shape[0]
+
+    def rays(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and unit directions [B, 3] through the centres of pixels ``idx`` (flat indices, CPU)."""
+        cam, rest = idx // self.pixels, idx % self.pixels
+        w = self.cameras.width
+        px, py = (rest % w).float() + 0.5, (rest // w).float() + 0.5
+        origins, dirs = pixel_rays(self.cameras, cam, px, py)
+        return origins.to(self.device), dirs.to(self.device)
+
+    def colors(self, idx: torch.Tensor) -> torch.Tensor:
+        """Straight RGBA [B, 4] in [0, 1] of pixels ``idx``."""
+        return to_float(self.rgba[idx]).to(self.device)
 
 
 def backgrounds(cfg: RunConfig, data: SceneSplit, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -129,11 +143,11 @@ class RayBatches(Steps):
         self.grid.update_every_n_steps(ctx.step, self.field.density, self.model.step_size, t.grid_every,
                                        t.grid_warmup, gen)
         dev = self.device
-        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen).to(dev)
+        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
         bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
-        target = on_background(self.rays.rgba[idx], bg)
+        target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(self.n_rays, generator=gen).to(dev)
-        out = self.model.render_rays(self.rays.origins[idx], self.rays.dirs[idx], bg, jitter)
+        out = self.model.render_rays(*self.rays.rays(idx), bg, jitter)
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
 
@@ -167,7 +181,7 @@ class WholeImages(Steps):
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))
         bg = backgrounds(self.cfg, self.data, 1, ctx.gen)[0]
-        target = on_background(self.data.images[i], bg)
+        target = on_background(self.data.rgba(i), bg)
         out = self.model.render(self.data.cameras, i, bg)
         rgb, w = out["rgb"], self.cfg.train.ssim_weight
         loss = (1 - w) * (rgb - target).abs().mean()
