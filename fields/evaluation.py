@@ -21,7 +21,8 @@ def view_indices(n: int, every: int) -> list[int]:
 @torch.no_grad()
 def evaluate(model: Renderable, split: SceneSplit, every: int = 8, out_dir: Path | None = None,
              show_progress: bool = True) -> dict:
-    """Render every ``every``-th view of ``split`` with ``model``; return mean PSNR/SSIM and per-view figures.
+    """Render every ``every``-th view of ``split`` with ``model``; return mean PSNR/SSIM (over the pixels the
+    scene's masks keep) and per-view figures.
 
     With ``out_dir``, writes one PNG grid per view there (``fields eval`` writes the figures to eval/metrics.json).
     """
@@ -34,7 +35,8 @@ def evaluate(model: Renderable, split: SceneSplit, every: int = 8, out_dir: Path
             out = model.render(split.cameras, i, bg)
             gt = on_background(split.rgba(i), bg)
             rgb = out["rgb"].clamp(0, 1)
-            per_view.append({"view": i, "psnr": psnr(rgb, gt), "ssim": ssim(rgb, gt).item()})
+            mask = None if split.masks is None else split.masks[i]
+            per_view.append({"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask).item()})
             if out_dir is not None:
                 err = colormap((rgb - gt).abs().mean(-1), 0.0, 0.25)
                 grid_img = torch.cat([gt, rgb, err, depth_image(out["depth"], out["opacity"])], dim=1)

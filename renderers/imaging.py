@@ -23,15 +23,18 @@ def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two images in [0, 1]."""
-    return psnr_from_mse(((a - b) ** 2).mean().item())
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB between two images [..., 3] in [0, 1], over the pixels ``mask`` [...] keeps (default all)."""
+    err = ((a - b) ** 2).mean(-1)
+    return psnr_from_mse((err.mean() if mask is None else err[mask].mean()).item())
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of two [H, W, 3] images in [0, 1] (kornia, 11x11 Gaussian window), differentiable."""
+def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean SSIM of two [H, W, 3] images in [0, 1] (kornia, 11x11 Gaussian window) over the pixels ``mask``
+    [H, W] keeps (default all), differentiable."""
     x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-    return kornia.metrics.ssim(x, y, window_size=11).mean()
+    per_pixel = kornia.metrics.ssim(x, y, window_size=11)[0].mean(0)
+    return per_pixel.mean() if mask is None else per_pixel[mask].mean()
 
 # Anchor colours of matplotlib's "turbo" map, sampled at 9 evenly spaced points; linear in between.
 _TURBO = torch.tensor([[0.190, 0.072, 0.232], [0.275, 0.417, 0.892], [0.153, 0.735, 0.891], [0.180, 0.935, 0.565],

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import SceneError, downscale_factor, first_line, read_images
+from scenes.io import SceneError, downscale_factor, first_line, read_images, read_masks
 from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
 
@@ -136,6 +136,8 @@ def load_colmap(root: Path, split: str = "train", downscale: int | str = "auto",
     width, height = (int(v) for v in sizes[idx[0]])
     factor = downscale_factor(downscale, width, height, root)
     pixels = read_images(files, (width, height), factor)
+    names = [images[i].name for i in idx]
+    masks = read_masks(mask_files(root, names), (width, height), factor) if (root / "masks").is_dir() else None
     p = torch.tensor(params[idx], dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
     poses = torch.from_numpy(placement.poses(c2w[idx])).float()
@@ -148,7 +150,21 @@ def load_colmap(root: Path, split: str = "train", downscale: int | str = "auto",
     return SceneSplit(root.name, split, cams, pixels, aabb, background, tuple(str(f) for f in files),
                       **placement.split_fields(), points=torch.from_numpy(world_points).float(),
                       point_colors=torch.from_numpy(rgb),
-                      near_far=None if bounds is None else (bounds[0] * placement.scale, bounds[1] * placement.scale))
+                      near_far=None if bounds is None else (bounds[0] * placement.scale, bounds[1] * placement.scale),
+                      masks=masks)
+
+
+def mask_files(root: Path, names: list[str]) -> list[Path]:
+    """COLMAP's mask of each image ``images/<name>``: ``masks/<name>.png`` (its convention) or ``masks/<name>``."""
+    out = []
+    for name in names:
+        candidates = [root / "masks" / f"{name}.png", root / "masks" / name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SceneError(f"{candidates[0]}: mask not found; a workspace with a masks/ folder needs one mask per "
+                             f"image (for {name})")
+        out.append(found)
+    return out
 
 
 def image_file(root: Path, name: str, model_file: Path, allow_outside: bool) -> Path:

@@ -117,11 +117,12 @@ def pose_problem(m: np.ndarray) -> str | None:
     return None
 
 
-def resolve_image(root: Path, file_path: Any, json_path: Path, i: int, allow_outside: bool = False) -> Path:
-    """The image file a frame names; Blender omits the '.png' extension. A path that leads out of ``root``
-    (``..``, absolute, or through a symlink) is refused unless ``allow_outside``."""
+def resolve_image(root: Path, file_path: Any, json_path: Path, i: int, allow_outside: bool = False,
+                  key: str = "file_path") -> Path:
+    """The image file a frame names under ``key``; Blender omits the '.png' extension. A path that leads out of
+    ``root`` (``..``, absolute, or through a symlink) is refused unless ``allow_outside``."""
     if not isinstance(file_path, str) or not file_path or "\0" in file_path:
-        raise SceneError(f"{json_path}: 'file_path' in frames[{i}] must be a non-empty string")
+        raise SceneError(f"{json_path}: '{key}' in frames[{i}] must be a non-empty string")
     path = root / file_path
     if not path.suffix or not path.exists():
         for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
@@ -131,9 +132,9 @@ def resolve_image(root: Path, file_path: Any, json_path: Path, i: int, allow_out
     try:
         inside = path.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise SceneError(f"{json_path}: 'file_path' in frames[{i}] ({file_path!r}) cannot be resolved ({first_line(e)})") from None
+        raise SceneError(f"{json_path}: '{key}' in frames[{i}] ({file_path!r}) cannot be resolved ({first_line(e)})") from None
     if not allow_outside and not inside:
-        raise SceneError(f"{json_path}: 'file_path' in frames[{i}] ({file_path!r}) leads outside the scene folder "
+        raise SceneError(f"{json_path}: '{key}' in frames[{i}] ({file_path!r}) leads outside the scene folder "
                          f"{root}; pass --allow-outside-data if that is intended")
     return path
 
@@ -253,6 +254,12 @@ def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscal
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(load, range(len(paths))))
     return stack
+
+
+def read_masks(paths: list[Path], size: tuple[int, int], downscale: float = 1) -> torch.Tensor:
+    """Masks [N, H, W] bool (True: use the pixel) from image files of ``size`` (white or any value >= 50% counts
+    as kept; after downscaling, a pixel is kept where at least half its area was)."""
+    return read_images(paths, size, downscale)[..., 0] >= 128
 
 
 def resample(img: torch.Tensor, width: int, height: int) -> torch.Tensor:

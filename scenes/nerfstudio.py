@@ -23,7 +23,7 @@ import torch
 from scenes.cameras import Cameras
 from scenes.colmap import near_far
 from scenes.io import (SceneError, downscale_factor, first_line, get_frames, get_number, get_pose, read_images,
-                       read_json, resolve_image)
+                       read_json, read_masks, resolve_image)
 from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
 
@@ -118,7 +118,9 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
         size = (w, h)
         params.append(p)
     files = [resolve_image(root, frames[i].get("file_path"), path, i, allow_outside) for i in idx]
-    images = read_images(files, size, downscale_factor(downscale, *size, root))
+    factor = downscale_factor(downscale, *size, root)
+    images = read_images(files, size, factor)
+    masks = _read_masks(root, frames, idx, path, size, factor, allow_outside)
     p = torch.tensor(params, dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
     cams = Cameras(torch.from_numpy(world[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[0], size[1], dist,
@@ -138,7 +140,21 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
     if (applied := _applied_transform(data, path)) is not None:
         placement = placement.after(*applied)
     return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files),
-                      **placement.split_fields(), **extra)
+                      **placement.split_fields(), **extra, masks=masks)
+
+
+def _read_masks(root: Path, frames: list[dict], idx: list[int], path: Path, size: tuple[int, int], factor: float,
+                allow_outside: bool) -> torch.Tensor | None:
+    """The frames' ``mask_path`` images (nerfstudio: black pixels are ignored), or None where no frame has one."""
+    named = [i for i in idx if "mask_path" in frames[i]]
+    if not named:
+        return None
+    if len(named) != len(idx):
+        missing = next(i for i in idx if "mask_path" not in frames[i])
+        raise SceneError(f"{path}: frames[{missing}] has no 'mask_path' but other frames do; give every frame a "
+                         "mask or none")
+    files = [resolve_image(root, frames[i]["mask_path"], path, i, allow_outside, key="mask_path") for i in idx]
+    return read_masks(files, size, factor)
 
 
 def _read_points(root: Path, data: dict, path: Path, allow_outside: bool) -> tuple[np.ndarray, np.ndarray] | None:

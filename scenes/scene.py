@@ -35,6 +35,7 @@ class SceneSplit:
     points: torch.Tensor | None = None  # [P, 3] structure-from-motion points in the world frame, if the scene has them
     point_colors: torch.Tensor | None = None  # [P, 3] uint8 RGB of ``points``
     near_far: tuple[float, float] | None = None  # nearest and farthest scene content the cameras see (world units)
+    masks: torch.Tensor | None = None  # [N, H, W] bool: False where a pixel is neither trained on nor evaluated
 
     def __len__(self) -> int:
         return len(self.cameras)

@@ -170,8 +170,7 @@ class DistillSteps(Steps):
         o, d = self._replayed("rays", n)
         n_new = n - o.shape[0]
         n_rand = int(round(n_new * self.dcfg.random_view_fraction))
-        idx = torch.randint(0, len(self.photo.rays), (n_new - n_rand,), generator=gen)
-        o_train, d_train = self.photo.rays.rays(idx)
+        o_train, d_train = self.photo.rays.rays(self.photo.rays.draw(n_new - n_rand, gen))
         f = self.frame
         up = f.up
         a = torch.nn.functional.normalize(torch.linalg.cross(up, torch.eye(3)[int(up.abs().argmin())]), dim=0)

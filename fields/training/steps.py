@@ -93,17 +93,27 @@ class Steps:
 
 
 class TrainingRays:
-    """All training pixels, drawn by flat index (image, row, column): a batch's rays are built from the cameras
-    when it is drawn (the same rays ``image_rays`` gives) and its colours gathered from the 8-bit images, so
-    nothing per pixel is stored beyond the images themselves. Rays and colours move to ``device``."""
+    """All training pixels (those the scene's masks keep), drawn by flat index (image, row, column): a batch's rays
+    are built from the cameras when it is drawn (the same rays ``image_rays`` gives) and its colours gathered
+    from the 8-bit images, so nothing per pixel is stored beyond the images (and, with masks, a 4-byte index
+    of each kept pixel). Rays and colours move to ``device``."""
 
     def __init__(self, data: SceneSplit, device: torch.device | str = "cpu"):
         self.cameras, self.device = data.cameras, torch.device(device)
         self.rgba = data.images.reshape(-1, 4)  # a view of the 8-bit stack, not a copy
         self.pixels = self.cameras.height * self.cameras.width
+        self.kept = None if data.masks is None else data.masks.reshape(-1).nonzero()[:, 0].to(torch.int32)
+        if self.kept is not None and len(self.kept) == 0:
+            raise ValueError(f"scene '{data.name}': the masks of its {data.split} split keep no pixel")
 
     def __len__(self) -> int:
-        return self.rgba.shape[0]
+        """How many pixels can be drawn."""
+        return self.rgba.shape[0] if self.kept is None else len(self.kept)
+
+    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` random pixels (flat indices, CPU) among those the masks keep."""
+        idx = torch.randint(0, len(self), (n,), generator=gen)
+        return idx if self.kept is None else self.kept[idx].long()
 
     def rays(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Origins and unit directions [B, 3] through the centres of pixels ``idx`` (flat indices, CPU)."""
@@ -143,7 +153,7 @@ class RayBatches(Steps):
         self.grid.update_every_n_steps(ctx.step, self.field.density, self.model.step_size, t.grid_every,
                                        t.grid_warmup, gen)
         dev = self.device
-        idx = torch.randint(0, len(self.rays), (self.n_rays,), generator=gen)
+        idx = self.rays.draw(self.n_rays, gen)
         bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
         target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(self.n_rays, generator=gen).to(dev)
@@ -182,12 +192,16 @@ class WholeImages(Steps):
         i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))
         bg = backgrounds(self.cfg, self.data, 1, ctx.gen)[0]
         target = on_background(self.data.rgba(i), bg)
+        mask = None if self.data.masks is None else self.data.masks[i]
         out = self.model.render(self.data.cameras, i, bg)
         rgb, w = out["rgb"], self.cfg.train.ssim_weight
-        loss = (1 - w) * (rgb - target).abs().mean()
+        l1 = (rgb - target).abs().mean(-1)
+        loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
         if w > 0:
-            loss = loss + w * (1 - ssim(rgb, target))
-        metrics = {"mse": torch.nn.functional.mse_loss(rgb.detach(), target).item(), "samples": rgb[..., 0].numel()}
+            loss = loss + w * (1 - ssim(rgb, target, mask))
+        sq = (rgb.detach() - target).square().mean(-1)
+        metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
+                   "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         return loss, metrics, {**out, "width": self.data.cameras.width, "height": self.data.cameras.height}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
