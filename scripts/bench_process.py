@@ -167,13 +167,13 @@ def main(opt: Options) -> None:
         row = {"name": name, "folder": folder, "summary": summary, "wall": time.perf_counter() - tic}
         if name == "beer_video":
             row["centres"] = video_centre_error(folder, opt.real / name, opt.real / name / "Beer.mp4")
-            console.print(f"video camera centres: {row['centres']}")
+            console.print(f"video camera centres: {row['centres']}", soft_wrap=True)
         if opt.train:
             row["train"] = train_and_eval(opt, folder)
             console.print(f"{name}: held-out {row['train']}")
         rows.append(row)
     body = table(rows, opt)
-    console.print(body)
+    console.print(body, soft_wrap=True, highlight=False)
     if not opt.no_write:
         write_section(SECTION, body, opt.output)
 

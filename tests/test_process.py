@@ -203,3 +203,20 @@ def test_bad_input_gives_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left behind
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
 
+
+
+def test_sequential_pairs_are_the_next_ten_frames_only(capture, tmp_path):
+    """Video frames are matched with their 10 successors and no far "quadratic" pairs (i + 2^k), which matched
+    repeating floor tiles and folded the trajectory of beer_video (see fields/process/sfm.py)."""
+    from rich.progress import Progress
+
+    from fields.process.sfm import SEQUENTIAL_OVERLAP, extract, image_pairs
+
+    folder, _ = capture
+    names = sorted(p.name for p in folder.iterdir())
+    with Progress(disable=True) as progress:
+        extract(tmp_path / "db.db", folder, names, SfmOptions(max_feature_size=64), True, progress)
+    pairs = {tuple(sorted(p)) for p in image_pairs(tmp_path / "db.db", "sequential")}
+    assert pairs == {(names[i], names[j]) for i in range(len(names))
+                     for j in range(i + 1, min(i + 1 + SEQUENTIAL_OVERLAP, len(names)))}
+    assert len(image_pairs(tmp_path / "db.db", "exhaustive")) == len(names) * (len(names) - 1) // 2

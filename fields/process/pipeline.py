@@ -111,18 +111,17 @@ def process(source: Path, output: Path, *, from_video: bool, sfm: SfmOptions, si
             tic = time.perf_counter()
             if from_video:
                 task = progress.add_task("reading frames", total=total_frames)
-                selection = select_frames(source, staging / "images", num_frames, max_image_size,
+                selection = select_frames(source, staging / "images", num_frames, max_image_size, total_frames,
                                           lambda: progress.advance(task))
                 names, frames_read = selection.names, selection.read
                 seconds["frames"] = time.perf_counter() - tic
+                progress.console.print(f"Kept {len(names)} of {frames_read} frames: the sharpest in each window "
+                                       f"of {frames_read / len(names):.1f}")
             else:
                 task = progress.add_task("copying images", total=len(photos))
                 copy_images(photos, staging / "images", max_image_size, lambda: progress.advance(task))
                 names = [p.name for p in photos]
                 seconds["images"] = time.perf_counter() - tic
-            if from_video:
-                progress.console.print(f"Kept {len(names)} of {frames_read} frames: the sharpest in each window "
-                                       f"of {frames_read / len(names):.1f}")
             result = run_sfm(staging / "images", names, staging / ".sfm", sfm, single_camera, from_video, progress)
         seconds.update(result.seconds)
         check_registration(result, source, from_video, console)

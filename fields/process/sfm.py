@@ -30,9 +30,9 @@ class SfmOptions:
     """Options of structure-from-motion (pycolmap)."""
 
     matcher: Matcher = "auto"
-    """Which image pairs are matched: exhaustive (every pair; best up to ~100 photos), sequential (each image
-    with the next 10, no loop detection: video frames, or photos named in the order they were taken), auto
-    (sequential for a video or more than 100 photos, else exhaustive)."""
+    """Which image pairs are matched: 'exhaustive' matches every pair (best up to ~100 photos), 'sequential'
+    each image with the next 10 and no loop detection (video frames, or photos named in the order they were
+    taken), and 'auto' picks sequential for a video or more than 100 photos, else exhaustive."""
     camera_model: CameraModel = "OPENCV"
     """COLMAP camera model fitted to the images (OPENCV: fx fy cx cy k1 k2 p1 p2)."""
     max_feature_size: int = 1600

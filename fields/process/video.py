@@ -56,14 +56,15 @@ def count_frames(video: Path) -> int:
     return frames
 
 
-def select_frames(video: Path, dest: Path, num_frames: int, max_size: int,
+def select_frames(video: Path, dest: Path, num_frames: int, max_size: int, total: int | None = None,
                   advance: Callable[[], None] = lambda: None) -> FrameSelection:
     """Write the sharpest frame of each of ``num_frames`` equal windows of the clip to ``dest`` as
     ``frame_<index>.png`` (the index of the frame in the clip, from 0), downsized to ``max_size``. Every frame
-    is kept when the clip has fewer than ``num_frames``. ``advance`` is called once per decoded frame."""
+    is kept when the clip has fewer than ``num_frames``. ``total`` is the clip's frame count if already known
+    (``count_frames``); ``advance`` is called once per decoded frame."""
     if num_frames < 1:
         raise ProcessError(f"{video}: --num-frames must be at least 1 (got {num_frames})")
-    total = count_frames(video)
+    total = total or count_frames(video)
     windows = min(num_frames, total)
     dest.mkdir(parents=True, exist_ok=True)
     kept, names, scores = [], [], []
