@@ -10,7 +10,7 @@ are aligned by a similarity (Umeyama) and the error is given in % of the shipped
 distance between two of them). With ``--train``, each processed folder is then trained with
 `fields train --data DIR --max-time 300` and its held-out views evaluated (`fields eval --every 1`).
 
-    python scripts/bench_process.py                      # SfM on both (~10 minutes on 2 cores)
+    python scripts/bench_process.py                      # SfM on both (~5 minutes on 2 cores)
     python scripts/bench_process.py --no-write           # print only
     python scripts/bench_process.py --reuse --train      # train on the folders an earlier run wrote
 """

@@ -220,3 +220,29 @@ def test_sequential_pairs_are_the_next_ten_frames_only(capture, tmp_path):
     assert pairs == {(names[i], names[j]) for i in range(len(names))
                      for j in range(i + 1, min(i + 1 + SEQUENTIAL_OVERLAP, len(names)))}
     assert len(image_pairs(tmp_path / "db.db", "exhaustive")) == len(names) * (len(names) - 1) // 2
+
+
+def test_photos_are_copied_downsized_or_turned_upright(tmp_path):
+    """images/ holds byte copies, downsized copies above --max-image-size, and upright copies of photos whose
+    EXIF orientation says they are turned (so SfM and the scene loader see the same pixels)."""
+    from PIL import Image
+
+    from fields.process.images import copy_images, list_images
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)).save(src / "b.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(src / "c.jpg", exif=exif)
+    (src / "notes.txt").write_text("not a photo")
+    photos = list_images(src)
+    assert [p.name for p in photos] == ["a.png", "b.png", "c.jpg"]
+    sizes = copy_images(photos, tmp_path / "images", max_size=100)
+    assert sizes == [(60, 30), (100, 50), (20, 40)]
+    assert (tmp_path / "images" / "a.png").read_bytes() == (src / "a.png").read_bytes()
+    assert iio.imread(tmp_path / "images" / "b.png").shape == (50, 100, 3)
+    with Image.open(tmp_path / "images" / "c.jpg") as upright:
+        assert upright.size == (20, 40) and upright.getexif().get(0x0112, 1) == 1
