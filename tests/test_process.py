@@ -224,10 +224,11 @@ def test_sequential_pairs_are_the_next_ten_frames_only(capture, tmp_path):
 
 def test_photos_are_copied_downsized_or_turned_upright(tmp_path):
     """images/ holds byte copies, downsized copies above --max-image-size, and upright copies of photos whose
-    EXIF orientation says they are turned (so SfM and the scene loader see the same pixels)."""
+    EXIF orientation says they are turned (so SfM and the scene loader see the same pixels), under names
+    without white space."""
     from PIL import Image
 
-    from fields.process.images import copy_images, list_images
+    from fields.process.images import copy_images, list_images, safe_names
 
     src = tmp_path / "photos"
     src.mkdir()
@@ -238,11 +239,16 @@ def test_photos_are_copied_downsized_or_turned_upright(tmp_path):
     exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
     Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(src / "c.jpg", exif=exif)
     (src / "notes.txt").write_text("not a photo")
+    (src / "b.png").rename(src / "b 1.png")  # COLMAP's pair lists split at spaces
+    Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(src / "b_1.png")
     photos = list_images(src)
-    assert [p.name for p in photos] == ["a.png", "b.png", "c.jpg"]
-    sizes = copy_images(photos, tmp_path / "images", max_size=100)
-    assert sizes == [(60, 30), (100, 50), (20, 40)]
+    assert [p.name for p in photos] == ["a.png", "b 1.png", "b_1.png", "c.jpg"]
+    names = safe_names(photos)
+    assert names == ["a.png", "b_1.png", "b_1-2.png", "c.jpg"]
+    sizes = copy_images(photos, tmp_path / "images", names, max_size=100)
+    assert sizes == [(60, 30), (100, 50), (60, 30), (20, 40)]
     assert (tmp_path / "images" / "a.png").read_bytes() == (src / "a.png").read_bytes()
-    assert iio.imread(tmp_path / "images" / "b.png").shape == (50, 100, 3)
+    assert (tmp_path / "images" / "b_1-2.png").read_bytes() == (src / "b_1.png").read_bytes()
+    assert iio.imread(tmp_path / "images" / "b_1.png").shape == (50, 100, 3)
     with Image.open(tmp_path / "images" / "c.jpg") as upright:
         assert upright.size == (20, 40) and upright.getexif().get(0x0112, 1) == 1

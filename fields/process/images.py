@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,20 @@ def list_images(folder: Path) -> list[Path]:
     if not paths:
         raise ProcessError(f"{folder}: no images found (looked for {', '.join(SUFFIXES)} files)")
     return paths
+
+
+def safe_names(paths: list[Path]) -> list[str]:
+    """Names for the copies in ``images/``: white space becomes ``_`` (COLMAP's list of image pairs is split
+    at spaces) and a name that would repeat another gets ``-2``, ``-3`` ... before its suffix."""
+    names, taken = [], set()
+    for path in paths:
+        name = re.sub(r"\s", "_", path.name)
+        stem, suffix, k = Path(name).stem, Path(name).suffix, 2
+        while name.lower() in taken:
+            name, k = f"{stem}-{k}{suffix}", k + 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def fit_size(width: int, height: int, max_size: int) -> tuple[int, int]:
@@ -53,14 +68,15 @@ def save_frame(rgb: np.ndarray, path: Path, max_size: int) -> tuple[int, int]:
     return save_image(Image.fromarray(rgb), path, max_size)
 
 
-def copy_images(paths: list[Path], dest: Path, max_size: int,
+def copy_images(paths: list[Path], dest: Path, names: list[str], max_size: int,
                 advance: Callable[[], None] = lambda: None) -> list[tuple[int, int]]:
-    """Decode every photo (an unreadable one stops everything, named), then copy it into ``dest`` byte for
-    byte, or write a downsized copy when its long side exceeds ``max_size``. A photo whose EXIF orientation
-    says it is rotated is written upright, so SfM and the scene loader see the same pixels. Returns the sizes."""
+    """Decode every photo (an unreadable one stops everything, named), then copy it into ``dest`` under its
+    name in ``names`` byte for byte, or write a downsized copy when its long side exceeds ``max_size``. A photo
+    whose EXIF orientation says it is rotated is written upright, so SfM and the scene loader see the same
+    pixels. Returns the sizes."""
     dest.mkdir(parents=True, exist_ok=True)
     sizes = []
-    for path in paths:
+    for path, name in zip(paths, names):
         try:
             with Image.open(path) as image:
                 image.load()
@@ -68,9 +84,9 @@ def copy_images(paths: list[Path], dest: Path, max_size: int,
                 if rotated:
                     image = ImageOps.exif_transpose(image)
                 if rotated or max(image.size) > max_size:
-                    sizes.append(save_image(image, dest / path.name, max_size))
+                    sizes.append(save_image(image, dest / name, max_size))
                 else:
-                    shutil.copyfile(path, dest / path.name)
+                    shutil.copyfile(path, dest / name)
                     sizes.append(image.size)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ProcessError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})")

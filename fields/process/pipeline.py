@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fields.process import ProcessError
-from fields.process.images import copy_images, list_images
+from fields.process.images import copy_images, list_images, safe_names
 from fields.process.scene_folder import write_scene
 from fields.process.sfm import SfmOptions, SfmResult, run_sfm
 from fields.process.video import count_frames, select_frames
@@ -67,11 +67,11 @@ def _names(names: list[str]) -> str:
 
 
 def _advice(result: SfmResult, from_video: bool) -> str:
-    tips = ["frames that overlap more (--num-frames higher)" if from_video else "photos that overlap more"]
+    tips = ["frames that overlap more (a higher --num-frames)" if from_video else "photos that overlap more"]
     if result.matcher != "exhaustive":
         tips.append("--matcher exhaustive")
-    tips.append("a steadier or slower video" if from_video else "fewer, sharper photos (drop blurred ones)")
-    return "try " + ", ".join(tips)
+    tips.append("a slower, steadier video" if from_video else "fewer and sharper photos (drop blurred ones)")
+    return "try: " + "; ".join(tips)
 
 
 def check_registration(result: SfmResult, source: Path, from_video: bool, console: Console) -> None:
@@ -119,8 +119,8 @@ def process(source: Path, output: Path, *, from_video: bool, sfm: SfmOptions, si
                                        f"of {frames_read / len(names):.1f}")
             else:
                 task = progress.add_task("copying images", total=len(photos))
-                copy_images(photos, staging / "images", max_image_size, lambda: progress.advance(task))
-                names = [p.name for p in photos]
+                names = safe_names(photos)
+                copy_images(photos, staging / "images", names, max_image_size, lambda: progress.advance(task))
                 seconds["images"] = time.perf_counter() - tic
             result = run_sfm(staging / "images", names, staging / ".sfm", sfm, single_camera, from_video, progress)
         seconds.update(result.seconds)
