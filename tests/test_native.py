@@ -299,7 +299,7 @@ def test_build_key_follows_the_cpus_instruction_sets(monkeypatch):
 
 def test_build_key_covers_every_source_and_header():
     """Every file of cuda/ is compiled or hashed: an edited header must rebuild, not reuse a stale build."""
-    on_disk = {str(f.relative_to(SOURCE_DIR)) for f in SOURCE_DIR.rglob("*") if f.suffix in (".cpp", ".cu", ".h")}
+    on_disk = {str(f.relative_to(SOURCE_DIR)) for f in SOURCE_DIR.rglob("*") if f.suffix in (".cpp", ".cu", ".h", ".cuh")}
     listed = loader.CPU_SOURCES + loader.CUDA_SOURCES + loader.HEADERS
     assert len(set(listed)) == len(listed) and set(listed) == on_disk
 

@@ -90,7 +90,7 @@ def final_image(tab: ViserTab, side: int, timeout: float = 60.0) -> np.ndarray:
 
 
 def test_viewer_renders_the_field_from_the_tab_camera(viewer, loaded):
-    """A tab at a training camera's pose gets the image render_image gives for that camera (JPEG aside)."""
+    """A tab at a training camera's pose gets the image the run's model renders for that camera (JPEG aside)."""
     cams = loaded.split("train").cameras
     fov_y = 2 * math.atan(0.5 * cams.height / cams.fy[0].item())
     tab = ViserTab(viewer.url, width=cams.width, height=cams.height, fov_y=fov_y)

@@ -10,20 +10,11 @@
 #include <string>
 
 #include "common/kernels.h"
+#include "gpu/launch.cuh"
 
 namespace fields {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
-
-inline void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 __device__ __forceinline__ uint32_t sortable_bits(float f) {
   const uint32_t u = __float_as_uint(f);

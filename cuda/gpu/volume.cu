@@ -9,20 +9,11 @@
 #include <vector>
 
 #include "common/kernels.h"
+#include "gpu/launch.cuh"
 
 namespace fields {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
-
-inline void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 // Device buffers of one call, from the stream-ordered pool, freed (in stream order) when the call returns or throws.
 class Scratch {

@@ -81,7 +81,7 @@ class FieldConfig:
     """Base of every backend's config; ``build`` returns the field for a scene box."""
 
     training_steps: ClassVar[str] = "rays"
-    """What one training step works on (a name in ``fields/steps.py``): random ray batches for volume fields."""
+    """What one training step works on (a name in ``fields/training/steps.py``): random ray batches for volume fields."""
     batch_samples: ClassVar[int] = 1 << 15
     """Samples per ray batch unless ``--train.target-samples`` is given. Backends whose samples are expensive
     (the MLPs) use smaller batches: in a fixed time, more and noisier steps converge further."""

@@ -31,7 +31,7 @@ SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
 CPU_SOURCES = ("bindings.cpp", "cpu/volume.cpp", "cpu/splat.cpp", "cpu/mlp.cpp", "cpu/modulate.cpp", "cpu/sh.cpp",
                "cpu/denormals.cpp")
 CUDA_SOURCES = ("gpu/volume.cu", "gpu/splat.cu")
-HEADERS = ("common/fields_math.h", "common/kernels.h", "cpu/mlp.h")
+HEADERS = ("common/fields_math.h", "common/kernels.h", "cpu/mlp.h", "gpu/launch.cuh")
 # No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17"]
 CUDA_CFLAGS = ["-O3", "--fmad=false", "-std=c++17"]

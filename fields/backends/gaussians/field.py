@@ -39,7 +39,7 @@ class GaussiansConfig(FieldConfig):
     3000 of 30000 steps) compressed to the ~1000-3000 steps a 300-600 s CPU run takes; learning rates are
     3DGS's."""
 
-    training_steps: ClassVar[str] = "images"  # one whole training image per step (fields/steps.py)
+    training_steps: ClassVar[str] = "images"  # one whole training image per step (fields/training/steps.py)
 
     num_init: int = 20_000
     """Gaussians at random points in the scene box (when not seeded from given points)."""
