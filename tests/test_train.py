@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -12,8 +13,8 @@ from conftest import devices, tiny_config
 from fields.run.checkpoint import list_checkpoints, load_checkpoint
 from fields.cli import main
 from fields.evaluation import evaluate
-from fields.run.folder import load_run, resolve_run
-from fields.run.config import ConfigError
+from fields.run.folder import RunError, load_run, resolve_run
+from fields.run.config import ConfigError, RunConfig
 from fields.training.trainer import Trainer, TrainingError, training_device
 
 
@@ -160,3 +161,31 @@ def test_device_option_errors_name_the_problem(procedural_root, tmp_path):
             Trainer(cfg, tmp_path / "g")
         cfg.train.device = "auto"
         assert Trainer(cfg, tmp_path / "g").device.type == "cpu"
+
+
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, procedural_root, capsys):
+    run = tmp_path / "run"
+    Trainer(tiny_config(max_steps=2), run).train(show_progress=False)  # trained and released
+    first = Trainer(RunConfig.load(run / "config.yaml"), run)
+    first.resume()  # holds the run folder from here on
+    with pytest.raises(RunError, match=rf"{run}: another trainer is writing this run folder \(pid {os.getpid()}"):
+        Trainer(RunConfig.load(run / "config.yaml"), run).resume()
+    with pytest.raises(SystemExit) as e:  # the command line says it in one line, exit 2
+        main(["train", "--resume", str(run), "--quiet"])
+    assert e.value.code == 2 and "another trainer is writing this run folder" in capsys.readouterr().out
+    first.release_lock()
+    again = Trainer(RunConfig.load(run / "config.yaml"), run)
+    again.resume()
+    again.train(show_progress=False)  # the lock is free once the first trainer lets go
+
+
+def test_checkpoints_are_bounded_in_training_time_as_well_as_steps(tmp_path, procedural_root):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(max_steps=6, ckpt_every=1000, ckpt_seconds=1e-9), run)
+    saved = []
+    trainer.train(callbacks=[lambda t: saved.append([p.name for p in list_checkpoints(run)])], show_progress=False)
+    # no step count is due, but every step used up the (tiny) time bound: a checkpoint after each
+    assert [names[0] for names in saved] == [f"step-{s:06d}.pt" for s in range(1, 7)]
+    none = Trainer(tiny_config(max_steps=6, ckpt_every=1000), tmp_path / "default")
+    none.train(show_progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "default")] == ["step-000006.pt"]  # only the final one

@@ -134,6 +134,9 @@ class TrainConfig:
     """Steps between lines in metrics.jsonl."""
     ckpt_every: int = 1000
     """Steps between checkpoints (one is also written at the end and on Ctrl-C)."""
+    ckpt_seconds: float = 60.0
+    """Training seconds between checkpoints at the most, whatever ``ckpt_every`` says: a killed run loses at
+    most this much."""
 
     def validate(self) -> None:
         """SettingError for a budget, rate or interval that makes no sense (a run of -3 steps, a zero rate)."""
@@ -142,7 +145,7 @@ class TrainConfig:
             "warmup_steps": AT_LEAST_0, "weight_decay": NOT_NEGATIVE, "target_samples": _optional(AT_LEAST_1),
             "init_rays": AT_LEAST_1, "max_rays": AT_LEAST_1, "grid_every": AT_LEAST_1, "grid_warmup": AT_LEAST_0,
             "ssim_weight": (lambda v: _number(v) and 0 <= v <= 1, "a number between 0 and 1"),
-            "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1})
+            "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1, "ckpt_seconds": POSITIVE})
 
 
 @dataclass

@@ -7,7 +7,10 @@ or its ``config.yaml``.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +45,38 @@ def resolve_run(path: Path) -> Path:
     if not (run / "config.yaml").is_file():
         raise RunError(f"{path}: not a run folder (no config.yaml); pass outputs/<scene>/<field>/<run>")
     return run
+
+
+LOCK_NAME = "train.lock"
+
+
+class RunLock:
+    """Holds an exclusive lock on a run folder while one trainer writes to it, so that a second ``fields train
+    --resume`` of the same run is refused instead of two processes writing one folder. An advisory ``flock`` on
+    ``train.lock``: the kernel drops it when the process ends, however it ends, so a killed run never stays
+    locked."""
+
+    def __init__(self, run: Path):
+        run.mkdir(parents=True, exist_ok=True)
+        self.path = run / LOCK_NAME
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunError(f"{run}: another trainer is writing this run folder ({holder}); wait for it to finish "
+                           "or stop it first") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
 
 
 def build_model(cfg: RunConfig, aabb) -> tuple[Field, OccupancyGrid]:

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from fields.backends.base import Field
 from fields.run.checkpoint import atomic_write, checkpoint_path, list_checkpoints, remove_partial_writes, save_checkpoint
 from fields.run.config import ConfigError, RunConfig
-from fields.run.folder import newest_checkpoint
+from fields.run.folder import RunLock, newest_checkpoint
 from fields.run.scene_record import write_scene_record
 from fields.training.steps import STEPS, StepContext, Steps, build_steps
 from renderers import native
@@ -93,7 +93,9 @@ class Trainer:
         # fused: one pass over each tensor instead of ~8 (25x faster on the 2-core CPU for a 2^17 x 12 table).
         self.optimizer = torch.optim.Adam(groups, eps=1e-15, weight_decay=cfg.train.weight_decay, fused=True)
         self.step, self.elapsed = 0, 0.0
+        self.saved_at = 0.0  # training time of the last checkpoint
         self.last: dict = {}
+        self.lock: RunLock | None = None
 
     @property
     def model(self) -> VolumeModel:
@@ -120,6 +122,7 @@ class Trainer:
             raise TrainingError(f"field parameters became NaN/inf at step {self.step}; not saving them")
         self.steps.before_save(self.step)
         path = checkpoint_path(self.run_dir, self.step)
+        self.saved_at = self.elapsed
         try:
             return save_checkpoint(path, self.state_dict())
         except OSError as e:  # disk full, read-only folder...: the previous checkpoints are untouched
@@ -133,8 +136,10 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the newest loadable checkpoint, dropping metrics logged after it (and a line cut short
         by a killed process) and temporary files of an interrupted checkpoint write."""
+        self.hold_lock()
         path, state = newest_checkpoint(self.run_dir)
         self.load_state_dict(state)
+        self.saved_at = self.elapsed
         remove_partial_writes(self.run_dir)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
@@ -224,10 +229,11 @@ class Trainer:
         if self.run_dir is None:
             return None
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.hold_lock()
             self.write_config()
             return (self.run_dir / "metrics.jsonl").open("a")
         except OSError as e:  # read-only or full disk
+            self.release_lock()
             raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
 
     # -- loop ----------------------------------------------------------------------------------------------
@@ -276,7 +282,8 @@ class Trainer:
                         bar.update(task, completed=self.progress(), step=self.step, loss=loss,
                                    psnr=psnr or 0.0, sps=record["samples_per_s"])
                         window = fresh()
-                    if self.run_dir is not None and self.step % t.ckpt_every == 0:
+                    if self.run_dir is not None and (self.step % t.ckpt_every == 0
+                                                     or self.elapsed - self.saved_at >= t.ckpt_seconds):
                         self.save()
                     for cb in callbacks:
                         cb(self)
@@ -298,3 +305,18 @@ class Trainer:
                     metrics_file.close()
             except OSError:  # flushing to a full disk; the error above already says what was saved
                 pass
+            self.release_lock()
+
+    def hold_lock(self) -> None:
+        """Lock the run folder for this trainer (RunError if another trainer writes it)."""
+        if self.lock is None:
+            try:
+                self.lock = RunLock(self.run_dir)
+            except OSError as e:  # read-only or full disk
+                raise self._stopped(f"cannot write to the run folder {self.run_dir} ({e.strerror or e})") from None
+
+    def release_lock(self) -> None:
+        """Let another trainer write the run folder (after training, or when starting it failed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
