@@ -8,7 +8,9 @@ with the smallest mean grey difference at 1/8 size), our centre at that frame's 
 between the two nearest kept and registered frames (or taken as is when that very frame was kept), the two sets
 are aligned by a similarity (Umeyama) and the error is given in % of the shipped cameras' extent (the largest
 distance between two of them). With ``--train``, each processed folder is then trained with
-`fields train --data DIR --max-time 300` and its held-out views evaluated (`fields eval --every 1`).
+`fields train --data DIR --max-time 300` and its held-out views evaluated (`fields eval --every 1`), and so are
+the LLFF captures fern (``--downscale 8``: images_8, 504x378) and office_table (``--downscale auto``: images_2,
+960x540) straight from their folders.
 
     python scripts/bench_process.py                      # SfM on both (~5 minutes on 2 cores)
     python scripts/bench_process.py --no-write           # print only
@@ -60,7 +62,10 @@ class Options:
     reuse: bool = False
     """Use the processed folders an earlier run left in --work-dir instead of running SfM again."""
     train: bool = False
-    """Also train each processed folder for --max-time s and evaluate its held-out views."""
+    """Also train each processed folder, and the --loaders captures, for --max-time s and evaluate their held-out
+    views."""
+    loaders: tuple[str, ...] = ("fern:8", "office_table:auto")
+    """Captures under --real trained straight from their folders with --train, as NAME:DOWNSCALE."""
     max_time: float = 300.0
     no_write: bool = False
     """Print only; leave BENCHMARKS.md alone."""
@@ -145,11 +150,11 @@ def run_sfm(opt: Options, name: str) -> tuple[Path, Summary | None]:
     return out, summary
 
 
-def train_and_eval(opt: Options, folder: Path) -> dict:
+def train_and_eval(opt: Options, folder: Path, *extra: str) -> dict:
     """`fields train --data folder --max-time T` then `fields eval --every 1`; held-out PSNR/SSIM."""
     runs = opt.work_dir / "runs"
     cmd = [sys.executable, "-m", "fields.cli", "train", "--data", str(folder), "--max-time", str(opt.max_time),
-           "--output-dir", str(runs), "--quiet"]
+           "--output-dir", str(runs), "--quiet", *extra]
     console.print(" ".join(cmd[2:]))
     subprocess.run(cmd, check=True, cwd=ROOT)
     run = max((runs / folder.name).glob("*/*"), key=lambda p: p.stat().st_mtime)
@@ -172,7 +177,13 @@ def main(opt: Options) -> None:
             row["train"] = train_and_eval(opt, folder)
             console.print(f"{name}: held-out {row['train']}")
         rows.append(row)
-    body = table(rows, opt)
+    loaded = []
+    for spec in opt.loaders if opt.train else ():
+        name, downscale = spec.split(":")
+        loaded.append({"name": name, "downscale": downscale,
+                       "train": train_and_eval(opt, opt.real / name, "--downscale", downscale)})
+        console.print(f"{name}: held-out {loaded[-1]['train']}")
+    body = table(rows, opt) + loader_table(loaded, opt)
     console.print(body, soft_wrap=True, highlight=False)
     if not opt.no_write:
         write_section(SECTION, body, opt.output)
@@ -199,6 +210,18 @@ def table(rows: list[dict], opt: Options) -> str:
         t = r.get("train")
         trained = "" if t is None else f"{t['psnr']:.2f} dB / {t['ssim']:.3f} ({t['views']} views, {opt.max_time:.0f} s)"
         lines.append(f"| {r['name']} | " + " | ".join(sfm) + f" | {centre} | {trained} |")
+    return "\n".join(lines)
+
+
+def loader_table(rows: list[dict], opt: Options) -> str:
+    if not rows:
+        return ""
+    lines = ["", "", f"Captures trained straight from their folders (hash grid, {opt.max_time:.0f} s, every held-out "
+             "view: every 8th image):", "", "| capture | --downscale | held-out PSNR / SSIM | views |",
+             "| --- | --- | --- | --- |"]
+    for r in rows:
+        t = r["train"]
+        lines.append(f"| {r['name']} | {r['downscale']} | {t['psnr']:.2f} dB / {t['ssim']:.3f} | {t['views']} |")
     return "\n".join(lines)
 
 

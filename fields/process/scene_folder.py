@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scenes.orient import rotation_between
+
 # COLMAP model -> transforms.json keys of its parameters, in COLMAP's order (f: one focal for both axes).
 PARAMS = {
     "SIMPLE_PINHOLE": ("f", "cx", "cy"),
@@ -25,17 +27,6 @@ PARAMS = {
     "OPENCV": ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "p1", "p2"),
     "OPENCV_FISHEYE": ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "k4"),
 }
-
-
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation [3, 3] that turns unit vector ``a`` into unit vector ``b``."""
-    v, c = np.cross(a, b), float(a @ b)
-    if c < -1 + 1e-9:  # opposite: half a turn about any axis perpendicular to a
-        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2 * np.outer(axis, axis) - np.eye(3)
-    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + k + k @ k / (1 + c)
 
 
 def up_rotation(model) -> np.ndarray:
