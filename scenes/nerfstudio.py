@@ -27,7 +27,6 @@ from scenes.io import (SceneError, downscale_factor, first_line, get_frames, get
 from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
 
-INTRINSICS = ("fl_x", "fl_y", "cx", "cy")
 DISTORTION = {"OPENCV": ("k1", "k2", "p1", "p2"), "PINHOLE": (), "SIMPLE_PINHOLE": (),
               "OPENCV_FISHEYE": ("k1", "k2", "k3", "k4")}
 
