@@ -155,7 +155,7 @@ def pixel_rays(cams: Cameras, cam_idx: torch.Tensor | int, px: torch.Tensor, py:
         dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
     else:
         dirs = torch.nn.functional.normalize((c2w[..., :3, :3] @ dirs_cam[..., None])[..., 0], dim=-1)
-    return c2w[..., :3, 3].expand_as(dirs), dirs
+    return c2w[..., :3, 3].expand_as(dirs).contiguous(), dirs  # contiguous: gathers from a strided view are slow
 
 
 def image_rays(cams: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
