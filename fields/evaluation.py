@@ -12,6 +12,7 @@ from rich.progress import Progress
 from renderers.imaging import colormap, depth_image, on_background, psnr, ssim, write_png
 from renderers.model import Renderable
 from scenes import SceneSplit
+from scenes.undistort import undistorted
 
 
 def view_indices(n: int, every: int) -> list[int]:
@@ -22,10 +23,13 @@ def view_indices(n: int, every: int) -> list[int]:
 def evaluate(model: Renderable, split: SceneSplit, every: int = 8, out_dir: Path | None = None,
              show_progress: bool = True) -> dict:
     """Render every ``every``-th view of ``split`` with ``model``; return mean PSNR/SSIM (over the pixels the
-    scene's masks keep) and per-view figures.
+    scene's masks keep) and per-view figures. A model that projects through a pinhole only is compared with the
+    images undistorted onto pinhole cameras.
 
     With ``out_dir``, writes one PNG grid per view there (``fields eval`` writes the figures to eval/metrics.json).
     """
+    if model.pinhole_only:
+        split = undistorted(split)
     bg = torch.tensor(split.background)
     views = view_indices(len(split), every)
     per_view, t0 = [], time.perf_counter()

@@ -10,7 +10,7 @@ either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -32,6 +32,10 @@ class VolumeField(Protocol):
 class Renderable(Protocol):
     """Anything the viewer, evaluation and video export can draw."""
 
+    pinhole_only: bool
+    """Whether it projects through an ideal pinhole only (then images of distorted lenses are compared with it
+    after ``scenes.undistort.undistorted``)."""
+
     def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Camera ``i`` of ``cams`` as ``rgb`` [H, W, 3], ``depth`` and ``opacity`` [H, W]; differentiable where
         the kind trains on whole images (splatting), without grad where it trains on rays (volumes)."""
@@ -45,6 +49,7 @@ class VolumeModel:
     field: VolumeField
     grid: OccupancyGrid
     render_cfg: RenderConfig
+    pinhole_only: ClassVar[bool] = False  # rays are cast through the real lens model (distortion, fisheye)
 
     def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Camera ``i`` of ``cams`` (no grad; CPU tensors): ``rgb`` [H, W, 3], ``depth``, ``opacity`` [H, W]."""

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from scenes.memory import available_bytes, gigabytes
-from scenes.scene import to_uint8
+from scenes.scene import to_float, to_uint8
 
 MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger is a mistake or a decompression bomb
 MAX_COORDINATE = 1e10  # camera positions beyond this lose all precision in float32 rendering
@@ -160,32 +160,42 @@ def image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image as straight RGBA float32 [H, W, 4] in [0, 1]; grayscale and 16-bit are converted."""
+def decode(path: Path) -> np.ndarray:
+    """The pixels of an image file as straight RGBA [H, W, 4]: uint8 for 8-bit files (almost every photo),
+    float32 in [0, 1] for 16-bit, float and 1-bit ones; grayscale is expanded and a missing alpha is opaque."""
     image_size(path)
     try:
         img = np.asarray(iio.imread(path))
     except Exception as e:  # noqa: BLE001 - imageio raises many types for broken files
         raise SceneError(f"{path}: cannot read image ({first_line(e)})") from None
-    if img.dtype == np.bool_:  # 1-bit images (masks)
-        arr = img.astype(np.float32)
-    elif img.dtype == np.uint8:
-        arr = img.astype(np.float32) / 255.0
+    if img.dtype == np.uint8:
+        opaque = 255
+    elif img.dtype == np.bool_ or np.issubdtype(img.dtype, np.floating):  # 1-bit images (masks), float images
+        img, opaque = img.astype(np.float32), 1.0
     elif img.dtype == np.uint16:
-        arr = img.astype(np.float32) / 65535.0
-    elif np.issubdtype(img.dtype, np.floating):
-        arr = img.astype(np.float32)
+        img, opaque = img.astype(np.float32) / 65535.0, 1.0
     else:
         raise SceneError(f"{path}: unsupported pixel type {img.dtype}")
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or min(arr.shape[:2]) == 0:
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4) or min(img.shape[:2]) == 0:
         raise SceneError(f"{path}: unsupported image shape {list(img.shape)}")
-    if arr.shape[2] in (1, 2):  # gray or gray + alpha
-        arr = np.concatenate([np.repeat(arr[..., :1], 3, 2), arr[..., 1:]], axis=2)
-    if arr.shape[2] == 3:
-        arr = np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    if img.shape[2] in (1, 2):  # gray or gray + alpha
+        img = np.concatenate([np.repeat(img[..., :1], 3, 2), img[..., 1:]], axis=2)
+    if img.shape[2] == 3:
+        img = np.concatenate([img, np.full_like(img[..., :1], opaque)], axis=2)
+    return np.ascontiguousarray(img)
+
+
+def read_as_float(img: np.ndarray) -> torch.Tensor:
+    """Decoded pixels (``decode``) as float32 in [0, 1]."""
+    t = torch.from_numpy(img)
+    return to_float(t) if t.dtype == torch.uint8 else t
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image as straight RGBA float32 [H, W, 4] in [0, 1]; grayscale and 16-bit are converted."""
+    return read_as_float(decode(path))
 
 
 def downscale_factor(downscale: int | str, width: int, height: int, folder: Path | None = None) -> int:
@@ -228,8 +238,9 @@ def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscal
     much smaller than the scene's full size the files already are (LLFF's ``images_N/``), so that the advice in
     the error is a ``--downscale`` for the full size.
 
-    Downscaling averages premultiplied colour over each output pixel's area (a box filter when the factor
-    divides the size), as Pillow does for RGBA, so edges do not pick up the colour of transparent pixels.
+    Downscaling averages colour over each output pixel's area: for opaque 8-bit photos with Pillow's box filter
+    on the file's 8 bits (no full-size float copy), else on premultiplied float colour, so that edges do not pick
+    up the colour of transparent pixels.
     """
     sizes = [image_size(p) for p in paths]
     width, height = size if size is not None else sizes[0]
@@ -246,10 +257,20 @@ def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscal
     stack = torch.empty(len(paths), out_h, out_w, 4, dtype=torch.uint8)
 
     def load(i: int) -> None:
-        img = read_image(paths[i])
+        img = decode(paths[i])
         if img.shape[:2] != (height, width):  # the decoder disagrees with the header
             raise SceneError(f"{paths[i]}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
-        stack[i] = to_uint8(resample(img, out_w, out_h))
+        if img.shape[:2] == (out_h, out_w):
+            stack[i] = torch.from_numpy(img) if img.dtype == np.uint8 else to_uint8(torch.from_numpy(img))
+        elif img.dtype == np.uint8 and bool((img[..., 3] == 255).all()):  # an opaque photo: resized in 8 bits,
+            rgb = Image.fromarray(np.ascontiguousarray(img[..., :3]), "RGB")  # no full-size float copies
+            factor = width // out_w
+            exact = width == factor * out_w and height == factor * out_h  # one pass over whole blocks
+            small = rgb.reduce(factor) if exact else rgb.resize((out_w, out_h), Image.Resampling.BOX)
+            stack[i, ..., :3] = torch.from_numpy(np.asarray(small))
+            stack[i, ..., 3] = 255
+        else:  # transparency: premultiplied in float (8-bit premultiplied colour loses the faint edges)
+            stack[i] = to_uint8(resample(read_as_float(img), out_w, out_h))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(load, range(len(paths))))

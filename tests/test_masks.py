@@ -75,6 +75,8 @@ def test_masked_pixels_are_never_training_rays(tmp_path):
 class Oracle:
     """Renders the ground truth where the masks keep pixels and its negative where they do not."""
 
+    pinhole_only = False
+
     def __init__(self, split):
         self.split, self.masks = split, split.masks
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +82,26 @@ def test_cli_refuses_huge_exports_before_loading_the_run(tmp_path, capsys, args,
     out = capsys.readouterr().out
     assert e.value.code == 2 and "Traceback" not in out, out
     assert re.search(rf"error: .*needs about [\d.]+ GB of memory, more than .* available; {advice}", out), out
+
+
+def test_decoding_peak_does_not_grow_with_the_number_of_full_size_images(tmp_path):
+    """Each image is decoded and downscaled on its own: loading 24 large photos at --downscale 8 peaks about as
+    high as loading 4 (holding them all decoded at full size, as floats, would take ~600 MB more)."""
+    import subprocess
+    import sys
+
+    from conftest import write_nerfstudio
+
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for n in (4, 24):
+        root = write_nerfstudio(tmp_path / f"n{n}", n=n + 1, w=1600, h=1200)  # one more: the held-out frame
+        for f in (root / "images").iterdir():  # smooth content: quick to write, realistic to decode
+            small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+            iio.imwrite(f, np.kron(small, np.ones((40, 40, 1), np.uint8)))
+        code = ("import resource; from scenes import load_split; "
+                f"s = load_split({str(root)!r}, 'train', downscale=8); assert s.images.shape[1:3] == (150, 200); "
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        peaks[n] = int(out.stdout.split()[-1]) * 1024
+    assert peaks[24] - peaks[4] < 100 * 2**20, peaks

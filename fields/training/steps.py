@@ -3,8 +3,9 @@
 - ``RayBatches`` (``rays``): random rays from all training images, marched through the occupancy grid (volume
   fields); the batch size adapts to keep the number of samples near ``RunConfig.batch_samples()``.
 - ``WholeImages`` (``images``): one whole training image per step, rendered by the field's scene model
-  (gaussians: splatting), with the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); the occupancy
-  grid is filled from the field's density only before a checkpoint is written, since training does not march rays.
+  (gaussians: splatting), with the 3DGS loss ``(1 - w) L1 + w (1 - SSIM)`` (``w = ssim_weight``); images of
+  distorted lenses are undistorted once for a model that projects through a pinhole only; the occupancy grid is
+  filled from the field's density only before a checkpoint is written, since training does not march rays.
 - ``PixelBatches``: random pixels of one image for a 2-D image field (``fields fit``).
 - ``DistillSteps`` (``fields.training.distill``): a teacher run's points and renders.
 
@@ -29,6 +30,7 @@ from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
 from scenes.scene import to_float
+from scenes.undistort import undistorted
 
 
 @dataclass
@@ -185,8 +187,9 @@ class WholeImages(Steps):
     gpu_ready = False  # the rasterizer has CUDA kernels; densification and the image loss are not moved yet
 
     def __init__(self, cfg: RunConfig, data: SceneSplit, field: Field, grid: OccupancyGrid):
-        self.cfg, self.data, self.field, self.grid = cfg, data, field, grid
+        self.cfg, self.field, self.grid = cfg, field, grid
         self.model = field.scene_model(grid, cfg.render)
+        self.data = undistorted(data) if self.model.pinhole_only else data  # once, not per step
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))

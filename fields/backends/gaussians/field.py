@@ -225,6 +225,7 @@ class SplatModel(VolumeModel):
     density (mesh export, point clouds, distillation as a teacher); rendering does not march rays."""
 
     field: GaussianField
+    pinhole_only: ClassVar[bool] = True  # the rasterizer projects through an ideal pinhole
 
     def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Camera ``i`` splatted (differentiable when grad is enabled; see ``GaussianField.splat``)."""
