@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "fields.cli": {"fields", "fields.backends", "fields.run", "fields.training", "fields.evaluation",
                    "fields.export", "fields.process", "viewer"} | BELOW_BACKENDS,
     "fields": set(),  # fields/__init__.py
+    "fields.__main__": {"fields.cli"},  # `python -m fields`
 }
 
 

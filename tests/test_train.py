@@ -189,3 +189,11 @@ def test_checkpoints_are_bounded_in_training_time_as_well_as_steps(tmp_path, pro
     none = Trainer(tiny_config(max_steps=6, ckpt_every=1000), tmp_path / "default")
     none.train(show_progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "default")] == ["step-000006.pt"]  # only the final one
+
+
+def test_python_dash_m_fields_runs_the_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fields", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--max-steps" in out.stdout, out.stderr

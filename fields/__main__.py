@@ -1,0 +1,5 @@
+"""`python -m fields` runs the command line (what `torchrun ... -m fields train` needs)."""
+
+from fields.cli import main
+
+main()
