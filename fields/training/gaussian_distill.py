@@ -32,7 +32,7 @@ from scenes.camera_paths import derived_path
 def seed_points(teacher: LoadedRun, num_points: int, min_opacity: float = 0.95,
                 show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Points [N, 3] where the teacher's training rays turn opaque, their colours [N, 3] and sizes [N]."""
-    points, colors = surface_points(teacher.model, teacher.split("train").cameras, num_points, min_opacity,
+    points, colors = surface_points(teacher.model, teacher.record.cameras, num_points, min_opacity,
                                     show_progress=show_progress)
     points = torch.from_numpy(points).float()
     return points, torch.from_numpy(colors).float(), neighbour_spacing(points)
@@ -41,7 +41,7 @@ def seed_points(teacher: LoadedRun, num_points: int, min_opacity: float = 0.95,
 @torch.no_grad()
 def teacher_views(teacher: LoadedRun, n: int, show_progress: bool = True) -> SceneSplit:
     """``n`` views along a spiral around the training cameras, rendered by the teacher as straight RGBA."""
-    train = teacher.split("train")
+    train = teacher.record  # cameras, box and background: no images needed
     cams = derived_path(train.cameras, "spiral", n).cameras
     images = []
     with Progress(disable=not show_progress, transient=True) as bar:
