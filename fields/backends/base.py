@@ -104,6 +104,10 @@ class ImageField(nn.Module):
         """Optimizer parameter groups, as ``Field.param_groups``."""
         return [{"name": "all", "params": list(self.parameters()), "lr": lr}]
 
+    def stats(self) -> dict[str, float]:
+        """Figures worth logging while fitting, as ``Field.stats``; none by default."""
+        return {}
+
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, bf16: bool = False) -> ReLUMLP:
     """A ReLU MLP with ``layers`` hidden layers of width ``hidden`` (fused native kernel on CPU; ``bf16``: its

@@ -51,9 +51,7 @@ def training_device(requested: str, gpu_ready: bool = True, what: str = "this ru
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {requested}: fields trains on 'cpu' or 'cuda' devices")
     if device.type != "cpu" and not gpu_ready:
-        if requested != "auto":
-            raise ConfigError(f"--device {requested}: {what} trains on the CPU only for now")
-        device = torch.device("cpu")
+        raise ConfigError(f"--device {requested}: {what} trains on the CPU only for now")
     return device
 
 
@@ -273,8 +271,7 @@ class Trainer:
                         psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
                         record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(),
-                                  **(self.field.stats() if isinstance(self.field, Field) else {})}
+                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats()}
                         record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         if metrics_file is not None:
                             metrics_file.write(json.dumps(record) + "\n")
