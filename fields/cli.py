@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fields.run.checkpoint import CheckpointError
-from fields.run.config import ConfigError, RunConfig, SceneConfig, TrainConfig
+from fields.run.config import CaptureConfig, ConfigError, RunConfig, SceneConfig, TrainConfig
 from fields.training.distill import DistillConfig
 from fields.export.commands import Export
 from fields.process import ProcessError
@@ -50,6 +50,7 @@ class _TrainOptions:
     """Field backend; its options are under --<backend>.*"""
     train: Annotated[TrainConfig, Flat] = dataclasses.field(default_factory=TrainConfig)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    capture: Annotated[CaptureConfig, Flat] = dataclasses.field(default_factory=CaptureConfig)
     grid_resolution: int = 64
     """Occupancy-grid cells per side."""
     output_dir: Path = Path("outputs")
@@ -67,7 +68,8 @@ class _TrainOptions:
 
     def run_config(self) -> RunConfig:
         return RunConfig(scene=self.scene, field_config=getattr(self, self.field),
-                         render=self.render, train=self.train, grid_resolution=self.grid_resolution)
+                         render=self.render, train=self.train, capture=self.capture,
+                         grid_resolution=self.grid_resolution)
 
     def run(self) -> None:
         from fields.training.trainer import Trainer

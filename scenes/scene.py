@@ -40,6 +40,12 @@ class SceneSplit:
     def __len__(self) -> int:
         return len(self.cameras)
 
+    @property
+    def captured(self) -> bool:
+        """Whether this is a real capture (poses from structure-from-motion or LLFF, with a depth range or SfM
+        points) rather than a synthetic scene in a box: the 'auto' capture settings of a run turn on for it."""
+        return self.near_far is not None or (self.points is not None and len(self.points) > 0)
+
     def rgba(self, idx=slice(None)) -> torch.Tensor:
         """Images ``idx`` (an index, slice or index tensor) as straight RGBA float32 in [0, 1]."""
         return to_float(self.images[idx])

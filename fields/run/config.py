@@ -148,6 +148,61 @@ class TrainConfig:
             "log_every": AT_LEAST_1, "ckpt_every": AT_LEAST_1, "ckpt_seconds": POSITIVE})
 
 
+AUTO_OR_SWITCH = (lambda v: v in ("auto", "on", "off"), "auto, on or off")
+
+
+@dataclass
+class CaptureConfig:
+    """What real captures need beyond a scene in a box. 'auto' settings are decided from the training split when
+    a run starts (``resolved``: on for real captures, off for synthetic scenes) and recorded as decided."""
+
+    contraction: Literal["auto", "on", "off"] = "auto"
+    """Scene contraction (unbounded space): the world beyond the scene box maps into a bounded shell that the
+    fields and the occupancy grid cover. auto: on for captures whose content reaches well beyond the cameras."""
+    appearance_dim: int | Literal["auto"] = "auto"
+    """Size of a learned per-image appearance code fed to the colour network (0: off; auto: 32 for captures)."""
+    appearance_images: int = 0
+    """How many training images have a code (set when the run starts)."""
+    camera_refinement: Literal["auto", "on", "off"] = "auto"
+    """Learn a small SE(3) correction per training camera (auto: on for captures posed by SfM)."""
+    distortion_weight: float | Literal["auto"] = "auto"
+    """Weight of mip-NeRF 360's distortion loss against floaters (0: off; auto: decided per kind of scene)."""
+
+    def validate(self) -> None:
+        check_settings(self, {
+            "contraction": AUTO_OR_SWITCH, "camera_refinement": AUTO_OR_SWITCH,
+            "appearance_dim": (lambda v: v == "auto" or AT_LEAST_0[0](v), f"{AT_LEAST_0[1]}, or auto"),
+            "appearance_images": AT_LEAST_0,
+            "distortion_weight": (lambda v: v == "auto" or NOT_NEGATIVE[0](v), f"{NOT_NEGATIVE[1]}, or auto")})
+
+    def resolved(self, data: SceneSplit) -> "CaptureConfig":
+        """A copy with every 'auto' decided for the training split ``data``."""
+        captured = data.captured
+        return dataclasses.replace(
+            self,
+            contraction=self.contraction if self.contraction != "auto" else ("on" if unbounded(data) else "off"),
+            appearance_dim=self.appearance_dim if self.appearance_dim != "auto" else (32 if captured else 0),
+            appearance_images=len(data),
+            camera_refinement=(self.camera_refinement if self.camera_refinement != "auto"
+                               else ("on" if captured else "off")),
+            distortion_weight=self.distortion_weight if self.distortion_weight != "auto" else 0.0)
+
+
+def unbounded(data: SceneSplit) -> bool:
+    """Whether a capture's content reaches well beyond its cameras (a far bound more than twice the cameras'
+    spread, or SfM points outside the scene box), so the world does not fit in a box around them."""
+    if not data.captured:
+        return False
+    cams = data.cameras.c2w[:, :3, 3]
+    spread = float((cams - cams.mean(0)).norm(dim=-1).max().clamp_min(1e-6))
+    if data.near_far is not None and data.near_far[1] > 2 * spread:
+        return True
+    if data.points is not None and len(data.points):
+        lo, hi = data.aabb[0], data.aabb[1]
+        return bool(((data.points < lo) | (data.points > hi)).any(-1).float().mean() > 0.01)
+    return False
+
+
 @dataclass
 class RunConfig:
     """A whole run: scene, field backend, renderer and trainer settings."""
@@ -156,6 +211,7 @@ class RunConfig:
     field_config: FieldConfig = dataclasses.field(default_factory=lambda: FIELD_CONFIGS["hashgrid"]())
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    capture: CaptureConfig = dataclasses.field(default_factory=CaptureConfig)
     grid_resolution: int = 64
 
     def __post_init__(self) -> None:
@@ -166,7 +222,12 @@ class RunConfig:
         config.yaml, code) comes through here before a run folder is made."""
         self.scene.validate()
         self.train.validate()
+        self.capture.validate()
         check_settings(self, {"grid_resolution": AT_LEAST_1})
+
+    def for_scene(self, data: SceneSplit) -> "RunConfig":
+        """This config with its 'auto' capture settings decided for the training split ``data``."""
+        return dataclasses.replace(self, capture=self.capture.resolved(data))
 
     @property
     def field(self) -> str:
@@ -213,7 +274,8 @@ class RunConfig:
         if name not in FIELD_CONFIGS:
             raise ConfigError(f"{path}: unknown field '{name}' (known: {', '.join(FIELD_CONFIGS)})")
         sections = {"scene": build_section(SceneConfig, raw.get("scene", {}), path, "scene"),
-                    "train": build_section(TrainConfig, raw.get("train", {}), path, "train")}
+                    "train": build_section(TrainConfig, raw.get("train", {}), path, "train"),
+                    "capture": build_section(CaptureConfig, raw.get("capture", {}), path, "capture")}
         try:
             return RunConfig(
                 field_config=build_section(FIELD_CONFIGS[name], raw.get("field_config", {}), path, "field_config"),

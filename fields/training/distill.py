@@ -73,9 +73,10 @@ class DistillConfig:
 
 
 def student_config(teacher: RunConfig, field_config: FieldConfig, train: TrainConfig) -> RunConfig:
-    """The student's run config: the teacher's scene, renderer and grid size with the student's backend."""
+    """The student's run config: the teacher's scene, renderer, capture settings (contraction...) and grid size
+    with the student's backend."""
     return RunConfig(scene=teacher.scene, field_config=field_config, render=teacher.render, train=train,
-                     grid_resolution=teacher.grid_resolution)
+                     capture=teacher.capture, grid_resolution=teacher.grid_resolution)
 
 
 def build_student(cfg: RunConfig, teacher: LoadedRun) -> tuple[Field, OccupancyGrid]:

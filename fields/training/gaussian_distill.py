@@ -77,7 +77,7 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
     each step, as in ``Trainer.train``."""
     console = console or Console()
     cfg = RunConfig(scene=teacher.config.scene, field_config=field_config or GaussiansConfig(),
-                    render=teacher.config.render, train=train or TrainConfig(),
+                    render=teacher.config.render, train=train or TrainConfig(), capture=teacher.config.capture,
                     grid_resolution=teacher.grid.resolution)
     points, colors, sizes = seed_points(teacher, num_points, min_opacity, show_progress)
     console.print(f"Seeded {len(points)} Gaussians from {teacher.path} (step {teacher.step})")

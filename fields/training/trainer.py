@@ -80,6 +80,8 @@ class Trainer:
         if steps is None:
             kind = STEPS[cfg.field_config.training_steps]
             self.device = training_device(cfg.train.device, kind.gpu_ready, f"the {cfg.field} backend")
+            data = cfg.scene.load("train") if data is None else data
+            self.cfg = cfg = cfg.for_scene(data)  # 'auto' capture settings decided and recorded as decided
             steps = build_steps(cfg, self.device, data, model)
         else:
             self.device = training_device(cfg.train.device, steps.gpu_ready, f"'fields {steps.label}'")
