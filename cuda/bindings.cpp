@@ -82,7 +82,7 @@ std::tuple<Tensor, Tensor> hash_encode_bwd(const Tensor& grad_out_, const Tensor
 std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tensor& dirs_, const Tensor& binary_,
                                               const Tensor& aabb_, double step_size, double near, double far,
                                               double cone_angle, double max_step,
-                                              const c10::optional<Tensor>& jitter_) {
+                                              const c10::optional<Tensor>& jitter_, bool contract, int64_t n_outer) {
   Tensor origins = f32(origins_, "origins"), dirs = f32(dirs_, "dirs");
   TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && dirs.sizes() == origins.sizes(),
               "origins and dirs must be [R, 3]");
@@ -103,6 +103,9 @@ std::tuple<Tensor, Tensor, Tensor> march_rays(const Tensor& origins_, const Tens
   p.far = far;
   p.cone = cone_angle;
   p.max_step = max_step;
+  TORCH_CHECK(!contract || n_outer >= 2, "contracted marching needs n_outer >= 2");
+  p.contract = contract ? 1 : 0;
+  p.n_outer = contract ? n_outer : 0;
   const int64_t n = origins.size(0);
   Tensor ray_indices, t_starts, t_ends;
   const fields::AllocateSamples allocate = [&](int64_t count) {
@@ -398,7 +401,8 @@ TORCH_LIBRARY(fields, m) {
   m.def("hash_encode_bwd(Tensor grad_out, Tensor x, Tensor table, Tensor resolutions, bool need_x_grad)"
         " -> (Tensor, Tensor)");
   m.def("march_rays(Tensor origins, Tensor dirs, Tensor binary, Tensor aabb, float step_size, float near,"
-        " float far, float cone_angle, float max_step, Tensor? jitter) -> (Tensor, Tensor, Tensor)");
+        " float far, float cone_angle, float max_step, Tensor? jitter, bool contract=False, int n_outer=0)"
+        " -> (Tensor, Tensor, Tensor)");
   m.def("transmittance(Tensor tau, Tensor offsets) -> Tensor");
   m.def("composite_fwd(Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets)"
         " -> (Tensor, Tensor, Tensor, Tensor)");

@@ -10,6 +10,13 @@ the lattice does not depend on which cells are empty, a native kernel that jumps
 exactly the same samples as this reference, which evaluates every lattice point. For that, the constant-step
 lattice is float32 arithmetic and the cone-stepping branch is float64 rounded to float32, both reproducible
 operation for operation in C++/CUDA.
+
+With ``contract`` (``renderers.contraction``) the grid covers the contracted cube of the box and rays reach to
+infinity: from ``near``, constant steps up to the first lattice point at or past the box's exit (``n1`` of them,
+ending at ``t1``), then ``n_outer - 1`` points evenly spaced in disparity, ``b N / (N - j)`` with ``b = max(t1,
+step)``, ``N = n_outer`` (mip-NeRF 360's sampling beyond the inner region: as many samples for the whole outside
+world, however far it reaches, as a few hundred cells' worth of the box). ``cone_angle`` and ``max_step`` apply to
+uncontracted marching only.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from renderers import native
+from renderers.contraction import contracted_cell
 
 
 @dataclass
@@ -72,24 +80,30 @@ def lattice(t0: torch.Tensor, k: torch.Tensor, step_size: float, cone_angle: flo
 
 def march_rays(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
                step_size: float, near: float = 0.0, far: float = 1e10, cone_angle: float = 0.0,
-               max_step: float = 1e10, jitter: torch.Tensor | None = None) -> Samples:
+               max_step: float = 1e10, jitter: torch.Tensor | None = None, contract: bool = False,
+               n_outer: int = 0) -> Samples:
     """Packed samples in occupied cells (see ``march_rays_reference``): the native kernel when available, which
     jumps over empty cells and emits exactly the reference's samples."""
     ops = native.ops_for(origins, dirs, *(() if jitter is None else (jitter,)))
     if ops is None:
-        return march_rays_reference(origins, dirs, binary, aabb, step_size, near, far, cone_angle, max_step, jitter)
+        return march_rays_reference(origins, dirs, binary, aabb, step_size, near, far, cone_angle, max_step, jitter,
+                                    contract, n_outer)
     ray, t_start, t_end = ops.march_rays(origins, dirs, binary, aabb, float(step_size), float(near), float(far),
-                                        float(cone_angle), float(max_step), jitter)
+                                        float(cone_angle), float(max_step), jitter, contract, int(n_outer))
     return Samples(ray, t_start, t_end, origins.shape[0])
 
 
 def march_rays_reference(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
                          step_size: float, near: float = 0.0, far: float = 1e10, cone_angle: float = 0.0,
-                         max_step: float = 1e10, jitter: torch.Tensor | None = None) -> Samples:
-    """Packed samples in occupied cells of ``binary`` ([R, R, R] bool over ``aabb``) along unit-direction rays.
+                         max_step: float = 1e10, jitter: torch.Tensor | None = None, contract: bool = False,
+                         n_outer: int = 0) -> Samples:
+    """Packed samples in occupied cells of ``binary`` ([R, R, R] bool over ``aabb``, or over its contracted cube
+    with ``contract``) along unit-direction rays.
 
     ``jitter`` [n_rays] in [0, 1) shifts each ray's lattice by that fraction of a step (stratified sampling).
     """
+    if contract:
+        return _march_contracted_reference(origins, dirs, binary, aabb, step_size, near, far, jitter, n_outer)
     n_rays = origins.shape[0]
     t_near, t_far = ray_aabb(origins, dirs, aabb)
     t_near, t_far = t_near.clamp_min(near), t_far.clamp_max(far)
@@ -110,4 +124,35 @@ def march_rays_reference(origins: torch.Tensor, dirs: torch.Tensor, binary: torc
     inside = ((ijk >= 0) & (ijk < res)).all(-1) & (mid < t_far[ray])
     ijk = ijk.clamp_min(0).minimum(res - 1)
     keep = inside & binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    return Samples(ray[keep], t_start[keep], t_end[keep], n_rays)
+
+
+def _march_contracted_reference(origins: torch.Tensor, dirs: torch.Tensor, binary: torch.Tensor, aabb: torch.Tensor,
+                                step_size: float, near: float, far: float, jitter: torch.Tensor | None,
+                                n_outer: int) -> Samples:
+    """``march_rays_reference`` with ``contract``: every lattice point of the module docstring's contracted lattice
+    whose midpoint is before ``far`` and in an occupied cell of the grid over the contracted cube."""
+    if n_outer < 2:
+        raise ValueError("contracted marching needs n_outer >= 2")
+    n_rays, dev = origins.shape[0], origins.device
+    t0 = near + (torch.zeros(n_rays, device=dev) if jitter is None else jitter * step_size)
+    t_in, t_out = ray_aabb(origins, dirs, aabb)
+    n1 = torch.where((t_out > t0) & (t_out > t_in), torch.ceil((t_out - t0) / step_size), torch.zeros_like(t0))
+    t1 = t0 + n1 * step_size
+    b = t1.clamp_min(step_size)
+    counts = n1.long() + (n_outer - 1)
+    ray = torch.repeat_interleave(torch.arange(n_rays, device=dev), counts)
+    k = torch.arange(ray.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+
+    def at(k: torch.Tensor) -> torch.Tensor:
+        inner = t0[ray] + k.float() * step_size
+        j = (k - n1[ray].long()).double()
+        outer = (b[ray].double() * n_outer / (n_outer - j)).float()
+        return torch.where(k.double() <= n1[ray].double(), inner, outer)
+
+    t_start, t_end = at(k), at(k + 1)
+    mid = 0.5 * (t_start + t_end)
+    x = origins[ray] + mid[:, None] * dirs[ray]
+    ijk = contracted_cell(x, aabb, torch.tensor(binary.shape, device=dev))
+    keep = (mid < far) & binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
     return Samples(ray[keep], t_start[keep], t_end[keep], n_rays)

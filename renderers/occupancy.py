@@ -5,6 +5,8 @@ marching step through it, ``sigma * step_size``, reaches ``min(occ_thre, mean)``
 is on opacity per step, not raw density, which kept the whole box occupied). ``occ_thre`` decides which cells
 are marched at all; ``RenderConfig.alpha_thre`` separately drops marched samples too faint to matter. During warm-up every cell is
 re-evaluated; afterwards a random quarter of the cells plus up to as many occupied ones, as in Instant-NGP.
+A ``contracted`` grid tiles the contracted cube of its box (``renderers.contraction``): the box itself gets the
+middle half of the cells along each axis and the whole world beyond it the rest.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from renderers.contraction import contracted_cell, uncontract
+
 
 class OccupancyGrid(nn.Module):
     """A single-cascade occupancy grid over an axis-aligned box. All state lives in buffers (checkpointed)."""
 
-    def __init__(self, aabb: torch.Tensor, resolution: int = 128):
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128, contracted: bool = False):
         super().__init__()
         self.resolution = int(resolution)
+        self.contracted = bool(contracted)
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         n = self.resolution**3
         self.register_buffer("occs", torch.zeros(n))  # EMA of per-step opacity, flat in x-major (x, y, z) order
@@ -36,6 +41,8 @@ class OccupancyGrid(nn.Module):
         r = self.resolution
         ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], -1).float()
         frac = 0.5 if jitter is None else jitter
+        if self.contracted:  # a point of the contracted cube [-2, 2]^3, strictly inside it, back in the world
+            return uncontract(((ijk + frac) / r * 4 - 2).clamp(-2 + 1e-6, 2 - 1e-6), self.aabb)
         return self.aabb[0] + (ijk + frac) * self.cell_size
 
     def update_every_n_steps(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
@@ -72,8 +79,11 @@ class OccupancyGrid(nn.Module):
         return self.binary.float().mean().item()
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Whether points ``x`` [N, 3] fall in occupied cells (False outside the box)."""
+        """Whether points ``x`` [N, 3] fall in occupied cells (False outside the box unless contracted)."""
         r = self.resolution
+        if self.contracted:
+            ijk = contracted_cell(x, self.aabb, torch.tensor(self.binary.shape, device=x.device))
+            return self.binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((u >= 0) & (u < 1)).all(-1)
         ijk = (u * r).long().clamp(0, r - 1)

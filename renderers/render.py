@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from renderers.chunks import map_chunks
-from renderers.compositing import composite, transmittance
+from renderers.compositing import composite, ray_starts, transmittance
 from renderers.marching import Samples, march_rays
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
@@ -42,6 +42,9 @@ class RenderConfig:
     """Drop samples once transmittance falls below this (a no-grad density pass decides; 0 disables)."""
     alpha_thre: float = 0.0
     """Drop samples whose opacity is below this (0 disables)."""
+    outer_samples: int = 128
+    """With scene contraction: lattice points per ray beyond the scene box, evenly spaced in disparity out to
+    infinity (the box itself is marched at the constant step)."""
 
     def prunes(self) -> bool:
         """Whether samples are pruned by density at all."""
@@ -55,7 +58,7 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: R
           jitter: torch.Tensor | None = None) -> Samples:
     """All samples of the rays in occupied cells (no pruning)."""
     return march_rays(origins, dirs, grid.binary, grid.aabb, cfg.step_size(grid.aabb), cfg.near, cfg.far,
-                      cfg.cone_angle, jitter=jitter)
+                      cfg.cone_angle, jitter=jitter, contract=grid.contracted, n_outer=cfg.outer_samples)
 
 
 def visible(samples: Samples, sigmas: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
@@ -127,6 +130,51 @@ def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid,
 
 
 @torch.no_grad()
+def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
+                              dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
+                              round_samples: int = 16) -> dict[str, torch.Tensor]:
+    """``render_rays`` without autograd, evaluating each ray's samples front to back in rounds of
+    ``round_samples`` and stopping a ray once its transmittance falls below ``cfg.early_stop_eps`` (Instant-NGP's
+    inference marching): the samples behind a surface are marched but never evaluated. The same samples are kept
+    and shaded as in ``render_rays`` (which evaluates every marched sample's density to find them), so the image
+    is the same up to float rounding; only ``samples`` counts the densities evaluated rather than the kept ones."""
+    samples = march(origins, dirs, grid, cfg)
+    n, ray = samples.n_rays, samples.ray_indices
+    dev = origins.device
+    rgb, opacity, depth = origins.new_zeros(n, 3), origins.new_zeros(n), origins.new_zeros(n)
+    rank = torch.arange(len(samples), device=dev) - ray_starts(ray, n)[ray]  # position along its ray
+    optical = torch.zeros(n, dtype=torch.float64, device=dev)  # optical depth before this round, per ray
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    evaluated = 0
+    rounds = int(rank.max().item()) + 1 if len(samples) else 0
+    limit = cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0
+    for r0 in range(0, rounds, round_samples):
+        idx = ((rank >= r0) & (rank < r0 + round_samples) & alive[ray]).nonzero()[:, 0]
+        if len(idx) == 0:
+            break
+        part = samples.select(idx)
+        x, d = part.positions(origins, dirs)
+        sigmas, feats = geometry_fn(x)
+        evaluated += len(idx)
+        tau = sigmas * (part.t_ends - part.t_starts)
+        trans = transmittance(tau, part.ray_indices, n) * torch.exp(-optical)[part.ray_indices].float()
+        alphas = -torch.expm1(-tau)
+        keep = trans >= limit
+        if cfg.alpha_thre > 0:
+            keep &= alphas >= cfg.alpha_thre
+        k = keep.nonzero()[:, 0]
+        if len(k):
+            w, kr = (trans * alphas)[k], part.ray_indices[k]
+            rgb.index_add_(0, kr, w[:, None] * color_fn(feats[k], d[k]))
+            opacity.index_add_(0, kr, w)
+            depth.index_add_(0, kr, w * 0.5 * (part.t_starts[k] + part.t_ends[k]))
+        optical.index_add_(0, part.ray_indices, tau.double())
+        alive &= torch.exp(-optical) >= limit
+    return {"rgb": rgb + (1.0 - opacity[:, None]) * background, "depth": depth, "opacity": opacity,
+            "samples": torch.tensor(evaluated)}
+
+
+@torch.no_grad()
 def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, cams: Cameras, i: int,
                  cfg: RenderConfig, background: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
@@ -136,7 +184,7 @@ def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3).to(dev), dirs.reshape(-1, 3).to(dev)
     background = background.to(dev)
-    parts = map_chunks(lambda o, d: render_rays(geometry_fn, color_fn, grid, o, d, cfg, background),
+    parts = map_chunks(lambda o, d: render_rays_front_to_back(geometry_fn, color_fn, grid, o, d, cfg, background),
                        (origins, dirs), chunk)
     h, w = cams.height, cams.width
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:]).cpu()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from renderers import OccupancyGrid, composite, march_rays, ray_aabb
 from renderers.marching import lattice
+from renderers.render import RenderConfig, march, render_rays
 from scenes import Cameras, image_rays, pixel_rays
 from scenes.cameras import distort, undistort
 
@@ -136,3 +138,35 @@ def test_occupancy_grid_keeps_a_uniform_field_occupied():
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=4)
     grid.update(lambda x: torch.full(x.shape[:1], 0.3), step_size=0.01, warmup=True)
     assert grid.occupied_fraction() == 1.0  # nothing stands out, so nothing may be culled yet
+
+
+@pytest.mark.parametrize("alpha_thre", [0.0, 1e-3])
+@pytest.mark.parametrize("contracted", [False, True])
+def test_front_to_back_rendering_matches_render_rays(alpha_thre, contracted):
+    """Rendering in rounds with early termination keeps and shades the same samples as the one-pass renderer."""
+    from renderers.render import render_rays_front_to_back
+
+    g = torch.Generator().manual_seed(0)
+    aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+    grid = OccupancyGrid(aabb, 32, contracted=contracted)
+
+    def geometry(x):
+        r = x.norm(dim=-1)
+        sigma = 40.0 * (r < 0.6) + 2.0 * ((r > 3) & (r < 4))  # a dense ball, a faint shell outside the box
+        return sigma, torch.sin(3 * x)
+
+    def color(feats, d):
+        return torch.sigmoid(feats + d)
+
+    origins = torch.randn(2000, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, 0.9])
+    dirs = torch.nn.functional.normalize(torch.randn(2000, 3, generator=g), dim=-1)
+    dirs[:1000] = torch.nn.functional.normalize(-origins[:1000] + 0.2 * dirs[:1000], dim=-1)  # towards the ball
+    cfg = RenderConfig(samples_per_diagonal=256, alpha_thre=alpha_thre, outer_samples=64)
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    ref = render_rays(geometry, color, grid, origins, dirs, cfg, bg)
+    got = render_rays_front_to_back(geometry, color, grid, origins, dirs, cfg, bg, round_samples=8)
+    for key in ("rgb", "opacity", "depth"):
+        assert torch.allclose(got[key], ref[key], atol=2e-4), key
+    assert 0.3 < (ref["opacity"] > 0.99).float().mean() < 1  # some rays end in the ball, some pass it
+    marched = len(march(origins, dirs, grid, cfg))
+    assert int(got["samples"]) < 0.7 * marched  # and samples behind the ball were never evaluated

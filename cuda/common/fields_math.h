@@ -197,6 +197,11 @@ struct MarchParams {
   float lo[3], hi[3];
   int res[3];
   double step, near, far, cone, max_step;
+  // Scene contraction (renderers/contraction.py): the grid covers the contracted cube [-2, 2]^3 of the box lo..hi
+  // (the inner region [-1, 1]^3); rays run from `near`, constant steps to the inner box's exit, then `n_outer`
+  // steps evenly spaced in disparity to infinity. 0 / 0 without contraction.
+  int contract;
+  int64_t n_outer;
   // Whether each block of kCoarseBlock^3 cells holds an occupied cell ([res / kCoarseBlock] per axis, same memory
   // as the grid), or null when a side is not a multiple of kCoarseBlock: empty space is jumped block by block.
   // Each build's march_rays derives it from the grid (coarse_shape, coarse_block).
@@ -238,6 +243,117 @@ FIELDS_HD double empty_exit(const float o[3], const float d[3], float t, const M
   return shrunk_cell_exit(o, d, t, p.lo, p.hi, p.res, cell);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Scene contraction (renderers/contraction.py: contract, contracted_cell), in the reference's float32 operations.
+
+// Point x in the box's normalised frame (the box lo..hi -> [-1, 1]^3), contracted into [-2, 2]^3 (L-inf).
+FIELDS_HD void contract_point(const float x[3], const float lo[3], const float hi[3], float u[3]) {
+  float m = 0.0f;
+  for (int a = 0; a < 3; ++a) {
+    const float c = (lo[a] + hi[a]) * 0.5f, h = (hi[a] - lo[a]) * 0.5f;
+    u[a] = (x[a] - c) / h;
+    m = fmaxf(m, fabsf(u[a]));
+  }
+  if (m > 1.0f) {
+    const float s = (2.0f - 1.0f / m) / m;
+    for (int a = 0; a < 3; ++a) u[a] = u[a] * s;
+  }
+}
+
+// Cell of the grid over the contracted cube [-2, 2]^3 holding world point x (clamped: every point has one);
+// `inner` says whether x lies in the inner region (where cells are boxes of the world).
+FIELDS_HD int64_t contracted_cell(const float x[3], const float lo[3], const float hi[3], const int res[3],
+                                  int cell[3], bool& inner) {
+  float u[3];
+  contract_point(x, lo, hi, u);
+  inner = true;
+  for (int a = 0; a < 3; ++a) {
+    inner = inner && fabsf(u[a]) <= 1.0f;
+    float c = floorf((u[a] + 2.0f) * 0.25f * static_cast<float>(res[a]));
+    c = fminf(fmaxf(c, 0.0f), static_cast<float>(res[a] - 1));
+    cell[a] = static_cast<int>(c);
+  }
+  return (static_cast<int64_t>(cell[0]) * res[1] + cell[1]) * res[2] + cell[2];
+}
+
+// Whether cell (or coarse block, `res` = the coarse resolution) lies wholly inside the inner quarter..three quarters
+// of its grid, where contraction is the identity and the cell is a box of the world.
+FIELDS_HD bool cell_is_inner(const int cell[3], const int res[3]) {
+  for (int a = 0; a < 3; ++a)
+    if (res[a] % 4 != 0 || cell[a] < res[a] / 4 || cell[a] >= 3 * (res[a] / 4)) return false;
+  return true;
+}
+
+// March one ray through a contracted grid (march_ray with p.contract): lattice points t0 + k step up to the first at
+// or past the inner box's exit (n1 of them, ending at t1), then b N / (N - j) for j = 1..N-1 (b = max(t1, step),
+// N = n_outer): evenly spaced in disparity, the last one before infinity. Empty inner cells and blocks are jumped
+// as without contraction (they are boxes there); outer points are evaluated one by one (at most N).
+template <class Emit>
+FIELDS_HD int64_t march_ray_contracted(const float o[3], const float d[3], float jitter, const uint8_t* binary,
+                                       const MarchParams& p, Emit& emit) {
+  const float step = static_cast<float>(p.step);
+  const float t0 = static_cast<float>(p.near) + jitter * step;
+  const float far = static_cast<float>(p.far);
+  float t_in, t_out;
+  ray_aabb(o, d, p.lo, p.hi, t_in, t_out);
+  float n1f = 0.0f;
+  if (t_out > t0 && t_out > t_in) n1f = ceilf((t_out - t0) / step);
+  const int64_t n1 = static_cast<int64_t>(n1f), n_outer = p.n_outer;
+  const float t1 = t0 + n1f * step;
+  const float b = fmaxf(t1, step);
+  const int64_t count = n1 + n_outer - 1;  // the last lattice point (k = count) is the one before infinity
+  // The grid over the contracted cube [-2, 2]^3 of the box is, in the inner region, a grid over the box grown to
+  // twice its size about its centre: the frame in which inner cells are boxes of the world (for jumps).
+  float wlo[3], whi[3];
+  for (int a = 0; a < 3; ++a) {
+    const float c = (p.lo[a] + p.hi[a]) * 0.5f, h = (p.hi[a] - p.lo[a]) * 0.5f;
+    wlo[a] = c - 2.0f * h;
+    whi[a] = c + 2.0f * h;
+  }
+  auto at = [&](int64_t k) -> float {
+    if (k <= n1) return t0 + static_cast<float>(k) * step;
+    const double j = static_cast<double>(k - n1);
+    return static_cast<float>(static_cast<double>(b) * static_cast<double>(n_outer) / (static_cast<double>(n_outer) - j));
+  };
+  int64_t n = 0;
+  for (int64_t k = 0; k < count;) {
+    const float ts = at(k), te = at(k + 1);
+    const float mid = 0.5f * (ts + te);
+    if (!(mid < far)) break;  // lattice points only grow
+    const float x[3] = {o[0] + mid * d[0], o[1] + mid * d[1], o[2] + mid * d[2]};
+    int cell[3];
+    bool inner;
+    const int64_t c = contracted_cell(x, p.lo, p.hi, p.res, cell, inner);
+    if (binary[c]) {
+      emit(k, ts, te);
+      ++n;
+      ++k;
+      continue;
+    }
+    if (inner && k < n1 && cell_is_inner(cell, p.res)) {
+      double t_exit = -INFINITY;
+      if (p.coarse) {
+        const int block[3] = {cell[0] / kCoarseBlock, cell[1] / kCoarseBlock, cell[2] / kCoarseBlock};
+        if (cell_is_inner(block, p.coarse_res) &&
+            !p.coarse[(static_cast<int64_t>(block[0]) * p.coarse_res[1] + block[1]) * p.coarse_res[2] + block[2]])
+          t_exit = shrunk_cell_exit(o, d, mid, wlo, whi, p.coarse_res, block);
+      }
+      if (!(t_exit > mid)) t_exit = shrunk_cell_exit(o, d, mid, wlo, whi, p.res, cell);
+      if (t_exit > mid) {
+        // As Lattice::resume_index for constant steps, and never past the inner exit (outer points are all visited).
+        double kk = ceil((t_exit - static_cast<double>(t0)) / static_cast<double>(step) - 0.5 - 0.01);
+        if (kk > static_cast<double>(n1)) kk = static_cast<double>(n1);
+        if (kk > static_cast<double>(k)) {
+          k = static_cast<int64_t>(kk);
+          continue;
+        }
+      }
+    }
+    ++k;
+  }
+  return n;
+}
+
 // March one ray (renderers/marching.py:march_rays for a single ray): calls emit(k, t_start, t_end) for every
 // lattice point whose midpoint lies before the far bound in an occupied cell, in order; returns how many.
 // Empty cells (and empty coarse blocks) are jumped over (to the first lattice point whose midpoint may leave the
@@ -246,6 +362,7 @@ FIELDS_HD double empty_exit(const float o[3], const float d[3], float t, const M
 template <class Emit>
 FIELDS_HD int64_t march_ray(const float o[3], const float d[3], float jitter, const uint8_t* binary,
                             const MarchParams& p, Emit& emit) {
+  if (p.contract) return march_ray_contracted(o, d, jitter, binary, p, emit);
   float t_near, t_far;
   ray_aabb(o, d, p.lo, p.hi, t_near, t_far);
   t_near = fmaxf(t_near, static_cast<float>(p.near));

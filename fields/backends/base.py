@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fields.backends.fused_mlp import ReLUMLP
+from renderers.contraction import contract
 from renderers.model import VolumeModel
 from renderers.native import has_native_bf16
 from renderers.occupancy import OccupancyGrid
@@ -25,12 +26,20 @@ from renderers.render import RenderConfig
 class Field(nn.Module):
     """Base class of radiance fields over an axis-aligned scene box ``aabb`` [2, 3]."""
 
+    contracted: bool = False
+    """Whether the field covers the whole world through scene contraction (``renderers.contraction``): its
+    inputs are then the contracted cube over ``aabb``, and nothing is outside. Set by ``build_model``."""
+
     def __init__(self, aabb: torch.Tensor):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it."""
+        """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it; with contraction,
+        the contracted cube mapped to [0, 1]^3 (every point inside)."""
+        if self.contracted:
+            u = contract(x, self.aabb) * 0.25 + 0.5
+            return u, torch.ones(u.shape[:-1], dtype=torch.bool, device=u.device)
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((u >= 0) & (u <= 1)).all(-1)
         return u.clamp(0, 1), inside

@@ -226,8 +226,13 @@ class RunConfig:
         check_settings(self, {"grid_resolution": AT_LEAST_1})
 
     def for_scene(self, data: SceneSplit) -> "RunConfig":
-        """This config with its 'auto' capture settings decided for the training split ``data``."""
-        return dataclasses.replace(self, capture=self.capture.resolved(data))
+        """This config with its 'auto' capture settings decided for the training split ``data`` (and, with
+        contraction, a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera)."""
+        capture = self.capture.resolved(data)
+        render = self.render
+        if capture.contraction == "on" and render.near == 0:
+            render = dataclasses.replace(render, near=0.05)
+        return dataclasses.replace(self, capture=capture, render=render)
 
     @property
     def field(self) -> str:

@@ -16,12 +16,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from fields.backends.base import Field
 from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from fields.run.config import RunConfig
 from fields.run.scene_record import RECORD_NAME, SceneRecord, read_scene_record
 from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
+from scenes import SceneSplit
 
 
 class RunError(ValueError):
@@ -79,9 +82,22 @@ class RunLock:
             self.file.close()
 
 
+def model_box(cfg: RunConfig, data: SceneSplit) -> torch.Tensor:
+    """The box a run's field and grid are built over: the scene's box, or with scene contraction the inner region
+    [-1, 1]^3 that nerfacto uses: the loaders centre real captures and scale their cameras into the unit sphere,
+    so it holds every camera and what they converge on, and walls, windows and sky lie in the contracted shell."""
+    if cfg.capture.contraction == "on":
+        return torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    return data.aabb
+
+
 def build_model(cfg: RunConfig, aabb) -> tuple[Field, OccupancyGrid]:
-    """A fresh field and occupancy grid for ``cfg`` over the scene box ``aabb``."""
-    return cfg.field_config.build(aabb), OccupancyGrid(aabb, cfg.grid_resolution)
+    """A fresh field and occupancy grid for ``cfg`` over the scene box ``aabb`` (with scene contraction where the
+    run decided on it: both then cover the whole world, the box as their inner region)."""
+    contracted = cfg.capture.contraction == "on"
+    field = cfg.field_config.build(aabb)
+    field.contracted = contracted
+    return field, OccupancyGrid(aabb, cfg.grid_resolution, contracted)
 
 
 def newest_checkpoint(run: Path) -> tuple[Path, dict]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from fields.backends.base import Field
 from fields.run.config import RunConfig
-from fields.run.folder import build_model
+from fields.run.folder import build_model, model_box
 from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
@@ -227,7 +227,7 @@ def build_steps(cfg: RunConfig, device: torch.device, data: SceneSplit | None = 
     with field and grid on ``device``."""
     data = cfg.scene.load("train") if data is None else data
     if model is None:
-        model = build_model(cfg, data.aabb)
+        model = build_model(cfg, model_box(cfg, data))
         if data.points is not None and len(data.points):
             model[0].seed_points(data.points, data.point_colors.float() / 255)
     field, grid = model

@@ -1,0 +1,46 @@
+"""Scene contraction: the whole world in a bounded cube, for real captures whose content reaches far beyond
+any box (walls, windows, sky).
+
+The scene box (``aabb``) is the inner region: normalised to [-1, 1]^3 it is left as it is, and everything
+outside it is pulled into the shell up to [-2, 2]^3 by nerfacto's L-inf variant of mip-NeRF 360's contraction,
+``u -> (2 - 1/|u|_inf) u / |u|_inf``. The L-inf form maps onto a cube, so a cubic occupancy grid or hash grid
+over [-2, 2]^3 uses all of its cells (the L2 form leaves the corners empty), and cells of the inner region are
+boxes of the world, which lets the marcher jump over empty ones. Fields see ``contract(x) / 4 + 1/2`` in
+[0, 1]^3; the occupancy grid's cells tile the contracted cube (``contracted_cell``), and the marcher samples
+evenly in disparity beyond the box (``renderers.marching``).
+
+Operations are float32 in a fixed order that the native marcher (cuda/common/fields_math.h: contract_point,
+contracted_cell) repeats exactly, so the two classify every sample into the same cell.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalized(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """Points [N, 3] in the box's frame: the box ``aabb`` [2, 3] -> [-1, 1]^3."""
+    centre, half = (aabb[0] + aabb[1]) * 0.5, (aabb[1] - aabb[0]) * 0.5
+    return (x - centre) / half
+
+
+def contract(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """World points [N, 3] -> the contracted cube [-2, 2]^3 (identity on the box, normalised to [-1, 1]^3)."""
+    u = normalized(x, aabb)
+    m = u.abs().amax(-1, keepdim=True)
+    return torch.where(m > 1, u * ((2 - 1 / m) / m), u)
+
+
+def uncontract(u: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``contract``: points [N, 3] of the open cube (-2, 2)^3 -> world points."""
+    m = u.abs().amax(-1, keepdim=True)
+    v = torch.where(m > 1, u / (m * (2 - m)), u)  # |v|_inf = 1 / (2 - m) beyond the box
+    centre, half = (aabb[0] + aabb[1]) * 0.5, (aabb[1] - aabb[0]) * 0.5
+    return v * half + centre
+
+
+def contracted_cell(x: torch.Tensor, aabb: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+    """Cell indices [N, 3] (int64, clamped into the grid) of world points in a grid of ``res`` [3] cells over the
+    contracted cube of ``aabb``."""
+    g = torch.floor((contract(x, aabb) + 2.0) * 0.25 * res.float())
+    return torch.minimum(g.clamp_min(0), res - 1).long()

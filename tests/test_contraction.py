@@ -1,0 +1,161 @@
+"""Scene contraction: the map itself, the contracted occupancy grid, and the contracted marcher (native kernel
+against the plain-PyTorch reference: the same samples, bit for bit)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import devices, needs_device
+from renderers.contraction import contract, contracted_cell, uncontract
+from renderers.marching import Samples, march_rays_reference, ray_aabb
+from renderers.occupancy import OccupancyGrid
+
+AABB = torch.tensor([[-1.0, -1.5, -0.5], [2.0, 1.5, 1.0]])
+
+
+def test_contraction_is_identity_inside_and_bounded_outside():
+    g = torch.Generator().manual_seed(0)
+    inside = AABB[0] + torch.rand(1000, 3, generator=g) * (AABB[1] - AABB[0])
+    u = contract(inside, AABB)
+    centre, half = AABB.mean(0), (AABB[1] - AABB[0]) / 2
+    assert torch.allclose(u, (inside - centre) / half, atol=1e-6)
+    far = torch.randn(1000, 3, generator=g) * torch.logspace(0, 6, 1000)[:, None]
+    c = contract(far, AABB)
+    assert (c.abs() <= 2).all() and (c.abs().amax(-1) > 1).sum() > 900
+    near = far.norm(dim=-1) < 300  # a bijection; float32 keeps ~1e-3 relative precision out to a few hundred boxes
+    assert torch.allclose(uncontract(c[near], AABB), far[near], rtol=1e-3, atol=1e-4)
+
+
+def test_contraction_is_monotone_along_rays():
+    g = torch.Generator().manual_seed(1)
+    o = AABB.mean(0) + torch.rand(64, 3, generator=g) - 0.5
+    d = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1)
+    t = torch.logspace(-2, 5, 400)
+    x = o[:, None] + t[None, :, None] * d[:, None]
+    c = contract(x.reshape(-1, 3), AABB).reshape(64, 400, 3)
+    dist = (c - contract(o, AABB)[:, None]).norm(dim=-1)  # distance from the ray's start grows with t
+    assert (dist[:, 1:] >= dist[:, :-1] - 1e-6).all()
+    assert (c[:, -1].abs().amax(-1) > 1.99).all()  # and reaches the cube's surface at infinity
+
+
+def test_contracted_grid_cells_round_trip():
+    grid = OccupancyGrid(AABB, 16, contracted=True)
+    idx = torch.arange(16**3)
+    x = grid.cell_centers(idx)
+    ijk = contracted_cell(x, AABB, torch.tensor([16, 16, 16]))
+    assert torch.equal((ijk[:, 0] * 16 + ijk[:, 1]) * 16 + ijk[:, 2], idx)
+    grid.binary.zero_()
+    grid.binary.view(-1)[idx[::7]] = True
+    assert torch.equal(grid.query(x), grid.binary.view(-1))
+
+
+def rays(n=500, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    origins = AABB[0] + torch.rand(n, 3, generator=g) * (AABB[1] - AABB[0])  # cameras inside the box
+    origins[: n // 5] = torch.randn(n // 5, 3, generator=g) * 6  # and some outside it
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    dirs[:20] = torch.eye(3).repeat(7, 1)[:20]  # axis-aligned ones along cell borders
+    return origins, dirs.contiguous(), torch.rand(n, generator=g)
+
+
+def test_contracted_reference_samples_reach_far_and_follow_the_lattice():
+    origins, dirs, _ = rays(50)
+    step = 0.05
+    full = torch.ones(16, 16, 16, dtype=torch.bool)
+    s = march_rays_reference(origins, dirs, full, AABB, step, near=0.1, contract=True, n_outer=32)
+    _, exits = ray_aabb(origins, dirs, AABB)
+    for r in range(10, 50):  # the rays that start inside the box
+        ts, te = s.t_starts[s.ray_indices == r], s.t_ends[s.ray_indices == r]
+        assert torch.equal(ts[1:], te[:-1])  # contiguous lattice
+        assert ts[0] == pytest.approx(0.1, rel=1e-6)  # from near
+        assert te[-1] >= 31 * exits[r]  # to N - 1 times the box's exit distance (disparity 1/N of the exit's)
+        widths = te - ts
+        outer = widths[-31:]
+        assert (outer[1:] > outer[:-1]).all()  # disparity steps grow
+
+
+def native_contracted(ops, origins, dirs, binary, step, near, far, jitter, n_outer):
+    ray, ts, te = ops.march_rays(origins, dirs, binary, AABB, step, near, far, 0.0, 1e10, jitter, True, n_outer)
+    return Samples(ray.cpu(), ts.cpu(), te.cpu(), origins.shape[0])
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.3, 1.0])
+@pytest.mark.parametrize("jittered,near,far", [(False, 0.0, 1e10), (True, 0.05, 1e10), (True, 0.2, 30.0)])
+def test_contracted_march_native_matches_reference(ops, device, density, jittered, near, far):
+    needs_device(device, ops)
+    g = torch.Generator().manual_seed(2)
+    binary = torch.rand(32, 32, 32, generator=g) < density
+    origins, dirs, jitter = rays()
+    step = (AABB[1] - AABB[0]).norm().item() / 128
+    jitter = jitter if jittered else None
+    ref = march_rays_reference(origins, dirs, binary, AABB, step, near, far, jitter=jitter, contract=True, n_outer=64)
+    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+    got = native_contracted(ops, dev(origins), dev(dirs), dev(binary), step, near, far, dev(jitter), 64)
+    assert torch.equal(got.ray_indices, ref.ray_indices)
+    assert torch.equal(got.t_starts, ref.t_starts)
+    assert torch.equal(got.t_ends, ref.t_ends)
+    if density > 0:
+        assert len(ref) > 0
+
+
+# -- an unbounded scene: a ball in the box under a textured sky at infinity -------------------------------------
+
+def sky_scene(n: int, seed: int, size: int = 40):
+    """Cameras inside the box [-1, 1]^3 looking at a red-blue ball at the centre, every pixel opaque: the ball, or
+    behind it a sky whose colour depends on the direction only (content at infinity, far outside any box)."""
+    from scenes import SceneSplit
+    from scenes.cameras import Cameras, image_rays
+    from scenes.scene import to_uint8
+
+    g = torch.Generator().manual_seed(seed)
+    eyes = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 0.85
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    for i, eye in enumerate(eyes):
+        back = torch.nn.functional.normalize(eye, dim=0)  # the camera looks down -Z, at the centre
+        right = torch.nn.functional.normalize(torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0]), back), dim=0)
+        c2w[i, :3, :3] = torch.stack([right, torch.linalg.cross(back, right), back], 1)
+        c2w[i, :3, 3] = eye
+    f = torch.full((n,), size * 0.6)
+    cams = Cameras(c2w, f, f, torch.full((n,), size / 2), torch.full((n,), size / 2), size, size)
+    images = []
+    for i in range(n):
+        o, d = (t.reshape(-1, 3) for t in image_rays(cams, i))
+        b = (o * d).sum(-1)
+        disc = b * b - (o * o).sum(-1) + 0.3**2
+        t_hit = -b - disc.clamp_min(0).sqrt()
+        hit = (disc > 0) & (t_hit > 0)
+        p = o + t_hit[:, None] * d
+        ball = torch.stack([0.8 * (p[:, 2] > 0) + 0.1, 0.2 + 0 * p[:, 0], 0.8 * (p[:, 2] <= 0) + 0.1], -1)
+        sky = 0.5 + 0.4 * torch.stack([torch.sin(5 * d[:, 0]), torch.sin(4 * d[:, 1] + 1), torch.cos(6 * d[:, 2])], -1)
+        rgb = torch.where(hit[:, None], ball, sky)
+        images.append(to_uint8(torch.cat([rgb, torch.ones_like(rgb[:, :1])], -1)).reshape(size, size, 4))
+    box = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+    return SceneSplit("sky", "train", cams, torch.stack(images), box)
+
+
+def sky_psnr(contraction: str) -> float:
+    """Held-out PSNR on the sky scene after a short training with contraction on or off."""
+    from conftest import tiny_config
+    from fields.run.config import CaptureConfig
+    from fields.training.trainer import Trainer
+    from renderers.imaging import psnr
+
+    cfg = tiny_config(max_steps=300)
+    cfg.train.random_background = False
+    cfg.capture = CaptureConfig(contraction=contraction, appearance_dim=0, camera_refinement="off",
+                                distortion_weight=0.0)
+    trainer = Trainer(cfg, None, data=sky_scene(40, seed=0))
+    assert trainer.grid.contracted == trainer.field.contracted == (contraction == "on")
+    trainer.train(show_progress=False)
+    held_out = sky_scene(6, seed=1)
+    model = trainer.model
+    scores = [psnr(model.render(held_out.cameras, i, torch.zeros(3))["rgb"], held_out.rgba(i)[..., :3])
+              for i in range(len(held_out))]
+    return sum(scores) / len(scores)
+
+
+def test_far_background_is_learned_with_contraction_and_missed_without():
+    on, off = sky_psnr("on"), sky_psnr("off")
+    assert on > off + 3, (on, off)
