@@ -78,13 +78,16 @@ class OccupancyGrid(nn.Module):
     def occupied_fraction(self) -> float:
         return self.binary.float().mean().item()
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Whether points ``x`` [N, 3] fall in occupied cells (False outside the box unless contracted)."""
-        r = self.resolution
+    def cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell indices [N, 3] of points ``x`` [N, 3] (clamped into the grid) and whether each point lies in the
+        grid at all (always, when contracted)."""
         if self.contracted:
             ijk = contracted_cell(x, self.aabb, torch.tensor(self.binary.shape, device=x.device))
-            return self.binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+            return ijk, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
-        inside = ((u >= 0) & (u < 1)).all(-1)
-        ijk = (u * r).long().clamp(0, r - 1)
+        return (u * self.resolution).long().clamp(0, self.resolution - 1), ((u >= 0) & (u < 1)).all(-1)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether points ``x`` [N, 3] fall in occupied cells (False outside the box unless contracted)."""
+        ijk, inside = self.cells(x)
         return self.binary[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & inside

@@ -22,9 +22,10 @@ class SurfacePointsError(ValueError):
 
 @torch.no_grad()
 def surface_points(model: VolumeModel, cams: Cameras, num_points: int, min_opacity: float = 0.95, chunk: int = 8192,
-                   max_rays_per_point: int = 50, seed: int = 0,
+                   max_rays_per_point: int = 50, seed: int = 0, region: torch.Tensor | None = None,
                    show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``num_points`` points [N, 3] and colours [N, 3] in [0, 1] seen by ``cams``."""
+    """Up to ``num_points`` points [N, 3] and colours [N, 3] in [0, 1] seen by ``cams`` (inside the box ``region``
+    [2, 3] when given)."""
     if not 0 < min_opacity <= 1:
         raise SurfacePointsError(f"--min-opacity must be in (0, 1] (got {min_opacity})")
     gen = torch.Generator().manual_seed(seed)
@@ -38,9 +39,12 @@ def surface_points(model: VolumeModel, cams: Cameras, num_points: int, min_opaci
             py = torch.rand(chunk, generator=gen) * cams.height
             origins, dirs = pixel_rays(cams, cam, px, py)
             out = model.render_rays(origins, dirs, black)
+            where = origins + dirs * (out["depth"] / out["opacity"].clamp_min(1e-12))[:, None]
             keep = out["opacity"] >= min_opacity
+            if region is not None:
+                keep &= ((where >= region[0]) & (where <= region[1])).all(-1)
             opacity = out["opacity"][keep, None]
-            points.append(origins[keep] + dirs[keep] * (out["depth"][keep, None] / opacity))
+            points.append(where[keep])
             colors.append((out["rgb"][keep] / opacity).clamp(0, 1))
             found += int(keep.sum())
             tried += chunk

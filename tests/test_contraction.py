@@ -159,3 +159,44 @@ def sky_psnr(contraction: str) -> float:
 def test_far_background_is_learned_with_contraction_and_missed_without():
     on, off = sky_psnr("on"), sky_psnr("off")
     assert on > off + 3, (on, off)
+
+
+def test_a_contracted_run_evaluates_exports_and_resumes(tmp_path, procedural_root):
+    """Everything downstream of training works on a run with scene contraction: eval, mesh, point cloud (of the
+    foreground box), video, and resume."""
+    import imageio.v3 as iio
+    import trimesh
+
+    from conftest import tiny_config
+    from fields.cli import main
+    from fields.run.config import CaptureConfig, RunConfig
+    from fields.run.folder import load_run
+    from fields.training.trainer import Trainer
+
+    cfg = tiny_config(max_steps=300)
+    cfg.capture = CaptureConfig(contraction="on", appearance_dim=0, camera_refinement="off", distortion_weight=0.0)
+    run_dir = tmp_path / "run"
+    Trainer(cfg, run_dir).train(show_progress=False)
+    saved = RunConfig.load(run_dir / "config.yaml")
+    assert saved.capture.contraction == "on" and saved.render.near == 0.05
+    run = load_run(run_dir)
+    assert run.grid.contracted and run.field.contracted
+    main(["eval", str(run_dir), "--every", "8", "--quiet"])
+    main(["export", "mesh", str(run_dir), "--resolution", "48", "--no-clean", "--quiet",
+          "--output", str(tmp_path / "mesh.ply")])
+    mesh = trimesh.load(tmp_path / "mesh.ply")
+    assert len(mesh.vertices) > 0 and (abs(mesh.vertices) <= 1.0 + 1e-4).all()  # the inner box only
+    main(["export", "pointcloud", str(run_dir), "--num-points", "500", "--min-opacity", "0.5", "--quiet",
+          "--output", str(tmp_path / "points.ply")])
+    points = trimesh.load(tmp_path / "points.ply")
+    assert (abs(points.vertices) <= 1.0 + 1e-4).all()
+    main(["export", "video", str(run_dir), "--seconds", "0.5", "--fps", "8", "--resolution", "32", "--quiet",
+          "--output", str(tmp_path / "orbit.mp4")])
+    assert iio.imread(tmp_path / "orbit.mp4").shape[0] == 4
+    saved.train.max_steps = 320
+    resumed = Trainer(saved, run_dir)
+    resumed.resume()
+    assert resumed.step == 300 and resumed.grid.contracted and resumed.cfg.capture == saved.capture
+    assert torch.equal(resumed.grid.binary, run.grid.binary)
+    resumed.train(show_progress=False)
+    assert load_run(run_dir).step == 320

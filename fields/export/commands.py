@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
+import torch
 import tyro
 from rich.console import Console
 
@@ -147,6 +148,9 @@ class PointCloud:
     """Number of points."""
     min_opacity: float = 0.95
     """Only rays at least this opaque give a point."""
+    crop: tuple[float, float, float, float, float, float] | None = None
+    """Keep only points in this box (x_min y_min z_min x_max y_max z_max, world units). Default: the scene box of
+    a run with scene contraction (its foreground, not the walls and sky around it), everything otherwise."""
     output: Path | None = None
     """Output file or folder (default: <run>/exports/)."""
     quiet: bool = False
@@ -158,9 +162,14 @@ class PointCloud:
 
         check_point_memory(self.num_points)
         run = load_run(self.run_dir)
+        region = run.grid.aabb if run.grid.contracted else None
+        if self.crop is not None:
+            region = torch.tensor(self.crop, dtype=torch.float32).reshape(2, 3)
+            if not bool((region[1] > region[0]).all()):
+                raise ExportError(f"--crop {' '.join(map(str, self.crop))}: each maximum must exceed its minimum")
         tic = time.perf_counter()
         points, colors = surface_points(run.model, run.record.cameras, self.num_points, self.min_opacity,
-                                        show_progress=not self.quiet)
+                                        region=region, show_progress=not self.quiet)
         path = output_path(run.path, self.output, f"pointcloud-step-{run.step:06d}.ply")
         write_point_cloud(points, colors, path)
         console.print(f"Point cloud: {len(points)} points in {time.perf_counter() - tic:.1f} s -> {path}")

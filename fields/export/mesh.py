@@ -67,8 +67,7 @@ def density_volume(model: VolumeModel, resolution: int, chunk: int = 1 << 17,
     for i, x in enumerate(xs):  # one x-slice at a time keeps memory flat at any resolution
         yy, zz = torch.meshgrid(ys, zs, indexing="ij")
         pts = torch.stack([torch.full_like(yy, x.item()), yy, zz], -1).reshape(-1, 3)
-        u = (pts - grid.aabb[0]) / (grid.aabb[1] - grid.aabb[0])
-        ijk = (u * grid.resolution).long().clamp(0, grid.resolution - 1)
+        ijk = grid.cells(pts)[0]
         keep = occupied[ijk[:, 0], ijk[:, 1], ijk[:, 2]].nonzero()[:, 0]
         if keep.numel():
             sigma = torch.cat(map_chunks(field.density, (pts[keep],), chunk))

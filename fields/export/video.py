@@ -15,6 +15,7 @@ import torch
 from rich.progress import Progress
 
 from fields.export import ExportError
+from renderers.contraction import normalized
 from renderers.imaging import depth_image, to_uint8
 from renderers.model import VolumeModel
 from renderers.occupancy import OccupancyGrid
@@ -54,11 +55,14 @@ def check_frame_memory(width: int, height: int) -> None:
 
 
 def depth_range(cams: Cameras, grid: OccupancyGrid) -> tuple[float, float]:
-    """Nearest and farthest distance from any of the cameras to any occupied cell centre."""
+    """Nearest and farthest distance from any of the cameras to any occupied cell centre (of a contracted grid,
+    those within four times the scene box: the far shell reaches to infinity)."""
     idx = grid.binary.flatten().nonzero()[:, 0]
-    if idx.numel() == 0:
-        return 0.0, 1.0
     centres = grid.cell_centers(idx)
+    if grid.contracted:
+        centres = centres[normalized(centres, grid.aabb).abs().amax(-1) <= 4]
+    if centres.shape[0] == 0:
+        return 0.0, 1.0
     lo, hi = float("inf"), 0.0
     for eye in cams.centers:
         d = (centres - eye).norm(dim=-1)
