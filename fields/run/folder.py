@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from fields.backends.base import Field
+from fields.backends.base import Appearance, Field
 from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from fields.run.config import RunConfig
 from fields.run.scene_record import RECORD_NAME, SceneRecord, read_scene_record
@@ -79,9 +79,16 @@ class RunLock:
             self.file.close()
 
 
+def build_field(cfg: RunConfig, aabb) -> Field:
+    """A fresh field for ``cfg`` over the scene box ``aabb``, with the per-image appearance its capture section
+    decided (none where it is still 'auto': runs recorded before appearance existed)."""
+    dim = cfg.capture.appearance_dim
+    return cfg.field_config.build(aabb, Appearance(0 if dim == "auto" else dim, cfg.capture.appearance_images))
+
+
 def build_model(cfg: RunConfig, aabb) -> tuple[Field, OccupancyGrid]:
     """A fresh field and occupancy grid for ``cfg`` over the scene box ``aabb``."""
-    return cfg.field_config.build(aabb), OccupancyGrid(aabb, cfg.grid_resolution)
+    return build_field(cfg, aabb), OccupancyGrid(aabb, cfg.grid_resolution)
 
 
 def newest_checkpoint(run: Path) -> tuple[Path, dict]:

@@ -31,7 +31,7 @@ from rich.console import Console
 
 from fields.backends.base import Field, FieldConfig
 from fields.run.config import ConfigError, RunConfig, TrainConfig, build_section
-from fields.run.folder import LoadedRun
+from fields.run.folder import LoadedRun, build_field
 from fields.training.steps import RayBatches, StepContext, Steps
 from fields.training.trainer import Trainer, TrainingError
 from renderers.occupancy import OccupancyGrid
@@ -85,7 +85,7 @@ def build_student(cfg: RunConfig, teacher: LoadedRun) -> tuple[Field, OccupancyG
     The one place a student is made: a backend that initialises itself from the teacher hooks in here.
     """
     torch.manual_seed(cfg.train.seed)
-    field = cfg.field_config.build(teacher.field.aabb.clone())
+    field = build_field(cfg, teacher.field.aabb.clone())
     grid = OccupancyGrid(teacher.grid.aabb, teacher.grid.resolution)
     grid.load_state_dict(teacher.grid.state_dict())
     return field, grid
