@@ -235,8 +235,8 @@ class Eval:
     split: Literal["test", "val", "train"] = "test"
     """Which split to evaluate."""
     every: int | None = None
-    """Evaluate every N-th view (default: every view of a split of up to 32 views, as real captures hold out every
-    8th image; every 8th of larger ones, such as Blender's 200 test views)."""
+    """Evaluate every N-th view (default: every view of a real capture's held-out split, which is every 8th image,
+    and of any split of up to 32 views; every 8th of larger ones, such as Blender's 200 test views)."""
     quiet: bool = False
     """No progress bar."""
 
@@ -245,12 +245,15 @@ class Eval:
 
         run = load_run(self.run_dir)
         split = run.split(self.split)
-        every = self.every if self.every is not None else (1 if len(split) <= 32 else 8)
         out = run.path / "eval" / f"{self.split}-step-{run.step:06d}"
-        result = evaluate(run.model, split, every, out, not self.quiet)
+        appearance = run.field.held_out_appearance()
+        result = evaluate(run.model, split, self.every, out, not self.quiet, appearance)
         (run.path / "eval" / "metrics.json").write_text(json.dumps({**result, "images": str(out)}, indent=2))
         console.print(f"{self.split}: PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
+        if appearance is not None:
+            console.print(f"appearance: {self.split} views are rendered with {appearance} (a held-out image's own "
+                          "exposure and white balance are unknown)")
 
 
 @dataclass

@@ -26,7 +26,7 @@ class VolumeField(Protocol):
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def color(self, features: torch.Tensor, d: torch.Tensor) -> torch.Tensor: ...
+    def color(self, features: torch.Tensor, d: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class Renderable(Protocol):
@@ -56,10 +56,11 @@ class VolumeModel:
         return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
 
     def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
-                    jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Rays [R, 3] rendered with autograd where enabled (training, distillation); see ``render_rays``."""
+                    jitter: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Rays [R, 3] rendered with autograd where enabled (training, distillation); ``codes`` [R, k]: each ray's
+        appearance code (its training image's; None: the field's own choice for new views); see ``render_rays``."""
         return render_rays(self.field.geometry, self.field.color, self.grid, origins, dirs, self.render_cfg,
-                           background, jitter)
+                           background, jitter, codes)
 
     @property
     def step_size(self) -> float:

@@ -22,8 +22,9 @@ from scenes.cameras import Cameras, image_rays
 DensityFn = Callable[[torch.Tensor], torch.Tensor]
 GeometryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``x -> (sigma, features)``: the view-independent part of a field."""
-ColorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(features, d) -> rgb``: the rest of it, on features from ``GeometryFn``."""
+ColorFn = Callable[..., torch.Tensor]
+"""``(features, d) -> rgb``: the rest of it, on features from ``GeometryFn``; called ``(features, d, codes)``
+when rays carry codes (``render_rays``'s ``ray_codes``, gathered per sample)."""
 
 
 @dataclass
@@ -100,13 +101,14 @@ class SelectRows(torch.autograd.Function):
 
 def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                    dirs: torch.Tensor, cfg: RenderConfig, jitter: torch.Tensor | None = None,
-                   ) -> tuple[Samples, torch.Tensor, torch.Tensor]:
+                   ray_codes: torch.Tensor | None = None) -> tuple[Samples, torch.Tensor, torch.Tensor]:
     """Kept samples with their densities and colours, from one geometry pass over all marched samples.
 
     The pruning pass and the rendering pass share ``geometry_fn``'s evaluation (with autograd when enabled;
     pruned samples then get zero gradient), so only the colour is computed on kept samples alone. Same result
     as ``sample_rays`` with ``density_fn`` then ``radiance_fn`` on the kept samples, without evaluating the
-    geometry twice."""
+    geometry twice. ``ray_codes`` [R, k]: per-ray inputs of the colour (a training image's appearance code),
+    passed to ``color_fn`` for each kept sample."""
     samples = march(origins, dirs, grid, cfg, jitter)
     x, d = samples.positions(origins, dirs)
     sigmas, feats = geometry_fn(x)
@@ -114,15 +116,18 @@ def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGr
         idx = visible(samples, sigmas, cfg).nonzero()[:, 0]
         samples, d = samples.select(idx), d.index_select(0, idx)
         sigmas, feats = SelectRows.apply(sigmas, idx), SelectRows.apply(feats, idx)
-    return samples, sigmas, color_fn(feats, d)
+    if ray_codes is None:
+        return samples, sigmas, color_fn(feats, d)
+    return samples, sigmas, color_fn(feats, d, ray_codes.index_select(0, samples.ray_indices))
 
 
 def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                 dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
-                jitter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                jitter: torch.Tensor | None = None, ray_codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity`` and ``samples``.
-    Pruning reuses the geometry evaluation (``shaded_samples``)."""
-    samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter)
+    Pruning reuses the geometry evaluation (``shaded_samples``); ``ray_codes`` [R, k] go to ``color_fn`` per
+    sample (without them it is called with features and directions alone)."""
+    samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter, ray_codes)
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays)
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"][:, None]) * background
     out["samples"] = torch.tensor(len(samples))

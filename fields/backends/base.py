@@ -23,16 +23,65 @@ from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 
 
+@dataclass(frozen=True)
+class Appearance:
+    """Per-image appearance a field learns (nerfacto's appearance embedding): a code of ``dim`` numbers for each of
+    ``images`` training images, fed to the colour network, so that exposure and white balance that differ between
+    photos need not be explained by the scene. ``dim`` 0 (or no images): none, and the field is as without it."""
+
+    dim: int = 0
+    images: int = 0
+
+    @property
+    def on(self) -> bool:
+        return self.dim > 0 and self.images > 0
+
+
+CODE_SCALE = 10.0
+"""Appearance codes enter the colour networks times this: Adam moves each parameter by about the learning rate
+per step whatever its gradient, so codes learned in a few hundred steps need a larger step than the networks."""
+
+
 class Field(nn.Module):
-    """Base class of radiance fields over an axis-aligned scene box ``aabb`` [2, 3]."""
+    """Base class of radiance fields over an axis-aligned scene box ``aabb`` [2, 3].
+
+    With ``appearance`` on, the field holds one learned code per training image (``appearance_codes``, zeros at
+    the start); ``codes(images)`` gives a batch's codes for the renderer to pass to ``color``, and ``color``
+    without codes (novel and held-out views: eval, viewer, export, a distillation teacher) uses their mean.
+    A backend adds ``appearance_dim`` inputs to its colour network and reads them with ``code_input``."""
 
     contracted: bool = False
     """Whether the field covers the whole world through scene contraction (``renderers.contraction``): its
-    inputs are then the contracted cube over ``aabb``, and nothing is outside. Set by ``build_model``."""
+    inputs are then the contracted cube over ``aabb``, and nothing is outside. Set by ``build_field``."""
 
-    def __init__(self, aabb: torch.Tensor):
+    def __init__(self, aabb: torch.Tensor, appearance: Appearance = Appearance()):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self.appearance_codes = (nn.Parameter(torch.zeros(appearance.images, appearance.dim)) if appearance.on
+                                 else None)
+
+    @property
+    def appearance_dim(self) -> int:
+        """Size of the per-image codes (0 without them)."""
+        return 0 if self.appearance_codes is None else self.appearance_codes.shape[1]
+
+    def codes(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The appearance codes [R, appearance_dim] of training images ``images`` [R] (None without codes)."""
+        return None if self.appearance_codes is None else self.appearance_codes.index_select(0, images)
+
+    def code_input(self, codes: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """What ``color`` feeds its network for ``n`` samples: the given per-sample ``codes``, else the mean code
+        (a view that is no training image); None when the field has no codes."""
+        if self.appearance_codes is None:
+            return None
+        return CODE_SCALE * (self.appearance_codes.mean(0).expand(n, -1) if codes is None else codes)
+
+    def held_out_appearance(self) -> str | None:
+        """What views that are no training image are rendered with, said in eval's output (None: nothing
+        per-image)."""
+        if self.appearance_codes is None:
+            return None
+        return f"the mean of the {self.appearance_codes.shape[0]} training images' appearance codes"
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it; with contraction,
@@ -58,9 +107,16 @@ class Field(nn.Module):
         its view-independent part once per sample. Default: the points themselves are the features."""
         return self.density(x), x
 
-    def color(self, features: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``."""
+    def color(self, features: torch.Tensor, d: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Colour [N, 3] from ``geometry``'s features and unit view directions ``d``, with the samples' appearance
+        ``codes`` [N, appearance_dim] (None: the mean code; see ``code_input``)."""
         return self.forward(features, d)[1]
+
+    def image_appearance(self, out: dict[str, torch.Tensor], i: int, background: torch.Tensor) -> torch.Tensor:
+        """A whole training image ``i`` rendered by ``scene_model`` (``out``: ``rgb`` on ``background``,
+        ``opacity``) as that image's appearance shows it, for training on whole images; ``out["rgb"]`` by default
+        (fields of a volume take the codes per ray, ``codes``)."""
+        return out["rgb"]
 
     def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> VolumeModel:
         """What renders this field: a ``VolumeModel`` that ray-marches through ``grid``; explicit backends
@@ -95,7 +151,8 @@ class FieldConfig:
     """Samples per ray batch unless ``--train.target-samples`` is given. Backends whose samples are expensive
     (the MLPs) use smaller batches: in a fixed time, more and noisier steps converge further."""
 
-    def build(self, aabb: torch.Tensor) -> Field:
+    def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> Field:
+        """The field over the scene box ``aabb`` with per-image ``appearance`` (none by default)."""
         raise NotImplementedError
 
     def build_image(self) -> "ImageField":

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fields.backends.base import Appearance
 from fields.backends.mlp import ImageMLP, MLPConfig, MLPField
 from fields.backends.positional import direction_to_unit_square, sample_planes
 
@@ -64,8 +65,8 @@ class CAMConfig(MLPConfig):
     minutes-long schedule (MLP at 3e-3) that overshoots: lego after 120 s scored 23.6 dB with 10x, 25.8 with 1x
     (and 24.7 with 0.3x); fitting a 256px image for 30 s, 31.8 vs 34.2 dB."""
 
-    def build(self, aabb: torch.Tensor) -> "CAMField":
-        return CAMField(aabb, self)
+    def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> "CAMField":
+        return CAMField(aabb, self, appearance)
 
     def build_image(self) -> "ImageCAM":
         return ImageCAM(self)
@@ -80,8 +81,8 @@ def _groups(module: nn.Module, lr: float, cfg: CAMConfig) -> list[dict]:
 
 
 class CAMField(MLPField):
-    def __init__(self, aabb: torch.Tensor, cfg: CAMConfig):
-        super().__init__(aabb, cfg)
+    def __init__(self, aabb: torch.Tensor, cfg: CAMConfig, appearance: Appearance = Appearance()):
+        super().__init__(aabb, cfg, appearance)
         unknown = set(cfg.modulate) - {"planes", "view"}
         if unknown:
             raise ValueError(f"unknown CAM modulating coordinate(s) {sorted(unknown)} (known: planes, view)")

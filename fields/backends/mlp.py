@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fields.backends.base import Field, FieldConfig, ImageField, bf16_enabled
+from fields.backends.base import Appearance, Field, FieldConfig, ImageField, bf16_enabled
 from fields.backends.encodings import trunc_exp
 from fields.backends.fused_mlp import modulated_relu, relu_mlp
 from fields.backends.positional import CoordinateEncoding, fourier_dim, fourier_encode
@@ -61,8 +61,8 @@ class MLPConfig(FieldConfig):
     Batches are padded to a multiple of ``BF16_ROWS`` rows: oneDNN builds a kernel for every new batch size, and
     training batches change size every step."""
 
-    def build(self, aabb: torch.Tensor) -> "MLPField":
-        return MLPField(aabb, self)
+    def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> "MLPField":
+        return MLPField(aabb, self, appearance)
 
     def build_image(self) -> "ImageMLP":
         return ImageMLP(self)
@@ -114,14 +114,15 @@ class ModulatedMLP(nn.Module):
 
 
 class MLPField(Field):
-    def __init__(self, aabb: torch.Tensor, cfg: MLPConfig):
-        super().__init__(aabb)
+    def __init__(self, aabb: torch.Tensor, cfg: MLPConfig, appearance: Appearance = Appearance()):
+        super().__init__(aabb, appearance)
         self.cfg, self._use_bf16 = cfg, bf16_enabled(cfg.bf16)
         self.encoding = cfg.encoding_for(3)
         self.trunk = ModulatedMLP(self.encoding.out_dim, cfg.width, cfg.layers, cfg.skip)
         self.density_head = nn.Linear(cfg.width, 1)
         self.bottleneck = nn.Linear(cfg.width, cfg.width)
-        self.color_hidden = ModulatedMLP(cfg.width + fourier_dim(3, cfg.dir_freqs), cfg.color_width, 1)
+        self.color_hidden = ModulatedMLP(cfg.width + fourier_dim(3, cfg.dir_freqs) + self.appearance_dim,
+                                         cfg.color_width, 1)
         self.color_head = nn.Linear(cfg.color_width, 3)
 
     def trunk_modulation(self, u: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -148,13 +149,17 @@ class MLPField(Field):
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return self.geometry(x)[0]
 
-    def color(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def color(self, h: torch.Tensor, d: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         n, bf16 = d.shape[0], self._bf16(d)
         rows = BF16_ROWS if bf16 else 1
+        code = self.code_input(codes, n)
         h, d = pad_rows(h, rows), pad_rows(d, rows)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             b = self.bottleneck(h)
-            c = torch.cat([b, fourier_encode(d, self.cfg.dir_freqs).to(b.dtype)], -1)
+            inputs = [b, fourier_encode(d, self.cfg.dir_freqs).to(b.dtype)]
+            if code is not None:
+                inputs.append(pad_rows(code, rows).to(b.dtype))
+            c = torch.cat(inputs, -1)
             out = self.color_head(self.color_hidden(c, *self.color_modulation(d)))
         return torch.sigmoid(out[:n].float())
 

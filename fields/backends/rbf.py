@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fields.backends.base import Field, FieldConfig, ImageField
+from fields.backends.base import Appearance, Field, FieldConfig, ImageField
 from fields.backends.encodings import HashEncoding, sh_encode, trunc_exp
 from fields.backends.positional import lift_uv
 
@@ -49,8 +49,8 @@ class RBFConfig(FieldConfig):
     large rate, 2e-2, for grid and RBF layer alike; on lego it gave 23.9-24.4 dB after 60 s where 1e-2 gave
     19.1-21.8)."""
 
-    def build(self, aabb: torch.Tensor) -> "RBFField":
-        return RBFField(aabb, self)
+    def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> "RBFField":
+        return RBFField(aabb, self, appearance)
 
     def build_image(self) -> "ImageRBF":
         return ImageRBF(self)
@@ -131,19 +131,23 @@ def spread_features(encoding: HashEncoding, scale: float = 0.05) -> HashEncoding
 
 
 def _groups(module: nn.Module, lr: float, cfg: RBFConfig) -> list[dict]:
-    return [{"name": "grid", "params": [module.encoding.table], "lr": lr * cfg.grid_lr_scale},
-            {"name": "rbf", "params": list(module.rbf.parameters()), "lr": lr * cfg.rbf_lr_scale}]
+    table = module.encoding.table
+    rest = [p for p in module.parameters() if p is not table]  # the RBF layer, and appearance codes and head
+    return [{"name": "grid", "params": [table], "lr": lr * cfg.grid_lr_scale},
+            {"name": "rbf", "params": rest, "lr": lr * cfg.rbf_lr_scale}]
 
 
 class RBFField(Field):
-    def __init__(self, aabb: torch.Tensor, cfg: RBFConfig):
-        super().__init__(aabb)
+    def __init__(self, aabb: torch.Tensor, cfg: RBFConfig, appearance: Appearance = Appearance()):
+        super().__init__(aabb, appearance)
         if not 0 <= cfg.sh_degree <= 3:
             raise ValueError(f"rbf: sh_degree must be 0..3, got {cfg.sh_degree}")
         self.cfg = cfg
         self.encoding = spread_features(cfg.encoding())
         self.n_sh = (cfg.sh_degree + 1) ** 2
         self.rbf = GaussianRBF(self.encoding.out_dim, cfg.n_rbfs, 1 + 3 * self.n_sh)
+        # No colour network to feed the codes to: they set a per-channel gain and offset of the colour logits.
+        self.appearance_head = nn.Linear(self.appearance_dim, 6, bias=False) if self.appearance_dim else None
 
     def _outputs(self, x: torch.Tensor, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
         u, inside = self.normalize(x)
@@ -158,9 +162,14 @@ class RBFField(Field):
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._outputs(x, 1 + 3 * self.n_sh)
 
-    def color(self, coeffs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def color(self, coeffs: torch.Tensor, d: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         sh = sh_encode(d, self.cfg.sh_degree + 1)  # [N, n_sh]
-        return torch.sigmoid((coeffs.reshape(coeffs.shape[0], 3, self.n_sh) * sh[:, None, :]).sum(-1))
+        logits = (coeffs.reshape(coeffs.shape[0], 3, self.n_sh) * sh[:, None, :]).sum(-1)
+        code = self.code_input(codes, d.shape[0])
+        if code is not None:
+            gain, offset = self.appearance_head(code).chunk(2, -1)
+            logits = logits * (1 + gain) + offset
+        return torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, coeffs = self.geometry(x)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fields.backends.base import Field
+from fields.backends.base import Appearance, Field
 from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from fields.run.config import RunConfig
 from fields.run.scene_record import RECORD_NAME, SceneRecord, read_scene_record
@@ -91,13 +91,19 @@ def model_box(cfg: RunConfig, data: SceneSplit) -> torch.Tensor:
     return data.aabb
 
 
+def build_field(cfg: RunConfig, aabb) -> Field:
+    """A fresh field for ``cfg`` over the scene box ``aabb``, with the scene contraction and per-image appearance
+    its capture section decided (none where still 'auto': runs recorded before these existed)."""
+    dim = cfg.capture.appearance_dim
+    field = cfg.field_config.build(aabb, Appearance(0 if dim == "auto" else dim, cfg.capture.appearance_images))
+    field.contracted = cfg.capture.contraction == "on"
+    return field
+
+
 def build_model(cfg: RunConfig, aabb) -> tuple[Field, OccupancyGrid]:
     """A fresh field and occupancy grid for ``cfg`` over the scene box ``aabb`` (with scene contraction where the
     run decided on it: both then cover the whole world, the box as their inner region)."""
-    contracted = cfg.capture.contraction == "on"
-    field = cfg.field_config.build(aabb)
-    field.contracted = contracted
-    return field, OccupancyGrid(aabb, cfg.grid_resolution, contracted)
+    return build_field(cfg, aabb), OccupancyGrid(aabb, cfg.grid_resolution, cfg.capture.contraction == "on")
 
 
 def newest_checkpoint(run: Path) -> tuple[Path, dict]:

@@ -159,7 +159,8 @@ class RayBatches(Steps):
         bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
         target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(self.n_rays, generator=gen).to(dev)
-        out = self.model.render_rays(*self.rays.rays(idx), bg, jitter)
+        codes = self.field.codes((idx // self.rays.pixels).to(dev))  # each ray's image's appearance (or None)
+        out = self.model.render_rays(*self.rays.rays(idx), bg, jitter, codes)
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
 
@@ -197,7 +198,7 @@ class WholeImages(Steps):
         target = on_background(self.data.rgba(i), bg)
         mask = None if self.data.masks is None else self.data.masks[i]
         out = self.model.render(self.data.cameras, i, bg)
-        rgb, w = out["rgb"], self.cfg.train.ssim_weight
+        rgb, w = self.field.image_appearance(out, i, bg), self.cfg.train.ssim_weight
         l1 = (rgb - target).abs().mean(-1)
         loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
         if w > 0:

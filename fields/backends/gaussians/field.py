@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fields.backends.base import Field, FieldConfig
+from fields.backends.base import Appearance, Field, FieldConfig
 from fields.backends.encodings import sh_encode
 from fields.backends.gaussians.density_control import DensityControl, DensitySchedule, edit_gaussians
 from fields.backends.gaussians.params import PER_GAUSSIAN
@@ -63,6 +63,8 @@ class GaussiansConfig(FieldConfig):
     """Learning rate of the DC colour coefficients."""
     lr_shN: float = 1.25e-4
     """Learning rate of the higher SH coefficients (3DGS: sh0's / 20)."""
+    lr_appearance: float = 1e-3
+    """Learning rate of the per-image colour transforms (with appearance on: ``--appearance-dim`` above 0)."""
     densify_from: int = 100
     """First step of adaptive density control (clone / split / prune)."""
     densify_until: int = 1200
@@ -82,8 +84,8 @@ class GaussiansConfig(FieldConfig):
     max_gaussians: int = 200_000
     """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first)."""
 
-    def build(self, aabb: torch.Tensor) -> "GaussianField":
-        return GaussianField(aabb, self)
+    def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> "GaussianField":
+        return GaussianField(aabb, self, appearance)
 
     def build_image(self):
         raise ValueError("the gaussians backend has no 2-D image form for `fields fit`; use hashgrid, mlp, rbf or cam")
@@ -117,9 +119,13 @@ def initial_gaussians(aabb: torch.Tensor, cfg: GaussiansConfig, points: torch.Te
 
 
 class GaussianField(Field):
-    """A set of 3-D Gaussians over the scene box ``aabb``; renders images by splatting."""
+    """A set of 3-D Gaussians over the scene box ``aabb``; renders images by splatting.
 
-    def __init__(self, aabb: torch.Tensor, cfg: GaussiansConfig):
+    With ``appearance`` on, each training image has a learned colour transform (3x3 matrix and bias, identity at
+    the start) of what the Gaussians render in it (``image_appearance``; the size of a code does not apply);
+    views that are no training image are rendered untransformed."""
+
+    def __init__(self, aabb: torch.Tensor, cfg: GaussiansConfig, appearance: Appearance = Appearance()):
         super().__init__(aabb)
         self.cfg = cfg
         self.scene_scale = 0.5 * (self.aabb[1] - self.aabb[0]).norm().item()
@@ -132,6 +138,8 @@ class GaussianField(Field):
         self.control = DensityControl(self, DensitySchedule.of(cfg))
         self.lock = threading.Lock()  # held while the set of Gaussians changes (the viewer renders concurrently)
         self._index: GaussianIndex | None = None
+        self.color_transforms = (nn.Parameter(torch.eye(3, 4).repeat(appearance.images, 1, 1)) if appearance.on
+                                 else None)  # [images, 3, 4]: matrix | bias
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -166,6 +174,21 @@ class GaussianField(Field):
             coeffs = coeffs[idx]
         return ((sh_encode(dirs, int(self.active_sh_degree) + 1)[:, :, None] * coeffs).sum(1) + 0.5).clamp_min(0)
 
+    def image_appearance(self, out: dict[str, torch.Tensor], i: int, background: torch.Tensor) -> torch.Tensor:
+        """Training image ``i``'s render ``out`` (``rgb`` on ``background``, ``opacity``) through that image's
+        colour transform, which acts on the Gaussians' colour and leaves the background as it is."""
+        if self.color_transforms is None:
+            return out["rgb"]
+        alpha = out["opacity"][..., None]
+        bg = (1 - alpha) * background
+        t = self.color_transforms[i]
+        return (out["rgb"] - bg) @ t[:, :3].t() + alpha * t[:, 3] + bg
+
+    def held_out_appearance(self) -> str | None:
+        if self.color_transforms is None:
+            return None
+        return "no per-image colour transform (identity)"
+
     # -- rendering -----------------------------------------------------------------------------------------
     def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> "SplatModel":
         return SplatModel(self, grid, render_cfg)
@@ -199,6 +222,8 @@ class GaussianField(Field):
         s, c = lr / 1e-2, self.cfg
         rates = {"means": c.lr_means * self.scene_scale, "scales": c.lr_scales, "quats": c.lr_quats,
                  "opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN}
+        if self.color_transforms is not None:
+            rates["color_transforms"] = c.lr_appearance
         return [{"name": name, "params": [getattr(self, name)], "lr": rate * s, "weight_decay": 0.0,
                  "lr_final": c.lr_means_final if name == "means" else 1.0} for name, rate in rates.items()]
 
