@@ -165,6 +165,11 @@ class CaptureConfig:
     """How many training images have a code (set when the run starts)."""
     camera_refinement: Literal["auto", "on", "off"] = "auto"
     """Learn a small SE(3) correction per training camera (auto: on for captures posed by SfM)."""
+    camera_lr: float = 1e-3
+    """Learning rate (Adam) of the camera corrections; it decays over the budget as the field's does."""
+    camera_warmup_steps: int = 200
+    """Steps of linear warm-up of the camera learning rate: the field finds rough geometry before the cameras
+    move to fit it."""
     distortion_weight: float | Literal["auto"] = "auto"
     """Weight of mip-NeRF 360's distortion loss against floaters (0: off; auto: decided per kind of scene)."""
 
@@ -172,7 +177,7 @@ class CaptureConfig:
         check_settings(self, {
             "contraction": AUTO_OR_SWITCH, "camera_refinement": AUTO_OR_SWITCH,
             "appearance_dim": (lambda v: v == "auto" or AT_LEAST_0[0](v), f"{AT_LEAST_0[1]}, or auto"),
-            "appearance_images": AT_LEAST_0,
+            "appearance_images": AT_LEAST_0, "camera_lr": POSITIVE, "camera_warmup_steps": AT_LEAST_0,
             "distortion_weight": (lambda v: v == "auto" or NOT_NEGATIVE[0](v), f"{NOT_NEGATIVE[1]}, or auto")})
 
     def resolved(self, data: SceneSplit) -> "CaptureConfig":
