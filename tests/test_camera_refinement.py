@@ -133,3 +133,30 @@ def test_resume_restores_the_corrections_and_cameras_json_holds_the_refined_pose
     refined = resumed.steps.refinement.refined_c2w().detach()
     assert torch.allclose(torch.tensor(record["c2w"], dtype=torch.float32), refined, atol=1e-6)
     assert not torch.allclose(refined, resumed.data.cameras.c2w, atol=1e-6)
+
+
+def test_distortion_weight_adds_the_loss_to_ray_batches_and_auto_is_off(procedural_root):
+    from fields.training.steps import StepContext
+
+    def first_loss(weight):
+        cfg = tiny_config()
+        cfg.capture = CaptureConfig(distortion_weight=weight)
+        trainer = Trainer(cfg)
+        loss, metrics, _ = trainer.steps.loss(StepContext(0, torch.Generator().manual_seed(0), 0.0, False))
+        return trainer, loss.item(), metrics["mse"]
+
+    trainer, loss, mse = first_loss("auto")
+    assert trainer.cfg.capture.distortion_weight == 0.0 and loss == mse
+    _, loss, mse_weighted = first_loss(10.0)
+    assert mse_weighted == mse and loss > mse  # the same batch, plus the distortion of its rays
+
+
+def test_camera_refinement_auto_is_off_for_whole_image_backends(procedural_root):
+    from fields.backends.gaussians import GaussiansConfig
+
+    cfg = tiny_config()
+    cfg.field_config = GaussiansConfig()
+    data = cfg.scene.load("train")
+    captured = dataclasses.replace(data, near_far=(0.1, 5.0))  # a capture: 'auto' would turn refinement on
+    assert tiny_config().for_scene(captured).capture.camera_refinement == "on"
+    assert cfg.for_scene(captured).capture.camera_refinement == "off"

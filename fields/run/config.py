@@ -231,8 +231,12 @@ class RunConfig:
         check_settings(self, {"grid_resolution": AT_LEAST_1})
 
     def for_scene(self, data: SceneSplit) -> "RunConfig":
-        """This config with its 'auto' capture settings decided for the training split ``data``."""
-        return dataclasses.replace(self, capture=self.capture.resolved(data))
+        """This config with its 'auto' capture settings decided for the training split ``data``. Camera refinement
+        applies to ray batches only: 'auto' is off for backends trained on whole images (gaussians)."""
+        capture = self.capture
+        if capture.camera_refinement == "auto" and self.field_config.training_steps != "rays":
+            capture = dataclasses.replace(capture, camera_refinement="off")
+        return dataclasses.replace(self, capture=capture.resolved(data))
 
     @property
     def field(self) -> str:

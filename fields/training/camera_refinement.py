@@ -6,6 +6,10 @@ the camera's own frame: the refined pose is ``c2w_i @ [exp(w_i) | u_i]`` (nerfst
 training batch's rays, built from the dataset poses, are moved by the correction of their camera
 (``apply``), which needs no change to ray generation (pinhole, distorted and fisheye lenses alike). Only the
 training cameras are refined: evaluation renders the held-out views from their poses as given.
+
+Ray batches only (``fields.training.steps.RayBatches``). Gaussians (whole-image steps) are not refined yet: the
+native projection's backward (``splat_project_bwd``) returns the gradients of the means, quaternions and scales
+but none for the view matrix, and ``project_gaussians`` builds that matrix from ``Cameras`` without autograd.
 """
 
 from __future__ import annotations
