@@ -57,9 +57,10 @@ class RenderConfig:
 
 def march(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: RenderConfig,
           jitter: torch.Tensor | None = None) -> Samples:
-    """All samples of the rays in occupied cells (no pruning)."""
-    return march_rays(origins, dirs, grid.binary, grid.aabb, cfg.step_size(grid.aabb), cfg.near, cfg.far,
-                      cfg.cone_angle, jitter=jitter, contract=grid.contracted, n_outer=cfg.outer_samples)
+    """All samples of the rays in occupied cells (no pruning). The sample distances take no gradient (rays
+    moved by a learned camera correction get theirs through the sample positions)."""
+    return march_rays(origins.detach(), dirs.detach(), grid.binary, grid.aabb, cfg.step_size(grid.aabb), cfg.near,
+                      cfg.far, cfg.cone_angle, jitter=jitter, contract=grid.contracted, n_outer=cfg.outer_samples)
 
 
 def visible(samples: Samples, sigmas: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
@@ -124,11 +125,13 @@ def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGr
 def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                 dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
                 jitter: torch.Tensor | None = None, ray_codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity`` and ``samples``.
-    Pruning reuses the geometry evaluation (``shaded_samples``); ``ray_codes`` [R, k] go to ``color_fn`` per
+    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity``, ``samples`` (their
+    number) and the packed samples' ``weights``, ``t_starts``, ``t_ends`` and ``ray_indices`` (for losses on
+    them). Pruning reuses the geometry evaluation (``shaded_samples``); ``ray_codes`` [R, k] go to ``color_fn`` per
     sample (without them it is called with features and directions alone)."""
     samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter, ray_codes)
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays)
+    out.update(t_starts=samples.t_starts, t_ends=samples.t_ends, ray_indices=samples.ray_indices)
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"][:, None]) * background
     out["samples"] = torch.tensor(len(samples))
     return out

@@ -165,6 +165,11 @@ class CaptureConfig:
     """How many training images have a code (set when the run starts)."""
     camera_refinement: Literal["auto", "on", "off"] = "auto"
     """Learn a small SE(3) correction per training camera (auto: on for captures posed by SfM)."""
+    camera_lr: float = 1e-3
+    """Learning rate (Adam) of the camera corrections; it decays over the budget as the field's does."""
+    camera_warmup_steps: int = 200
+    """Steps of linear warm-up of the camera learning rate: the field finds rough geometry before the cameras
+    move to fit it."""
     distortion_weight: float | Literal["auto"] = "auto"
     """Weight of mip-NeRF 360's distortion loss against floaters (0: off; auto: decided per kind of scene)."""
 
@@ -172,7 +177,7 @@ class CaptureConfig:
         check_settings(self, {
             "contraction": AUTO_OR_SWITCH, "camera_refinement": AUTO_OR_SWITCH,
             "appearance_dim": (lambda v: v == "auto" or AT_LEAST_0[0](v), f"{AT_LEAST_0[1]}, or auto"),
-            "appearance_images": AT_LEAST_0,
+            "appearance_images": AT_LEAST_0, "camera_lr": POSITIVE, "camera_warmup_steps": AT_LEAST_0,
             "distortion_weight": (lambda v: v == "auto" or NOT_NEGATIVE[0](v), f"{NOT_NEGATIVE[1]}, or auto")})
 
     def resolved(self, data: SceneSplit) -> "CaptureConfig":
@@ -226,9 +231,13 @@ class RunConfig:
         check_settings(self, {"grid_resolution": AT_LEAST_1})
 
     def for_scene(self, data: SceneSplit) -> "RunConfig":
-        """This config with its 'auto' capture settings decided for the training split ``data`` (and, with
-        contraction, a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera)."""
-        capture = self.capture.resolved(data)
+        """This config with its 'auto' capture settings decided for the training split ``data`` (camera refinement
+        applies to ray batches only: 'auto' is off for backends trained on whole images, gaussians), and with
+        contraction a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera."""
+        capture = self.capture
+        if capture.camera_refinement == "auto" and self.field_config.training_steps != "rays":
+            capture = dataclasses.replace(capture, camera_refinement="off")
+        capture = capture.resolved(data)
         render = self.render
         if capture.contraction == "on" and render.near == 0:
             render = dataclasses.replace(render, near=0.05)

@@ -17,6 +17,7 @@ own ``after_step``: Gaussians densify there; the next batch's size); the other h
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,6 +27,8 @@ from torch import nn
 from fields.backends.base import Field
 from fields.run.config import RunConfig
 from fields.run.folder import build_model, model_box
+from fields.training.camera_refinement import CameraRefinement
+from renderers.compositing import distortion
 from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
@@ -93,6 +96,11 @@ class Steps:
         """Sections written into config.yaml beside the run config (e.g. a distillation's teacher)."""
         return {}
 
+    def refined_split(self) -> SceneSplit | None:
+        """The training split with the cameras as refined so far, where this strategy refines them (the run's
+        cameras.json is rewritten from it with each checkpoint); None where it does not."""
+        return None
+
 
 class TrainingRays:
     """All training pixels (those the scene's masks keep), drawn by flat index (image, row, column): a batch's rays
@@ -117,13 +125,16 @@ class TrainingRays:
         idx = torch.randint(0, len(self), (n,), generator=gen)
         return idx if self.kept is None else self.kept[idx].long()
 
-    def rays(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Origins and unit directions [B, 3] through the centres of pixels ``idx`` (flat indices, CPU)."""
+    def rays(self, idx: torch.Tensor, refinement: CameraRefinement | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and unit directions [B, 3] through the centres of pixels ``idx`` (flat indices, CPU), moved by
+        their cameras' learned corrections where ``refinement`` is given."""
         cam, rest = idx // self.pixels, idx % self.pixels
         w = self.cameras.width
         px, py = (rest % w).float() + 0.5, (rest // w).float() + 0.5
         origins, dirs = pixel_rays(self.cameras, cam, px, py)
-        return origins.to(self.device), dirs.to(self.device)
+        origins, dirs = origins.to(self.device), dirs.to(self.device)
+        return (origins, dirs) if refinement is None else refinement.apply(cam, origins, dirs)
 
     def colors(self, idx: torch.Tensor) -> torch.Tensor:
         """Straight RGBA [B, 4] in [0, 1] of pixels ``idx``."""
@@ -139,7 +150,12 @@ def backgrounds(cfg: RunConfig, data: SceneSplit, n: int, gen: torch.Generator) 
 
 class RayBatches(Steps):
     """Random ray batches through the occupancy grid (volume fields), on the grid's device. Random draws come
-    from the step's CPU generator (the same batches on every device) and move to the device."""
+    from the step's CPU generator (the same batches on every device) and move to the device.
+
+    With ``capture.camera_refinement`` on, each training camera learns an SE(3) correction (its own parameter
+    group, learning rate and warm-up) that moves its rays; with ``capture.distortion_weight`` > 0 the loss adds
+    mip-NeRF 360's distortion loss, averaged over the batch's rays. Both off (and 'auto', as in runs recorded
+    before they existed) leave the step as it was."""
 
     gpu_ready = True
 
@@ -149,6 +165,18 @@ class RayBatches(Steps):
         self.device = grid.aabb.device
         self.rays = TrainingRays(data, self.device)
         self.n_rays = cfg.train.init_rays
+        self.refinement = (CameraRefinement(data.cameras.c2w).to(self.device)
+                           if cfg.capture.camera_refinement == "on" else None)
+        weight = cfg.capture.distortion_weight
+        self.distortion_weight = 0.0 if weight == "auto" else float(weight)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        groups = self.field.param_groups(lr)
+        if self.refinement is not None:
+            c = self.cfg.capture
+            groups.append({"params": [self.refinement.delta], "lr": c.camera_lr, "warmup_steps": c.camera_warmup_steps,
+                           "weight_decay": 0.0})
+        return groups
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         t, gen = self.cfg.train, ctx.gen
@@ -160,9 +188,13 @@ class RayBatches(Steps):
         target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(self.n_rays, generator=gen).to(dev)
         codes = self.field.codes((idx // self.rays.pixels).to(dev))  # each ray's image's appearance (or None)
-        out = self.model.render_rays(*self.rays.rays(idx), bg, jitter, codes)
-        loss = torch.nn.functional.mse_loss(out["rgb"], target)
-        return loss, {"mse": loss.item(), "samples": int(out["samples"])}, {}
+        out = self.model.render_rays(*self.rays.rays(idx, self.refinement), bg, jitter, codes)
+        mse = torch.nn.functional.mse_loss(out["rgb"], target)
+        loss = mse
+        if self.distortion_weight > 0:
+            per_ray = distortion(out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], self.n_rays)
+            loss = loss + self.distortion_weight * per_ray.mean()
+        return loss, {"mse": mse.item(), "samples": int(out["samples"])}, {}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)
@@ -176,10 +208,20 @@ class RayBatches(Steps):
         return {"rays": self.n_rays, "occupied": self.grid.occupied_fraction()}
 
     def state_dict(self) -> dict:
-        return {"n_rays": self.n_rays}
+        cams = {} if self.refinement is None else {"camera_refinement": self.refinement.state_dict()}
+        return {"n_rays": self.n_rays, **cams}
 
     def load_state_dict(self, state: dict) -> None:
         self.n_rays = int(state["n_rays"])
+        if self.refinement is not None:
+            self.refinement.load_state_dict(state["camera_refinement"])
+
+    def refined_split(self) -> SceneSplit | None:
+        if self.refinement is None:
+            return None
+        with torch.no_grad():
+            c2w = self.refinement.refined_c2w().cpu()
+        return dataclasses.replace(self.data, cameras=dataclasses.replace(self.data.cameras, c2w=c2w))
 
 
 class WholeImages(Steps):

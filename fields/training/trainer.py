@@ -124,14 +124,17 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         self.saved_at = self.elapsed
         try:
-            return save_checkpoint(path, self.state_dict())
+            saved = save_checkpoint(path, self.state_dict())
+            if (refined := self.steps.refined_split()) is not None:  # the viewer and export use the refined poses
+                write_scene_record(self.run_dir, refined)
+            return saved
         except OSError as e:  # disk full, read-only folder...: the previous checkpoints are untouched
             raise TrainingError(f"cannot write checkpoint {path} ({e.strerror or e})") from None
 
     def write_config(self) -> None:
         self.cfg.save(self.run_dir / "config.yaml", self.steps.config_sections())
         if self.data is not None:  # cameras.json: the run can be viewed and exported without the images
-            write_scene_record(self.run_dir, self.data)
+            write_scene_record(self.run_dir, self.steps.refined_split() or self.data)
 
     def resume(self) -> None:
         """Continue from the newest loadable checkpoint, dropping metrics logged after it (and a line cut short
@@ -171,11 +174,12 @@ class Trainer:
         return self.budget_spent() and self.steps.finished(self.step)
 
     def _set_lr(self, ctx: StepContext) -> float:
-        """Warm-up, then exponential decay to each group's ``lr_final`` over the budget, times the strategy's
-        factor for this step."""
+        """Warm-up (over each group's ``warmup_steps``, default ``train.warmup_steps``), then exponential decay to
+        each group's ``lr_final`` over the budget, times the strategy's factor for this step."""
         t = self.cfg.train
-        warmup, scale = min(1.0, (self.step + 1) / max(t.warmup_steps, 1)), self.steps.lr_scale(ctx)
+        scale = self.steps.lr_scale(ctx)
         for g in self.optimizer.param_groups:
+            warmup = min(1.0, (self.step + 1) / max(g.get("warmup_steps", t.warmup_steps), 1))
             g["lr"] = g["base_lr"] * warmup * g.get("lr_final", t.lr_final) ** ctx.progress * scale
         return self.optimizer.param_groups[0]["lr"]
 
@@ -199,7 +203,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if n_samples > 0:
             loss.backward()
-            grads = [p.grad.detach().sum() for p in self.field.parameters() if p.grad is not None]
+            grads = [p.grad.detach().sum() for g in self.optimizer.param_groups for p in g["params"]
+                     if p.grad is not None]
             if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
                 raise TrainingError(f"gradients became NaN/inf at step {self.step}")
             self.optimizer.step()
