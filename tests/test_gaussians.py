@@ -164,6 +164,49 @@ def test_splat_ply_round_trips(gaussian_run, tmp_path):
         assert torch.equal(back[name], t), name
 
 
+def test_splat_ply_and_dot_splat_load_in_plyfile_and_round_trip(gaussian_run, tmp_path):
+    """The PLY loads in plyfile (a third-party PLY reader) with the 3DGS properties, and the .splat written beside
+    it holds every Gaussian (32 bytes each), largest first, with its position, scale, DC colour, opacity and
+    rotation up to the format's 8-bit quantisation."""
+    from plyfile import PlyData
+
+    from fields.cli import main
+    from fields.export.splats import read_dot_splat
+
+    run_dir = gaussian_run[0]
+    out = tmp_path / "splats.ply"
+    main(["export", "splats", str(run_dir), "--output", str(out)])
+    g = load_run(run_dir).field.gaussians()
+    n = len(g["means"])
+    vertex = PlyData.read(str(out))["vertex"]
+    assert vertex.count == n
+    assert np.array_equal(np.stack([vertex[c] for c in ("x", "y", "z")], -1), g["means"].numpy())
+    assert np.array_equal(vertex["opacity"], g["opacities"].numpy())
+
+    dot = out.with_suffix(".splat")
+    assert dot.stat().st_size == 32 * n
+    rec = read_dot_splat(dot)
+    opacity = torch.sigmoid(g["opacities"])
+    order = torch.argsort(-(g["scales"].sum(-1).exp() * opacity), stable=True)  # largest first
+    assert torch.equal(torch.from_numpy(rec["position"].copy()), g["means"][order])
+    assert torch.allclose(torch.from_numpy(rec["scale"].copy()), g["scales"][order].exp(), rtol=1e-6)
+    rgb = (0.5 + SH_C0 * g["sh0"][order, 0]).clamp(0, 1)
+    assert (torch.from_numpy(rec["rgba"][:, :3] / 255.0).float() - rgb).abs().max() <= 1 / 255 + 1e-6
+    assert (torch.from_numpy(rec["rgba"][:, 3] / 255.0).float() - opacity[order]).abs().max() <= 1 / 255 + 1e-6
+    q = (torch.from_numpy(rec["rotation"].astype(np.float32)) - 128) / 128
+    want = torch.nn.functional.normalize(g["quats"][order], dim=-1)
+    assert (q - want).abs().max() <= 1 / 128 + 1e-6
+
+
+def test_a_dot_splat_of_a_wrong_size_is_refused_naming_the_file(tmp_path):
+    from fields.export.splats import read_dot_splat
+
+    bad = tmp_path / "cut.splat"
+    bad.write_bytes(bytes(33))
+    with pytest.raises(ValueError, match="cut.splat"):
+        read_dot_splat(bad)
+
+
 def test_splats_export_of_a_volume_run_is_one_clear_line(trained_run, tmp_path, capsys):
     from fields.cli import main
 
