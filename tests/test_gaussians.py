@@ -268,3 +268,50 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert torch.allclose(g["scales"].exp(), spacing[:, None].expand(-1, 3), rtol=1e-5)
     unseeded = Trainer(cfg, None, data=data).field  # without points: random ones in the box
     assert len(unseeded) == cfg.field_config.num_init
+
+
+def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(procedural_root, monkeypatch):
+    """A crop step's L1 gradients are those of the whole image's step (plain-PyTorch rasterizer) restricted to
+    the crop; a coarse-to-fine step renders the camera at the reduced size against the area-averaged target,
+    with the same gradients as the reference render of that camera, and full resolution follows."""
+    from fields.training.steps import StepContext, build_steps
+    from renderers.imaging import on_background
+
+    cfg = gaussians_config(10)
+    cfg.train = dataclasses.replace(cfg.train, ssim_weight=0.0, random_background=False)
+    cfg.field_config = dataclasses.replace(cfg.field_config, crop=24, coarse_levels=1, coarse_every=3)
+    torch.manual_seed(0)
+    steps = build_steps(cfg, torch.device("cpu"))
+    cams, ctx = steps.data.cameras, lambda step: StepContext(step, torch.Generator().manual_seed(3), 0.0, False)
+    params = [getattr(steps.field, name) for name in PER_GAUSSIAN[:5]]
+    i = int(torch.randint(0, len(steps.data), (), generator=torch.Generator().manual_seed(3)))
+    bg = torch.tensor(steps.data.background)
+
+    def reference_grads(camset, target, window):
+        monkeypatch.setenv("FIELDS_NATIVE", "0")
+        x0, y0, w, h = window
+        rgb = steps.model.render(camset, i, bg)["rgb"][y0:y0 + h, x0:x0 + w]
+        monkeypatch.delenv("FIELDS_NATIVE")
+        return torch.autograd.grad((rgb - target[y0:y0 + h, x0:x0 + w]).abs().mean(), params)
+
+    # full resolution (step 3), a tile-aligned crop
+    monkeypatch.setattr(steps, "window", lambda w, h, gen: (16, 16, 24, 24))
+    loss, metrics, info = steps.loss(ctx(3))
+    assert info["rgb"].shape == (24, 24, 3) and metrics["samples"] == 24 * 24
+    assert info["grad_scale"] == pytest.approx(24 * 24 / (cams.width * cams.height))
+    got = torch.autograd.grad(loss, params)
+    want = reference_grads(cams, on_background(steps.data.rgba(i), bg), (16, 16, 24, 24))
+    for g, r in zip(got, want):
+        assert r.abs().sum() > 0 and torch.allclose(g, r, atol=1e-6, rtol=1e-4)
+
+    # coarse (step 0): half resolution, whole image
+    monkeypatch.setattr(steps, "window", lambda w, h, gen: None)
+    loss, metrics, info = steps.loss(ctx(0))
+    w, h = cams.width // 2, cams.height // 2
+    assert (info["width"], info["height"]) == (w, h) and info["rgb"].shape == (h, w, 3)
+    full = on_background(steps.data.rgba(i), bg)
+    target = full[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3))  # area average of 2x2 pixels
+    got = torch.autograd.grad(loss, params)
+    want = reference_grads(cams.resized(w, h), target, (0, 0, w, h))
+    for g, r in zip(got, want):
+        assert r.abs().sum() > 0 and torch.allclose(g, r, atol=1e-6, rtol=1e-4)
