@@ -237,18 +237,38 @@ def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch
     return image, alpha
 
 
+def crop_projection(proj: Projection, window: tuple[int, int, int, int]) -> Projection:
+    """The projection seen through the pixel window ``(x0, y0, width, height)`` of its image: means shifted to
+    the window's origin (differentiably) and Gaussians whose ``means2d +- radius`` square misses the window
+    culled (radius 0), so that binning the window's tiles sees only Gaussians that touch them."""
+    x0, y0, w, h = window
+    means2d = proj.means2d - proj.means2d.new_tensor([float(x0), float(y0)])
+    m, r = means2d.detach(), proj.radii.to(means2d.dtype)
+    inside = (m[:, 0] + r >= 0) & (m[:, 0] - r < w) & (m[:, 1] + r >= 0) & (m[:, 1] - r < h)
+    return Projection(means2d, proj.conics, proj.depths, torch.where(inside, proj.radii, torch.zeros_like(proj.radii)))
+
+
 def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
-                     colors: torch.Tensor, cams: Cameras, i: int, background: torch.Tensor
-                     ) -> dict[str, torch.Tensor]:
+                     colors: torch.Tensor, cams: Cameras, i: int, background: torch.Tensor,
+                     window: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
     """Render camera ``i``: rgb [H, W, 3], expected depth [H, W] (0 where nothing is hit), opacity [H, W], and the
-    projection's ``means2d`` (gradient retained, for densification) and ``radii``."""
+    projection's ``means2d`` (gradient retained, for densification) and ``radii``.
+
+    ``window = (x0, y0, width, height)`` renders only those pixels of the image (a training crop): the
+    projection is the whole camera's (so each Gaussian's footprint is the same), the tile grid starts at the
+    window's origin, and ``radii`` are 0 for Gaussians that miss the window. With ``x0``, ``y0`` multiples of
+    the tile size (16) the pixels equal those of the whole image there exactly."""
     proj = project_gaussians(means, quats, scales, cams, i)
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
+    width, height = cams.width, cams.height
+    seen = proj
+    if window is not None:
+        seen, (width, height) = crop_projection(proj, window), window[2:]
     feats = torch.cat([colors, proj.depths[:, None].to(colors.dtype)], 1)
     bg = torch.cat([background.to(colors), colors.new_zeros(1)])
-    image, alpha = rasterize_gaussians(proj, feats, opacities, cams.width, cams.height, bg)
+    image, alpha = rasterize_gaussians(seen, feats, opacities, width, height, bg)
     hit = alpha > 0
     depth = torch.where(hit, image[..., -1] / torch.where(hit, alpha, torch.ones_like(alpha)),
                         torch.zeros_like(alpha))
-    return {"rgb": image[..., :-1], "depth": depth, "opacity": alpha, "means2d": proj.means2d, "radii": proj.radii}
+    return {"rgb": image[..., :-1], "depth": depth, "opacity": alpha, "means2d": proj.means2d, "radii": seen.radii}

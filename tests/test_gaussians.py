@@ -164,6 +164,49 @@ def test_splat_ply_round_trips(gaussian_run, tmp_path):
         assert torch.equal(back[name], t), name
 
 
+def test_splat_ply_and_dot_splat_load_in_plyfile_and_round_trip(gaussian_run, tmp_path):
+    """The PLY loads in plyfile (a third-party PLY reader) with the 3DGS properties, and the .splat written beside
+    it holds every Gaussian (32 bytes each), largest first, with its position, scale, DC colour, opacity and
+    rotation up to the format's 8-bit quantisation."""
+    from plyfile import PlyData
+
+    from fields.cli import main
+    from fields.export.splats import read_dot_splat
+
+    run_dir = gaussian_run[0]
+    out = tmp_path / "splats.ply"
+    main(["export", "splats", str(run_dir), "--output", str(out)])
+    g = load_run(run_dir).field.gaussians()
+    n = len(g["means"])
+    vertex = PlyData.read(str(out))["vertex"]
+    assert vertex.count == n
+    assert np.array_equal(np.stack([vertex[c] for c in ("x", "y", "z")], -1), g["means"].numpy())
+    assert np.array_equal(vertex["opacity"], g["opacities"].numpy())
+
+    dot = out.with_suffix(".splat")
+    assert dot.stat().st_size == 32 * n
+    rec = read_dot_splat(dot)
+    opacity = torch.sigmoid(g["opacities"])
+    order = torch.argsort(-(g["scales"].sum(-1).exp() * opacity), stable=True)  # largest first
+    assert torch.equal(torch.from_numpy(rec["position"].copy()), g["means"][order])
+    assert torch.allclose(torch.from_numpy(rec["scale"].copy()), g["scales"][order].exp(), rtol=1e-6)
+    rgb = (0.5 + SH_C0 * g["sh0"][order, 0]).clamp(0, 1)
+    assert (torch.from_numpy(rec["rgba"][:, :3] / 255.0).float() - rgb).abs().max() <= 1 / 255 + 1e-6
+    assert (torch.from_numpy(rec["rgba"][:, 3] / 255.0).float() - opacity[order]).abs().max() <= 1 / 255 + 1e-6
+    q = (torch.from_numpy(rec["rotation"].astype(np.float32)) - 128) / 128
+    want = torch.nn.functional.normalize(g["quats"][order], dim=-1)
+    assert (q - want).abs().max() <= 1 / 128 + 1e-6
+
+
+def test_a_dot_splat_of_a_wrong_size_is_refused_naming_the_file(tmp_path):
+    from fields.export.splats import read_dot_splat
+
+    bad = tmp_path / "cut.splat"
+    bad.write_bytes(bytes(33))
+    with pytest.raises(ValueError, match="cut.splat"):
+        read_dot_splat(bad)
+
+
 def test_splats_export_of_a_volume_run_is_one_clear_line(trained_run, tmp_path, capsys):
     from fields.cli import main
 
@@ -225,3 +268,50 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert torch.allclose(g["scales"].exp(), spacing[:, None].expand(-1, 3), rtol=1e-5)
     unseeded = Trainer(cfg, None, data=data).field  # without points: random ones in the box
     assert len(unseeded) == cfg.field_config.num_init
+
+
+def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(procedural_root, monkeypatch):
+    """A crop step's L1 gradients are those of the whole image's step (plain-PyTorch rasterizer) restricted to
+    the crop; a coarse-to-fine step renders the camera at the reduced size against the area-averaged target,
+    with the same gradients as the reference render of that camera, and full resolution follows."""
+    from fields.training.steps import StepContext, build_steps
+    from renderers.imaging import on_background
+
+    cfg = gaussians_config(10)
+    cfg.train = dataclasses.replace(cfg.train, ssim_weight=0.0, random_background=False)
+    cfg.field_config = dataclasses.replace(cfg.field_config, crop=24, coarse_levels=1, coarse_every=3)
+    torch.manual_seed(0)
+    steps = build_steps(cfg, torch.device("cpu"))
+    cams, ctx = steps.data.cameras, lambda step: StepContext(step, torch.Generator().manual_seed(3), 0.0, False)
+    params = [getattr(steps.field, name) for name in PER_GAUSSIAN[:5]]
+    i = int(torch.randint(0, len(steps.data), (), generator=torch.Generator().manual_seed(3)))
+    bg = torch.tensor(steps.data.background)
+
+    def reference_grads(camset, target, window):
+        monkeypatch.setenv("FIELDS_NATIVE", "0")
+        x0, y0, w, h = window
+        rgb = steps.model.render(camset, i, bg)["rgb"][y0:y0 + h, x0:x0 + w]
+        monkeypatch.delenv("FIELDS_NATIVE")
+        return torch.autograd.grad((rgb - target[y0:y0 + h, x0:x0 + w]).abs().mean(), params)
+
+    # full resolution (step 3), a tile-aligned crop
+    monkeypatch.setattr(steps, "window", lambda w, h, gen: (16, 16, 24, 24))
+    loss, metrics, info = steps.loss(ctx(3))
+    assert info["rgb"].shape == (24, 24, 3) and metrics["samples"] == 24 * 24
+    assert info["grad_scale"] == pytest.approx(24 * 24 / (cams.width * cams.height))
+    got = torch.autograd.grad(loss, params)
+    want = reference_grads(cams, on_background(steps.data.rgba(i), bg), (16, 16, 24, 24))
+    for g, r in zip(got, want):
+        assert r.abs().sum() > 0 and torch.allclose(g, r, atol=1e-6, rtol=1e-4)
+
+    # coarse (step 0): half resolution, whole image
+    monkeypatch.setattr(steps, "window", lambda w, h, gen: None)
+    loss, metrics, info = steps.loss(ctx(0))
+    w, h = cams.width // 2, cams.height // 2
+    assert (info["width"], info["height"]) == (w, h) and info["rgb"].shape == (h, w, 3)
+    full = on_background(steps.data.rgba(i), bg)
+    target = full[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3))  # area average of 2x2 pixels
+    got = torch.autograd.grad(loss, params)
+    want = reference_grads(cams.resized(w, h), target, (0, 0, w, h))
+    for g, r in zip(got, want):
+        assert r.abs().sum() > 0 and torch.allclose(g, r, atol=1e-6, rtol=1e-4)

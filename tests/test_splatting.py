@@ -357,3 +357,40 @@ def test_failed_native_build_falls_back_to_the_reference(monkeypatch):
     monkeypatch.setenv("FIELDS_NATIVE", "0")
     ref = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, torch.zeros(3))
     assert torch.equal(out["rgb"], ref["rgb"]) and out["opacity"].max() > 0.5
+
+
+# -- training crops --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("native_window", [False, True])
+def test_a_window_has_the_gradients_of_the_whole_image_restricted_to_it(native_window, monkeypatch, request):
+    """A training crop (tile-aligned window) renders the whole image's pixels there, and a loss on the crop has
+    the gradients of the same loss on the whole image (plain-PyTorch reference) with zero weight elsewhere."""
+    width, height, window = 70, 50, (16, 32, 37, 18)  # tile-aligned origin, ragged size reaching the image edge
+    x0, y0, w, h = window
+    if native_window:
+        request.getfixturevalue("ops")  # the native build, or skip where FIELDS_NATIVE=0
+    cams = look_at_origin([0.4, 0.3, 3.0], width=width, height=height)
+    inputs = [t.float() for t in scene(n=200, seed=7)]
+    bg = torch.tensor([0.2, 0.5, 0.7])
+    g = torch.Generator().manual_seed(5)
+    coefs = [torch.randn(h, w, 3, generator=g), torch.randn(h, w, generator=g)]
+
+    def whole(*args):
+        out = sp.render_gaussians(*args, cams, 0, bg)
+        return out["rgb"][y0:y0 + h, x0:x0 + w], out["opacity"][y0:y0 + h, x0:x0 + w]
+
+    def crop(*args):
+        out = sp.render_gaussians(*args, cams, 0, bg, window)
+        crop.radii = out["radii"]
+        return out["rgb"], out["opacity"]
+
+    monkeypatch.setenv("FIELDS_NATIVE", "0")
+    out_r, grad_r = grads_of(whole, inputs, coefs)
+    if native_window:
+        monkeypatch.setenv("FIELDS_NATIVE", "1")
+    out_c, grad_c = grads_of(crop, inputs, coefs)
+    for got, want in zip(out_c + grad_c, out_r + grad_r):
+        assert close(got, want, rel=2e-5)
+    assert all(gr.abs().sum() > 0 for gr in grad_r)  # every input takes part
+    seen_whole = sp.project_gaussians(*inputs[:3], cams, 0).radii > 0
+    assert 0 < int((crop.radii > 0).sum()) < int(seen_whole.sum())  # Gaussians that miss the crop are culled

@@ -177,16 +177,19 @@ class PointCloud:
 
 @dataclass
 class Splats:
-    """Write the Gaussians of a gaussians run as a standard 3DGS PLY (the INRIA format splat viewers read)."""
+    """Write the Gaussians of a gaussians run as a standard 3DGS PLY (the INRIA format splat viewers read) and a
+    .splat file beside it (the web viewers' format)."""
 
     run_dir: RunDir
     """Run folder (or its config.yaml) of a `--field gaussians` run."""
     output: Path | None = None
     """Output file or folder (default: <run>/exports/)."""
+    splat: bool = True
+    """Also write the web viewers' .splat file (32 bytes per Gaussian, DC colour only) beside the PLY."""
 
     def run(self) -> None:
         from fields.backends.gaussians import GaussianField
-        from fields.export.splats import write_splats
+        from fields.export.splats import write_dot_splat, write_splats
 
         run = load_run(self.run_dir)
         if not isinstance(run.field, GaussianField):
@@ -195,6 +198,9 @@ class Splats:
         path = output_path(run.path, self.output, f"splats-step-{run.step:06d}.ply")
         write_splats(path, run.field.gaussians())
         console.print(f"Splats: {len(run.field)} Gaussians (SH degree {run.field.cfg.sh_degree}) -> {path}")
+        if self.splat:
+            write_dot_splat(path.with_suffix(".splat"), run.field.gaussians())
+            console.print(f"Web-viewer splats (DC colour only) -> {path.with_suffix('.splat')}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from renderers.compositing import distortion
 from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
+from scenes.cameras import Cameras
 from scenes.scene import to_float
 from scenes.undistort import undistorted
 
@@ -225,7 +226,9 @@ class RayBatches(Steps):
 
 
 class WholeImages(Steps):
-    """One random training image per step, rendered whole by the field's scene model (gaussians)."""
+    """One random training image per step, rendered by the field's scene model (gaussians): whole, or a random
+    ``crop`` x ``crop`` window of it, or (coarse-to-fine, the first ``coarse_levels * coarse_every`` steps) at a
+    reduced resolution with area-averaged targets. Both options are the field config's (``GaussiansConfig``)."""
 
     gpu_ready = False  # the rasterizer has CUDA kernels; densification and the image loss are not moved yet
 
@@ -233,13 +236,58 @@ class WholeImages(Steps):
         self.cfg, self.field, self.grid = cfg, field, grid
         self.model = field.scene_model(grid, cfg.render)
         self.data = undistorted(data) if self.model.pinhole_only else data  # once, not per step
+        fc = cfg.field_config
+        self.crop, self.coarse_levels = getattr(fc, "crop", 0), getattr(fc, "coarse_levels", 0)
+        self.coarse_every = getattr(fc, "coarse_every", 1)
+        for name, value, least in (("crop", self.crop, 0), ("coarse_levels", self.coarse_levels, 0),
+                                   ("coarse_every", self.coarse_every, 1)):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"--{cfg.field}.{name.replace('_', '-')} must be a whole number >= {least}, "
+                                 f"got {value!r}")
+
+    def downscale(self, step: int) -> int:
+        """The coarse-to-fine factor of step ``step`` (1: full resolution)."""
+        return 2 ** max(self.coarse_levels - step // self.coarse_every, 0)
+
+    def window(self, width: int, height: int, gen: torch.Generator) -> tuple[int, int, int, int] | None:
+        """A random ``crop``-sided pixel window (x0, y0, w, h) of a ``width`` x ``height`` image, or None for
+        the whole image."""
+        if self.crop == 0 or (self.crop >= width and self.crop >= height):
+            return None
+        w, h = min(self.crop, width), min(self.crop, height)
+        x0 = int(torch.randint(0, width - w + 1, (), generator=gen))
+        y0 = int(torch.randint(0, height - h + 1, (), generator=gen))
+        return x0, y0, w, h
+
+    def view(self, i: int, step: int, bg: torch.Tensor
+             ) -> tuple[Cameras, torch.Tensor, torch.Tensor | None]:
+        """Cameras, target [H, W, 3] on ``bg`` and mask of image ``i`` at step ``step``'s resolution."""
+        cams, target = self.data.cameras, on_background(self.data.rgba(i), bg)
+        mask = None if self.data.masks is None else self.data.masks[i]
+        s = self.downscale(step)
+        if s > 1:
+            w, h = max(cams.width // s, 1), max(cams.height // s, 1)
+            cams = cams.resized(w, h)
+            target = torch.nn.functional.interpolate(target.permute(2, 0, 1)[None], (h, w), mode="area")[0]
+            target = target.permute(1, 2, 0)
+            if mask is not None:  # a coarse pixel is kept only where every pixel under it is
+                mask = -torch.nn.functional.adaptive_max_pool2d(-mask[None].float(), (h, w))[0] > 0.5
+        return cams, target, mask
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))
         bg = backgrounds(self.cfg, self.data, 1, ctx.gen)[0]
-        target = on_background(self.data.rgba(i), bg)
-        mask = None if self.data.masks is None else self.data.masks[i]
-        out = self.model.render(self.data.cameras, i, bg)
+        cams, target, mask = self.view(i, ctx.step, bg)
+        window = self.window(cams.width, cams.height, ctx.gen)
+        if window is None:
+            out = self.model.render(cams, i, bg)
+        else:
+            x0, y0, w, h = window
+            out = self.model.render(cams, i, bg, window)
+            target = target[y0:y0 + h, x0:x0 + w]
+            mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
+        if mask is not None and not bool(mask.any()):  # a window the masks keep nothing of: no step
+            return out["rgb"].sum() * 0, {"samples": 0}, {}
         rgb, w = self.field.image_appearance(out, i, bg), self.cfg.train.ssim_weight
         l1 = (rgb - target).abs().mean(-1)
         loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
@@ -248,7 +296,9 @@ class WholeImages(Steps):
         sq = (rgb.detach() - target).square().mean(-1)
         metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
-        return loss, metrics, {**out, "width": self.data.cameras.width, "height": self.data.cameras.height}
+        # densification compares gradients of the whole image's mean loss: a window's are larger by its share
+        share = rgb[..., 0].numel() / (cams.width * cams.height)
+        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)

@@ -88,11 +88,13 @@ class DensityControl:
         return done
 
     def accumulate(self, info: dict) -> None:
-        """Add the NDC-scaled view-space gradient norm of each visible Gaussian's mean."""
+        """Add the NDC-scaled view-space gradient norm of each visible Gaussian's mean (``info``: the render's
+        ``means2d`` and ``radii``, image ``width``/``height`` and, for a crop, its ``grad_scale``)."""
         means2d = info.get("means2d")
         if means2d is None or means2d.grad is None or means2d.shape[0] != len(self.field):
             return
-        grad = means2d.grad * torch.tensor([info["width"] / 2, info["height"] / 2])  # pixels -> NDC
+        # pixels -> NDC; times the rendered window's share of the image (a crop's mean loss weighs each pixel more)
+        grad = means2d.grad * torch.tensor([info["width"] / 2, info["height"] / 2]) * info.get("grad_scale", 1.0)
         visible = info["radii"] > 0
         self.field.grad2d[visible] += grad[visible].norm(dim=-1)
         self.field.grad_count[visible] += 1

@@ -83,6 +83,14 @@ class GaussiansConfig(FieldConfig):
     """Steps between opacity resets (to 2 x prune_opacity); 0 disables them."""
     max_gaussians: int = 200_000
     """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first)."""
+    crop: int = 0
+    """Side in pixels of the random square window of the training image each step renders and compares
+    (cheaper steps on large images); 0, or a side at least the image's, renders whole images."""
+    coarse_levels: int = 0
+    """Coarse-to-fine: the first steps render training images at 1/2^coarse_levels of their resolution (the
+    targets area-averaged), halving the downscale every ``coarse_every`` steps; 0 trains at full resolution."""
+    coarse_every: int = 250
+    """Steps at each coarse resolution (with ``coarse_levels``)."""
 
     def build(self, aabb: torch.Tensor, appearance: Appearance = Appearance()) -> "GaussianField":
         return GaussianField(aabb, self, appearance)
@@ -193,14 +201,17 @@ class GaussianField(Field):
     def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> "SplatModel":
         return SplatModel(self, grid, render_cfg)
 
-    def splat(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Splat camera ``i``: ``rgb`` [H, W, 3], ``depth``, ``opacity`` and, for densification, ``means2d``
-        (its gradient retained) and ``radii``. Differentiable when grad is enabled."""
+    def splat(self, cams: Cameras, i: int, background: torch.Tensor,
+              window: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Splat camera ``i`` (or the pixel ``window`` (x0, y0, width, height) of it): ``rgb`` [H, W, 3],
+        ``depth``, ``opacity`` and, for densification, ``means2d`` (its gradient retained) and ``radii``.
+        Differentiable when grad is enabled."""
         with self.lock:  # one consistent set of Gaussians even while training edits them
             means, quats, scales, opac = self.means * 1, self.quats * 1, self.scales * 1, self.opacities * 1
             eye = cams.centers[i]
             colors = self.colors(eye, means) if len(means) else means.new_zeros(0, 3)
-        return render_gaussians(means, quats, scales.exp(), torch.sigmoid(opac), colors, cams, i, background)
+        return render_gaussians(means, quats, scales.exp(), torch.sigmoid(opac), colors, cams, i, background,
+                                window)
 
     # -- volume-field view (occupancy grid, meshes, distillation as a teacher) ------------------------------
     def index(self) -> GaussianIndex:
@@ -252,6 +263,8 @@ class SplatModel(VolumeModel):
     field: GaussianField
     pinhole_only: ClassVar[bool] = True  # the rasterizer projects through an ideal pinhole
 
-    def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Camera ``i`` splatted (differentiable when grad is enabled; see ``GaussianField.splat``)."""
-        return self.field.splat(cams, i, background)
+    def render(self, cams: Cameras, i: int, background: torch.Tensor,
+               window: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Camera ``i`` (or its pixel ``window``) splatted (differentiable when grad is enabled; see
+        ``GaussianField.splat``)."""
+        return self.field.splat(cams, i, background, window)
