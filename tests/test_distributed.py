@@ -129,13 +129,13 @@ def rank_pid(tag: str, rank: int) -> int | None:
 
 
 @pytest.mark.distributed
-def test_killing_a_rank_stops_the_job_and_max_restarts_resumes_it(tmp_path, procedural_root):
+def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, procedural_root):
     tag = uuid.uuid4().hex
     run = tmp_path / "procedural" / "hashgrid" / "killed"
-    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", "--max-restarts", "1",
-                            "--run-name", "killed", "--output-dir", str(tmp_path), "--max-steps", "200",
-                            "--ckpt-every", "20", *SMALL], env={**ENV, "FIELDS_TEST_TAG": tag},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", "--run-name", "killed",
+                            "--output-dir", str(tmp_path), "--max-steps", "400", "--ckpt-every", "20", *SMALL],
+                           env={**ENV, "FIELDS_TEST_TAG": tag}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
     try:
         deadline = time.monotonic() + 600
         while not (run / "checkpoints" / "step-000020.pt").exists():
@@ -144,15 +144,14 @@ def test_killing_a_rank_stops_the_job_and_max_restarts_resumes_it(tmp_path, proc
         pid = rank_pid(tag, 1)
         assert pid is not None
         os.kill(pid, 9)
-        output, _ = job.communicate(timeout=600)
+        output, _ = job.communicate(timeout=120)  # bounded: rank 0 sees the lost peer at its next exchange
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 0, output[-3000:]
-    assert "Resumed" in output and "exitcode  : -9" in output and "rank      : 1" in output  # torchrun names it
-    assert load_run(run).step == 200
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and steps[-1] == 200  # lines after the checkpoint resumed were dropped
+    assert job.returncode != 0
+    assert "exitcode: -9" in output.replace("  ", " ").replace("  ", " ") and "local_rank: 1" in output
+    assert "rank 0: exchange" in output and "training stopped at step" in output
+    assert 20 <= load_run(run).step < 400  # the last good checkpoint is intact
 
 
 @pytest.mark.distributed
