@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,12 @@ from rich.markup import escape
 from fields.run.checkpoint import CheckpointError
 from fields.run.config import CaptureConfig, ConfigError, RunConfig, SceneConfig, TrainConfig
 from fields.training.distill import DistillConfig
+from fields.training.distributed import DistConfig, torchrun_command, under_torchrun
 from fields.export.commands import Export
 from fields.process import ProcessError
 from fields.process.commands import Process
 from fields.backends.registry import FIELD_CONFIGS
-from fields.run.folder import LoadedRun, RunError, load_run, new_run_dir, resolve_run
+from fields.run.folder import LoadedRun, RunError, RunLock, load_run, new_run_dir, resolve_run
 from renderers.chunks import is_out_of_memory
 from renderers.render import RenderConfig
 from scenes import SceneError
@@ -65,35 +68,89 @@ class _TrainOptions:
     """Viewer bind address; 0.0.0.0 exposes it to the network."""
     port: int = 7007
     """Viewer port (the next free one is taken if it is busy)."""
+    dist: Annotated[DistConfig, Flat] = dataclasses.field(default_factory=DistConfig)
 
     def run_config(self) -> RunConfig:
         return RunConfig(scene=self.scene, field_config=getattr(self, self.field),
                          render=self.render, train=self.train, capture=self.capture,
                          grid_resolution=self.grid_resolution)
 
+    def _folder(self, cfg: RunConfig, name: str | None) -> tuple[Path | None, bool]:
+        """The run folder and whether training resumes it: ``--resume``; else the run named ``name`` (resumed
+        when it has a checkpoint); else None (a new timestamped folder, made once the scene has loaded)."""
+        from fields.training.distributed import run_exists
+
+        if self.resume is not None:
+            return resolve_run(self.resume), True
+        if name is None:
+            return None, False
+        run = self.output_dir / cfg.scene.name / cfg.field / name
+        return run, run_exists(run)
+
     def run(self) -> None:
         from fields.training.trainer import Trainer
 
-        if self.resume is not None:
-            run_dir = resolve_run(self.resume)
+        self.dist.validate()
+        if under_torchrun():
+            return self._run_distributed()
+        cfg = self.run_config()
+        run_dir, resuming = self._folder(cfg, self.dist.run_name)
+        if resuming:
             trainer = Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir, console)
             trainer.resume()
         else:
-            cfg = self.run_config()
             trainer = Trainer(cfg, None, console)  # loads the scene first: bad data leaves no empty run folder
-            run_dir = trainer.run_dir = new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
+            run_dir = trainer.run_dir = run_dir or new_run_dir(self.output_dir, cfg.scene.name, cfg.field)
             console.print(f"Run folder: {run_dir}")
-        viewer = self._open_viewer(trainer) if self.viewer else None
+        self._train(trainer, run_dir)
+
+    def _run_distributed(self) -> None:
+        """One rank of a torchrun job: rank 0 finds (or makes) and locks the run folder and sends every rank the
+        config and the start-up state; ranks started with different command lines or data are refused."""
+        from fields.training.distributed import Distributed, data_digest, digest, launch_name
+        from fields.training.trainer import Trainer
+
+        own = self.run_config()
+        d = Distributed.start(self.dist, own.train.device)
+        d.require_same("command line", digest(own.to_dict(), str(self.resume), self.dist.run_name))
+        found, lock = None, None
+        if d.rank == 0:
+            try:
+                run_dir, resuming = self._folder(own, self.dist.run_name or launch_name())
+                lock = RunLock(run_dir)  # a second trainer of this run is refused before any rank loads data
+                found = (run_dir, resuming, RunConfig.load(run_dir / "config.yaml") if resuming else own, None)
+            except (RunError, ConfigError, OSError) as e:
+                found = (None, False, None, str(e))
+        run_dir, resuming, cfg, problem = d.broadcast(found, "run folder")
+        if problem is not None:
+            raise RunError(problem)
+        trainer = Trainer(cfg, None, console if d.rank == 0 else Console(quiet=True), dist=d)
+        d.require_same("training data", data_digest(trainer.data))
+        if d.rank == 0:
+            trainer.run_dir, trainer.lock = run_dir, lock
+            if resuming:
+                trainer.resume()
+            else:  # a job restarted before its first checkpoint starts over in its folder
+                (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                console.print(f"Run folder: {run_dir} ({d.world} ranks)")
+        state = d.broadcast(trainer.state_dict() if d.rank == 0 else None, "start-up state")
+        if d.rank != 0:
+            trainer.load_state_dict(state)
+        self._train(trainer, run_dir, show_progress=d.rank == 0)
+        d.close()
+
+    def _train(self, trainer: "Trainer", run_dir: Path, show_progress: bool = True) -> None:
+        viewer = self._open_viewer(trainer) if self.viewer and show_progress else None  # rank 0's only
         try:
-            trainer.train(callbacks=[viewer.on_step] if viewer else [], show_progress=not self.quiet)
+            trainer.train(callbacks=[viewer.on_step] if viewer else [], show_progress=show_progress and not self.quiet)
         except BaseException as e:
             if viewer:
                 viewer.close()
             if isinstance(e, KeyboardInterrupt):
                 sys.exit(130)
             raise
-        console.print(f"Trained {trainer.step} steps in {trainer.elapsed:.1f} s; "
-                      f"evaluate with `fields eval {run_dir}`")
+        trainer.console.print(f"Trained {trainer.step} steps in {trainer.elapsed:.1f} s; "
+                              f"evaluate with `fields eval {run_dir}`")
         if viewer:
             viewer.training_finished(trainer)
             viewer.serve_forever()
@@ -311,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     if not debug:
         warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
+        if isinstance(cmd, Train) and cmd.dist.nproc > 1 and not under_torchrun():
+            cmd.dist.validate()
+            sys.exit(subprocess.run(torchrun_command(argv, cmd.dist, time.strftime("%Y-%m-%d_%H%M%S"))).returncode)
         cmd.run()
     except Exception as e:
         if debug:

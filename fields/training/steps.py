@@ -48,6 +48,20 @@ class StepContext:
     """Fraction of the budget used (steps or time, whichever is further along)."""
     budget_spent: bool
     """The budget is used up; only strategies whose ``finished`` says otherwise still take steps."""
+    own: torch.Generator | None = None
+    """Data-parallel training: this rank's own stream for its share of the batch (``gen`` stays the draws every
+    rank makes alike, e.g. the occupancy grid's). None: one process, which draws everything from ``gen``."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def draws(self) -> torch.Generator:
+        """The generator of this rank's share of the batch."""
+        return self.gen if self.own is None else self.own
+
+    def share(self, n: int) -> int:
+        """This rank's part of a global batch of ``n`` (the first ``n % world`` ranks take one more)."""
+        return n // self.world + (1 if self.rank < n % self.world else 0)
 
 
 class Steps:
@@ -183,17 +197,17 @@ class RayBatches(Steps):
         t, gen = self.cfg.train, ctx.gen
         self.grid.update_every_n_steps(ctx.step, self.field.density, self.model.step_size, t.grid_every,
                                        t.grid_warmup, gen)
-        dev = self.device
-        idx = self.rays.draw(self.n_rays, gen)
-        bg = backgrounds(self.cfg, self.data, self.n_rays, gen).to(dev)
+        dev, n, gen = self.device, ctx.share(self.n_rays), ctx.draws  # this rank's share, from its own stream
+        idx = self.rays.draw(n, gen)
+        bg = backgrounds(self.cfg, self.data, n, gen).to(dev)
         target = on_background(self.rays.colors(idx), bg)
-        jitter = torch.rand(self.n_rays, generator=gen).to(dev)
+        jitter = torch.rand(n, generator=gen).to(dev)
         codes = self.field.codes((idx // self.rays.pixels).to(dev))  # each ray's image's appearance (or None)
         out = self.model.render_rays(*self.rays.rays(idx, self.refinement), bg, jitter, codes)
         mse = torch.nn.functional.mse_loss(out["rgb"], target)
         loss = mse
         if self.distortion_weight > 0:
-            per_ray = distortion(out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], self.n_rays)
+            per_ray = distortion(out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], n)
             loss = loss + self.distortion_weight * per_ray.mean()
         return loss, {"mse": mse.item(), "samples": int(out["samples"])}, {}
 
@@ -275,10 +289,10 @@ class WholeImages(Steps):
         return cams, target, mask
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
-        i = int(torch.randint(0, len(self.data), (), generator=ctx.gen))
-        bg = backgrounds(self.cfg, self.data, 1, ctx.gen)[0]
+        i = int(torch.randint(0, len(self.data), (), generator=ctx.draws))  # each rank its own image
+        bg = backgrounds(self.cfg, self.data, 1, ctx.draws)[0]
         cams, target, mask = self.view(i, ctx.step, bg)
-        window = self.window(cams.width, cams.height, ctx.gen)
+        window = self.window(cams.width, cams.height, ctx.draws)
         if window is None:
             out = self.model.render(cams, i, bg)
         else:

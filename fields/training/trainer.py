@@ -24,6 +24,7 @@ from fields.run.checkpoint import atomic_write, checkpoint_path, list_checkpoint
 from fields.run.config import ConfigError, RunConfig
 from fields.run.folder import RunLock, newest_checkpoint
 from fields.run.scene_record import write_scene_record
+from fields.training.distributed import Distributed, RankFailure
 from fields.training.steps import STEPS, StepContext, Steps, build_steps
 from renderers import native
 from renderers.imaging import psnr_from_mse
@@ -68,12 +69,14 @@ class Trainer:
 
     What a step works on is ``steps`` (a ``fields.training.steps.Steps``); by default the strategy the field
     config names, over ``data`` (default: the scene's training split) and ``model`` (default: a fresh field and
-    grid). ``run_dir`` None writes nothing (no config, metrics or checkpoints).
+    grid). ``run_dir`` None writes nothing (no config, metrics or checkpoints). ``dist``: data-parallel training,
+    one trainer per rank (``fields.training.distributed``; rank 0 alone is given the ``run_dir``).
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None, console: Console | None = None,
                  model: tuple[Field, OccupancyGrid] | None = None, data: SceneSplit | None = None,
-                 steps: Steps | None = None):
+                 steps: Steps | None = None, dist: Distributed | None = None):
+        self.dist = dist
         self.cfg, self.run_dir = cfg, None if run_dir is None else Path(run_dir)
         self.console = console or Console()
         torch.manual_seed(cfg.train.seed)  # same seed, same initial weights
@@ -196,13 +199,20 @@ class Trainer:
         if not torch.isfinite(torch.stack([p.detach().sum() for p in self.field.parameters()])).all():
             raise TrainingError(f"field parameters became NaN/inf before step {self.step}")
 
-    def apply_loss(self, loss: torch.Tensor, n_samples: int) -> None:
-        """Backward and optimizer step (skipped for an empty batch); a NaN loss or gradient stops training."""
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became NaN/inf ({loss.item()}) at step {self.step}")
+    def apply_loss(self, loss: torch.Tensor, n_samples: int, local_samples: int | None = None,
+                   loss_value: float | None = None) -> None:
+        """Backward and optimizer step (skipped for an empty batch); a NaN loss or gradient stops training.
+        Data-parallel: ``n_samples`` and ``loss_value`` are over all ranks (all step, or stop, together),
+        ``local_samples`` this rank's, and the gradients are averaged over ranks before they are checked."""
+        value = loss.item() if loss_value is None else loss_value
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became NaN/inf ({value}) at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         if n_samples > 0:
-            loss.backward()
+            if (n_samples if local_samples is None else local_samples) > 0:
+                loss.backward()
+            if self.dist is not None:
+                self.dist.average_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
             grads = [p.grad.detach().sum() for g in self.optimizer.param_groups for p in g["params"]
                      if p.grad is not None]
             if grads and not torch.isfinite(torch.stack(grads)).all():  # stepping would poison the weights
@@ -211,14 +221,22 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimisation step; returns its metrics."""
+        d = self.dist
         ctx = StepContext(self.step, self.step_generator(), self.progress(), self.budget_spent())
+        if d is not None:  # each rank its share of the batch, from its own stream
+            ctx.own, ctx.rank, ctx.world = d.draws(self.cfg.train.seed, self.step), d.rank, d.world
         lr = self._set_lr(ctx)
         loss, metrics, info = self.steps.loss(ctx)
-        self.apply_loss(loss, metrics["samples"])
+        local, value = metrics["samples"], loss.item()
+        if d is not None:
+            d.beat(self.step)
+            value, metrics = d.combine(value, metrics)
+            info["sum_over_ranks"] = lambda *t: d.sum_(*t, what="densification statistics")
+        self.apply_loss(loss, metrics["samples"], local, value)
         self.steps.after_step(ctx, self.optimizer, metrics, info)
         self.step += 1
         psnr = {"psnr": psnr_from_mse(metrics["mse"])} if "mse" in metrics else {}
-        return {"loss": loss.item(), **psnr, "lr": lr, **metrics}
+        return {"loss": value, **psnr, "lr": lr, **metrics}
 
     def _stopped(self, problem: str) -> TrainingError:
         """The error that ends training: the problem, the step, and the checkpoint it can resume from."""
@@ -257,13 +275,16 @@ class Trainer:
                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]:.5f}  "
                                   "psnr {task.fields[psnr]:.2f}  {task.fields[sps]:.3g} samples/s"),
                        TimeRemainingColumn(), console=self.console, disable=not show_progress, transient=False)
-        task = bar.add_task(self.steps.label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
+        label = self.steps.label if self.dist is None else f"{self.steps.label} ({self.dist.world} ranks)"
+        task = bar.add_task(label, total=1.0, step=self.step, loss=0.0, psnr=0.0, sps=0.0)
         try:
             with bar, native.flushed_denormals():  # denormals late in a run halved the step rate
                 while not self.done():
                     tic = time.perf_counter()
                     m = self.train_step()
                     dt = time.perf_counter() - tic
+                    if self.dist is not None:  # one budget clock for all ranks: they stop at the same step
+                        dt = self.dist.mean(dt, "step time")
                     self.elapsed += dt
                     window["samples"] += m["samples"]
                     window["time"] += dt
@@ -278,7 +299,8 @@ class Trainer:
                         psnr = psnr_from_mse(window["mse"] / window["n_mse"]) if window["n_mse"] else None
                         record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats()}
+                                  "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats(),
+                                  **({} if self.dist is None else {"ranks": self.dist.world})}
                         record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         if metrics_file is not None:
                             metrics_file.write(json.dumps(record) + "\n")
@@ -301,7 +323,7 @@ class Trainer:
             path = self.save()
             self.console.print(f"Interrupted: saved {path}; continue with `fields train --resume {self.run_dir}`")
             raise
-        except (TrainingError, OSError) as e:  # OSError: metrics.jsonl could not be written (disk full ...)
+        except (TrainingError, RankFailure, OSError) as e:  # OSError: metrics.jsonl could not be written (disk full ...)
             raise self._stopped(str(e)) from None
         finally:
             try:

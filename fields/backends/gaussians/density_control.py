@@ -89,15 +89,21 @@ class DensityControl:
 
     def accumulate(self, info: dict) -> None:
         """Add the NDC-scaled view-space gradient norm of each visible Gaussian's mean (``info``: the render's
-        ``means2d`` and ``radii``, image ``width``/``height`` and, for a crop, its ``grad_scale``)."""
-        means2d = info.get("means2d")
-        if means2d is None or means2d.grad is None or means2d.shape[0] != len(self.field):
-            return
-        # pixels -> NDC; times the rendered window's share of the image (a crop's mean loss weighs each pixel more)
-        grad = means2d.grad * torch.tensor([info["width"] / 2, info["height"] / 2]) * info.get("grad_scale", 1.0)
-        visible = info["radii"] > 0
-        self.field.grad2d[visible] += grad[visible].norm(dim=-1)
-        self.field.grad_count[visible] += 1
+        ``means2d`` and ``radii``, image ``width``/``height`` and, for a crop, its ``grad_scale``). In data-parallel
+        training (``info["sum_over_ranks"]``) the additions of every rank's image are summed, so that every rank
+        holds the same statistics and takes the same densification decisions."""
+        f, means2d = self.field, info.get("means2d")
+        grad2d, count = torch.zeros_like(f.grad2d), torch.zeros_like(f.grad_count)
+        if means2d is not None and means2d.grad is not None and means2d.shape[0] == len(f):
+            # pixels -> NDC; times the rendered window's share of the image (a crop's mean loss weighs each pixel more)
+            grad = means2d.grad * torch.tensor([info["width"] / 2, info["height"] / 2]) * info.get("grad_scale", 1.0)
+            visible = info["radii"] > 0
+            grad2d[visible] = grad[visible].norm(dim=-1)
+            count[visible] = 1
+        if info.get("sum_over_ranks") is not None:
+            info["sum_over_ranks"](grad2d, count)
+        f.grad2d += grad2d
+        f.grad_count += count
 
     def grow(self, optimizer, step: int) -> tuple[int, int]:
         """Clone small and split large Gaussians with a high mean gradient (up to ``max_gaussians``)."""
