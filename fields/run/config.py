@@ -160,11 +160,15 @@ class CaptureConfig:
     """Scene contraction (unbounded space): the world beyond the scene box maps into a bounded shell that the
     fields and the occupancy grid cover. auto: on for captures whose content reaches well beyond the cameras."""
     appearance_dim: int | Literal["auto"] = "auto"
-    """Size of a learned per-image appearance code fed to the colour network (0: off; auto: 32 for captures)."""
+    """Size of a learned per-image appearance code fed to the colour network (0: off; nerfacto uses 32). auto: 0,
+    as measured (hashgrid, 120 s on 2 cores, held-out views with the mean code): office_table 22.12 dB without
+    codes against 21.52 with them, fern 21.20 against 20.20."""
     appearance_images: int = 0
     """How many training images have a code (set when the run starts)."""
     camera_refinement: Literal["auto", "on", "off"] = "auto"
-    """Learn a small SE(3) correction per training camera (auto: on for captures posed by SfM)."""
+    """Learn a small SE(3) correction per training camera (ray-marched backends). auto: off, as measured on
+    office_table (hashgrid, 120 s on 2 cores): 23.95 dB without it against 21.52 with it, in 3220 steps against
+    1899 (each step also back-propagates into the rays); turn it on where poses are known to be off."""
     camera_lr: float = 1e-3
     """Learning rate (Adam) of the camera corrections; it decays over the budget as the field's does."""
     camera_warmup_steps: int = 200
@@ -182,14 +186,12 @@ class CaptureConfig:
 
     def resolved(self, data: SceneSplit) -> "CaptureConfig":
         """A copy with every 'auto' decided for the training split ``data``."""
-        captured = data.captured
         return dataclasses.replace(
             self,
             contraction=self.contraction if self.contraction != "auto" else ("on" if unbounded(data) else "off"),
-            appearance_dim=self.appearance_dim if self.appearance_dim != "auto" else (32 if captured else 0),
+            appearance_dim=self.appearance_dim if self.appearance_dim != "auto" else 0,
             appearance_images=len(data),
-            camera_refinement=(self.camera_refinement if self.camera_refinement != "auto"
-                               else ("on" if captured else "off")),
+            camera_refinement=self.camera_refinement if self.camera_refinement != "auto" else "off",
             distortion_weight=self.distortion_weight if self.distortion_weight != "auto" else 0.0)
 
 
@@ -231,13 +233,9 @@ class RunConfig:
         check_settings(self, {"grid_resolution": AT_LEAST_1})
 
     def for_scene(self, data: SceneSplit) -> "RunConfig":
-        """This config with its 'auto' capture settings decided for the training split ``data`` (camera refinement
-        applies to ray batches only: 'auto' is off for backends trained on whole images, gaussians), and with
+        """This config with its 'auto' capture settings decided for the training split ``data``, and with
         contraction a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera."""
-        capture = self.capture
-        if capture.camera_refinement == "auto" and self.field_config.training_steps != "rays":
-            capture = dataclasses.replace(capture, camera_refinement="off")
-        capture = capture.resolved(data)
+        capture = self.capture.resolved(data)
         render = self.render
         if capture.contraction == "on" and render.near == 0:
             render = dataclasses.replace(render, near=0.05)
