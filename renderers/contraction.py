@@ -44,3 +44,10 @@ def contracted_cell(x: torch.Tensor, aabb: torch.Tensor, res: torch.Tensor) -> t
     contracted cube of ``aabb``."""
     g = torch.floor((contract(x, aabb) + 2.0) * 0.25 * res.float())
     return torch.minimum(g.clamp_min(0), res - 1).long()
+
+
+def warped_distance(t: torch.Tensor) -> torch.Tensor:
+    """Distances along rays as the marcher spaces them in a contracted scene: ``t`` up to 1 (the box's scale),
+    ``2 - 1/t`` beyond (linear, then even in disparity, as nerfacto's piecewise sampler). Losses that compare
+    distances (the distortion loss) use it so a far wall's samples do not outweigh everything near."""
+    return torch.where(t > 1, 2 - 1 / t.clamp_min(1e-6), t)

@@ -56,11 +56,13 @@ class VolumeModel:
         return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
 
     def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
-                    jitter: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    jitter: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                    prune_first: bool = False) -> dict[str, torch.Tensor]:
         """Rays [R, 3] rendered with autograd where enabled (training, distillation); ``codes`` [R, k]: each ray's
-        appearance code (its training image's; None: the field's own choice for new views); see ``render_rays``."""
+        appearance code (its training image's; None: the field's own choice for new views); ``prune_first``: find
+        the kept samples front to back before the autograd pass; see ``render_rays``."""
         return render_rays(self.field.geometry, self.field.color, self.grid, origins, dirs, self.render_cfg,
-                           background, jitter, codes)
+                           background, jitter, codes, prune_first)
 
     @property
     def step_size(self) -> float:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from renderers.chunks import map_chunks
-from renderers.compositing import composite, ray_starts, transmittance
+from renderers.compositing import composite, csr_offsets, transmittance
 from renderers.marching import Samples, march_rays
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
@@ -100,40 +100,99 @@ class SelectRows(torch.autograd.Function):
         return grad.new_zeros((ctx.rows, *grad.shape[1:])).index_copy_(0, idx, grad), None
 
 
+def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, geometry_fn: GeometryFn,
+                  cfg: RenderConfig, round_samples: int = 16):
+    """Evaluate ``geometry_fn`` on each ray's samples front to back in rounds of ``round_samples``, leaving out
+    rays whose transmittance fell below ``cfg.early_stop_eps`` (Instant-NGP's inference marching): the samples
+    behind a surface are never evaluated. Yields per round ``(idx, d, sigmas, feats, trans, tau)``: the rounds'
+    sample indices into ``samples`` (sorted by ray and ``t``), their directions, the field's outputs, the
+    transmittance before each and its optical depth."""
+    n, dev = samples.n_rays, origins.device
+    offsets = csr_offsets(samples.ray_indices, n)
+    starts, counts = offsets[:-1], offsets[1:] - offsets[:-1]
+    optical = torch.zeros(n, dtype=torch.float64, device=dev)  # optical depth before this round, per ray
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    limit = cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0
+    step = torch.arange(round_samples, device=dev)
+    for r0 in range(0, int(counts.max().item()) if n else 0, round_samples):
+        live = (alive & (counts > r0)).nonzero()[:, 0]  # rays with samples left in this round, in order
+        if len(live) == 0:
+            break
+        pos = r0 + step
+        idx = (starts[live, None] + pos)[pos < counts[live, None]]  # their next samples, still sorted by ray and t
+        part = samples.select(idx)
+        x, d = part.positions(origins, dirs)
+        sigmas, feats = geometry_fn(x)
+        tau = sigmas * (part.t_ends - part.t_starts)
+        trans = transmittance(tau, part.ray_indices, n) * torch.exp(-optical)[part.ray_indices].float()
+        yield idx, d, sigmas, feats, trans, tau
+        optical.index_add_(0, part.ray_indices, tau.double())
+        alive &= torch.exp(-optical) >= limit
+
+
+def kept(trans: torch.Tensor, tau: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
+    """Mask of samples that pruning keeps, given the transmittance before each and its optical depth."""
+    keep = trans >= (cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0)
+    if cfg.alpha_thre > 0:
+        keep &= -torch.expm1(-tau) >= cfg.alpha_thre
+    return keep
+
+
+@torch.no_grad()
+def visible_front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, geometry_fn: GeometryFn,
+                          cfg: RenderConfig) -> torch.Tensor:
+    """Indices of the samples that pruning keeps, found front to back (densities evaluated only up to where each
+    ray's transmittance runs out): what ``visible`` finds, for a fraction of the evaluations on a sharp field."""
+    found = [idx[kept(trans, tau, cfg)] for idx, _, _, _, trans, tau in
+             front_to_back(samples, origins, dirs, geometry_fn, cfg)]
+    return torch.cat(found).sort().values if found else samples.ray_indices.new_zeros(0)
+
+
 def shaded_samples(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                    dirs: torch.Tensor, cfg: RenderConfig, jitter: torch.Tensor | None = None,
-                   ray_codes: torch.Tensor | None = None) -> tuple[Samples, torch.Tensor, torch.Tensor]:
-    """Kept samples with their densities and colours, from one geometry pass over all marched samples.
+                   ray_codes: torch.Tensor | None = None,
+                   prune_first: bool = False) -> tuple[Samples, torch.Tensor, torch.Tensor, int]:
+    """Kept samples with their densities and colours, and the number of samples marched.
 
-    The pruning pass and the rendering pass share ``geometry_fn``'s evaluation (with autograd when enabled;
-    pruned samples then get zero gradient), so only the colour is computed on kept samples alone. Same result
-    as ``sample_rays`` with ``density_fn`` then ``radiance_fn`` on the kept samples, without evaluating the
-    geometry twice. ``ray_codes`` [R, k]: per-ray inputs of the colour (a training image's appearance code),
-    passed to ``color_fn`` for each kept sample."""
+    By default the pruning pass and the rendering pass share one geometry evaluation over all marched samples
+    (with autograd when enabled; pruned samples then get zero gradient), the cheapest way while most marched
+    samples are kept. With ``prune_first`` the kept samples are found front to back without autograd
+    (``visible_front_to_back``) and the geometry is evaluated with autograd on them alone: far cheaper once the
+    field is sharp and most marched samples lie behind surfaces. Both keep the same samples (up to float
+    rounding of the transmittance). ``ray_codes`` [R, k]: per-ray inputs of the colour (a training image's
+    appearance code), passed to ``color_fn`` for each kept sample."""
     samples = march(origins, dirs, grid, cfg, jitter)
-    x, d = samples.positions(origins, dirs)
-    sigmas, feats = geometry_fn(x)
-    if len(samples) and cfg.prunes():
-        idx = visible(samples, sigmas, cfg).nonzero()[:, 0]
-        samples, d = samples.select(idx), d.index_select(0, idx)
-        sigmas, feats = SelectRows.apply(sigmas, idx), SelectRows.apply(feats, idx)
+    marched = len(samples)
+    if marched and cfg.prunes() and prune_first:
+        samples = samples.select(visible_front_to_back(samples, origins, dirs, geometry_fn, cfg))
+        x, d = samples.positions(origins, dirs)
+        sigmas, feats = geometry_fn(x)
+    else:
+        x, d = samples.positions(origins, dirs)
+        sigmas, feats = geometry_fn(x)
+        if marched and cfg.prunes():
+            idx = visible(samples, sigmas, cfg).nonzero()[:, 0]
+            samples, d = samples.select(idx), d.index_select(0, idx)
+            sigmas, feats = SelectRows.apply(sigmas, idx), SelectRows.apply(feats, idx)
     if ray_codes is None:
-        return samples, sigmas, color_fn(feats, d)
-    return samples, sigmas, color_fn(feats, d, ray_codes.index_select(0, samples.ray_indices))
+        return samples, sigmas, color_fn(feats, d), marched
+    return samples, sigmas, color_fn(feats, d, ray_codes.index_select(0, samples.ray_indices)), marched
 
 
 def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                 dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
-                jitter: torch.Tensor | None = None, ray_codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity``, ``samples`` (their
-    number) and the packed samples' ``weights``, ``t_starts``, ``t_ends`` and ``ray_indices`` (for losses on
-    them). Pruning reuses the geometry evaluation (``shaded_samples``); ``ray_codes`` [R, k] go to ``color_fn`` per
-    sample (without them it is called with features and directions alone)."""
-    samples, sigmas, rgbs = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter, ray_codes)
+                jitter: torch.Tensor | None = None, ray_codes: torch.Tensor | None = None,
+                prune_first: bool = False) -> dict[str, torch.Tensor]:
+    """Render rays; returns ``rgb`` (on ``background``, [R, 3] or [3]), ``depth``, ``opacity``, ``samples`` (the
+    number kept), ``marched`` (the number marched) and the packed samples' ``weights``, ``t_starts``, ``t_ends``
+    and ``ray_indices`` (for losses on them). Pruning as ``shaded_samples`` does; ``ray_codes`` [R, k] go to
+    ``color_fn`` per sample (without them it is called with features and directions alone)."""
+    samples, sigmas, rgbs, marched = shaded_samples(geometry_fn, color_fn, grid, origins, dirs, cfg, jitter,
+                                                    ray_codes, prune_first)
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.n_rays)
     out.update(t_starts=samples.t_starts, t_ends=samples.t_ends, ray_indices=samples.ray_indices)
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"][:, None]) * background
-    out["samples"] = torch.tensor(len(samples))
+    out["samples"], out["marched"] = torch.tensor(len(samples)), torch.tensor(marched)
     return out
 
 
@@ -141,43 +200,22 @@ def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid,
 def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                               dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
                               round_samples: int = 16) -> dict[str, torch.Tensor]:
-    """``render_rays`` without autograd, evaluating each ray's samples front to back in rounds of
-    ``round_samples`` and stopping a ray once its transmittance falls below ``cfg.early_stop_eps`` (Instant-NGP's
-    inference marching): the samples behind a surface are marched but never evaluated. The same samples are kept
-    and shaded as in ``render_rays`` (which evaluates every marched sample's density to find them), so the image
-    is the same up to float rounding; only ``samples`` counts the densities evaluated rather than the kept ones."""
+    """``render_rays`` without autograd, shading each ray's samples front to back (``front_to_back``): the
+    samples behind a surface are marched but never evaluated. The same samples are kept and shaded as in
+    ``render_rays`` (which evaluates every marched sample's density to find them), so the image is the same up to
+    float rounding; only ``samples`` counts the densities evaluated rather than the kept ones."""
     samples = march(origins, dirs, grid, cfg)
-    n, ray = samples.n_rays, samples.ray_indices
-    dev = origins.device
+    n = samples.n_rays
     rgb, opacity, depth = origins.new_zeros(n, 3), origins.new_zeros(n), origins.new_zeros(n)
-    rank = torch.arange(len(samples), device=dev) - ray_starts(ray, n)[ray]  # position along its ray
-    optical = torch.zeros(n, dtype=torch.float64, device=dev)  # optical depth before this round, per ray
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
     evaluated = 0
-    rounds = int(rank.max().item()) + 1 if len(samples) else 0
-    limit = cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0
-    for r0 in range(0, rounds, round_samples):
-        idx = ((rank >= r0) & (rank < r0 + round_samples) & alive[ray]).nonzero()[:, 0]
-        if len(idx) == 0:
-            break
-        part = samples.select(idx)
-        x, d = part.positions(origins, dirs)
-        sigmas, feats = geometry_fn(x)
+    for idx, d, sigmas, feats, trans, tau in front_to_back(samples, origins, dirs, geometry_fn, cfg, round_samples):
         evaluated += len(idx)
-        tau = sigmas * (part.t_ends - part.t_starts)
-        trans = transmittance(tau, part.ray_indices, n) * torch.exp(-optical)[part.ray_indices].float()
-        alphas = -torch.expm1(-tau)
-        keep = trans >= limit
-        if cfg.alpha_thre > 0:
-            keep &= alphas >= cfg.alpha_thre
-        k = keep.nonzero()[:, 0]
+        k = kept(trans, tau, cfg).nonzero()[:, 0]
         if len(k):
-            w, kr = (trans * alphas)[k], part.ray_indices[k]
+            w, kr, part = (trans * -torch.expm1(-tau))[k], samples.ray_indices[idx[k]], samples.select(idx[k])
             rgb.index_add_(0, kr, w[:, None] * color_fn(feats[k], d[k]))
             opacity.index_add_(0, kr, w)
-            depth.index_add_(0, kr, w * 0.5 * (part.t_starts[k] + part.t_ends[k]))
-        optical.index_add_(0, part.ray_indices, tau.double())
-        alive &= torch.exp(-optical) >= limit
+            depth.index_add_(0, kr, w * 0.5 * (part.t_starts + part.t_ends))
     return {"rgb": rgb + (1.0 - opacity[:, None]) * background, "depth": depth, "opacity": opacity,
             "samples": torch.tensor(evaluated)}
 

@@ -137,7 +137,7 @@ def native_profile(tr: Trainer, b: dict, repeats: int) -> list[tuple[str, float]
     stages = {}
 
     def forward():
-        kept, sigmas, rgbs = shaded_samples(field.geometry, field.color, tr.grid, b["origins"], b["dirs"],
+        kept, sigmas, rgbs, _ = shaded_samples(field.geometry, field.color, tr.grid, b["origins"], b["dirs"],
                                             cfg.render, b["jitter"])
         out = composite(sigmas, rgbs, kept.t_starts, kept.t_ends, kept.ray_indices, kept.n_rays)
         rgb = out["rgb"] + (1.0 - out["opacity"][:, None]) * bg

@@ -151,11 +151,15 @@ def test_distortion_weight_adds_the_loss_to_ray_batches_and_auto_is_off(procedur
     assert mse_weighted == mse and loss > mse  # the same batch, plus the distortion of its rays
 
 
-def test_camera_refinement_auto_is_off_even_for_captures(procedural_root):
-    """'auto' decides off (measured: on a CPU budget the slower steps cost more than the better poses give),
-    while contraction turns on for a capture."""
+def test_auto_capture_settings_follow_the_measurements(procedural_root):
+    """'auto' decides as measured: camera refinement and appearance codes off even for a capture (on a CPU budget
+    their slower steps cost more than they give), contraction and the distortion loss on for an unbounded capture
+    and off for a scene in a box."""
     cfg = tiny_config()
     data = cfg.scene.load("train")
     captured = dataclasses.replace(data, near_far=(0.1, 100.0))  # a capture whose far bound is far beyond its cameras
     resolved = cfg.for_scene(captured).capture
-    assert resolved.camera_refinement == "off" and resolved.contraction == "on"
+    assert resolved.camera_refinement == "off" and resolved.appearance_dim == 0
+    assert resolved.contraction == "on" and resolved.distortion_weight == 0.01
+    boxed = cfg.for_scene(data).capture
+    assert boxed.contraction == "off" and boxed.distortion_weight == 0.0

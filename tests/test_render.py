@@ -140,20 +140,18 @@ def test_occupancy_grid_keeps_a_uniform_field_occupied():
     assert grid.occupied_fraction() == 1.0  # nothing stands out, so nothing may be culled yet
 
 
-@pytest.mark.parametrize("alpha_thre", [0.0, 1e-3])
-@pytest.mark.parametrize("contracted", [False, True])
-def test_front_to_back_rendering_matches_render_rays(alpha_thre, contracted):
-    """Rendering in rounds with early termination keeps and shades the same samples as the one-pass renderer."""
-    from renderers.render import render_rays_front_to_back
-
+def ball_scene(alpha_thre: float, contracted: bool):
+    """A dense ball and a faint shell outside the box, with rays towards the ball and rays past it; the ball's
+    density scale is a parameter (for gradients)."""
     g = torch.Generator().manual_seed(0)
     aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
     grid = OccupancyGrid(aabb, 32, contracted=contracted)
+    scale = torch.tensor(40.0, requires_grad=True)
 
     def geometry(x):
         r = x.norm(dim=-1)
-        sigma = 40.0 * (r < 0.6) + 2.0 * ((r > 3) & (r < 4))  # a dense ball, a faint shell outside the box
-        return sigma, torch.sin(3 * x)
+        sigma = scale * (r < 0.6) + 2.0 * ((r > 3) & (r < 4))
+        return sigma, torch.sin(3 * x) * scale / 40
 
     def color(feats, d):
         return torch.sigmoid(feats + d)
@@ -162,11 +160,38 @@ def test_front_to_back_rendering_matches_render_rays(alpha_thre, contracted):
     dirs = torch.nn.functional.normalize(torch.randn(2000, 3, generator=g), dim=-1)
     dirs[:1000] = torch.nn.functional.normalize(-origins[:1000] + 0.2 * dirs[:1000], dim=-1)  # towards the ball
     cfg = RenderConfig(samples_per_diagonal=256, alpha_thre=alpha_thre, outer_samples=64)
-    bg = torch.tensor([0.2, 0.5, 0.9])
-    ref = render_rays(geometry, color, grid, origins, dirs, cfg, bg)
+    return geometry, color, grid, origins, dirs, cfg, torch.tensor([0.2, 0.5, 0.9]), scale
+
+
+@pytest.mark.parametrize("alpha_thre", [0.0, 1e-3])
+@pytest.mark.parametrize("contracted", [False, True])
+def test_front_to_back_rendering_matches_render_rays(alpha_thre, contracted):
+    """Rendering in rounds with early termination keeps and shades the same samples as the one-pass renderer."""
+    from renderers.render import render_rays_front_to_back
+
+    geometry, color, grid, origins, dirs, cfg, bg, _ = ball_scene(alpha_thre, contracted)
+    with torch.no_grad():
+        ref = render_rays(geometry, color, grid, origins, dirs, cfg, bg)
     got = render_rays_front_to_back(geometry, color, grid, origins, dirs, cfg, bg, round_samples=8)
     for key in ("rgb", "opacity", "depth"):
         assert torch.allclose(got[key], ref[key], atol=2e-4), key
     assert 0.3 < (ref["opacity"] > 0.99).float().mean() < 1  # some rays end in the ball, some pass it
     marched = len(march(origins, dirs, grid, cfg))
     assert int(got["samples"]) < 0.7 * marched  # and samples behind the ball were never evaluated
+
+
+@pytest.mark.parametrize("contracted", [False, True])
+def test_pruning_first_keeps_the_same_samples_and_gradients(contracted):
+    """Training's two ways to prune (one autograd pass over every marched sample, or the kept samples found front
+    to back first) render the same colours with the same gradients."""
+    geometry, color, grid, origins, dirs, cfg, bg, scale = ball_scene(1e-3, contracted)
+    outs, grads = [], []
+    for prune_first in (False, True):
+        out = render_rays(geometry, color, grid, origins, dirs, cfg, bg, prune_first=prune_first)
+        (grad,) = torch.autograd.grad(out["rgb"].square().sum(), scale)
+        outs.append(out)
+        grads.append(grad)
+    assert int(outs[0]["samples"]) == int(outs[1]["samples"]) < 0.7 * int(outs[0]["marched"])
+    assert int(outs[0]["marched"]) == int(outs[1]["marched"])
+    assert torch.allclose(outs[0]["rgb"], outs[1]["rgb"], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4) and grads[0].abs() > 0

@@ -175,7 +175,11 @@ class CaptureConfig:
     """Steps of linear warm-up of the camera learning rate: the field finds rough geometry before the cameras
     move to fit it."""
     distortion_weight: float | Literal["auto"] = "auto"
-    """Weight of mip-NeRF 360's distortion loss against floaters (0: off; auto: decided per kind of scene)."""
+    """Weight of mip-NeRF 360's distortion loss against fog and floaters (0: off), on distances as the contracted
+    marcher spaces them. auto: 0.01 with contraction, else 0. Measured (hashgrid, 120 s on 2 cores): office_table
+    24.85 dB against 24.29 without, a held-out view rendered in 7.4 s against 12.4 (40 evaluated samples a
+    ray against 65); fern 22.12 against 22.54 dB, but 4.1 s against 16.0 (45 samples a ray against 228); 0.03
+    lost 1.5 dB on office_table and 6 on fern."""
 
     def validate(self) -> None:
         check_settings(self, {
@@ -186,13 +190,16 @@ class CaptureConfig:
 
     def resolved(self, data: SceneSplit) -> "CaptureConfig":
         """A copy with every 'auto' decided for the training split ``data``."""
-        return dataclasses.replace(
+        out = dataclasses.replace(
             self,
             contraction=self.contraction if self.contraction != "auto" else ("on" if unbounded(data) else "off"),
             appearance_dim=self.appearance_dim if self.appearance_dim != "auto" else 0,
             appearance_images=len(data),
             camera_refinement=self.camera_refinement if self.camera_refinement != "auto" else "off",
-            distortion_weight=self.distortion_weight if self.distortion_weight != "auto" else 0.0)
+            distortion_weight=self.distortion_weight)
+        if out.distortion_weight == "auto":
+            out.distortion_weight = 0.01 if out.contraction == "on" else 0.0
+        return out
 
 
 def unbounded(data: SceneSplit) -> bool:

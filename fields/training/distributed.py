@@ -5,11 +5,12 @@ torchrun (``python -m torch.distributed.run``) starts one process per rank with 
 CPU, NCCL on CUDA, chosen by the training device) with a bounded collective timeout. Each step every rank draws
 its own share of the batch from its own random stream (``draws``; ``StepContext.share``), the losses, metrics and step times
 are summed (``combine``: every rank logs, schedules and stops alike), and gradients are averaged with one flat
-all-reduce per step (``average_gradients``: ``scripts/bench_distributed.py`` measured it against DDP's bucketed
-reducer on the hash grid's 12 x 2^17 x 2 table; the flat exchange needs no ``forward`` through a wrapper, which
-our renderers do not call). Identical gradients and identical shared draws give identical weights and occupancy
-grids on every rank; Gaussians sum their densification statistics over ranks (``sum_``) so that every rank
-clones, splits and prunes alike. Rank 0 alone writes the run folder; a failed exchange raises ``RankFailure``
+all-reduce per step (``average_gradients``; ``scripts/bench_distributed.py`` times it against DDP's bucketing
+and against exchanging only the table rows a step touched; a flat exchange also needs no ``forward`` through a
+wrapper, which our renderers do not call). Each exchange's time and bytes are counted (``totals``, in the
+metrics). Identical gradients and identical shared draws give identical weights and occupancy grids on every
+rank; Gaussians sum their densification statistics over ranks (``sum_``) so that every rank clones, splits and
+prunes alike. Rank 0 alone writes the run folder; a failed exchange raises ``RankFailure``
 naming the ranks that went silent (a heartbeat in the rendezvous store).
 """
 
@@ -114,6 +115,8 @@ class Distributed:
     def __init__(self, rank: int, world: int, local_rank: int, timeout: float):
         self.rank, self.world, self.local_rank, self.timeout = rank, world, local_rank, timeout
         self.step = 0
+        self.exchange_seconds = 0.0  # wall time spent in collectives (waiting for slower ranks included)
+        self.exchanged_bytes = 0  # payload of the all-reduces (what each rank contributes)
 
     @classmethod
     def start(cls, cfg: DistConfig, device: str) -> "Distributed":
@@ -132,6 +135,11 @@ class Distributed:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def totals(self) -> dict:
+        """For the metrics: ranks, and the seconds and megabytes of this rank's exchanges so far."""
+        return {"ranks": self.world, "exchange_s": round(self.exchange_seconds, 3),
+                "exchanged_mb": round(self.exchanged_bytes / 1e6, 3)}
+
     # -- random draws ----------------------------------------------------------------------------------------
     def draws(self, seed: int, step: int) -> torch.Generator:
         """This rank's own random stream for step ``step`` (a resumed job draws the same on each rank)."""
@@ -139,9 +147,13 @@ class Distributed:
         return torch.Generator().manual_seed(int.from_bytes(key, "little") & (2**63 - 1))
 
     # -- exchanges -------------------------------------------------------------------------------------------
-    def _run(self, what: str, fn):
+    def _run(self, what: str, fn, nbytes: int = 0):
+        tic = time.perf_counter()
         try:
-            return fn()
+            out = fn()
+            self.exchange_seconds += time.perf_counter() - tic
+            self.exchanged_bytes += nbytes
+            return out
         except (RuntimeError, dist.DistError) as e:
             if isinstance(e, RankFailure):
                 raise
@@ -152,7 +164,7 @@ class Distributed:
     def sum_(self, *tensors: torch.Tensor, what: str = "sum") -> None:
         """Sum each tensor over ranks, in place."""
         for t in tensors:
-            self._run(what, lambda: dist.all_reduce(t))
+            self._run(what, lambda: dist.all_reduce(t), t.numel() * t.element_size())
 
     def combine(self, loss: float, metrics: dict) -> tuple[float, dict]:
         """The step's mean loss and ``mse`` over ranks and its total ``samples`` (so that every rank steps, adapts
@@ -179,7 +191,7 @@ class Distributed:
             grads = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in ps]
             has = torch.tensor([p.grad is not None for p in ps], dtype=ps[0].dtype, device=ps[0].device)
             flat = torch.cat([*grads, has])
-            self._run("gradients", lambda: dist.all_reduce(flat))
+            self._run("gradients", lambda: dist.all_reduce(flat), flat.numel() * flat.element_size())
             grad_part = flat[: flat.numel() - len(ps)].div_(self.world)
             counts = flat[flat.numel() - len(ps):]
             for p, g, n in zip(ps, grad_part.split([p.numel() for p in ps]), counts.tolist()):

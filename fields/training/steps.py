@@ -29,6 +29,7 @@ from fields.run.config import RunConfig
 from fields.run.folder import build_model, model_box
 from fields.training.camera_refinement import CameraRefinement
 from renderers.compositing import distortion
+from renderers.contraction import warped_distance
 from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
@@ -180,6 +181,7 @@ class RayBatches(Steps):
         self.device = grid.aabb.device
         self.rays = TrainingRays(data, self.device)
         self.n_rays = cfg.train.init_rays
+        self.prune_first = False  # see loss
         self.refinement = (CameraRefinement(data.cameras.c2w).to(self.device)
                            if cfg.capture.camera_refinement == "on" else None)
         weight = cfg.capture.distortion_weight
@@ -203,11 +205,18 @@ class RayBatches(Steps):
         target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(n, generator=gen).to(dev)
         codes = self.field.codes((idx // self.rays.pixels).to(dev))  # each ray's image's appearance (or None)
-        out = self.model.render_rays(*self.rays.rays(idx, self.refinement), bg, jitter, codes)
+        out = self.model.render_rays(*self.rays.rays(idx, self.refinement), bg, jitter, codes, self.prune_first)
+        # Next step, find the kept samples front to back first where that costs less than one autograd pass over
+        # every marched sample: measured on fern and office_table (2 cores), it paid at 3.3 marched samples per
+        # kept one (50 against 60 ms a step) and cost at 2.1 (67 against 60 ms).
+        self.prune_first = int(out["marched"]) > 3 * int(out["samples"])
         mse = torch.nn.functional.mse_loss(out["rgb"], target)
         loss = mse
         if self.distortion_weight > 0:
-            per_ray = distortion(out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], n)
+            t0, t1 = out["t_starts"], out["t_ends"]
+            if self.grid.contracted:
+                t0, t1 = warped_distance(t0), warped_distance(t1)
+            per_ray = distortion(out["weights"], t0, t1, out["ray_indices"], n)
             loss = loss + self.distortion_weight * per_ray.mean()
         return loss, {"mse": mse.item(), "samples": int(out["samples"])}, {}
 

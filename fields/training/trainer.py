@@ -300,7 +300,7 @@ class Trainer:
                         record = {"step": self.step, "loss": loss, "psnr": psnr,
                                   "samples_per_s": window["samples"] / max(window["time"], 1e-9),
                                   "lr": m["lr"], "elapsed": self.elapsed, **self.steps.log(), **self.field.stats(),
-                                  **({} if self.dist is None else {"ranks": self.dist.world})}
+                                  **({} if self.dist is None else self.dist.totals())}
                         record.update({k: v for k, v in m.items() if k not in record and k not in ("mse", "samples")})
                         if metrics_file is not None:
                             metrics_file.write(json.dumps(record) + "\n")
