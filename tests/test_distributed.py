@@ -169,6 +169,32 @@ def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, proce
 
 
 @pytest.mark.distributed
+def test_max_restarts_resumes_a_job_whose_rank_was_killed(tmp_path, procedural_root):
+    """torchrun restarts the job after a rank is killed; the restarted ranks form a new group (not one that dials
+    the dead rank's address) and resume from the last checkpoint."""
+    tag = uuid.uuid4().hex
+    run = tmp_path / "procedural" / "hashgrid" / "restarted"
+    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", "--max-restarts", "1",
+                            "--run-name", "restarted", "--output-dir", str(tmp_path), "--max-steps", "400",
+                            "--ckpt-every", "20", *SMALL], env={**ENV, "FIELDS_TEST_TAG": tag},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(run / "checkpoints" / "step-000020.pt", [job])
+        pid = rank_pid(tag, 1)
+        assert pid is not None
+        os.kill(pid, 9)
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, output[-3000:]
+    assert "exitcode: -9" in output.replace("  ", " ").replace("  ", " ") and "Resumed" in output
+    assert load_run(run).step == 400
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 400  # lines after the checkpoint resumed were dropped
+
+
+@pytest.mark.distributed
 def test_the_survivor_of_a_killed_rank_names_the_failed_exchange(tmp_path, procedural_root):
     run = tmp_path / "procedural" / "hashgrid" / "alone"
     procs = start_ranks([["--run-name", "alone", "--output-dir", str(tmp_path), "--max-steps", "400",

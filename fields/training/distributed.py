@@ -127,8 +127,13 @@ class Distributed:
         if gpu:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if gpu else "gloo",
-                                    timeout=datetime.timedelta(seconds=cfg.collective_timeout))
+            # torchrun's agent keeps one store across restarts: the group of a restarted job must not find its
+            # predecessor's addresses there (gloo then dials a dead rank), so each attempt gets its own prefix.
+            timeout = datetime.timedelta(seconds=cfg.collective_timeout)
+            store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group("nccl" if gpu else "gloo", store=dist.PrefixStore(f"fields/attempt{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
         return cls(rank, world, local_rank, cfg.collective_timeout)
 
     def close(self) -> None:
