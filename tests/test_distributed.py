@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,6 +210,30 @@ def test_the_survivor_of_a_killed_rank_names_the_failed_exchange(tmp_path, proce
                 p.kill()
     assert procs[0].returncode == 1, output
     assert "rank 0: exchange" in output and "training stopped at step" in output, output
+    assert 20 <= load_run(run).step < 400
+
+
+@pytest.mark.distributed
+def test_a_hung_rank_stops_the_job_within_the_collective_timeout(tmp_path, procedural_root):
+    """A rank that stops answering (SIGSTOP: alive, silent) ends the job after --collective-timeout, and the
+    survivor names it from its heartbeat."""
+    run = tmp_path / "procedural" / "hashgrid" / "hung"
+    procs = start_ranks([["--run-name", "hung", "--output-dir", str(tmp_path), "--max-steps", "400",
+                          "--ckpt-every", "20", "--collective-timeout", "5", *SMALL]] * 2)
+    try:
+        wait_for(run / "checkpoints" / "step-000020.pt", procs)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        tic = time.monotonic()
+        output, _ = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - tic
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+    assert procs[0].returncode == 1, output
+    assert waited < 60  # bounded by the timeout (5 s) plus start-up of the report, not by the run's length
+    assert "rank 0: exchange" in output and "silent: rank 1" in output, output
     assert 20 <= load_run(run).step < 400
 
 
