@@ -67,10 +67,7 @@ def visible(samples: Samples, sigmas: torch.Tensor, cfg: RenderConfig) -> torch.
     """Mask of the samples that pruning (``cfg.early_stop_eps``, ``cfg.alpha_thre``) keeps, given densities."""
     with torch.no_grad():
         tau = sigmas.detach() * (samples.t_ends - samples.t_starts)
-        keep = transmittance(tau, samples.ray_indices, samples.n_rays) >= cfg.early_stop_eps
-        if cfg.alpha_thre > 0:
-            keep &= (1 - torch.exp(-tau)) >= cfg.alpha_thre
-    return keep
+        return kept(transmittance(tau, samples.ray_indices, samples.n_rays), tau, cfg)
 
 
 def sample_rays(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: RenderConfig,
@@ -212,7 +209,8 @@ def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: 
         evaluated += len(idx)
         k = kept(trans, tau, cfg).nonzero()[:, 0]
         if len(k):
-            w, kr, part = (trans * -torch.expm1(-tau))[k], samples.ray_indices[idx[k]], samples.select(idx[k])
+            w, part = (trans * -torch.expm1(-tau))[k], samples.select(idx[k])
+            kr = part.ray_indices
             rgb.index_add_(0, kr, w[:, None] * color_fn(feats[k], d[k]))
             opacity.index_add_(0, kr, w)
             depth.index_add_(0, kr, w * 0.5 * (part.t_starts + part.t_ends))

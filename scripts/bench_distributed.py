@@ -73,7 +73,7 @@ def touched_fraction() -> tuple[int, float]:
     trainer = Trainer(RunConfig(train=TrainConfig(max_steps=3, max_time=None)), None)
     trainer.train(show_progress=False)
     table = max(trainer.field.parameters(), key=lambda p: p.numel())
-    loss, metrics, _ = trainer.steps.loss(trainer_context(trainer))
+    loss, _, _ = trainer.steps.loss(trainer_context(trainer))
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     rows = table.grad.reshape(-1, table.shape[-1])

@@ -145,13 +145,12 @@ def wait_for(path: Path, procs: list[subprocess.Popen]) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.distributed
-def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, procedural_root):
-    """Under torchrun the agent names the dead rank and stops the rest (it may stop rank 0 before rank 0's next
-    exchange notices, so what rank 0 says is checked without an agent below)."""
+def kill_rank_1_under_torchrun(tmp_path: Path, name: str, *launch: str, timeout: float) -> tuple[int, str, Path]:
+    """``fields train --nproc 2 *launch`` of 400 steps (checkpoint every 20); once the first checkpoint exists,
+    kill -9 training rank 1 and wait for the job: its exit code, output and run folder."""
     tag = uuid.uuid4().hex
-    run = tmp_path / "procedural" / "hashgrid" / "killed"
-    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", "--run-name", "killed",
+    run = tmp_path / "procedural" / "hashgrid" / name
+    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", *launch, "--run-name", name,
                             "--output-dir", str(tmp_path), "--max-steps", "400", "--ckpt-every", "20", *SMALL],
                            env={**ENV, "FIELDS_TEST_TAG": tag}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -160,12 +159,20 @@ def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, proce
         pid = rank_pid(tag, 1)
         assert pid is not None
         os.kill(pid, 9)
-        output, _ = job.communicate(timeout=120)
+        output, _ = job.communicate(timeout=timeout)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode != 0
-    assert "exitcode: -9" in output.replace("  ", " ").replace("  ", " ") and "local_rank: 1" in output
+    return job.returncode, output.replace("  ", " ").replace("  ", " "), run
+
+
+@pytest.mark.distributed
+def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, procedural_root):
+    """Under torchrun the agent names the dead rank and stops the rest (it may stop rank 0 before rank 0's next
+    exchange notices, so what rank 0 says is checked without an agent below)."""
+    code, output, run = kill_rank_1_under_torchrun(tmp_path, "killed", timeout=120)
+    assert code != 0
+    assert "exitcode: -9" in output and "local_rank: 1" in output
     assert 20 <= load_run(run).step < 400  # the last good checkpoint is intact
 
 
@@ -173,23 +180,9 @@ def test_killing_a_rank_stops_the_job_with_the_checkpoint_intact(tmp_path, proce
 def test_max_restarts_resumes_a_job_whose_rank_was_killed(tmp_path, procedural_root):
     """torchrun restarts the job after a rank is killed; the restarted ranks form a new group (not one that dials
     the dead rank's address) and resume from the last checkpoint."""
-    tag = uuid.uuid4().hex
-    run = tmp_path / "procedural" / "hashgrid" / "restarted"
-    job = subprocess.Popen([sys.executable, "-m", "fields", "train", "--nproc", "2", "--max-restarts", "1",
-                            "--run-name", "restarted", "--output-dir", str(tmp_path), "--max-steps", "400",
-                            "--ckpt-every", "20", *SMALL], env={**ENV, "FIELDS_TEST_TAG": tag},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(run / "checkpoints" / "step-000020.pt", [job])
-        pid = rank_pid(tag, 1)
-        assert pid is not None
-        os.kill(pid, 9)
-        output, _ = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, output[-3000:]
-    assert "exitcode: -9" in output.replace("  ", " ").replace("  ", " ") and "Resumed" in output
+    code, output, run = kill_rank_1_under_torchrun(tmp_path, "restarted", "--max-restarts", "1", timeout=600)
+    assert code == 0, output[-3000:]
+    assert "exitcode: -9" in output and "Resumed" in output
     assert load_run(run).step == 400
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 400  # lines after the checkpoint resumed were dropped

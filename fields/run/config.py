@@ -190,16 +190,15 @@ class CaptureConfig:
 
     def resolved(self, data: SceneSplit) -> "CaptureConfig":
         """A copy with every 'auto' decided for the training split ``data``."""
-        out = dataclasses.replace(
+        contraction = self.contraction if self.contraction != "auto" else ("on" if unbounded(data) else "off")
+        return dataclasses.replace(
             self,
-            contraction=self.contraction if self.contraction != "auto" else ("on" if unbounded(data) else "off"),
+            contraction=contraction,
             appearance_dim=self.appearance_dim if self.appearance_dim != "auto" else 0,
             appearance_images=len(data),
             camera_refinement=self.camera_refinement if self.camera_refinement != "auto" else "off",
-            distortion_weight=self.distortion_weight)
-        if out.distortion_weight == "auto":
-            out.distortion_weight = 0.01 if out.contraction == "on" else 0.0
-        return out
+            distortion_weight=(self.distortion_weight if self.distortion_weight != "auto"
+                               else (0.01 if contraction == "on" else 0.0)))
 
 
 def unbounded(data: SceneSplit) -> bool:
