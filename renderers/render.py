@@ -230,6 +230,6 @@ def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid
     background = background.to(dev)
     parts = map_chunks(lambda o, d: render_rays_front_to_back(geometry_fn, color_fn, grid, o, d, cfg, background),
                        (origins, dirs), chunk)
-    h, w = cams.height, cams.width
+    w, h = cams.size(i)
     return {k: torch.cat([p[k] for p in parts]).reshape(h, w, *parts[0][k].shape[1:]).cpu()
             for k in ("rgb", "depth", "opacity")}

@@ -63,7 +63,7 @@ class Camera:
         R = rot.T
         t = -R @ c2w[:3, 3]
         return Camera(R.to(dtype), t.to(dtype), float(cams.fx[i]), float(cams.fy[i]), float(cams.cx[i]),
-                      float(cams.cy[i]), cams.width, cams.height)
+                      float(cams.cy[i]), *cams.size(i))
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
@@ -261,7 +261,7 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     proj = project_gaussians(means, quats, scales, cams, i)
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
-    width, height = cams.width, cams.height
+    width, height = cams.size(i)
     seen = proj
     if window is not None:
         seen, (width, height) = crop_projection(proj, window), window[2:]

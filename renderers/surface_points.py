@@ -35,8 +35,8 @@ def surface_points(model: VolumeModel, cams: Cameras, num_points: int, min_opaci
         task = progress.add_task("points", total=num_points)
         while found < num_points and tried < max_rays_per_point * num_points:
             cam = torch.randint(0, len(cams), (chunk,), generator=gen)
-            px = torch.rand(chunk, generator=gen) * cams.width
-            py = torch.rand(chunk, generator=gen) * cams.height
+            px = torch.rand(chunk, generator=gen) * cams.width[cam]  # each camera at its own size
+            py = torch.rand(chunk, generator=gen) * cams.height[cam]
             origins, dirs = pixel_rays(cams, cam, px, py)
             out = model.render_rays(origins, dirs, black)
             where = origins + dirs * (out["depth"] / out["opacity"].clamp_min(1e-12))[:, None]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import (SceneError, downscale_factor, get_frames, get_number, get_pose, image_size, read_images,
+from scenes.io import (SceneError, downscale_factors, get_frames, get_number, get_pose, image_size, read_images,
                        read_json, resolve_image)
 from scenes.scene import SceneSplit
 
@@ -22,7 +22,7 @@ def is_blender(root: Path) -> bool:
 
 def load_blender(root: Path, split: str = "train", downscale: int | str = 1,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), allow_outside: bool = False) -> SceneSplit:
-    """Load one split. Image size comes from the first image; ``camera_angle_x`` gives the focal length.
+    """Load one split. Each image's size comes from its file; ``camera_angle_x`` gives the focal lengths.
 
     An optional top-level ``aabb`` ([[xmin, ymin, zmin], [xmax, ymax, zmax]]) overrides the default box; the
     embedded procedural scene writes one.
@@ -37,11 +37,12 @@ def load_blender(root: Path, split: str = "train", downscale: int | str = 1,
     poses = np.stack([get_pose(f, path, i) for i, f in enumerate(frames)])
     files = [resolve_image(root, f.get("file_path"), path, i, allow_outside) for i, f in enumerate(frames)]
 
-    width, height = image_size(files[0])  # the first image fixes the size of the others
-    images = read_images(files, (width, height), downscale_factor(downscale, width, height, root))
+    sizes = [image_size(f) for f in files]  # each image's own (camera_angle_x spans each one's width)
+    images = read_images(files, sizes, downscale_factors(downscale, sizes, root))
     aabb = torch.tensor(_read_aabb(data, path), dtype=torch.float32)
-    cams = Cameras.from_fov(torch.from_numpy(poses).float(), width, height, fov_x)
-    cams = cams.resized(images.shape[2], images.shape[1])
+    size = torch.tensor(sizes)
+    cams = Cameras.from_fov(torch.from_numpy(poses).float(), size[:, 0], size[:, 1], fov_x)
+    cams = cams.resized(images.widths, images.heights)
     return SceneSplit(root.name, split, cams, images, aabb, background, tuple(str(f) for f in files))
 
 

@@ -234,7 +234,7 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
 
 
 def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -> CameraPath:
-    """An orbit, spiral or interpolated path with the first training camera's intrinsics."""
+    """An orbit, spiral or interpolated path with the first training camera's intrinsics and image size."""
     if kind == "orbit":
         poses = orbit(train, n_frames)
     elif kind == "spiral":
@@ -246,16 +246,17 @@ def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -
     one = train[0]
     n = poses.shape[0]
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    cams = Cameras(poses, full(one.fx[0]), full(one.fy[0]), full(one.cx[0]), full(one.cy[0]), train.width,
-                   train.height)
+    cams = Cameras(poses, full(one.fx[0]), full(one.fy[0]), full(one.cx[0]), full(one.cy[0]), *one.size(0))
     return CameraPath(cams)
 
 
 def resized(cams: Cameras, height: int | None) -> Cameras:
-    """The cameras at ``height`` pixels (width by aspect ratio), both rounded to even sizes for H.264 video."""
-    h = cams.height if height is None else height
+    """The cameras of a path (one size for all) at ``height`` pixels (width by aspect ratio), both rounded to even
+    sizes for H.264 video."""
+    width, own = cams.size(0)
+    h = own if height is None else height
     if h < 2:
         raise CameraPathError(f"video resolution must be at least 2 pixels (got {h})")
     h2 = max(2, h // 2 * 2)
-    w2 = max(2, round(cams.width * h2 / cams.height / 2) * 2)
+    w2 = max(2, round(width * h2 / own / 2) * 2)
     return cams.resized(w2, h2)

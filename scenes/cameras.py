@@ -15,11 +15,13 @@ import torch
 
 @dataclass
 class Cameras:
-    """A batch of cameras that share one image size and one lens model.
+    """A batch of cameras that share one lens model; each has its own intrinsics and image size.
 
-    ``fx fy cx cy`` are per camera so that nerfstudio's per-frame overrides survive loading. ``fisheye``
-    switches the whole batch from the pinhole projection (plus optional radial-tangential distortion) to the
-    equidistant fisheye projection, whose ``distortion`` is then ``k1 k2 k3 k4``.
+    ``fx fy cx cy`` are per camera so that nerfstudio's per-frame overrides survive loading, and so are ``width``
+    and ``height`` (int64 [N]; a whole number given for them applies to every camera), so that a split may mix
+    image sizes. ``fisheye`` switches the whole batch from the pinhole projection (plus optional
+    radial-tangential distortion) to the equidistant fisheye projection, whose ``distortion`` is then
+    ``k1 k2 k3 k4``.
     """
 
     c2w: torch.Tensor  # [N, 4, 4] float32, OpenGL convention
@@ -27,10 +29,15 @@ class Cameras:
     fy: torch.Tensor  # [N]
     cx: torch.Tensor  # [N]
     cy: torch.Tensor  # [N]
-    width: int
-    height: int
+    width: torch.Tensor  # [N] int64 (an int is broadcast to every camera)
+    height: torch.Tensor  # [N] int64
     distortion: torch.Tensor | None = None  # [N, 4] = k1 k2 p1 p2 (k1 k2 k3 k4 if fisheye), or None
     fisheye: bool = False
+
+    def __post_init__(self) -> None:
+        n = self.c2w.shape[0]
+        self.width = torch.as_tensor(self.width, dtype=torch.long).expand(n).contiguous()
+        self.height = torch.as_tensor(self.height, dtype=torch.long).expand(n).contiguous()
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -41,17 +48,22 @@ class Cameras:
             idx = slice(idx, idx + 1)
         dist = None if self.distortion is None else self.distortion[idx]
         return Cameras(self.c2w[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
-                       self.width, self.height, dist, self.fisheye)
+                       self.width[idx], self.height[idx], dist, self.fisheye)
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) in pixels of camera ``i``."""
+        return int(self.width[i]), int(self.height[i])
 
     def scaled(self, factor: float) -> "Cameras":
         """The same cameras for images resized by ``factor`` (e.g. 0.5 halves the resolution)."""
         return Cameras(self.c2w, self.fx * factor, self.fy * factor, self.cx * factor, self.cy * factor,
-                       max(1, round(self.width * factor)), max(1, round(self.height * factor)), self.distortion,
-                       self.fisheye)
+                       _rounded(self.width * factor), _rounded(self.height * factor), self.distortion, self.fisheye)
 
-    def resized(self, width: int, height: int) -> "Cameras":
-        """The same cameras for their images resampled to ``width`` x ``height`` pixels (the image's edges map
-        onto the new edges, so x scales by width / self.width and y by height / self.height)."""
+    def resized(self, width: int | torch.Tensor, height: int | torch.Tensor) -> "Cameras":
+        """The same cameras for their images resampled to ``width`` x ``height`` pixels (one size for all, or one
+        per camera; the image's edges map onto the new edges, so x scales by width / self.width and y by
+        height / self.height)."""
+        width, height = torch.as_tensor(width, dtype=torch.long), torch.as_tensor(height, dtype=torch.long)
         sx, sy = width / self.width, height / self.height
         return Cameras(self.c2w, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height,
                        self.distortion, self.fisheye)
@@ -62,12 +74,30 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     @staticmethod
-    def from_fov(c2w: torch.Tensor, width: int, height: int, fov_x: float) -> "Cameras":
-        """Cameras with a horizontal field of view in radians and the principal point at the image centre."""
+    def from_fov(c2w: torch.Tensor, width: int | torch.Tensor, height: int | torch.Tensor, fov_x: float) -> "Cameras":
+        """Cameras with a horizontal field of view in radians and the principal point at the image centre (one
+        image size for all, or one per camera)."""
         n = c2w.shape[0]
-        focal = 0.5 * width / torch.tan(torch.tensor(0.5 * fov_x, dtype=torch.float64)).item()
-        full = lambda v: torch.full((n,), float(v))  # noqa: E731
-        return Cameras(c2w.float(), full(focal), full(focal), full(width / 2), full(height / 2), width, height)
+        w = torch.as_tensor(width, dtype=torch.float64).expand(n)  # in float64, then rounded once to float32
+        h = torch.as_tensor(height, dtype=torch.float64).expand(n)
+        focal = (0.5 * w / torch.tan(torch.tensor(0.5 * fov_x, dtype=torch.float64))).float()
+        return Cameras(c2w.float(), focal, focal.clone(), (w / 2).float(), (h / 2).float(), width, height)
+
+    @staticmethod
+    def cat(parts: list["Cameras"]) -> "Cameras":
+        """The cameras of ``parts`` (one lens model), one batch after the other; a batch without distortion
+        counts as zero distortion where another has some."""
+        either = any(c.distortion is not None for c in parts)
+        dist = (torch.cat([c.distortion if c.distortion is not None else torch.zeros(len(c), 4) for c in parts])
+                if either else None)
+        field = lambda name: torch.cat([getattr(c, name) for c in parts])  # noqa: E731
+        return Cameras(field("c2w"), field("fx"), field("fy"), field("cx"), field("cy"), field("width"),
+                       field("height"), dist, parts[0].fisheye)
+
+
+def _rounded(size: torch.Tensor) -> torch.Tensor:
+    """Scaled image sizes as whole pixels, at least 1 (Python's ``round``: halves to even)."""
+    return size.round().clamp_min(1).long()
 
 
 CONVERGED = 1e-6  # Newton steps stop when no point moves more than this (normalised units: ~1e-3 px; float32
@@ -159,7 +189,8 @@ def pixel_rays(cams: Cameras, cam_idx: torch.Tensor | int, px: torch.Tensor, py:
 
 
 def image_rays(cams: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through every pixel centre of camera ``i``, each [H, W, 3]."""
-    py, px = torch.meshgrid(torch.arange(cams.height, dtype=torch.float32) + 0.5,
-                            torch.arange(cams.width, dtype=torch.float32) + 0.5, indexing="ij")
+    """Rays through every pixel centre of camera ``i`` (at its own size), each [H, W, 3]."""
+    w, h = cams.size(i)
+    py, px = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5,
+                            torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
     return pixel_rays(cams, i, px, py)

@@ -3,8 +3,9 @@
 pycolmap reads the model. COLMAP stores world-to-camera poses in OpenCV axes (x right, y down, z forward); they
 are inverted and turned to our camera-to-world OpenGL convention, then oriented, centred and scaled
 (scenes/orient.py). Supported camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV and
-OPENCV_FISHEYE. The SfM points come with the split (world frame) and give the scene box and near/far. Every 8th
-image (sorted by name) is held out for testing, the LLFF / mip-NeRF 360 convention.
+OPENCV_FISHEYE; each image may have its own camera and size. The SfM points come with the split (world frame)
+and give the scene box and near/far. Every 8th image (sorted by name) is held out for testing, the LLFF /
+mip-NeRF 360 convention.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from scenes.cameras import Cameras
-from scenes.io import SceneError, downscale_factor, first_line, read_images, read_masks
+from scenes.io import SceneError, downscale_factors, first_line, read_images, read_masks
 from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
 
@@ -127,22 +128,19 @@ def load_colmap(root: Path, split: str = "train", downscale: int | str = "auto",
     idx = split_indices(len(images), split, test_every)
     files = [image_file(root, images[i].name, model_file, allow_outside) for i in idx]
     for i, path in zip(idx, files):
-        if tuple(sizes[i]) != tuple(sizes[idx[0]]):
-            raise SceneError(f"{path}: its camera is {sizes[i][0]}x{sizes[i][1]} but {files[0].name}'s is "
-                             f"{sizes[idx[0]][0]}x{sizes[idx[0]][1]} ({model_file}); images of different sizes "
-                             "in one scene are not supported yet: resize them to one size")
         if fisheye[i] != fisheye[idx[0]]:
             raise SceneError(f"{path}: fisheye and non-fisheye cameras in one scene are not supported ({model_file})")
-    width, height = (int(v) for v in sizes[idx[0]])
-    factor = downscale_factor(downscale, width, height, root)
-    pixels = read_images(files, (width, height), factor)
+    split_sizes = [(int(sizes[i][0]), int(sizes[i][1])) for i in idx]
+    factors = downscale_factors(downscale, split_sizes, root)
+    pixels = read_images(files, split_sizes, factors)
     names = [images[i].name for i in idx]
-    masks = read_masks(mask_files(root, names), (width, height), factor) if (root / "masks").is_dir() else None
+    masks = read_masks(mask_files(root, names), split_sizes, factors) if (root / "masks").is_dir() else None
     p = torch.tensor(params[idx], dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
     poses = torch.from_numpy(placement.poses(c2w[idx])).float()
-    cams = Cameras(poses, p[:, 0], p[:, 1], p[:, 2], p[:, 3], width, height, dist, fisheye[idx[0]])
-    cams = cams.resized(pixels.shape[2], pixels.shape[1])
+    cams = Cameras(poses, p[:, 0], p[:, 1], p[:, 2], p[:, 3], torch.from_numpy(sizes[idx, 0]),
+                   torch.from_numpy(sizes[idx, 1]), dist, fisheye[idx[0]])
+    cams = cams.resized(pixels.widths, pixels.heights)
 
     bounds = near_far(c2w, params, sizes, xyz)
     world_points = placement.points(xyz)

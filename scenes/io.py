@@ -1,8 +1,8 @@
 """Reading the files of a scene with errors that name the file and what is wrong with it.
 
-Images are checked from their header before they are decoded (size limit, equal sizes, room in memory for
-them at the size they are downscaled to), so a decompression bomb or a folder of huge photos fails in
-milliseconds instead of exhausting memory. Each image is downscaled as soon as it is decoded. Image paths
+Images are checked from their header before they are decoded (size limit, the size their camera expects,
+room in memory for them at the size they are downscaled to), so a decompression bomb or a folder of huge photos
+fails in milliseconds instead of exhausting memory. Each image is downscaled as soon as it is decoded. Image paths
 must stay inside the scene folder (no ``..``, absolute paths or symlinks out of it) unless the caller allows it.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scenes.images import Images
 from scenes.memory import available_bytes, gigabytes
 from scenes.scene import to_float, to_uint8
 
 MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels (8192 x 8192): larger is a mistake or a decompression bomb
 MAX_COORDINATE = 1e10  # camera positions beyond this lose all precision in float32 rendering
-BYTES_PER_PIXEL = 4  # the stacked 8-bit RGBA; each image is decoded and downscaled on its own, and training
-# builds rays per batch from pixel indices, so nothing else grows with the number of pixels
+BYTES_PER_PIXEL = 4  # the 8-bit RGBA (one flat buffer of every image's pixels); each image is decoded and
+# downscaled on its own, and training builds rays per batch from pixel indices, so nothing else grows with the
+# number of pixels
 AUTO_LONG_SIDE = 1600  # --downscale auto: the long side of the training images at most this many pixels
 
 
@@ -214,6 +217,12 @@ def downscale_factor(downscale: int | str, width: int, height: int, folder: Path
     return downscale
 
 
+def downscale_factors(downscale: int | str, sizes: Sequence[tuple[int, int]], folder: Path | None = None) -> list[int]:
+    """``downscale_factor`` for each image of ``sizes`` (width, height): ``'auto'`` chooses per image, so that
+    photos of different sizes each end up with the long side within ``AUTO_LONG_SIDE``."""
+    return [downscale_factor(downscale, w, h, folder) for w, h in sizes]
+
+
 def downscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
     """Image size after dividing by ``factor``, rounded down as nerfstudio does (1008 / 8 -> 126)."""
     return max(1, math.floor(width / factor + 1e-9)), max(1, math.floor(height / factor + 1e-9))
@@ -229,58 +238,71 @@ def say_once(message: str) -> None:
 _SAID: set[str] = set()
 
 
-def read_images(paths: list[Path], size: tuple[int, int] | None = None, downscale: float = 1,
-                source_factor: float = 1) -> torch.Tensor:
-    """Read images in parallel into one 8-bit RGBA stack [N, H, W, 4], check each has ``size`` = (width, height)
-    (default: the first image's size), and downscale each by ``downscale`` as soon as it is decoded (sizes
-    rounded down). Sizes and the memory the
-    downscaled images need are checked from the headers before anything is decoded; ``source_factor`` says how
-    much smaller than the scene's full size the files already are (LLFF's ``images_N/``), so that the advice in
-    the error is a ``--downscale`` for the full size.
+def read_images(paths: list[Path], sizes: Sequence[tuple[int, int]] | None = None,
+                downscale: float | Sequence[float] = 1, source_factor: float = 1) -> Images:
+    """Read images in parallel into one 8-bit RGBA buffer (``Images``), check that each has its ``sizes`` entry
+    = (width, height) (default: whatever its header says; images may differ in size), and downscale each by
+    ``downscale`` (one factor for all, or one per image) as soon as it is decoded (sizes rounded down). Sizes
+    and the memory the downscaled images need are checked from the headers before anything is decoded;
+    ``source_factor`` says how much smaller than the scene's full size the files already are (LLFF's
+    ``images_N/``), so that the advice in the error is a ``--downscale`` for the full size.
 
     Downscaling averages colour over each output pixel's area: for opaque 8-bit photos with Pillow's box filter
     on the file's 8 bits (no full-size float copy), else on premultiplied float colour, so that edges do not pick
     up the colour of transparent pixels.
     """
-    sizes = [image_size(p) for p in paths]
-    width, height = size if size is not None else sizes[0]
-    for path, (w, h) in zip(paths, sizes):
+    found = [image_size(p) for p in paths]
+    sizes = found if sizes is None else [(int(w), int(h)) for w, h in sizes]
+    for path, (w, h), (width, height) in zip(paths, found, sizes):
         if (w, h) != (width, height):
             raise SceneError(f"{path}: image is {w}x{h}, expected {width}x{height}")
-    out_w, out_h = downscaled_size(width, height, downscale)
-    need, free = len(paths) * out_w * out_h * BYTES_PER_PIXEL, available_bytes()
-    if need > free:
-        advice = math.ceil(source_factor * math.sqrt(len(paths) * width * height * BYTES_PER_PIXEL / free))
-        raise SceneError(f"{paths[0].parent}: {len(paths)} images of {out_w}x{out_h} need about {gigabytes(need)} "
-                         f"of memory, more than the {gigabytes(free)} available; pass --downscale "
-                         f"{advice} or larger")
-    stack = torch.empty(len(paths), out_h, out_w, 4, dtype=torch.uint8)
+    factors = [downscale] * len(paths) if isinstance(downscale, (int, float)) else list(downscale)
+    out = [downscaled_size(w, h, f) for (w, h), f in zip(sizes, factors)]
+    check_memory(paths, sizes, out, source_factor)
+    images = Images.empty(out, (4,), torch.uint8)
 
     def load(i: int) -> None:
+        (width, height), (out_w, out_h), target = sizes[i], out[i], images[i]
         img = decode(paths[i])
         if img.shape[:2] != (height, width):  # the decoder disagrees with the header
             raise SceneError(f"{paths[i]}: image is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
         if img.shape[:2] == (out_h, out_w):
-            stack[i] = torch.from_numpy(img) if img.dtype == np.uint8 else to_uint8(torch.from_numpy(img))
+            target[...] = torch.from_numpy(img) if img.dtype == np.uint8 else to_uint8(torch.from_numpy(img))
         elif img.dtype == np.uint8 and bool((img[..., 3] == 255).all()):  # an opaque photo: resized in 8 bits,
             rgb = Image.fromarray(np.ascontiguousarray(img[..., :3]), "RGB")  # no full-size float copies
             factor = width // out_w
             exact = width == factor * out_w and height == factor * out_h  # one pass over whole blocks
             small = rgb.reduce(factor) if exact else rgb.resize((out_w, out_h), Image.Resampling.BOX)
-            stack[i, ..., :3] = torch.from_numpy(np.asarray(small))
-            stack[i, ..., 3] = 255
+            target[..., :3] = torch.from_numpy(np.asarray(small))
+            target[..., 3] = 255
         else:  # transparency: premultiplied in float (8-bit premultiplied colour loses the faint edges)
-            stack[i] = to_uint8(resample(read_as_float(img), out_w, out_h))
+            target[...] = to_uint8(resample(read_as_float(img), out_w, out_h))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(load, range(len(paths))))
-    return stack
+    return images
 
 
-def read_masks(paths: list[Path], size: tuple[int, int], downscale: float = 1) -> torch.Tensor:
-    """Masks [N, H, W] bool (True: use the pixel) from image files of ``size`` (white or any value >= 50% counts
+def check_memory(paths: list[Path], sizes: list[tuple[int, int]], out: list[tuple[int, int]],
+                 source_factor: float) -> None:
+    """SceneError, with a ``--downscale`` that fits, where the images of ``sizes`` downscaled to ``out`` need more
+    memory than is available."""
+    need, free = sum(w * h for w, h in out) * BYTES_PER_PIXEL, available_bytes()
+    if need <= free:
+        return
+    largest = max(out, key=lambda s: s[0] * s[1])
+    shapes = f"of {largest[0]}x{largest[1]}" if len(set(out)) == 1 else f"of up to {largest[0]}x{largest[1]}"
+    advice = math.ceil(source_factor * math.sqrt(sum(w * h for w, h in sizes) * BYTES_PER_PIXEL / free))
+    raise SceneError(f"{paths[0].parent}: {len(paths)} images {shapes} need about {gigabytes(need)} of memory, "
+                     f"more than the {gigabytes(free)} available; pass --downscale {advice} or larger")
+
+
+def read_masks(paths: list[Path], sizes: Sequence[tuple[int, int]],
+               downscale: float | Sequence[float] = 1) -> Images:
+    """Masks [H_i, W_i] bool (True: use the pixel) from image files of ``sizes`` (white or any value >= 50% counts
     as kept; after downscaling, a pixel is kept where at least half its area was)."""
-    return read_images(paths, size, downscale)[..., 0] >= 128
+    images = read_images(paths, sizes, downscale)
+    return Images(images.pixels[:, 0] >= 128, images.widths, images.heights)
 
 
 def resample(img: torch.Tensor, width: int, height: int) -> torch.Tensor:

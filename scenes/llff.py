@@ -4,9 +4,9 @@ Each row of ``poses_bounds.npy`` is a 3x5 matrix, flattened row by row, then the
 0-2 are the camera's axes in LLFF's [down, right, back] order, column 3 its centre, column 4 the (height,
 width, focal) of the images the poses were made for. Our OpenGL axes are [right, up, back] = [col 1, -col 0,
 col 2] (NeRF's ``load_llff.py``). Images are the folder's files sorted by name, one per row. The intrinsics are
-scaled from the file's height, width and focal to the size actually loaded, with the principal point at the
-centre. ``sparse/0/points3D.bin`` (or ``.txt``), which LLFF scenes often keep, gives SfM points in the same
-frame. Every 8th image is held out for testing.
+scaled from the row's height, width and focal to its image's size as loaded (images may differ in size), with
+the principal point at the centre. ``sparse/0/points3D.bin`` (or ``.txt``), which LLFF scenes often keep, gives
+SfM points in the same frame. Every 8th image is held out for testing.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def load_llff(root: Path, split: str = "train", downscale: int | str = "auto", t
     root = Path(root)
     path = root / "poses_bounds.npy"
     c2w, hwf, bounds = read_poses_bounds(path)
-    full_h, full_w = int(round(hwf[0, 0])), int(round(hwf[0, 1]))
+    full_w, full_h = int(round(hwf[:, 1].max())), int(round(hwf[:, 0].max()))  # the largest images' size
     folder, residual = choose_folder(root, downscale, full_w, full_h)
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) != len(c2w):
@@ -118,10 +118,11 @@ def load_llff(root: Path, split: str = "train", downscale: int | str = "auto", t
         for f in files:
             if not f.resolve().is_relative_to(root.resolve()):
                 raise SceneError(f"{f}: leads outside the scene folder {root}; pass --allow-outside-data if that is intended")
-    width, height = image_size(files[0])
-    out_w, out_h = downscaled_size(width, height, residual)
+    sizes = [image_size(f) for f in files]
+    out = [downscaled_size(w, h, residual) for w, h in sizes]
     if downscale == "auto":
-        say_once(f"{root}: --downscale auto: training at {out_w}x{out_h} from {folder.name}/ (long side at most "
+        shown = ", ".join(f"{w}x{h}" for w, h in dict.fromkeys(out))
+        say_once(f"{root}: --downscale auto: training at {shown} from {folder.name}/ (long side at most "
                  f"{AUTO_LONG_SIDE} px)")
 
     points = read_points_file(root / "sparse" / "0")
@@ -132,12 +133,13 @@ def load_llff(root: Path, split: str = "train", downscale: int | str = "auto", t
     xyz = None if points is None else points[0]
     placement = place(c2w, xyz)
     idx = split_indices(len(c2w), split, test_every)
-    pixels = read_images([files[i] for i in idx], (width, height), residual, source_factor=full_w / width)
-    n = len(idx)
-    fx = torch.tensor(hwf[idx, 2] * out_w / hwf[idx, 1], dtype=torch.float32)
-    fy = torch.tensor(hwf[idx, 2] * out_h / hwf[idx, 0], dtype=torch.float32)
-    cams = Cameras(torch.from_numpy(placement.poses(c2w[idx])).float(), fx, fy, torch.full((n,), out_w / 2),
-                   torch.full((n,), out_h / 2), out_w, out_h)
+    pixels = read_images([files[i] for i in idx], [sizes[i] for i in idx], residual,
+                         source_factor=hwf[idx[0], 1] / sizes[idx[0]][0])
+    w, h = pixels.widths.double().numpy(), pixels.heights.double().numpy()
+    fx = torch.tensor(hwf[idx, 2] * w / hwf[idx, 1], dtype=torch.float32)
+    fy = torch.tensor(hwf[idx, 2] * h / hwf[idx, 0], dtype=torch.float32)
+    cams = Cameras(torch.from_numpy(placement.poses(c2w[idx])).float(), fx, fy, torch.tensor(w / 2).float(),
+                   torch.tensor(h / 2).float(), pixels.widths, pixels.heights)
     world_cams = placement.points(c2w[:, :3, 3])
     if xyz is not None:
         world_points = placement.points(xyz)

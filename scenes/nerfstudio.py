@@ -1,9 +1,9 @@
 """Loader for nerfstudio / Instant-NGP ``transforms.json`` (one file, OpenCV intrinsics and distortion).
 
 Intrinsics ``fl_x fl_y cx cy w h`` (or ``camera_angle_x``) and distortion ``k1 k2 p1 p2`` may sit at the top
-level or be overridden per frame (``camera_model`` OPENCV, PINHOLE, SIMPLE_PINHOLE, or OPENCV_FISHEYE with
-``k1 k2 k3 k4``). Poses are oriented (mean camera up -> +Z), centred and scaled so the farthest
-camera is at distance 1 (scenes/orient.py); the scene box is then ``[-aabb_scale, aabb_scale]^3``
+level or be overridden per frame, ``w h`` included: frames may differ in size (``camera_model`` OPENCV, PINHOLE,
+SIMPLE_PINHOLE, or OPENCV_FISHEYE with ``k1 k2 k3 k4``). Poses are oriented (mean camera up -> +Z), centred
+and scaled so the farthest camera is at distance 1 (scenes/orient.py); the scene box is then ``[-aabb_scale, aabb_scale]^3``
 (``aabb_scale`` defaults to 1). As in nerfstudio's dataparser, an ``applied_transform`` (the rotation a
 converter such as ``fields process`` already applied to COLMAP's poses) is folded into the recorded transform,
 so that ``from_dataset`` maps from the frame before it. The SfM points of ``ply_file_path`` (in the poses'
@@ -22,7 +22,8 @@ import torch
 
 from scenes.cameras import Cameras
 from scenes.colmap import near_far
-from scenes.io import (SceneError, downscale_factor, first_line, get_frames, get_number, get_pose, read_images,
+from scenes.images import Images
+from scenes.io import (SceneError, downscale_factors, first_line, get_frames, get_number, get_pose, read_images,
                        read_json, read_masks, resolve_image)
 from scenes.orient import place, scene_box
 from scenes.scene import SceneSplit
@@ -108,26 +109,24 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
     world = placement.poses(poses)
 
     idx = _split_indices(data, frames, split, test_every, path)
-    params, size = [], None
+    params, sizes = [], []
     for i in idx:
         p, w, h = _intrinsics(frames[i], data, path, i, model)
-        if size is not None and (w, h) != size:
-            raise SceneError(f"{path}: frames[{i}] is {w}x{h} but earlier frames are {size[0]}x{size[1]}; "
-                             "all images of a split must have one size")
-        size = (w, h)
         params.append(p)
+        sizes.append((w, h))
     files = [resolve_image(root, frames[i].get("file_path"), path, i, allow_outside) for i in idx]
-    factor = downscale_factor(downscale, *size, root)
-    images = read_images(files, size, factor)
-    masks = _read_masks(root, frames, idx, path, size, factor, allow_outside)
+    factors = downscale_factors(downscale, sizes, root)
+    images = read_images(files, sizes, factors)
+    masks = _read_masks(root, frames, idx, path, sizes, factors, allow_outside)
     p = torch.tensor(params, dtype=torch.float32)
     dist = p[:, 4:8] if bool((p[:, 4:8] != 0).any()) else None
-    cams = Cameras(torch.from_numpy(world[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[0], size[1], dist,
-                   model == "OPENCV_FISHEYE")
-    cams = cams.resized(images.shape[2], images.shape[1])
+    size = torch.tensor(sizes)
+    cams = Cameras(torch.from_numpy(world[idx]).float(), p[:, 0], p[:, 1], p[:, 2], p[:, 3], size[:, 0], size[:, 1],
+                   dist, model == "OPENCV_FISHEYE")
+    cams = cams.resized(images.widths, images.heights)
     extra = {}
     if points is not None:
-        bounds = near_far(poses[idx], np.array(params), np.array([size] * len(idx)), points[0])
+        bounds = near_far(poses[idx], np.array(params), np.array(sizes), points[0])
         extra = {"points": torch.from_numpy(placement.points(points[0])).float(),
                  "point_colors": torch.from_numpy(points[1]),
                  "near_far": None if bounds is None else (bounds[0] * placement.scale, bounds[1] * placement.scale)}
@@ -142,8 +141,8 @@ def load_nerfstudio(root: Path, split: str = "train", downscale: int | str = 1, 
                       **placement.split_fields(), **extra, masks=masks)
 
 
-def _read_masks(root: Path, frames: list[dict], idx: list[int], path: Path, size: tuple[int, int], factor: float,
-                allow_outside: bool) -> torch.Tensor | None:
+def _read_masks(root: Path, frames: list[dict], idx: list[int], path: Path, sizes: list[tuple[int, int]],
+                factors: list[int], allow_outside: bool) -> Images | None:
     """The frames' ``mask_path`` images (nerfstudio: black pixels are ignored), or None where no frame has one."""
     named = [i for i in idx if "mask_path" in frames[i]]
     if not named:
@@ -153,7 +152,7 @@ def _read_masks(root: Path, frames: list[dict], idx: list[int], path: Path, size
         raise SceneError(f"{path}: frames[{missing}] has no 'mask_path' but other frames do; give every frame a "
                          "mask or none")
     files = [resolve_image(root, frames[i]["mask_path"], path, i, allow_outside, key="mask_path") for i in idx]
-    return read_masks(files, size, factor)
+    return read_masks(files, sizes, factors)
 
 
 def _read_points(root: Path, data: dict, path: Path, allow_outside: bool) -> tuple[np.ndarray, np.ndarray] | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from scenes.cameras import Cameras
+from scenes.images import Images
 
 
 @dataclass
@@ -14,15 +15,15 @@ class SceneSplit:
     """One split (train/val/test) of a scene.
 
     ``images`` are straight (not premultiplied) RGBA, 8 bits per channel (4 bytes a pixel: a few hundred phone
-    photos fit in a few GB); ``rgba`` gives them as floats in [0, 1]. The alpha channel is 255 where the format
-    has none. Compositing on a background (``renderers.imaging.on_background``) happens in the trainer and in
+    photos fit in a few GB), each at its camera's size; ``rgba`` gives one as floats in [0, 1]. The alpha
+    channel is 255 where the format has none. Compositing on a background (``renderers.imaging.on_background``) happens in the trainer and in
     evaluation, so training can use random backgrounds while evaluation composites on the scene's colour.
     """
 
     name: str
     split: str
     cameras: Cameras
-    images: torch.Tensor  # [N, H, W, 4] uint8
+    images: Images  # N images [H_i, W_i, 4] uint8
     aabb: torch.Tensor  # [2, 3] min and max corner of the scene box
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     file_paths: tuple[str, ...] = ()
@@ -35,7 +36,7 @@ class SceneSplit:
     points: torch.Tensor | None = None  # [P, 3] structure-from-motion points in the world frame, if the scene has them
     point_colors: torch.Tensor | None = None  # [P, 3] uint8 RGB of ``points``
     near_far: tuple[float, float] | None = None  # nearest and farthest scene content the cameras see (world units)
-    masks: torch.Tensor | None = None  # [N, H, W] bool: False where a pixel is neither trained on nor evaluated
+    masks: Images | None = None  # N masks [H_i, W_i] bool: False where a pixel is neither trained on nor evaluated
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -46,9 +47,9 @@ class SceneSplit:
         points) rather than a synthetic scene in a box: the 'auto' capture settings of a run turn on for it."""
         return self.near_far is not None or (self.points is not None and len(self.points) > 0)
 
-    def rgba(self, idx=slice(None)) -> torch.Tensor:
-        """Images ``idx`` (an index, slice or index tensor) as straight RGBA float32 in [0, 1]."""
-        return to_float(self.images[idx])
+    def rgba(self, i: int) -> torch.Tensor:
+        """Image ``i`` as straight RGBA float32 [H, W, 4] in [0, 1]."""
+        return to_float(self.images[i])
 
 
 def to_float(rgba8: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Undistorted copies of a split, for renderers that project through an ideal pinhole only (the Gaussian
 rasterizer): each image is resampled once onto a pinhole camera with the same focal lengths, principal point and
-size, so the pixel the pinhole camera sees along a ray holds what the real lens recorded along it. Pixels whose
-ray the real image does not cover are masked out (never trained on, not evaluated)."""
+size (each image its own), so the pixel the pinhole camera sees along a ray holds what the real lens recorded
+along it. Pixels whose ray the real image does not cover are masked out (never trained on, not evaluated)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import dataclasses
 import torch
 
 from scenes.cameras import Cameras, distort
+from scenes.images import Images
 from scenes.scene import SceneSplit, to_uint8
 
 
@@ -34,23 +35,28 @@ def undistorted(split: SceneSplit) -> SceneSplit:
     cams = split.cameras
     if cams.distortion is None and not cams.fisheye:
         return split
-    h, w = cams.height, cams.width
+    images, masks = zip(*(undistorted_image(split, i) for i in range(len(cams))))
+    pinhole = Cameras(cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    return dataclasses.replace(split, cameras=pinhole, images=Images.stack([to_uint8(im) for im in images]),
+                               masks=Images.stack(masks))
+
+
+def undistorted_image(split: SceneSplit, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image ``i`` of ``split`` resampled onto its pinhole camera (RGBA [H, W, 4] in [0, 1], at its own size),
+    and which of its pixels the real image covers and the split's masks keep [H, W]."""
+    cams = split.cameras
+    w, h = cams.size(i)
     py, px = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
                             indexing="ij")
-    images, masks = [], []
-    for i in range(len(cams)):
-        dist = cams.distortion[i] if cams.distortion is not None else torch.zeros(4)
-        xd, yd = lens_coordinates((px - cams.cx[i]) / cams.fx[i], (py - cams.cy[i]) / cams.fy[i], dist, cams.fisheye)
-        u, v = xd * cams.fx[i] + cams.cx[i], yd * cams.fy[i] + cams.cy[i]  # source pixel positions (centres +0.5)
-        grid = torch.stack([2 * u / w - 1, 2 * v / h - 1], -1)[None]  # align_corners=False: edges at -1 and 1
-        source = split.rgba(i).permute(2, 0, 1)[None]
-        images.append(torch.nn.functional.grid_sample(source, grid, mode="bilinear", padding_mode="border",
-                                                      align_corners=False)[0].permute(1, 2, 0))
-        keep = (u >= 0) & (u <= w) & (v >= 0) & (v <= h)
-        if split.masks is not None:
-            kept = split.masks[i].float()[None, None]
-            keep &= torch.nn.functional.grid_sample(kept, grid, mode="nearest", align_corners=False)[0, 0] > 0.5
-        masks.append(keep)
-    pinhole = Cameras(cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, w, h)
-    return dataclasses.replace(split, cameras=pinhole, images=to_uint8(torch.stack(images)),
-                               masks=torch.stack(masks))
+    dist = cams.distortion[i] if cams.distortion is not None else torch.zeros(4)
+    xd, yd = lens_coordinates((px - cams.cx[i]) / cams.fx[i], (py - cams.cy[i]) / cams.fy[i], dist, cams.fisheye)
+    u, v = xd * cams.fx[i] + cams.cx[i], yd * cams.fy[i] + cams.cy[i]  # source pixel positions (centres +0.5)
+    grid = torch.stack([2 * u / w - 1, 2 * v / h - 1], -1)[None]  # align_corners=False: edges at -1 and 1
+    source = split.rgba(i).permute(2, 0, 1)[None]
+    image = torch.nn.functional.grid_sample(source, grid, mode="bilinear", padding_mode="border",
+                                            align_corners=False)[0].permute(1, 2, 0)
+    keep = (u >= 0) & (u <= w) & (v >= 0) & (v <= h)
+    if split.masks is not None:
+        kept = split.masks[i].float()[None, None]
+        keep &= torch.nn.functional.grid_sample(kept, grid, mode="nearest", align_corners=False)[0, 0] > 0.5
+    return image, keep

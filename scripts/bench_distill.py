@@ -207,7 +207,7 @@ def main(opt: Options) -> None:
                    f"training from scratch for the MLP student: {'met' if met else 'not met'} "
                    f"({speedup(td, ts, mlp[3].seconds)})."]
     body = "\n".join([
-        f"### Distillation vs training from scratch ({opt.scene}, {test.cameras.width}x{test.cameras.height})", "",
+        f"### Distillation vs training from scratch ({opt.scene}, {'x'.join(map(str, test.cameras.size(0)))})", "",
         f"Time (training clock, checks every {opt.eval_every:g} s on {opt.views} test views, eval excluded) until "
         f"the student reaches the target, the teacher's PSNR on those views - {opt.gap:g} dB, and until it reaches "
         f"the best PSNR its run from scratch reached; final PSNR on every 8th test view. "

@@ -97,7 +97,7 @@ def main() -> None:
     table += [f"| {r['run']} | {r['mark']:.0f} s | {r['step']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
               f"{r['gaussians']} | {r['it_per_s']:.2f} | {r['fps']:.1f} |" for r in rows]
     best = max((r["psnr"] for r in seeded.rows), default=float("nan"))
-    body = (f"## gaussians on {args.scene} {test.cameras.width}x{test.cameras.height} (every {args.every}th test view, "
+    body = (f"## gaussians on {args.scene} {'x'.join(map(str, test.cameras.size(0)))} (every {args.every}th test view, "
             f"{len(view_indices(len(test), args.every))} views)\n\n" + "\n".join(table) +
             f"\n\nTeacher: {teacher.config.field} `{args.teacher}`, test PSNR {t_res['psnr']:.2f} dB; from it, "
             f"{best:.2f} dB (target >= {t_res['psnr'] - 1:.2f}). Seeding {args.num_points} points and rendering "

@@ -67,7 +67,7 @@ def stage_profile(gs: dict, cams, repeats: int) -> dict[str, float]:
     cam = sp.Camera.of(cams, 0, torch.float32, torch.device("cpu"))
     viewmat = torch.cat([cam.R, cam.t[:, None]], 1)
     intr = (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, 0.01)
-    w, h = cams.width, cams.height
+    w, h = cams.size(0)
     m2, con, dep, radii = ops.splat_project_fwd(gs["means"], gs["quats"], gs["scales"], viewmat, *intr)
     ids, offs = ops.splat_bin(m2, radii, dep, w, h, 16)
     feats = torch.cat([gs["colors"], dep[:, None]], 1)
@@ -104,7 +104,7 @@ def main() -> None:
     if native.native_ops() is None:
         raise SystemExit("the native build is unavailable; nothing to compare")
     cams = load_split(find_scene("lego"), "test").cameras[0:1]
-    console.print(f"lego test camera 0 at {cams.width}x{cams.height}, {torch.get_num_threads()} threads")
+    console.print(f"lego test camera 0 at {'x'.join(map(str, cams.size(0)))}, {torch.get_num_threads()} threads")
     rows, profiles = [], []
     for n in args.sizes:
         gs = lego_like_gaussians(n)

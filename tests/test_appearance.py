@@ -21,6 +21,7 @@ from fields.training.trainer import Trainer
 from renderers.imaging import on_background, psnr
 from scenes import SceneSplit
 from scenes.cameras import image_rays
+from scenes.images import Images
 
 EXPOSURE = 2.5
 """Exposure of the second copy relative to the first."""
@@ -30,11 +31,12 @@ AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
 def two_exposures(split: SceneSplit, views: int = 8) -> SceneSplit:
     """The first ``views`` images of ``split``, then the same views at ``EXPOSURE`` (same cameras)."""
-    images = split.images[:views]
+    images = split.images.stacked()[:views]
     bright = images.clone()
     bright[..., :3] = (images[..., :3].float() * EXPOSURE).clamp(max=255).round().to(images.dtype)
     twice = torch.arange(views).repeat(2)
-    return dataclasses.replace(split, images=torch.cat([images, bright]), cameras=split.cameras[twice], masks=None)
+    return dataclasses.replace(split, images=Images.stack([*images, *bright]), cameras=split.cameras[twice],
+                               masks=None)
 
 
 def with_appearance(cfg: RunConfig, dim: int) -> RunConfig:
@@ -49,7 +51,8 @@ def render_view(trainer: Trainer, data: SceneSplit, i: int, image: int | None) -
     codes = None if image is None else field.codes(torch.full((len(origins),), image))
     bg = torch.tensor(data.background)
     rgb = trainer.model.render_rays(origins, dirs, bg, codes=codes)["rgb"]
-    return rgb.reshape(data.cameras.height, data.cameras.width, 3)
+    w, h = data.cameras.size(i)
+    return rgb.reshape(h, w, 3)
 
 
 def fit(data: SceneSplit, dim: int, steps: int = 150) -> Trainer:

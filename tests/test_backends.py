@@ -297,7 +297,7 @@ def heldout_psnr(trainer: Trainer, n: int = 1024) -> float:
     rays = [image_rays(test.cameras, i) for i in views]
     origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])
     dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
-    target = on_background(test.rgba(views), torch.tensor(test.background)).reshape(-1, 3)
+    target = torch.cat([on_background(test.rgba(i), torch.tensor(test.background)).reshape(-1, 3) for i in views])
     idx = torch.randint(0, len(target), (n,), generator=g)
     bg = torch.tensor(test.background)
     with torch.no_grad():

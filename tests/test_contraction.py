@@ -107,6 +107,7 @@ def sky_scene(n: int, seed: int, size: int = 40):
     behind it a sky whose colour depends on the direction only (content at infinity, far outside any box)."""
     from scenes import SceneSplit
     from scenes.cameras import Cameras, image_rays
+    from scenes.images import Images
     from scenes.scene import to_uint8
 
     g = torch.Generator().manual_seed(seed)
@@ -132,7 +133,7 @@ def sky_scene(n: int, seed: int, size: int = 40):
         rgb = torch.where(hit[:, None], ball, sky)
         images.append(to_uint8(torch.cat([rgb, torch.ones_like(rgb[:, :1])], -1)).reshape(size, size, 4))
     box = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
-    return SceneSplit("sky", "train", cams, torch.stack(images), box)
+    return SceneSplit("sky", "train", cams, Images.stack(images), box)
 
 
 def sky_psnr(contraction: str) -> float:

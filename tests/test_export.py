@@ -168,7 +168,7 @@ def test_nerfstudio_camera_path_is_parsed(tmp_path):
     path, poses = nerfstudio_path_file(tmp_path)
     cam_path = load_camera_path(path)
     cams = cam_path.cameras
-    assert torch.allclose(cams.c2w, poses) and (cams.width, cams.height) == (30, 20) and cam_path.fps == 12
+    assert torch.allclose(cams.c2w, poses) and cams.size(0) == (30, 20) and cam_path.fps == 12
     assert cams.fy[0].item() == pytest.approx(10 / math.tan(math.radians(20)))  # fov is vertical, in degrees
     assert cams.cx[0].item() == 15 and cams.cy[0].item() == 10
 
@@ -293,7 +293,7 @@ def test_a_run_whose_scene_is_gone_still_exports_and_views(procedural_root, tmp_
 
     record = load_run(run_dir).record
     assert torch.equal(record.cameras.c2w, train_cams.c2w) and torch.equal(record.cameras.fx, train_cams.fx)
-    assert (record.cameras.width, record.cameras.height) == (train_cams.width, train_cams.height)
+    assert torch.equal(record.cameras.width, train_cams.width) and torch.equal(record.cameras.height, train_cams.height)
     assert torch.equal(record.aabb, trainer.data.aabb.float()) and record.background == tuple(cfg.scene.background)
     assert record.name == "scene"
 
@@ -373,7 +373,7 @@ def test_the_camera_record_keeps_lens_and_dataset_frame(tmp_path):
     cams, back = split.cameras, record.cameras
     for name in ("c2w", "fx", "fy", "cx", "cy", "distortion"):
         assert torch.equal(getattr(back, name), getattr(cams, name).float()), name
-    assert (back.width, back.height, back.fisheye) == (cams.width, cams.height, False)
+    assert torch.equal(back.width, cams.width) and torch.equal(back.height, cams.height) and not back.fisheye
     assert np.allclose(record.from_dataset[0], split.from_dataset[0]) and record.from_dataset[1] == pytest.approx(
         split.from_dataset[1])
     assert np.allclose(record.from_dataset_rotation, split.from_dataset_rotation, atol=1e-6)

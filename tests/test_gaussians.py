@@ -134,7 +134,7 @@ def test_checkpoint_round_trip_with_a_changed_count(gaussian_run):
     from viewer import RenderTarget  # the viewer draws the splats through the same render
 
     shown = RenderTarget(run.model, bg).image(test.cameras[0], "RGB")
-    assert shown.shape == (test.cameras.height, test.cameras.width, 3)
+    assert shown.shape == (*test.cameras.size(0)[::-1], 3)
     assert abs(shown.astype(float) / 255 - a[..., :3].clamp(0, 1).numpy()).max() < 1 / 255 + 1e-6
     resumed = Trainer(RunConfig.load(run_dir / "config.yaml"), run_dir)
     resumed.resume()  # optimizer state of the resized parameters loads, and training goes on
@@ -298,7 +298,8 @@ def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(proced
     monkeypatch.setattr(steps, "window", lambda w, h, gen: (16, 16, 24, 24))
     loss, metrics, info = steps.loss(ctx(3))
     assert info["rgb"].shape == (24, 24, 3) and metrics["samples"] == 24 * 24
-    assert info["grad_scale"] == pytest.approx(24 * 24 / (cams.width * cams.height))
+    width, height = cams.size(i)
+    assert info["grad_scale"] == pytest.approx(24 * 24 / (width * height))
     got = torch.autograd.grad(loss, params)
     want = reference_grads(cams, on_background(steps.data.rgba(i), bg), (16, 16, 24, 24))
     for g, r in zip(got, want):
@@ -307,7 +308,7 @@ def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(proced
     # coarse (step 0): half resolution, whole image
     monkeypatch.setattr(steps, "window", lambda w, h, gen: None)
     loss, metrics, info = steps.loss(ctx(0))
-    w, h = cams.width // 2, cams.height // 2
+    w, h = width // 2, height // 2
     assert (info["width"], info["height"]) == (w, h) and info["rgb"].shape == (h, w, 3)
     full = on_background(steps.data.rgba(i), bg)
     target = full[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean((1, 3))  # area average of 2x2 pixels

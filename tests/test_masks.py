@@ -40,10 +40,10 @@ def masked_nerfstudio(root, n: int = 8, w: int = 12, h: int = 10):
 def test_nerfstudio_masks_load_and_downscale(tmp_path):
     root = masked_nerfstudio(tmp_path / "ns")
     train = load_split(root, "train")  # frames 1..7 (frame 0 is held out)
-    assert train.masks.shape == (7, 10, 12) and train.masks.dtype == torch.bool
+    assert train.masks.stacked().shape == (7, 10, 12) and train.masks.pixels.dtype == torch.bool
     for k, i in enumerate(range(1, 8)):
         assert torch.equal(train.masks[k], torch.from_numpy(keep_right_half(10, 12, i) > 0))
-    assert load_split(root, "train", downscale=2).masks.shape == (7, 5, 6)
+    assert load_split(root, "train", downscale=2).masks.stacked().shape == (7, 5, 6)
     assert load_split(write_nerfstudio(tmp_path / "plain"), "train").masks is None
 
 
@@ -59,8 +59,8 @@ def test_a_frame_without_its_mask_is_named(tmp_path):
 def test_masked_pixels_are_never_training_rays(tmp_path):
     train = load_split(masked_nerfstudio(tmp_path / "ns"), "train")
     rays = TrainingRays(train)
-    kept = train.masks.reshape(-1).nonzero()[:, 0]
-    assert len(rays) == len(kept) < train.masks.numel()
+    kept = train.masks.pixels.nonzero()[:, 0]
+    assert len(rays) == len(kept) < train.masks.pixels.numel()
     drawn = rays.draw(20_000, torch.Generator().manual_seed(0))
     assert set(drawn.tolist()) == set(kept.tolist())  # every kept pixel drawn at least once, no other
     # a drawn pixel's ray and colour are those of its image and position
@@ -103,7 +103,8 @@ def test_colmap_masks_folder(tmp_path):
     for i, name in enumerate(names):
         iio.imwrite(root / "masks" / f"{name}.png", keep_right_half(h, w, i))
     train = load_split(root, "train")
-    assert train.masks.shape == (len(train), h, w) and not bool(train.masks[:, :, : w // 2].any())
+    masks = train.masks.stacked()
+    assert masks.shape == (len(train), h, w) and not bool(masks[:, :, : w // 2].any())
     (root / "masks" / f"{names[2]}.png").unlink()
     with pytest.raises(SceneError, match=rf"masks/{names[2]}.png: mask not found"):
         load_split(root, "train")

@@ -102,7 +102,7 @@ def test_decoding_peak_does_not_grow_with_the_number_of_full_size_images(tmp_pat
             small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
             iio.imwrite(f, np.kron(small, np.ones((40, 40, 1), np.uint8)))
         code = ("import resource; from scenes import load_split; "
-                f"s = load_split({str(root)!r}, 'train', downscale=8); assert s.images.shape[1:3] == (150, 200); "
+                f"s = load_split({str(root)!r}, 'train', downscale=8); assert s.images.stacked().shape[1:3] == (150, 200); "
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         peaks[n] = int(out.stdout.split()[-1]) * 1024

@@ -102,7 +102,7 @@ def test_sfm_recovers_the_rendered_cameras_and_the_output_loads(capture, tmp_pat
     gt = truth[[int(n[5:7]) for n in names]]
     cams = splits["train"].cameras
     true_focal = 0.5 * SIZE / math.tan(0.5 * FOV)
-    assert (cams.width, cams.height) == (SIZE, SIZE) and len(cams) + len(splits["test"].cameras) == VIEWS
+    assert cams.size(0) == (SIZE, SIZE) and len(cams) + len(splits["test"].cameras) == VIEWS
     assert torch.allclose(cams.fx, torch.tensor(true_focal), rtol=0.02)  # fitted, not given
     assert torch.allclose(cams.cx, torch.tensor(SIZE / 2), atol=2.0)
     assert cams.distortion is None or float(cams.distortion.abs().max()) < 0.05  # a pinhole renderer

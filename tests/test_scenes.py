@@ -13,13 +13,14 @@ from conftest import write_blender, write_nerfstudio
 from renderers.imaging import on_background
 from scenes import SceneError, find_scene, load_split
 from scenes import procedural
+from scenes.scene import to_float
 
 
 def test_blender_loads_cameras_and_images(tmp_path):
     root = write_blender(tmp_path / "toy", n=3, size=8, fov=0.7)
     s = load_split(root, "train")
-    assert s.images.shape == (3, 8, 8, 4)
-    assert s.cameras.width == 8 and s.cameras.height == 8
+    assert s.images.stacked().shape == (3, 8, 8, 4)
+    assert s.cameras.size(0) == (8, 8) and s.images.uniform
     assert torch.allclose(s.cameras.fx, torch.full((3,), 0.5 * 8 / np.tan(0.35)))
     assert torch.allclose(s.cameras.cx, torch.full((3,), 4.0))
     assert s.aabb.tolist() == [[-1.5] * 3, [1.5] * 3]
@@ -30,12 +31,12 @@ def test_blender_loads_cameras_and_images(tmp_path):
 def test_blender_downscale_halves_size_and_focal(tmp_path):
     root = write_blender(tmp_path / "toy", size=8)
     full, half = load_split(root, "test"), load_split(root, "test", downscale=2)
-    assert half.images.shape == (3, 4, 4, 4)
+    assert half.images.stacked().shape == (3, 4, 4, 4)
     assert torch.allclose(half.cameras.fx, full.cameras.fx / 2)
     # premultiplied box average: the composited half-size image is the box average of the composited one
     white = torch.ones(3)
-    comp_full = on_background(full.rgba(), white).permute(0, 3, 1, 2)
-    comp_half = on_background(half.rgba(), white).permute(0, 3, 1, 2)
+    comp_full = on_background(to_float(full.images.stacked()), white).permute(0, 3, 1, 2)
+    comp_half = on_background(to_float(half.images.stacked()), white).permute(0, 3, 1, 2)
     # images are stored in 8 bits: the downscaled colour and alpha are each rounded to the nearest 1/255, so the
     # composite of the half-size image is within 2 x 0.5 / 255 of the box average
     assert torch.allclose(torch.nn.functional.avg_pool2d(comp_full, 2), comp_half, atol=1 / 255 + 1e-5)
@@ -54,7 +55,7 @@ def test_nerfstudio_intrinsics_distortion_and_split(tmp_path):
     assert train.cameras.fx[0] == 10.0 and train.cameras.fy[0] == 11.0
     assert train.cameras.distortion is not None
     assert torch.allclose(train.cameras.distortion[0], torch.tensor([0.1, -0.02, 0.001, -0.002]))
-    assert train.images.shape == (7, 10, 12, 4) and bool((train.images[..., 3] == 255).all())
+    assert train.images.stacked().shape == (7, 10, 12, 4) and bool((train.images.pixels[:, 3] == 255).all())
     # poses are re-centred and scaled so the farthest camera is at distance 1
     assert train.cameras.centers.norm(dim=-1).max() <= 1.0 + 1e-5
 
@@ -103,11 +104,13 @@ def test_invalid_json_and_missing_key(tmp_path):
         load_split(root, "train")
 
 
-def test_image_of_wrong_size_is_named(tmp_path):
+def test_an_image_of_another_size_loads_at_its_own(tmp_path):
     root = write_blender(tmp_path / "toy", size=8)
-    iio.imwrite(root / "train" / "r_2.png", np.zeros((6, 8, 4), dtype=np.uint8))
-    with pytest.raises(SceneError, match=r"r_2.png: image is 8x6, expected 8x8"):
-        load_split(root, "train")
+    iio.imwrite(root / "train" / "r_2.png", np.zeros((6, 10, 4), dtype=np.uint8))
+    s = load_split(root, "train")
+    assert [s.images.size(i) for i in range(3)] == [s.cameras.size(i) for i in range(3)] == [(8, 8), (8, 8), (10, 6)]
+    assert s.cameras.fx[2].item() == pytest.approx(0.5 * 10 / np.tan(0.35))  # camera_angle_x spans its width
+    assert (s.cameras.cx[2].item(), s.cameras.cy[2].item()) == (5.0, 3.0)
 
 
 def test_registry_finds_scene_and_explains_missing(tmp_path, monkeypatch):

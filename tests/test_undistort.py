@@ -8,6 +8,7 @@ import torch
 
 from scenes import SceneSplit, image_rays
 from scenes.cameras import Cameras
+from scenes.images import Images
 from scenes.scene import to_uint8
 from scenes.undistort import undistorted
 
@@ -25,9 +26,9 @@ def test_undistorted_pixels_see_what_the_lens_saw_along_their_rays(fisheye):
                    torch.tensor([25.0]), w, h, dist, fisheye)
     seen = sky(image_rays(cams, 0)[1])  # the photo the real lens takes
     rgba = torch.cat([seen, torch.ones(h, w, 1)], -1)
-    split = SceneSplit("sky", "train", cams, to_uint8(rgba[None]), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    split = SceneSplit("sky", "train", cams, Images.stack([to_uint8(rgba)]), torch.tensor([[-1.0] * 3, [1.0] * 3]))
     out = undistorted(split)
-    assert out.cameras.distortion is None and not out.cameras.fisheye and out.images.shape == split.images.shape
+    assert out.cameras.distortion is None and not out.cameras.fisheye and out.images.stacked().shape == split.images.stacked().shape
     expected = sky(image_rays(out.cameras, 0)[1])  # what an ideal pinhole there would see
     keep = out.masks[0]
     assert 0.6 < keep.float().mean() and bool(keep[h // 2, w // 2])
@@ -38,5 +39,5 @@ def test_undistorted_pixels_see_what_the_lens_saw_along_their_rays(fisheye):
 def test_a_pinhole_split_is_left_as_it_is():
     cams = Cameras(torch.eye(4)[None], torch.tensor([10.0]), torch.tensor([10.0]), torch.tensor([4.0]),
                    torch.tensor([4.0]), 8, 8)
-    split = SceneSplit("p", "train", cams, torch.zeros(1, 8, 8, 4, dtype=torch.uint8), torch.zeros(2, 3))
+    split = SceneSplit("p", "train", cams, Images.stack([torch.zeros(8, 8, 4, dtype=torch.uint8)]), torch.zeros(2, 3))
     assert undistorted(split) is split

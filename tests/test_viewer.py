@@ -92,14 +92,15 @@ def final_image(tab: ViserTab, side: int, timeout: float = 60.0) -> np.ndarray:
 def test_viewer_renders_the_field_from_the_tab_camera(viewer, loaded):
     """A tab at a training camera's pose gets the image the run's model renders for that camera (JPEG aside)."""
     cams = loaded.split("train").cameras
-    fov_y = 2 * math.atan(0.5 * cams.height / cams.fy[0].item())
-    tab = ViserTab(viewer.url, width=cams.width, height=cams.height, fov_y=fov_y)
+    width, height = cams.size(0)
+    fov_y = 2 * math.atan(0.5 * height / cams.fy[0].item())
+    tab = ViserTab(viewer.url, width=width, height=height, fov_y=fov_y)
     try:
         tab.send_camera(cams.c2w[0].numpy())
         img = final_image(tab, 48)
         assert img.shape == (48, 48, 3)
         bg = torch.tensor(loaded.config.scene.background)
-        direct = loaded.model.render(cams.scaled(48 / cams.width), 0, bg)["rgb"]
+        direct = loaded.model.render(cams.scaled(48 / width), 0, bg)["rgb"]
         expected = (direct.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
         assert psnr(img, expected) > 30
         assert img.std() > 5  # not a blank frame

@@ -72,13 +72,13 @@ class Viewer:
             return
         eye, centre, up = overview(cams, aabb)
         spread = float(np.linalg.norm(cams.centers.double().numpy() - centre, axis=-1).mean())
-        aspect = cams.width / cams.height
         for i in range(len(cams)):
             wxyz, position = c2w_to_viser(cams.c2w[i].numpy())
-            frustum = scene.add_camera_frustum(f"/train_cameras/{i:03d}", fov=vertical_fov(cams, i), aspect=aspect,
-                                               scale=FRUSTUM_SCALE * spread, thickness=FRUSTUM_LINE_PX,
-                                               thickness_units="screen", color=(60, 90, 200), wxyz=wxyz,
-                                               position=position)
+            width, height = cams.size(i)
+            frustum = scene.add_camera_frustum(f"/train_cameras/{i:03d}", fov=vertical_fov(cams, i),
+                                               aspect=width / height, scale=FRUSTUM_SCALE * spread,
+                                               thickness=FRUSTUM_LINE_PX, thickness_units="screen",
+                                               color=(60, 90, 200), wxyz=wxyz, position=position)
             frustum.on_click(self._jump_to)
         initial = self.server.initial_camera
         initial.position, initial.look_at, initial.up = tuple(eye), tuple(centre), tuple(up)

@@ -57,7 +57,7 @@ def viewer_camera(wxyz: np.ndarray, position: np.ndarray, fov_y: float, width: i
 
 def vertical_fov(cams: Cameras, i: int) -> float:
     """Vertical field of view (radians) of camera ``i``."""
-    return 2.0 * math.atan(0.5 * cams.height / cams.fy[i].item())
+    return 2.0 * math.atan(0.5 * cams.size(i)[1] / cams.fy[i].item())
 
 
 def overview(cams: Cameras, aabb: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

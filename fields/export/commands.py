@@ -131,7 +131,8 @@ class Video:
             name = self.path
         cams = resized(cam_path.cameras, self.resolution)
         paths = video_paths(output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}.mp4"), outputs)
-        console.print(f"Rendering {len(cams)} frames at {cams.width}x{cams.height}, {fps:g} fps")
+        width, height = cams.size(0)  # a path's frames share one size
+        console.print(f"Rendering {len(cams)} frames at {width}x{height}, {fps:g} fps")
         tic = time.perf_counter()
         render_video(run.model, cams, fps, run.config.scene.background, paths,
                      not self.quiet)

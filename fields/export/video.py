@@ -82,11 +82,14 @@ def render_video(model: VolumeModel, cams: Cameras, fps: float,
                  show_progress: bool = True, progress: Progress | None = None) -> None:
     """Render every camera of ``cams`` and write the frames of each output name to its mp4 path. Progress goes
     to ``progress`` when given (the caller shows or polls it), else to a console bar."""
-    if cams.width % 2 or cams.height % 2:
-        raise ExportError(f"video frames must have even sizes for H.264 (got {cams.width}x{cams.height})")
+    width, height = cams.size(0)
+    if bool((cams.width != width).any() or (cams.height != height).any()):
+        raise ExportError("video frames must share one size (the cameras of a path do)")
+    if width % 2 or height % 2:
+        raise ExportError(f"video frames must have even sizes for H.264 (got {width}x{height})")
     if fps <= 0:
         raise ExportError(f"--fps must be positive (got {fps})")
-    check_frame_memory(cams.width, cams.height)
+    check_frame_memory(width, height)
     lo, hi = depth_range(cams, model.grid)
     bg = torch.tensor(background, dtype=torch.float32)
     writers = {name: video_writer(path, fps) for name, path in outputs.items()}

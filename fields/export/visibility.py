@@ -41,7 +41,8 @@ def seen_faces(vertices: np.ndarray, faces: np.ndarray, cams: Cameras, tolerance
         with np.errstate(divide="ignore", invalid="ignore"):
             px = cams.cx[k].item() + cams.fx[k].item() * cam[:, 0] / depth
             py = cams.cy[k].item() - cams.fy[k].item() * cam[:, 1] / depth
-        inside = front & (depth > 0) & (px >= 0) & (px < cams.width) & (py >= 0) & (py < cams.height)
+        width, height = cams.size(k)
+        inside = front & (depth > 0) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
         todo, to_face = todo[inside], to_face[inside]
         dist = np.linalg.norm(to_face, axis=-1)
         rays = np.concatenate([np.broadcast_to(eye, to_face.shape), to_face / dist[:, None]], 1)

@@ -48,7 +48,7 @@ def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
     cams = split.cameras
     rows = lambda t: t.detach().cpu().double().tolist()  # noqa: E731  float32 values survive the round trip
     centre, scale = split.from_dataset
-    data = {"version": VERSION, "scene": split.name, "width": cams.width, "height": cams.height,
+    data = {"version": VERSION, "scene": split.name, **sizes_record(cams),
             "c2w": rows(cams.c2w), "fx": rows(cams.fx), "fy": rows(cams.fy), "cx": rows(cams.cx), "cy": rows(cams.cy),
             "distortion": None if cams.distortion is None else rows(cams.distortion), "fisheye": cams.fisheye,
             "aabb": rows(split.aabb), "background": [float(c) for c in split.background],
@@ -56,6 +56,14 @@ def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
                              "rotation": [[float(v) for v in row] for row in split.from_dataset_rotation]}}
     text = json.dumps(data).encode()
     return atomic_write(Path(run_dir) / RECORD_NAME, lambda f: f.write(text))
+
+
+def sizes_record(cams: Cameras) -> dict[str, int | list[int]]:
+    """``width`` and ``height`` as written: one whole number each where every camera has one size (as records
+    always had), else one per camera."""
+    if bool((cams.width == cams.width[0]).all() and (cams.height == cams.height[0]).all()):
+        return {"width": int(cams.width[0]), "height": int(cams.height[0])}
+    return {"width": cams.width.tolist(), "height": cams.height.tolist()}
 
 
 def read_scene_record(path: Path) -> SceneRecord:
@@ -82,11 +90,12 @@ def read_scene_record(path: Path) -> SceneRecord:
             raise ConfigError(f"{path}: '{label}' holds NaN or infinite values")
         return t
 
-    size = {k: raw.get(k) for k in ("width", "height")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size.values()):
-        raise ConfigError(f"{path}: 'width' and 'height' must be positive whole numbers (got {size})")
     c2w = tensor(raw.get("c2w"), "c2w", (None, 4, 4))
     n = len(c2w)
+    size = {k: raw.get(k) for k in ("width", "height")}
+    if not all(whole_sizes(v, n) for v in size.values()):
+        raise ConfigError(f"{path}: 'width' and 'height' must be positive whole numbers, one for all cameras or "
+                          f"one per camera (got {size})")
     fx, fy, cx, cy = (tensor(raw.get(k), k, (n,)) for k in ("fx", "fy", "cx", "cy"))
     if not bool((fx > 0).all() and (fy > 0).all()):
         raise ConfigError(f"{path}: focal lengths 'fx' and 'fy' must be positive")
@@ -111,3 +120,9 @@ def read_scene_record(path: Path) -> SceneRecord:
     cams = Cameras(c2w, fx, fy, cx, cy, size["width"], size["height"], distortion, fisheye)
     return SceneRecord(raw["scene"], cams, aabb, tuple(background.tolist()), (tuple(centre.tolist()), float(scale)),
                        tuple(tuple(row) for row in rotation.double().tolist()))
+
+
+def whole_sizes(value: Any, n: int) -> bool:
+    """Whether ``value`` is a positive whole number or a list of ``n`` of them (image sizes in a record)."""
+    values = value if isinstance(value, list) and len(value) == n else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)

@@ -258,9 +258,9 @@ class Distributed:
 
 def data_digest(data: Any) -> str:
     """A digest of a training split (images, cameras), to refuse ranks that load different data."""
-    cams = data.cameras
-    return digest(data.images, cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height,
-                  cams.distortion, data.masks)
+    cams, masks = data.cameras, data.masks
+    return digest(data.images.pixels, cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height,
+                  cams.distortion, None if masks is None else masks.pixels)
 
 
 def run_exists(run: Path) -> bool:

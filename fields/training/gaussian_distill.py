@@ -25,8 +25,9 @@ from fields.run.scene_record import write_scene_record
 from fields.training.trainer import Trainer
 from renderers.surface_points import surface_points
 from scenes import Cameras, SceneSplit
-from scenes.scene import to_uint8
 from scenes.camera_paths import derived_path
+from scenes.images import Images
+from scenes.scene import to_uint8
 
 
 def seed_points(teacher: LoadedRun, num_points: int, min_opacity: float = 0.95,
@@ -49,22 +50,15 @@ def teacher_views(teacher: LoadedRun, n: int, show_progress: bool = True) -> Sce
         for i in range(n):
             out = teacher.model.render(cams, i, torch.zeros(3))
             alpha = out["opacity"][..., None]
-            images.append(torch.cat([(out["rgb"] / alpha.clamp_min(1e-6)).clamp(0, 1), alpha], -1))
+            images.append(to_uint8(torch.cat([(out["rgb"] / alpha.clamp_min(1e-6)).clamp(0, 1), alpha], -1)))
             bar.advance(task)
-    return SceneSplit(train.name, "teacher", cams, to_uint8(torch.stack(images)), train.aabb, train.background)
+    return SceneSplit(train.name, "teacher", cams, Images.stack(images), train.aabb, train.background)
 
 
 def joined(a: SceneSplit, b: SceneSplit) -> SceneSplit:
-    """The views of ``a`` followed by those of ``b`` (same image size; missing distortion counts as none)."""
-    def dist(s: SceneSplit) -> torch.Tensor:
-        return s.cameras.distortion if s.cameras.distortion is not None else torch.zeros(len(s), 4)
-
-    ca, cb = a.cameras, b.cameras
-    either = ca.distortion is not None or cb.distortion is not None
-    cams = Cameras(torch.cat([ca.c2w, cb.c2w]), torch.cat([ca.fx, cb.fx]), torch.cat([ca.fy, cb.fy]),
-                   torch.cat([ca.cx, cb.cx]), torch.cat([ca.cy, cb.cy]), ca.width, ca.height,
-                   torch.cat([dist(a), dist(b)]) if either else None)
-    return SceneSplit(a.name, a.split, cams, torch.cat([a.images, b.images]), a.aabb, a.background)
+    """The views of ``a`` followed by those of ``b`` (each at its own size; missing distortion counts as none)."""
+    return SceneSplit(a.name, a.split, Cameras.cat([a.cameras, b.cameras]), Images.cat([a.images, b.images]),
+                      a.aabb, a.background)
 
 
 def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: GaussiansConfig | None = None,

@@ -119,16 +119,16 @@ class Steps:
 
 
 class TrainingRays:
-    """All training pixels (those the scene's masks keep), drawn by flat index (image, row, column): a batch's rays
-    are built from the cameras when it is drawn (the same rays ``image_rays`` gives) and its colours gathered
-    from the 8-bit images, so nothing per pixel is stored beyond the images (and, with masks, a 4-byte index
-    of each kept pixel). Rays and colours move to ``device``."""
+    """All training pixels (those the scene's masks keep), drawn by flat index into the images' pixel buffer
+    (``scenes.images.Images``: image after image, each at its own size): a batch's rays are built from the
+    cameras when it is drawn (the same rays ``image_rays`` gives) and its colours gathered from the 8-bit
+    images, so nothing per pixel is stored beyond the images (and, with masks, a 4-byte index of each kept
+    pixel). Rays and colours move to ``device``."""
 
     def __init__(self, data: SceneSplit, device: torch.device | str = "cpu"):
-        self.cameras, self.device = data.cameras, torch.device(device)
-        self.rgba = data.images.reshape(-1, 4)  # a view of the 8-bit stack, not a copy
-        self.pixels = self.cameras.height * self.cameras.width
-        self.kept = None if data.masks is None else data.masks.reshape(-1).nonzero()[:, 0].to(torch.int32)
+        self.cameras, self.images, self.device = data.cameras, data.images, torch.device(device)
+        self.rgba = data.images.pixels  # [P, 4] uint8, the images' own buffer (not a copy)
+        self.kept = None if data.masks is None else data.masks.pixels.nonzero()[:, 0].to(torch.int32)
         if self.kept is not None and len(self.kept) == 0:
             raise ValueError(f"scene '{data.name}': the masks of its {data.split} split keep no pixel")
 
@@ -141,14 +141,16 @@ class TrainingRays:
         idx = torch.randint(0, len(self), (n,), generator=gen)
         return idx if self.kept is None else self.kept[idx].long()
 
+    def image_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """The image (camera) index of each pixel ``idx`` (flat indices, CPU)."""
+        return self.images.locate(idx)[0]
+
     def rays(self, idx: torch.Tensor, refinement: CameraRefinement | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Origins and unit directions [B, 3] through the centres of pixels ``idx`` (flat indices, CPU), moved by
         their cameras' learned corrections where ``refinement`` is given."""
-        cam, rest = idx // self.pixels, idx % self.pixels
-        w = self.cameras.width
-        px, py = (rest % w).float() + 0.5, (rest // w).float() + 0.5
-        origins, dirs = pixel_rays(self.cameras, cam, px, py)
+        cam, x, y = self.images.locate(idx)
+        origins, dirs = pixel_rays(self.cameras, cam, x.float() + 0.5, y.float() + 0.5)
         origins, dirs = origins.to(self.device), dirs.to(self.device)
         return (origins, dirs) if refinement is None else refinement.apply(cam, origins, dirs)
 
@@ -204,7 +206,7 @@ class RayBatches(Steps):
         bg = backgrounds(self.cfg, self.data, n, gen).to(dev)
         target = on_background(self.rays.colors(idx), bg)
         jitter = torch.rand(n, generator=gen).to(dev)
-        codes = self.field.codes((idx // self.rays.pixels).to(dev))  # each ray's image's appearance (or None)
+        codes = self.field.codes(self.rays.image_of(idx).to(dev))  # each ray's image's appearance (or None)
         out = self.model.render_rays(*self.rays.rays(idx, self.refinement), bg, jitter, codes, self.prune_first)
         # Next step, find the kept samples front to back first where that costs less than one autograd pass over
         # every marched sample: measured on fern and office_table (2 cores), it paid at 3.3 marched samples per
@@ -284,12 +286,14 @@ class WholeImages(Steps):
 
     def view(self, i: int, step: int, bg: torch.Tensor
              ) -> tuple[Cameras, torch.Tensor, torch.Tensor | None]:
-        """Cameras, target [H, W, 3] on ``bg`` and mask of image ``i`` at step ``step``'s resolution."""
-        cams, target = self.data.cameras, on_background(self.data.rgba(i), bg)
+        """Camera ``i`` alone (a batch of one), its target [H, W, 3] on ``bg`` and its mask, at step ``step``'s
+        resolution (each image at its own size)."""
+        cams, target = self.data.cameras[i], on_background(self.data.rgba(i), bg)
         mask = None if self.data.masks is None else self.data.masks[i]
         s = self.downscale(step)
         if s > 1:
-            w, h = max(cams.width // s, 1), max(cams.height // s, 1)
+            width, height = cams.size(0)
+            w, h = max(width // s, 1), max(height // s, 1)
             cams = cams.resized(w, h)
             target = torch.nn.functional.interpolate(target.permute(2, 0, 1)[None], (h, w), mode="area")[0]
             target = target.permute(1, 2, 0)
@@ -301,12 +305,13 @@ class WholeImages(Steps):
         i = int(torch.randint(0, len(self.data), (), generator=ctx.draws))  # each rank its own image
         bg = backgrounds(self.cfg, self.data, 1, ctx.draws)[0]
         cams, target, mask = self.view(i, ctx.step, bg)
-        window = self.window(cams.width, cams.height, ctx.draws)
+        width, height = cams.size(0)
+        window = self.window(width, height, ctx.draws)
         if window is None:
-            out = self.model.render(cams, i, bg)
+            out = self.model.render(cams, 0, bg)
         else:
             x0, y0, w, h = window
-            out = self.model.render(cams, i, bg, window)
+            out = self.model.render(cams, 0, bg, window)
             target = target[y0:y0 + h, x0:x0 + w]
             mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
         if mask is not None and not bool(mask.any()):  # a window the masks keep nothing of: no step
@@ -320,8 +325,8 @@ class WholeImages(Steps):
         metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
-        share = rgb[..., 0].numel() / (cams.width * cams.height)
-        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share}
+        share = rgb[..., 0].numel() / (width * height)
+        return loss, metrics, {**out, "width": width, "height": height, "grad_scale": share}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)
