@@ -87,6 +87,8 @@ class Cameras:
     def cat(parts: list["Cameras"]) -> "Cameras":
         """The cameras of ``parts`` (one lens model), one batch after the other; a batch without distortion
         counts as zero distortion where another has some."""
+        if len({c.fisheye for c in parts}) > 1:
+            raise ValueError("fisheye and pinhole cameras do not join into one batch (undistort them first)")
         either = any(c.distortion is not None for c in parts)
         dist = (torch.cat([c.distortion if c.distortion is not None else torch.zeros(len(c), 4) for c in parts])
                 if either else None)

@@ -17,10 +17,13 @@ import torch
 from conftest import write_nerfstudio
 from fields.cli import main
 from fields.run.folder import load_run
+from fields.training.gaussian_distill import joined
 from fields.training.steps import TrainingRays
-from scenes import image_rays, load_split, pixel_rays
+from scenes import Cameras, SceneSplit, image_rays, load_split, pixel_rays
+from scenes.images import Images
+from scenes.undistort import undistorted
 from test_colmap_llff import to_world, write_colmap
-from test_masks import keep_right_half
+from test_masks import keep_right_half, masked_nerfstudio
 
 SIZES = [(24, 16), (18, 26)]  # (width, height) of the two cameras: landscape and portrait
 N = 9  # images 0-4 use camera 1, 5-8 camera 2; images 0 and 8 are held out, one of each size
@@ -163,3 +166,17 @@ def test_nerfstudio_frames_with_their_own_w_and_h(tmp_path):
         assert image_rays(train.cameras, k)[1].shape == (size[1], size[0], 3)
     half = load_split(root, "train", downscale=2)
     assert [half.images.size(k) for k in range(2)] == [(4, 7), (6, 5)]
+
+
+def test_gaussian_distillation_joins_undistorted_images_and_teacher_views_of_another_size(tmp_path):
+    train = undistorted(load_split(masked_nerfstudio(tmp_path / "ns", w=12, h=10), "train"))  # an OpenCV lens
+    assert not bool(train.masks.pixels.all())
+    views = SceneSplit("ns", "teacher", Cameras.from_fov(train.cameras.c2w[:2], 16, 8, 0.8),
+                       Images.stack([torch.zeros(8, 16, 4, dtype=torch.uint8)] * 2), train.aabb)
+    both = joined(train, views)
+    assert [both.cameras.size(i) for i in range(len(both))] == [(12, 10)] * len(train) + [(16, 8)] * 2
+    kept = train.masks.pixels
+    assert torch.equal(both.masks.pixels[:len(kept)], kept) and bool(both.masks.pixels[len(kept):].all())
+    with pytest.raises(ValueError, match="fisheye and pinhole"):
+        Cameras.cat([Cameras(views.cameras.c2w, *views.cameras.fx[None].repeat(4, 1), 16, 8, fisheye=True),
+                     views.cameras])

@@ -28,6 +28,7 @@ from scenes import Cameras, SceneSplit
 from scenes.camera_paths import derived_path
 from scenes.images import Images
 from scenes.scene import to_uint8
+from scenes.undistort import undistorted
 
 
 def seed_points(teacher: LoadedRun, num_points: int, min_opacity: float = 0.95,
@@ -56,9 +57,18 @@ def teacher_views(teacher: LoadedRun, n: int, show_progress: bool = True) -> Sce
 
 
 def joined(a: SceneSplit, b: SceneSplit) -> SceneSplit:
-    """The views of ``a`` followed by those of ``b`` (each at its own size; missing distortion counts as none)."""
+    """The views of ``a`` followed by those of ``b`` (each at its own size; missing distortion counts as none, a
+    split without masks keeps every pixel where the other has masks)."""
+    masks = None
+    if a.masks is not None or b.masks is not None:
+        masks = Images.cat([s.masks if s.masks is not None else kept_all(s.images) for s in (a, b)])
     return SceneSplit(a.name, a.split, Cameras.cat([a.cameras, b.cameras]), Images.cat([a.images, b.images]),
-                      a.aabb, a.background)
+                      a.aabb, a.background, masks=masks)
+
+
+def kept_all(images: Images) -> Images:
+    """Masks that keep every pixel of ``images``."""
+    return Images(torch.ones(len(images.pixels), dtype=torch.bool), images.widths, images.heights)
 
 
 def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: GaussiansConfig | None = None,
@@ -77,7 +87,8 @@ def distill_to_gaussians(teacher: LoadedRun, run_dir: Path, *, field_config: Gau
     console.print(f"Seeded {len(points)} Gaussians from {teacher.path} (step {teacher.step})")
     train_split = data = teacher.split("train")
     if n_teacher_views > 0:
-        data = joined(data, teacher_views(teacher, n_teacher_views, show_progress))
+        # the teacher's views are pinhole: the training images join them undistorted, as the Gaussians train on them
+        data = joined(undistorted(data), teacher_views(teacher, n_teacher_views, show_progress))
     trainer = Trainer(cfg, run_dir, console, data=data)
     trainer.field.set_gaussians(initial_gaussians(trainer.field.aabb, cfg.field_config, points, colors, sizes))
     trainer.grid.load_state_dict(teacher.grid.state_dict())  # where the teacher found content
