@@ -270,6 +270,21 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert len(unseeded) == cfg.field_config.num_init
 
 
+def test_crop_windows_visit_the_border_pixels_too():
+    """Random crop windows cover a border pixel at least ~half as often as a central one (windows kept inside the
+    image would cover it 1/crop as often) and are never thinner than half a crop."""
+    from fields.training.steps import WholeImages
+
+    gen, cover, sides = torch.Generator().manual_seed(0), torch.zeros(300), []
+    for _ in range(4000):
+        start, end = WholeImages.span(64, 300, gen)
+        cover[start:end] += 1
+        sides.append(end - start)
+    assert min(sides) >= 32 and max(sides) == 64
+    assert cover[[0, -1]].min() > 0.4 * cover[100:200].mean()
+    assert WholeImages.span(64, 50, gen) == (0, 50)
+
+
 def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(procedural_root, monkeypatch):
     """A crop step's L1 gradients are those of the whole image's step (plain-PyTorch rasterizer) restricted to
     the crop; a coarse-to-fine step renders the camera at the reduced size against the area-averaged target,

@@ -28,6 +28,7 @@ from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
 from renderers.splatting import render_gaussians
 from scenes.cameras import Cameras
+from scenes.scene import SceneSplit, points_in_view
 
 SH_C0 = 0.28209479177387814  # the degree-0 SH basis value: colour = SH_C0 * sh0 + 0.5 (3DGS convention)
 
@@ -42,7 +43,8 @@ class GaussiansConfig(FieldConfig):
     training_steps: ClassVar[str] = "images"  # one whole training image per step (fields/training/steps.py)
 
     num_init: int = 20_000
-    """Gaussians at random points in the scene box (when not seeded from given points)."""
+    """Gaussians at random points when a scene has no SfM points: over what the cameras see for a capture with
+    a depth range, in the scene box otherwise."""
     init_opacity: float = 0.1
     """Initial opacity of every Gaussian."""
     sh_degree: int = 3
@@ -156,9 +158,19 @@ class GaussianField(Field):
         """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN."""
         return {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
 
-    def seed_points(self, points: torch.Tensor, colors: torch.Tensor) -> None:
-        """One Gaussian on each point with its colour, sized by the mean distance to its 3 nearest points."""
-        self.set_gaussians(initial_gaussians(self.aabb, self.cfg, points.float(), colors.float()))
+    def seed(self, data: SceneSplit) -> None:
+        """One Gaussian on each SfM point of ``data`` with its colour, as 3DGS starts; without points, for a
+        capture with a depth range, ``num_init`` over what its cameras see (``points_in_view``: walls and sky
+        far outside the scene box included); each sized by the mean distance to its 3 nearest points. Otherwise
+        the random Gaussians in the box stay. (Adding in-view points beside the SfM points lost 1.6 dB on
+        office_table: 17.2 against 18.8 dB after 1500 steps on 256-pixel crops.)"""
+        if data.points is not None and len(data.points):
+            points, colors = data.points.float(), data.point_colors
+        elif data.near_far is not None:
+            points, colors = points_in_view(data, self.cfg.num_init, torch.Generator().manual_seed(0))
+        else:
+            return
+        self.set_gaussians(initial_gaussians(self.aabb, self.cfg, points, colors.float() / 255))
 
     def set_gaussians(self, g: dict[str, torch.Tensor]) -> None:
         """Replace all Gaussians (before training: optimizer state is not carried over)."""
