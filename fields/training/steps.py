@@ -316,6 +316,9 @@ class WholeImages(Steps):
         loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
         if w > 0:
             loss = loss + w * (1 - ssim(rgb, target, mask))
+        reg = self.field.regularization()
+        if reg is not None:
+            loss = loss + reg
         sq = (rgb.detach() - target).square().mean(-1)
         metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}

@@ -3,7 +3,8 @@ splatting (``renderers/splatting.py``).
 
 Each Gaussian has a mean, log-scales, a rotation quaternion (wxyz), a logit opacity and spherical-harmonics
 colour coefficients (DC in ``sh0``, the rest in ``shN``; the active SH degree grows during training as in
-3DGS). The number of Gaussians changes while training (``DensityControl``): parameters are resized in place
+3DGS). The number of Gaussians changes while training (a ``Strategy``: 3DGS's adaptive density control or
+3DGS-MCMC's fixed budget): parameters are resized in place
 (``param.data = ...``) so the optimizer keeps referring to the same tensors, and a checkpoint with another count
 loads into a freshly built field by resizing first.
 """
@@ -13,14 +14,14 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from fields.backends.base import Appearance, Field, FieldConfig
 from fields.backends.encodings import sh_encode
-from fields.backends.gaussians.density_control import DensityControl, DensitySchedule, edit_gaussians
+from fields.backends.gaussians.density_control import build_strategy, edit_gaussians
 from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.backends.gaussians.spatial_index import GaussianIndex
 from renderers.model import VolumeModel
@@ -82,7 +83,19 @@ class GaussiansConfig(FieldConfig):
     reset_opacity_every: int = 500
     """Steps between opacity resets (to 2 x prune_opacity); 0 disables them."""
     max_gaussians: int = 200_000
-    """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first)."""
+    """Never grow beyond this many Gaussians (the ones with the largest gradients are grown first); the mcmc
+    strategy's fixed budget."""
+    strategy: Literal["default", "mcmc"] = "default"
+    """How the Gaussians change while training: "default" (3DGS's adaptive density control: clone, split, prune,
+    opacity resets) or "mcmc" (3DGS-MCMC: dead Gaussians relocated onto live ones, growth by 5 % per round up to
+    max_gaussians, noise on the means, opacity and scale regularizers; the grow_* / prune_scale3d / reset settings
+    do not apply)."""
+    noise_lr: float = 5e5
+    """mcmc: noise on the means, times their learning rate (gsplat's default)."""
+    opacity_reg: float = 0.01
+    """mcmc: weight of the mean opacity in the loss."""
+    scale_reg: float = 0.01
+    """mcmc: weight of the mean scale in the loss."""
     crop: int = 0
     """Side in pixels of the random square window of the training image each step renders and compares
     (cheaper steps on large images); 0, or a side at least the image's, renders whole images."""
@@ -143,7 +156,7 @@ class GaussianField(Field):
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
         self.register_buffer("grad2d", torch.zeros(n))  # densification statistics (DensityControl)
         self.register_buffer("grad_count", torch.zeros(n))
-        self.control = DensityControl(self, DensitySchedule.of(cfg))
+        self.control = build_strategy(self, cfg)
         self.lock = threading.Lock()  # held while the set of Gaussians changes (the viewer renders concurrently)
         self._index: GaussianIndex | None = None
         self.color_transforms = (nn.Parameter(torch.eye(3, 4).repeat(appearance.images, 1, 1)) if appearance.on
@@ -207,11 +220,11 @@ class GaussianField(Field):
         ``depth``, ``opacity`` and, for densification, ``means2d`` (its gradient retained) and ``radii``.
         Differentiable when grad is enabled."""
         with self.lock:  # one consistent set of Gaussians even while training edits them
-            means, quats, scales, opac = self.means * 1, self.quats * 1, self.scales * 1, self.opacities * 1
+            means, quats = self.means * 1, self.quats * 1
+            scales, opac = self.scales.exp(), torch.sigmoid(self.opacities)
             eye = cams.centers[i]
             colors = self.colors(eye, means) if len(means) else means.new_zeros(0, 3)
-        return render_gaussians(means, quats, scales.exp(), torch.sigmoid(opac), colors, cams, i, background,
-                                window)
+        return render_gaussians(means, quats, scales, opac, colors, cams, i, background, window)
 
     # -- volume-field view (occupancy grid, meshes, distillation as a teacher) ------------------------------
     def index(self) -> GaussianIndex:
@@ -238,11 +251,15 @@ class GaussianField(Field):
         return [{"name": name, "params": [getattr(self, name)], "lr": rate * s, "weight_decay": 0.0,
                  "lr_final": c.lr_means_final if name == "means" else 1.0} for name, rate in rates.items()]
 
+    def regularization(self) -> torch.Tensor | None:
+        return self.control.regularization()
+
     def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
-        """Grow the SH degree and run adaptive density control (see ``DensityControl``)."""
+        """Grow the SH degree and change the set of Gaussians (the strategy's ``step``)."""
         if self.cfg.sh_degree_every > 0:
             self.active_sh_degree.fill_(min(self.cfg.sh_degree, (step + 1) // self.cfg.sh_degree_every))
         self.control.step(step, optimizer, info)
+
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
