@@ -1,6 +1,6 @@
 """The gaussians backend: adaptive density control and 3DGS-MCMC's fixed budget, training through the common
-Trainer, checkpoints with a changed number of Gaussians, the 3DGS PLY, point queries, and seeding Gaussians from a
-trained field."""
+Trainer, checkpoints with a changed number of Gaussians, Mip-Splatting's 3-D filter, the 3DGS PLY, point queries,
+and seeding Gaussians from a trained field."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from conftest import tiny_config
 from fields.run.config import RunConfig, TrainConfig
 from fields.evaluation import evaluate
 from fields.backends.gaussians import GaussiansConfig
+from fields.backends.gaussians.antialiasing import filter_variance, smoothed
 from fields.backends.gaussians.density_control import relocated
 from fields.backends.gaussians.field import SH_C0
 from fields.backends.gaussians.params import PER_GAUSSIAN
@@ -381,11 +382,12 @@ def test_mcmc_relocates_dead_gaussians_onto_live_ones():
 
 @pytest.fixture(scope="module")
 def mcmc_run(tmp_path_factory, procedural_root):
-    """An MCMC run of 80 steps with a budget of 1100 Gaussians from 1000: the count after each
+    """An anti-aliased MCMC run of 80 steps with a budget of 1100 Gaussians from 1000: the count after each
     strategy step and the loss of each step."""
     cfg = gaussians_config(80)
     cfg.train.lr, cfg.train.log_every = 2e-2, 1
-    cfg.field_config = dataclasses.replace(cfg.field_config, strategy="mcmc", max_gaussians=1100, densify_until=60)
+    cfg.field_config = dataclasses.replace(cfg.field_config, strategy="mcmc", max_gaussians=1100, densify_until=60,
+                                           antialiased=True)
     run_dir = tmp_path_factory.mktemp("mcmc") / "run"
     trainer = Trainer(cfg, run_dir)
     counts, step_fn = [], trainer.field.control.step
@@ -407,3 +409,29 @@ def test_mcmc_never_exceeds_its_budget_and_the_loss_falls(mcmc_run):
     assert [n for _, n in rounds][:2] == [1050, 1100]  # 5 % growth per round, up to the budget
     assert max(n for _, n, _ in counts) == 1100 == len(trainer.field)
     assert len(losses) == 80 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_an_antialiased_run_filters_and_reloads_its_filter(mcmc_run):
+    run_dir, trainer, _, _ = mcmc_run
+    assert trainer.field.filter3d.shape == (1100,) and (trainer.field.filter3d > 0).all()
+    run = load_run(run_dir)
+    assert run.field.cfg.antialiased and run.field.cfg.strategy == "mcmc"
+    assert torch.equal(run.field.filter3d, trainer.field.filter3d)
+    test = trainer.steps.data.cameras
+    with torch.no_grad():
+        assert torch.equal(run.model.render(test, 0, torch.ones(3))["rgb"],
+                           trainer.model.render(test, 0, torch.ones(3))["rgb"])
+
+
+def test_the_3d_filter_is_a_pixel_at_the_closest_view_and_keeps_each_integral():
+    from test_splatting import look_at_origin
+
+    cams = look_at_origin([0.0, 0.0, 3.0], width=40, height=40, fov=0.6)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 5.0]])  # the last behind the camera
+    variance = filter_variance(means, cams)
+    fx = float(cams.fx[0])
+    assert torch.allclose(variance, torch.tensor([0.2 * (3 / fx) ** 2, 0.2 * (2 / fx) ** 2, 0.2 * (3 / fx) ** 2]))
+    scales, opac = torch.tensor([[0.01, 0.02, 0.001]]), torch.tensor([0.8])
+    s, o = smoothed(scales, opac, torch.tensor([1e-4]))
+    assert torch.allclose(s * s, scales * scales + 1e-4)
+    assert torch.allclose(o * s.prod(), opac * scales.prod())  # the same integral of opacity over space

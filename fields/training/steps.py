@@ -324,7 +324,8 @@ class WholeImages(Steps):
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
         share = rgb[..., 0].numel() / (cams.width * cams.height)
-        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share}
+        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share,
+                               "train_cameras": self.data.cameras}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)

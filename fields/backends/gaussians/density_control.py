@@ -67,7 +67,8 @@ def edit_gaussians(field: GaussianSet, optimizer: torch.optim.Optimizer | None,
                    rows: Callable[[torch.Tensor], torch.Tensor],
                    new_rows: dict[str, torch.Tensor] | None = None) -> None:
     """Replace every per-Gaussian tensor ``t`` by ``cat([rows(t), new_rows[name]])``; optimizer state rows
-    follow ``rows`` and get zeros for the new rows. Statistics are reset."""
+    follow ``rows`` and get zeros for the new rows. Statistics and the 3-D filter (which the field recomputes
+    after each round) are reset."""
     new_rows = new_rows or {}
     with field.lock:
         for name in PER_GAUSSIAN:
@@ -81,6 +82,8 @@ def edit_gaussians(field: GaussianSet, optimizer: torch.optim.Optimizer | None,
             p.data = torch.cat([rows(p.data), extra])
         for name in STATS:
             getattr(field, name).data = field.means.new_zeros(len(field))
+        if field.filter3d is not None:
+            field.filter3d.data = field.means.new_zeros(len(field))
 
 
 class Strategy(ABC):

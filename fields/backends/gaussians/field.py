@@ -21,6 +21,7 @@ from torch import nn
 
 from fields.backends.base import Appearance, Field, FieldConfig
 from fields.backends.encodings import sh_encode
+from fields.backends.gaussians.antialiasing import filter_variance, smoothed
 from fields.backends.gaussians.density_control import build_strategy, edit_gaussians
 from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.backends.gaussians.spatial_index import GaussianIndex
@@ -96,6 +97,11 @@ class GaussiansConfig(FieldConfig):
     """mcmc: weight of the mean opacity in the loss."""
     scale_reg: float = 0.01
     """mcmc: weight of the mean scale in the loss."""
+    antialiased: bool = False
+    """Mip-Splatting's anti-aliasing: every render scales each opacity by sqrt(det(cov2d) / det(cov2d + 0.3 I))
+    (gsplat's antialiased mode, the 2-D filter), and each Gaussian gets a 3-D smoothing of variance
+    0.2 (depth / focal)^2 at the highest sampling rate any training camera sees it with (the 3-D filter,
+    recomputed every densify_every steps): no aliasing or dilation artefacts when zooming out or in."""
     crop: int = 0
     """Side in pixels of the random square window of the training image each step renders and compares
     (cheaper steps on large images); 0, or a side at least the image's, renders whole images."""
@@ -156,6 +162,7 @@ class GaussianField(Field):
         self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
         self.register_buffer("grad2d", torch.zeros(n))  # densification statistics (DensityControl)
         self.register_buffer("grad_count", torch.zeros(n))
+        self.register_buffer("filter3d", torch.zeros(n) if cfg.antialiased else None)  # 3-D filter variances
         self.control = build_strategy(self, cfg)
         self.lock = threading.Lock()  # held while the set of Gaussians changes (the viewer renders concurrently)
         self._index: GaussianIndex | None = None
@@ -222,9 +229,12 @@ class GaussianField(Field):
         with self.lock:  # one consistent set of Gaussians even while training edits them
             means, quats = self.means * 1, self.quats * 1
             scales, opac = self.scales.exp(), torch.sigmoid(self.opacities)
+            if self.filter3d is not None:
+                scales, opac = smoothed(scales, opac, self.filter3d.clone())
             eye = cams.centers[i]
             colors = self.colors(eye, means) if len(means) else means.new_zeros(0, 3)
-        return render_gaussians(means, quats, scales, opac, colors, cams, i, background, window)
+        return render_gaussians(means, quats, scales, opac, colors, cams, i, background, window,
+                                antialiased=self.cfg.antialiased)
 
     # -- volume-field view (occupancy grid, meshes, distillation as a teacher) ------------------------------
     def index(self) -> GaussianIndex:
@@ -255,11 +265,19 @@ class GaussianField(Field):
         return self.control.regularization()
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
-        """Grow the SH degree and change the set of Gaussians (the strategy's ``step``)."""
+        """Grow the SH degree, change the set of Gaussians (the strategy's ``step``) and, anti-aliased, recompute
+        the 3-D filter from the training cameras (``info["train_cameras"]``) every ``densify_every`` steps."""
         if self.cfg.sh_degree_every > 0:
             self.active_sh_degree.fill_(min(self.cfg.sh_degree, (step + 1) // self.cfg.sh_degree_every))
         self.control.step(step, optimizer, info)
+        if self.filter3d is not None and "train_cameras" in info and step % self.cfg.densify_every == 0:
+            self.update_filter3d(info["train_cameras"])
 
+    def update_filter3d(self, cams: Cameras) -> None:
+        """Mip-Splatting's 3-D filter of every Gaussian from the cameras ``cams`` (see ``antialiasing``)."""
+        variance = filter_variance(self.means.detach(), cams)
+        with self.lock:
+            self.filter3d.data = variance
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
