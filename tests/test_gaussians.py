@@ -417,6 +417,8 @@ def test_an_antialiased_run_filters_and_reloads_its_filter(mcmc_run):
     run = load_run(run_dir)
     assert run.field.cfg.antialiased and run.field.cfg.strategy == "mcmc"
     assert torch.equal(run.field.filter3d, trainer.field.filter3d)
+    exported = run.field.gaussians()  # splat exports bake the filter in
+    assert (exported["scales"] > run.field.scales.detach()).all()
     test = trainer.steps.data.cameras
     with torch.no_grad():
         assert torch.equal(run.model.render(test, 0, torch.ones(3))["rgb"],

@@ -173,8 +173,13 @@ class GaussianField(Field):
         return self.means.shape[0]
 
     def gaussians(self) -> dict[str, torch.Tensor]:
-        """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN."""
-        return {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
+        """The per-Gaussian parameters (detached): means, log-scales, quats, logit opacities, sh0, shN. Anti-aliased,
+        with the 3-D filter baked into the scales and opacities: what exports give viewers that know no filter."""
+        g = {name: getattr(self, name).detach() for name in PER_GAUSSIAN}
+        if self.filter3d is not None:
+            scales, opac = smoothed(g["scales"].exp(), torch.sigmoid(g["opacities"]), self.filter3d)
+            g["scales"], g["opacities"] = scales.log(), torch.logit(opac, eps=1e-6)
+        return g
 
     def seed_points(self, points: torch.Tensor, colors: torch.Tensor) -> None:
         """One Gaussian on each point with its colour, sized by the mean distance to its 3 nearest points."""
