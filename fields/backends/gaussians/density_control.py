@@ -199,7 +199,7 @@ class DensityControl(Strategy):
 def relocated(opacities: torch.Tensor, scales: torch.Tensor, copies: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Opacity and scales [M, 3] that each of ``copies`` [M] (1 to 51) identical Gaussians gets when one Gaussian
-    of opacity ``opacities`` [M] and scales ``scales`` is replaced by them at its place (3DGS-MCMC, eq. 9): the
+    of opacity ``opacities`` [M] and scales ``scales`` is replaced by them at its place (3DGS-MCMC): the
     stack is as opaque at the centre, ``1 - (1 - o_new)^n = o``, and the scales shrink by
     ``o / sum_{j=1..n} (-1)^(j-1) C(n, j) o_new^j / sqrt(j)`` so that its opacity profile stays close. (gsplat sums
     ``C(i - 1, k)`` over ``i <= n``; the hockey-stick identity gives ``C(n, k + 1)``.) Computed in float64: the
