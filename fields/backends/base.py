@@ -138,6 +138,11 @@ class Field(nn.Module):
         """Figures worth logging while training (e.g. the number of Gaussians); none by default."""
         return {}
 
+    def regularization(self) -> torch.Tensor | None:
+        """A term the image-based training steps add to their loss (gaussians: the MCMC strategy's opacity and
+        scale regularizers), or None."""
+        return None
+
     def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
         """Called after each optimizer step with what the training render returned (``info``); backends that
         change their parameters' shapes (gaussians) do it here and keep ``optimizer``'s state consistent."""

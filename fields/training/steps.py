@@ -327,12 +327,16 @@ class WholeImages(Steps):
         loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
         if w > 0:
             loss = loss + w * (1 - ssim(rgb, target, mask))
+        reg = self.field.regularization()
+        if reg is not None:
+            loss = loss + reg
         sq = (rgb.detach() - target).square().mean(-1)
         metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
         share = rgb[..., 0].numel() / (cams.width * cams.height)
-        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share}
+        return loss, metrics, {**out, "width": cams.width, "height": cams.height, "grad_scale": share,
+                               "train_cameras": self.data.cameras}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)
