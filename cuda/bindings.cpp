@@ -214,10 +214,10 @@ void check_rows(const Tensor& t, int64_t n, int64_t cols, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == cols, name, " must be [N, ", cols, "]");
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_fwd(const Tensor& means_, const Tensor& quats_,
-                                                             const Tensor& scales_, const Tensor& viewmat, double fx,
-                                                             double fy, double cx, double cy, int64_t width,
-                                                             int64_t height, double near) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> splat_project_fwd(const Tensor& means_, const Tensor& quats_,
+                                                                     const Tensor& scales_, const Tensor& viewmat,
+                                                                     double fx, double fy, double cx, double cy,
+                                                                     int64_t width, int64_t height, double near) {
   Tensor means = f32(means_, "means"), quats = f32(quats_, "quats"), scales = f32(scales_, "scales");
   const int64_t n = means.size(0);
   check_rows(means, n, 3, "means");
@@ -225,28 +225,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_fwd(const Tensor& means
   check_rows(scales, n, 3, "scales");
   Tensor means2d = at::empty({n, 2}, means.options()), conics = at::empty({n, 3}, means.options());
   Tensor depths = at::empty({n}, means.options()), radii = at::empty({n}, means.options().dtype(at::kInt));
+  Tensor compensations = at::empty({n}, means.options());
   if (n > 0)
     DISPATCH(means.device(), splat_project_forward, means.data_ptr<float>(), quats.data_ptr<float>(),
              scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),
-             means2d.data_ptr<float>(), conics.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>());
-  return {means2d, conics, depths, radii};
+             means2d.data_ptr<float>(), conics.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>(),
+             compensations.data_ptr<float>());
+  return {means2d, conics, depths, radii, compensations};
 }
 
 std::tuple<Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_means2d_, const Tensor& v_conics_,
-                                                     const Tensor& v_depths_, const Tensor& means_,
+                                                     const Tensor& v_depths_, const Tensor& v_compensations_,
+                                                     const Tensor& means_,
                                                      const Tensor& quats_, const Tensor& scales_,
                                                      const Tensor& viewmat, double fx, double fy, double cx,
                                                      double cy, int64_t width, int64_t height, double near) {
   Tensor means = f32(means_, "means"), quats = f32(quats_, "quats"), scales = f32(scales_, "scales");
   Tensor v_means2d = f32(v_means2d_, "v_means2d"), v_conics = f32(v_conics_, "v_conics");
-  Tensor v_depths = f32(v_depths_, "v_depths");
+  Tensor v_depths = f32(v_depths_, "v_depths"), v_compensations = f32(v_compensations_, "v_compensations");
   const int64_t n = means.size(0);
   Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats), v_scales = at::zeros_like(scales);
   if (n > 0)
     DISPATCH(means.device(), splat_project_backward, means.data_ptr<float>(), quats.data_ptr<float>(),
              scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),
              v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_depths.data_ptr<float>(),
-             v_means.data_ptr<float>(), v_quats.data_ptr<float>(), v_scales.data_ptr<float>());
+             v_compensations.data_ptr<float>(), v_means.data_ptr<float>(), v_quats.data_ptr<float>(),
+             v_scales.data_ptr<float>());
   return {v_means, v_quats, v_scales};
 }
 
@@ -409,9 +413,10 @@ TORCH_LIBRARY(fields, m) {
   m.def("composite_bwd(Tensor? grad_weights, Tensor grad_rgb, Tensor grad_opacity, Tensor grad_depth,"
         " Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets) -> (Tensor, Tensor)");
   m.def("splat_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx,"
-        " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor means, Tensor quats,"
-        " Tensor scales, Tensor viewmat, float fx, float fy, float cx, float cy, int width, int height, float near)"
+        " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_compensations,"
+        " Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx, float cy,"
+        " int width, int height, float near)"
         " -> (Tensor, Tensor, Tensor)");
   m.def("splat_bin(Tensor means2d, Tensor radii, Tensor depths, int width, int height, int tile_size)"
         " -> (Tensor, Tensor)");

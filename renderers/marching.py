@@ -44,7 +44,9 @@ class Samples:
 
     def select(self, keep: torch.Tensor) -> "Samples":
         """The samples at ``keep``: a mask, or sorted indices (which keeps the packed order)."""
-        return Samples(self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.n_rays)
+        idx = keep.nonzero()[:, 0] if keep.dtype == torch.bool else keep  # one nonzero, not one per tensor
+        return Samples(self.ray_indices.index_select(0, idx), self.t_starts.index_select(0, idx),
+                       self.t_ends.index_select(0, idx), self.n_rays)
 
     def positions(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Midpoints [S, 3] and directions [S, 3] of the samples."""

@@ -8,6 +8,8 @@ no-grad pruning of ``sample_rays`` and the occupancy grid's updates).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -109,7 +111,7 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
     starts, counts = offsets[:-1], offsets[1:] - offsets[:-1]
     optical = torch.zeros(n, dtype=torch.float64, device=dev)  # optical depth before this round, per ray
     alive = torch.ones(n, dtype=torch.bool, device=dev)
-    limit = cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0
+    max_optical = -math.log(cfg.early_stop_eps) if cfg.early_stop_eps > 0 else math.inf  # exp(-depth) >= eps
     step = torch.arange(round_samples, device=dev)
     for r0 in range(0, int(counts.max().item()) if n else 0, round_samples):
         live = (alive & (counts > r0)).nonzero()[:, 0]  # rays with samples left in this round, in order
@@ -121,10 +123,11 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
         x, d = part.positions(origins, dirs)
         sigmas, feats = geometry_fn(x)
         tau = sigmas * (part.t_ends - part.t_starts)
-        trans = transmittance(tau, part.ray_indices, n) * torch.exp(-optical)[part.ray_indices].float()
+        before = torch.exp(-optical.index_select(0, part.ray_indices)).float()
+        trans = transmittance(tau, part.ray_indices, n) * before
         yield idx, d, sigmas, feats, trans, tau
         optical.index_add_(0, part.ray_indices, tau.double())
-        alive &= torch.exp(-optical) >= limit
+        alive &= optical <= max_optical
 
 
 def kept(trans: torch.Tensor, tau: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
@@ -209,9 +212,10 @@ def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: 
         evaluated += len(idx)
         k = kept(trans, tau, cfg).nonzero()[:, 0]
         if len(k):
-            w, part = (trans * -torch.expm1(-tau))[k], samples.select(idx[k])
+            w = (trans.index_select(0, k) * -torch.expm1(-tau.index_select(0, k)))
+            part = samples.select(idx.index_select(0, k))
             kr = part.ray_indices
-            rgb.index_add_(0, kr, w[:, None] * color_fn(feats[k], d[k]))
+            rgb.index_add_(0, kr, w[:, None] * color_fn(feats.index_select(0, k), d.index_select(0, k)))
             opacity.index_add_(0, kr, w)
             depth.index_add_(0, kr, w * 0.5 * (part.t_starts + part.t_ends))
     return {"rgb": rgb + (1.0 - opacity[:, None]) * background, "depth": depth, "opacity": opacity,

@@ -3,6 +3,10 @@
 ``project_gaussians`` maps 3-D Gaussians (means, unnormalised wxyz quaternions, linear scales) to screen-space
 ellipses with the EWA Jacobian (view-space x/z and y/z clamped to 1.3x the image's half extent, as 3DGS does)
 and a +0.3 px dilation of the 2-D covariance; the 3-sigma radius is ``ceil(3 sqrt(largest eigenvalue))``.
+Anti-aliased rendering (gsplat's ``rasterize_mode="antialiased"``, the 2-D filter of Mip-Splatting) also scales
+each opacity by ``sqrt(det(cov2d) / det(cov2d + 0.3 I))``, which the projection returns as ``compensations``: the
+dilation then blurs a Gaussian without adding to its energy, so a sub-pixel Gaussian covers the same share of
+the image at every resolution instead of a fixed 0.3 px^2 blob.
 ``rasterize_gaussians`` bins each visible Gaussian into every ``tile_size`` square tile its
 ``means2d +- radius`` square touches, sorts each tile's Gaussians by depth and composites them front to back:
 ``alpha = min(0.99, o exp(-0.5 d^T conic d))``, Gaussians with ``alpha < 1/255`` skipped, and a pixel stops at the
@@ -41,6 +45,7 @@ class Projection:
     conics: torch.Tensor  # [N, 3] inverse 2-D covariance (a, b, c) of [[a, b], [b, c]] incl. the dilation
     depths: torch.Tensor  # [N] camera-space z (OpenCV: z forward), differentiable
     radii: torch.Tensor  # [N] int32 3-sigma pixel radius; 0 = culled (behind the near plane / off screen)
+    compensations: torch.Tensor | None = None  # [N] sqrt(det(cov2d) / det(cov2d + dilation)), differentiable
 
 
 @dataclass
@@ -83,6 +88,15 @@ def screen_radius(cov2d: torch.Tensor) -> torch.Tensor:
     return torch.ceil(3.0 * torch.sqrt(lam))
 
 
+def compensation(a0: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """``sqrt(det / det_dilated)`` of 2-D covariances [[a0, b], [b, c0]] before the dilation, 0 where the ratio is
+    not positive (gradient 0 there too, without the NaN of sqrt at 0)."""
+    ratio = (a0 * c0 - b * b) / ((a0 + DILATION) * (c0 + DILATION) - b * b)
+    positive = ratio > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, ratio, torch.ones_like(ratio))),
+                       torch.zeros_like(ratio))
+
+
 def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cam: Camera,
                       near: float = 0.01) -> Projection:
     """Plain-PyTorch projection (see the module docstring); differentiable w.r.t. means, quats and scales."""
@@ -98,9 +112,10 @@ def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
     J = torch.stack([cam.fx / zs, zero, -cam.fx * uc / zs, zero, cam.fy / zs, -cam.fy * vc / zs], -1).reshape(-1, 2, 3)
     M = quat_to_rotmat(quats) * scales[:, None, :]  # covariance = M M^T
     A = J @ cam.R @ M  # [N, 2, 3]; 2-D covariance = A A^T
-    a = (A[:, 0] * A[:, 0]).sum(-1) + DILATION
+    a0 = (A[:, 0] * A[:, 0]).sum(-1)
     b = (A[:, 0] * A[:, 1]).sum(-1)
-    c = (A[:, 1] * A[:, 1]).sum(-1) + DILATION
+    c0 = (A[:, 1] * A[:, 1]).sum(-1)
+    a, c = a0 + DILATION, c0 + DILATION
     det = a * c - b * b
     conics = torch.stack([c / det, -b / det, a / det], -1)
     means2d = torch.stack([cam.fx * u + cam.cx, cam.fy * v + cam.cy], -1)
@@ -109,12 +124,12 @@ def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         mx, my = means2d.unbind(-1)
         on_screen = (mx + r >= 0) & (mx - r < cam.width) & (my + r >= 0) & (my - r < cam.height)
         radii = torch.where(valid & on_screen, r, torch.zeros_like(r)).to(torch.int32)
-    return Projection(means2d, conics, z, radii)
+    return Projection(means2d, conics, z, radii, compensation(a0, b, c0))
 
 
 def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cams: Cameras, i: int,
                       near: float = 0.01) -> Projection:
-    """Screen-space means, conics, depths and radii of Gaussians seen by camera ``i`` of ``cams``."""
+    """Screen-space means, conics, depths, radii and compensations of Gaussians seen by camera ``i`` of ``cams``."""
     cam = Camera.of(cams, i, means.dtype, means.device)
     if native.ops_for(means, quats, scales) is None:
         return project_reference(means, quats, scales, cam, near)
@@ -245,14 +260,17 @@ def crop_projection(proj: Projection, window: tuple[int, int, int, int]) -> Proj
     means2d = proj.means2d - proj.means2d.new_tensor([float(x0), float(y0)])
     m, r = means2d.detach(), proj.radii.to(means2d.dtype)
     inside = (m[:, 0] + r >= 0) & (m[:, 0] - r < w) & (m[:, 1] + r >= 0) & (m[:, 1] - r < h)
-    return Projection(means2d, proj.conics, proj.depths, torch.where(inside, proj.radii, torch.zeros_like(proj.radii)))
+    return Projection(means2d, proj.conics, proj.depths, torch.where(inside, proj.radii, torch.zeros_like(proj.radii)),
+                      proj.compensations)
 
 
 def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
                      colors: torch.Tensor, cams: Cameras, i: int, background: torch.Tensor,
-                     window: tuple[int, int, int, int] | None = None) -> dict[str, torch.Tensor]:
+                     window: tuple[int, int, int, int] | None = None, antialiased: bool = False
+                     ) -> dict[str, torch.Tensor]:
     """Render camera ``i``: rgb [H, W, 3], expected depth [H, W] (0 where nothing is hit), opacity [H, W], and the
-    projection's ``means2d`` (gradient retained, for densification) and ``radii``.
+    projection's ``means2d`` (gradient retained, for densification) and ``radii``. ``antialiased`` scales each
+    opacity by its compensation (see the module docstring).
 
     ``window = (x0, y0, width, height)`` renders only those pixels of the image (a training crop): the
     projection is the whole camera's (so each Gaussian's footprint is the same), the tile grid starts at the
@@ -267,6 +285,8 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
         seen, (width, height) = crop_projection(proj, window), window[2:]
     feats = torch.cat([colors, proj.depths[:, None].to(colors.dtype)], 1)
     bg = torch.cat([background.to(colors), colors.new_zeros(1)])
+    if antialiased:
+        opacities = opacities * proj.compensations
     image, alpha = rasterize_gaussians(seen, feats, opacities, width, height, bg)
     hit = alpha > 0
     depth = torch.where(hit, image[..., -1] / torch.where(hit, alpha, torch.ones_like(alpha)),

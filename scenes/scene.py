@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scenes.cameras import Cameras
+from scenes.cameras import Cameras, pixel_rays
 from scenes.images import Images
 
 
@@ -60,3 +60,22 @@ def to_float(rgba8: torch.Tensor) -> torch.Tensor:
 def to_uint8(rgba: torch.Tensor) -> torch.Tensor:
     """Colour in [0, 1] as 8 bits (rounded)."""
     return (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+
+
+def points_in_view(data: SceneSplit, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random points [n, 3] over what a captured split's cameras see, with the colours [n, 3] (uint8) of the
+    pixels they were cast through: a random pixel of a random image each, at a depth drawn evenly in disparity
+    between the split's near and far bounds, so distant walls and sky get as many points per pixel as the near
+    scene. Seeds explicit primitives where SfM points are missing or sparse."""
+    if data.near_far is None:
+        raise ValueError(f"{data.name}: points in view need the split's near and far bounds")
+    cams, (near, far) = data.cameras, data.near_far
+    image = torch.randint(0, len(data), (n,), generator=generator)
+    width, height = cams.width[image], cams.height[image]  # each image at its own size
+    px = torch.rand(n, generator=generator) * width
+    py = torch.rand(n, generator=generator) * height
+    origins, dirs = pixel_rays(cams, image, px, py)
+    disparity = 1 / near + torch.rand(n, generator=generator) * (1 / far - 1 / near)
+    x, y = torch.minimum(px.long(), width - 1), torch.minimum(py.long(), height - 1)
+    colors = data.images.pixels[data.images.offsets[image] + y * width + x, :3]
+    return origins + dirs / disparity[:, None], colors

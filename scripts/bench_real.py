@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import ROOT, command, machine, write_section  # noqa: E402
+from fields.backends.base import FieldConfig  # noqa: E402
 from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
 from fields.evaluation import evaluate  # noqa: E402
 from fields.run.config import CaptureConfig, RunConfig, SceneConfig, TrainConfig  # noqa: E402
@@ -40,10 +41,11 @@ ABLATIONS = {"no contraction": {"contraction": "off"}, "no appearance": {"appear
 
 
 def train_and_evaluate(scene: str, field: str, marks: list[float], capture: CaptureConfig, out: Path,
-                       data_root: Path) -> tuple[list[dict], Trainer]:
-    """One run of ``max(marks)`` seconds, evaluated on every held-out view at each mark."""
+                       data_root: Path, field_config: FieldConfig | None = None) -> tuple[list[dict], Trainer]:
+    """One run of ``max(marks)`` seconds (the field's defaults unless ``field_config``), evaluated on every
+    held-out view at each mark."""
     cfg = RunConfig(scene=SceneConfig(data=data_root / scene, downscale=SCENES[scene]),
-                    field_config=FIELD_CONFIGS[field](), capture=capture,
+                    field_config=field_config or FIELD_CONFIGS[field](), capture=capture,
                     train=TrainConfig(max_time=max(marks)))
     trainer = Trainer(cfg, new_run_dir(out, scene, field))
     test = cfg.scene.load("test")
@@ -54,7 +56,8 @@ def train_and_evaluate(scene: str, field: str, marks: list[float], capture: Capt
             mark = pending.pop(0)
             res = evaluate(tr.model, test, every=1, show_progress=False)
             rows.append({"scene": scene, "field": field, "mark": mark, "step": tr.step, "psnr": res["psnr"],
-                         "ssim": res["ssim"], "views": res["views"], "render_s": res["seconds_per_view"]})
+                         "ssim": res["ssim"], "views": res["views"], "render_s": res["seconds_per_view"],
+                         "it_per_s": tr.step / tr.elapsed, **tr.field.stats()})
             print(json.dumps(rows[-1]), flush=True)
 
     trainer.train(callbacks=[at_mark], show_progress=False)

@@ -1,9 +1,11 @@
-"""The gaussians backend: adaptive density control, training through the common Trainer, checkpoints with a
-changed number of Gaussians, the 3DGS PLY, point queries, and seeding Gaussians from a trained field."""
+"""The gaussians backend: adaptive density control and 3DGS-MCMC's fixed budget, training through the common
+Trainer, checkpoints with a changed number of Gaussians, Mip-Splatting's 3-D filter, the 3DGS PLY, point queries,
+and seeding Gaussians from a trained field."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -15,6 +17,8 @@ from conftest import tiny_config
 from fields.run.config import RunConfig, TrainConfig
 from fields.evaluation import evaluate
 from fields.backends.gaussians import GaussiansConfig
+from fields.backends.gaussians.antialiasing import filter_variance, smoothed
+from fields.backends.gaussians.density_control import relocated
 from fields.backends.gaussians.field import SH_C0
 from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.run.folder import load_run
@@ -270,6 +274,21 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert len(unseeded) == cfg.field_config.num_init
 
 
+def test_crop_windows_visit_the_border_pixels_too():
+    """Random crop windows cover a border pixel at least ~half as often as a central one (windows kept inside the
+    image would cover it 1/crop as often) and are never thinner than half a crop."""
+    from fields.training.steps import WholeImages
+
+    gen, cover, sides = torch.Generator().manual_seed(0), torch.zeros(300), []
+    for _ in range(4000):
+        start, end = WholeImages.span(64, 300, gen)
+        cover[start:end] += 1
+        sides.append(end - start)
+    assert min(sides) >= 32 and max(sides) == 64
+    assert cover[[0, -1]].min() > 0.4 * cover[100:200].mean()
+    assert WholeImages.span(64, 50, gen) == (0, 50)
+
+
 def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(procedural_root, monkeypatch):
     """A crop step's L1 gradients are those of the whole image's step (plain-PyTorch rasterizer) restricted to
     the crop; a coarse-to-fine step renders the camera at the reduced size against the area-averaged target,
@@ -316,3 +335,121 @@ def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(proced
     want = reference_grads(cams.resized(w, h), target, (0, 0, w, h))
     for g, r in zip(got, want):
         assert r.abs().sum() > 0 and torch.allclose(g, r, atol=1e-6, rtol=1e-4)
+
+
+# -- 3DGS-MCMC: a fixed budget, relocation -------------------------------------------------------------------
+
+@pytest.mark.parametrize("opacity", [0.01, 0.3, 0.7, 0.95, 0.999])
+@pytest.mark.parametrize("copies", [1, 2, 5, 51])
+def test_relocated_copies_stack_to_the_original_opacity(opacity, copies):
+    o_new, s_new = relocated(torch.tensor([opacity]), torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([copies]))
+    assert abs(1 - (1 - float(o_new)) ** copies - opacity) < 1e-6
+    assert 0 < float(o_new) <= opacity + 1e-7 and (s_new <= torch.tensor([0.1, 0.2, 0.3]) + 1e-9).all()
+    if copies == 1:
+        assert float(o_new) == pytest.approx(opacity) and torch.allclose(s_new, torch.tensor([[0.1, 0.2, 0.3]]))
+
+
+@pytest.mark.parametrize("opacity", [0.7, 0.95])
+@pytest.mark.parametrize("copies", [2, 4])
+def test_relocated_copies_render_like_the_original(opacity, copies):
+    """n copies with the relocated opacity and scales, splatted at the original's place, cover the image as the
+    original does (within 5 %); with the opacity corrected but not the scales they cover far more."""
+    from renderers import splatting as sp
+    from test_splatting import look_at_origin
+
+    cams = look_at_origin([0.0, 0.0, 3.0], width=64, height=64, fov=0.6)
+    scales = torch.full((1, 3), 0.05)
+    o_new, s_new = relocated(torch.tensor([opacity]), scales, torch.tensor([copies]))
+
+    def covered(n, o, s):
+        out = sp.render_gaussians(torch.zeros(n, 3), torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), s.repeat(n, 1),
+                                  o.repeat(n), torch.ones(n, 3), cams, 0, torch.zeros(3))
+        return float(out["opacity"].sum())
+
+    original = covered(1, torch.tensor([opacity]), scales)
+    assert abs(covered(copies, o_new, s_new) / original - 1) < 0.05
+    assert covered(copies, o_new, scales) / original > 1.1
+
+
+def test_mcmc_relocates_dead_gaussians_onto_live_ones():
+    cfg = GaussiansConfig(num_init=40, strategy="mcmc", densify_from=0, densify_every=10, max_gaussians=40)
+    field = cfg.build(BOX)
+    opt = adam_with_state(field)
+    dead = torch.tensor([3, 7, 11, 30])
+    with torch.no_grad():
+        field.opacities[:] = 0.0
+        field.opacities[dead] = -10.0
+    before = {name: getattr(field, name).detach().clone() for name in PER_GAUSSIAN}
+
+    done = field.control.step(10, opt, {})
+
+    assert done == {"relocated": 4, "added": 0} and len(field) == 40  # at the budget: nothing added
+    assert torch.sigmoid(field.opacities).min() > cfg.prune_opacity
+    assert_state_matches(field, opt)
+    for i in dead.tolist():  # each dead row now holds a copy of a live Gaussian, whose moments restart at zero
+        src = ((before["means"] - field.means[i]).norm(dim=-1) < 1e-3).nonzero()[:, 0]
+        assert len(src) == 1 and int(src) not in dead.tolist()
+        copies = int(((field.means - field.means[i]).norm(dim=-1) < 1e-3).sum())
+        o_new = float(torch.sigmoid(field.opacities.detach()[i]))
+        assert abs(1 - (1 - o_new) ** copies - 0.5) < 1e-5
+        assert opt.state[field.sh0]["exp_avg"][i].abs().sum() == 0
+        assert opt.state[field.sh0]["exp_avg"][int(src)].abs().sum() == 0
+
+
+@pytest.fixture(scope="module")
+def mcmc_run(tmp_path_factory, procedural_root):
+    """An anti-aliased MCMC run of 80 steps with a budget of 1100 Gaussians from 1000: the count after each
+    strategy step and the loss of each step."""
+    cfg = gaussians_config(80)
+    cfg.train.lr, cfg.train.log_every = 2e-2, 1
+    cfg.field_config = dataclasses.replace(cfg.field_config, strategy="mcmc", max_gaussians=1100, densify_until=60,
+                                           antialiased=True)
+    run_dir = tmp_path_factory.mktemp("mcmc") / "run"
+    trainer = Trainer(cfg, run_dir)
+    counts, step_fn = [], trainer.field.control.step
+
+    def counted(step, optimizer, info):
+        done = step_fn(step, optimizer, info)
+        counts.append((step, len(trainer.field), done))
+        return done
+
+    trainer.field.control.step = counted
+    trainer.train(show_progress=False)
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, trainer, counts, losses
+
+
+def test_mcmc_never_exceeds_its_budget_and_the_loss_falls(mcmc_run):
+    _, trainer, counts, losses = mcmc_run
+    rounds = [(step, n) for step, n, done in counts if any(done.values())]
+    assert [n for _, n in rounds][:2] == [1050, 1100]  # 5 % growth per round, up to the budget
+    assert max(n for _, n, _ in counts) == 1100 == len(trainer.field)
+    assert len(losses) == 80 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_an_antialiased_run_filters_and_reloads_its_filter(mcmc_run):
+    run_dir, trainer, _, _ = mcmc_run
+    assert trainer.field.filter3d.shape == (1100,) and (trainer.field.filter3d > 0).all()
+    run = load_run(run_dir)
+    assert run.field.cfg.antialiased and run.field.cfg.strategy == "mcmc"
+    assert torch.equal(run.field.filter3d, trainer.field.filter3d)
+    exported = run.field.gaussians()  # splat exports bake the filter in
+    assert (exported["scales"] > run.field.scales.detach()).all()
+    test = trainer.steps.data.cameras
+    with torch.no_grad():
+        assert torch.equal(run.model.render(test, 0, torch.ones(3))["rgb"],
+                           trainer.model.render(test, 0, torch.ones(3))["rgb"])
+
+
+def test_the_3d_filter_is_a_pixel_at_the_closest_view_and_keeps_each_integral():
+    from test_splatting import look_at_origin
+
+    cams = look_at_origin([0.0, 0.0, 3.0], width=40, height=40, fov=0.6)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 5.0]])  # the last behind the camera
+    variance = filter_variance(means, cams)
+    fx = float(cams.fx[0])
+    assert torch.allclose(variance, torch.tensor([0.2 * (3 / fx) ** 2, 0.2 * (2 / fx) ** 2, 0.2 * (3 / fx) ** 2]))
+    scales, opac = torch.tensor([[0.01, 0.02, 0.001]]), torch.tensor([0.8])
+    s, o = smoothed(scales, opac, torch.tensor([1e-4]))
+    assert torch.allclose(s * s, scales * scales + 1e-4)
+    assert torch.allclose(o * s.prod(), opac * scales.prod())  # the same integral of opacity over space

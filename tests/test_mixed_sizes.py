@@ -21,6 +21,7 @@ from fields.training.gaussian_distill import joined
 from fields.training.steps import TrainingRays
 from scenes import Cameras, SceneSplit, image_rays, load_split, pixel_rays
 from scenes.images import Images
+from scenes.scene import points_in_view
 from scenes.undistort import undistorted
 from test_colmap_llff import to_world, write_colmap
 from test_masks import keep_right_half, masked_nerfstudio
@@ -180,3 +181,14 @@ def test_gaussian_distillation_joins_undistorted_images_and_teacher_views_of_ano
     with pytest.raises(ValueError, match="fisheye and pinhole"):
         Cameras.cat([Cameras(views.cameras.c2w, *views.cameras.fx[None].repeat(4, 1), 16, 8, fisheye=True),
                      views.cameras])
+
+
+def test_points_in_view_take_each_pixels_colour_from_its_own_image(workspace):
+    split = load_split(workspace, "train")
+    _, colors = points_in_view(split, 500, torch.Generator().manual_seed(1))
+    draws = torch.Generator().manual_seed(1)  # the same draws: image, then x and y within its own size
+    image = torch.randint(0, len(split), (500,), generator=draws)
+    px = torch.rand(500, generator=draws) * split.cameras.width[image]
+    py = torch.rand(500, generator=draws) * split.cameras.height[image]
+    for k in range(500):
+        assert torch.equal(colors[k], split.images[int(image[k])][int(py[k]), int(px[k]), :3])

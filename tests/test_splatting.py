@@ -181,18 +181,40 @@ def test_zero_gaussians_give_the_background():
     assert (out["opacity"] == 0).all() and (out["depth"] == 0).all() and out["radii"].shape == (0,)
 
 
-def test_render_gradients_match_finite_differences():
-    """gradcheck in float64 on a tiny scene through projection, binning, compositing and the depth channel."""
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_render_gradients_match_finite_differences(antialiased):
+    """gradcheck in float64 on a tiny scene through projection (and the anti-aliasing compensation), binning,
+    compositing and the depth channel."""
     cams = look_at_origin([0.3, 0.2, 3.0], width=20, height=18, fov=0.6)
     means, quats, scales, opac, colors = scene(n=10, seed=3, spread=0.3)
     bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
 
     def f(means, quats, scales, opac, colors):
-        out = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, bg)
+        out = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, bg, antialiased=antialiased)
         return out["rgb"], out["depth"], out["opacity"]
 
     inputs = tuple(t.requires_grad_() for t in (means, quats, scales, opac, colors))
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def energy_at(width: int, antialiased: bool) -> float:
+    """Summed opacity of one tiny Gaussian (0.25 px wide at 32 px) in a ``width``-pixel square view, times the
+    area of a pixel relative to the 32-pixel view's: the share of the image it covers, in 32-px pixels."""
+    cams = look_at_origin([0.0, 0.0, 3.0], width=32, height=32, fov=0.6).resized(width, width)
+    scale = 0.25 * 3.0 / float(look_at_origin([0.0, 0.0, 3.0], width=32, height=32, fov=0.6).fx[0])
+    means, quats = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    out = sp.render_gaussians(means, quats, torch.full((1, 3), scale), torch.tensor([0.9]), torch.ones(1, 3), cams,
+                              0, torch.zeros(3), antialiased=antialiased)
+    return float(out["opacity"].sum()) * (32 / width) ** 2
+
+
+def test_antialiased_tiny_gaussian_keeps_its_energy_across_resolutions():
+    """A sub-pixel Gaussian at 32 and at 128 pixels: anti-aliased it covers the same share of the image (no
+    flicker as the resolution changes); without it the 0.3 px^2 dilation makes it 4.5x larger at 32 px."""
+    lo, hi = energy_at(32, antialiased=True), energy_at(128, antialiased=True)
+    assert abs(lo / hi - 1) < 0.05, (lo, hi)
+    lo, hi = energy_at(32, antialiased=False), energy_at(128, antialiased=False)
+    assert lo / hi > 3, (lo, hi)
 
 
 def test_render_outputs_and_means2d_gradient():
@@ -231,23 +253,27 @@ def test_native_projection_matches_reference(ops, device):
     quats[9] = 0.0  # degenerate quaternion
     cam = sp.Camera.of(cams, 0, torch.float32, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
-    coefs = [torch.randn(300, 2, generator=g), torch.randn(300, 3, generator=g), torch.randn(300, generator=g)]
+    scales[10] = torch.tensor([1e-4, 1e-4, 1e-4])  # sub-pixel: a compensation far below 1
+    coefs = [torch.randn(300, 2, generator=g), torch.randn(300, 3, generator=g), torch.randn(300, generator=g),
+             torch.randn(300, generator=g)]
 
     def ref(m, q, s):
         p = sp.project_reference(m, q, s, cam)
-        return p.means2d, p.conics, p.depths
+        return p.means2d, p.conics, p.depths, p.compensations
 
     def nat(m, q, s):
         p = sp.project_gaussians(m, q, s, cams, 0)
         nat.radii = p.radii.cpu()
-        return p.means2d, p.conics, p.depths
+        return p.means2d, p.conics, p.depths, p.compensations
 
     out_r, grad_r = grads_of(ref, (means, quats, scales), coefs)
     out_n, grad_n = grads_of(nat, [t.to(device) for t in (means, quats, scales)], coefs)
     for got, want in zip(out_n + grad_n, out_r + grad_r):
         assert close(got, want)
-    radii_r = sp.project_reference(means, quats, scales, cam).radii
+    proj_r = sp.project_reference(means, quats, scales, cam)
+    radii_r, comps = proj_r.radii, proj_r.compensations
     assert torch.equal(nat.radii, radii_r) and radii_r[0] == 0 and radii_r[1] == 0 and (radii_r > 0).sum() > 100
+    assert comps[10] < 0.01 and comps.max() < 1 and comps.median() > 0.5
 
 
 def screen_scene(n=150, width=53, height=37, seed=0, channels=3):
@@ -311,15 +337,18 @@ def test_native_rasterizer_matches_reference(ops, device, channels, tile_size):
 
 
 @pytest.mark.parametrize("device", devices())
-def test_native_render_matches_reference_end_to_end(ops, device, monkeypatch):
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_native_render_matches_reference_end_to_end(ops, device, antialiased, monkeypatch):
     cams = look_at_origin([0.4, 0.3, 3.0], width=45, height=33)
     inputs = [t.float() for t in scene(n=200, seed=6)]
     bg = torch.tensor([0.2, 0.5, 0.7])
     g = torch.Generator().manual_seed(4)
     coefs = [torch.randn(33, 45, 3, generator=g), torch.randn(33, 45, generator=g), torch.randn(33, 45, generator=g)]
 
+    inputs[2][:20] = 3e-3  # small Gaussians, whose compensation matters
+
     def f(*args):
-        out = sp.render_gaussians(*args, cams, 0, bg.to(args[0].device))
+        out = sp.render_gaussians(*args, cams, 0, bg.to(args[0].device), antialiased=antialiased)
         return out["rgb"], out["depth"], out["opacity"]
 
     needs_device(device, ops)

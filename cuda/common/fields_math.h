@@ -572,7 +572,9 @@ struct SplatProjected {
   float qn[4], qnorm, Rq[9];
   float M[9];   // Rq diag(s)
   float A[6];   // W M; 2-D covariance = A A^T + dilation
+  float a0, c0;  // diagonal of A A^T before the dilation
   float a, b, c, det;
+  float ratio;  // det(A A^T) / det(A A^T + dilation): the squared anti-aliasing compensation
 };
 
 FIELDS_HD SplatProjected splat_project_core(const float m[3], const float q[4], const float s[3],
@@ -600,17 +602,22 @@ FIELDS_HD SplatProjected splat_project_core(const float m[3], const float q[4], 
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 3; ++j)
       P.A[3 * i + j] = P.W[3 * i] * P.M[j] + P.W[3 * i + 1] * P.M[3 + j] + P.W[3 * i + 2] * P.M[6 + j];
-  P.a = P.A[0] * P.A[0] + P.A[1] * P.A[1] + P.A[2] * P.A[2] + kSplatDilation;
+  P.a0 = P.A[0] * P.A[0] + P.A[1] * P.A[1] + P.A[2] * P.A[2];
   P.b = P.A[0] * P.A[3] + P.A[1] * P.A[4] + P.A[2] * P.A[5];
-  P.c = P.A[3] * P.A[3] + P.A[4] * P.A[4] + P.A[5] * P.A[5] + kSplatDilation;
+  P.c0 = P.A[3] * P.A[3] + P.A[4] * P.A[4] + P.A[5] * P.A[5];
+  P.a = P.a0 + kSplatDilation;
+  P.c = P.c0 + kSplatDilation;
   P.det = P.a * P.c - P.b * P.b;
+  P.ratio = (P.a0 * P.c0 - P.b * P.b) / P.det;
   return P;
 }
 
-// Screen-space mean, conic (inverse 2-D covariance), depth and 3-sigma radius (0: culled) of one Gaussian.
+// Screen-space mean, conic (inverse 2-D covariance), depth, 3-sigma radius (0: culled) and anti-aliasing
+// compensation sqrt(det(cov2d) / det(cov2d + dilation)) (0 where that ratio is not positive) of one Gaussian.
 FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const float s[3], const SplatCamera& cam,
-                                      float m2[2], float con[3], float& depth, int32_t& radius) {
+                                      float m2[2], float con[3], float& depth, int32_t& radius, float& comp) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
+  comp = P.ratio > 0.0f ? sqrtf(P.ratio) : 0.0f;
   con[0] = P.c / P.det;
   con[1] = -P.b / P.det;
   con[2] = P.a / P.det;
@@ -626,16 +633,23 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
   radius = (P.valid && on_screen) ? static_cast<int32_t>(r) : 0;
 }
 
-// Gradients of the mean, quaternion and scales from those of means2d, conic and depth (every Gaussian, culled
-// or not, exactly like autograd through the reference).
+// Gradients of the mean, quaternion and scales from those of means2d, conic, depth and compensation (every
+// Gaussian, culled or not, exactly like autograd through the reference).
 FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3],
                                                const SplatCamera& cam, const float v_m2[2], const float v_con[3],
-                                               float v_depth, float v_m[3], float v_q[4], float v_s[3]) {
+                                               float v_depth, float v_comp, float v_m[3], float v_q[4],
+                                               float v_s[3]) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
-  const float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;
-  const float vb = (2.0f * b * c * v_con[0] - (a * c + b * b) * v_con[1] + 2.0f * a * b * v_con[2]) * id2;
-  const float vc = (-b * b * v_con[0] + a * b * v_con[1] - a * a * v_con[2]) * id2;
+  float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;
+  float vb = (2.0f * b * c * v_con[0] - (a * c + b * b) * v_con[1] + 2.0f * a * b * v_con[2]) * id2;
+  float vc = (-b * b * v_con[0] + a * b * v_con[1] - a * a * v_con[2]) * id2;
+  if (P.ratio > 0.0f) {  // ratio = (a0 c0 - b^2) / (a c - b^2), a = a0 + dilation, c = c0 + dilation
+    const float v_ratio = 0.5f * v_comp / sqrtf(P.ratio) / P.det;
+    va += v_ratio * (P.c0 - P.ratio * c);
+    vc += v_ratio * (P.a0 - P.ratio * a);
+    vb += v_ratio * -2.0f * b * (1.0f - P.ratio);
+  }
   float vA[6];
   for (int j = 0; j < 3; ++j) {
     vA[j] = 2.0f * va * P.A[j] + vb * P.A[3 + j];

@@ -51,13 +51,15 @@ struct Bf16 {
                           const float* grad_depth, const float* sigmas, const float* rgbs,                      \
                           const float* t_starts, const float* t_ends, const int64_t* offsets, int64_t n_rays,   \
                           float* grad_sigmas, float* grad_rgbs __VA_ARGS__);                                \
-  /* Gaussian splatting. means2d [N, 2], conics [N, 3], depths [N], radii [N] (0: culled) */                  \
+  /* Gaussian splatting. means2d [N, 2], conics [N, 3], depths [N], radii [N] (0: culled), */                 \
+  /* compensations [N] (anti-aliasing opacity factor) */                                                        \
   void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n,           \
-                             SplatCamera cam, float* means2d, float* conics, float* depths,                    \
-                             int32_t* radii __VA_ARGS__);                                                           \
+                             SplatCamera cam, float* means2d, float* conics, float* depths, int32_t* radii,    \
+                             float* compensations __VA_ARGS__);                                                     \
   void splat_project_backward(const float* means, const float* quats, const float* scales, int64_t n,          \
                               SplatCamera cam, const float* v_means2d, const float* v_conics,                  \
-                              const float* v_depths, float* v_means, float* v_quats, float* v_scales __VA_ARGS__);  \
+                              const float* v_depths, const float* v_compensations, float* v_means,             \
+                              float* v_quats, float* v_scales __VA_ARGS__);                                         \
   /* number of tiles each Gaussian's square touches (0 when culled) */                                          \
   void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,                   \
                          int64_t* counts __VA_ARGS__);                                                              \

@@ -23,20 +23,22 @@ __device__ __forceinline__ uint32_t sortable_bits(float f) {
 
 __global__ void project_forward_kernel(const float* means, const float* quats, const float* scales, int64_t n,
                                        SplatCamera cam, float* means2d, float* conics, float* depths,
-                                       int32_t* radii) {
+                                       int32_t* radii, float* compensations) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   splat_project_gaussian(means + 3 * i, quats + 4 * i, scales + 3 * i, cam, means2d + 2 * i, conics + 3 * i,
-                         depths[i], radii[i]);
+                         depths[i], radii[i], compensations[i]);
 }
 
 __global__ void project_backward_kernel(const float* means, const float* quats, const float* scales, int64_t n,
                                         SplatCamera cam, const float* v_means2d, const float* v_conics,
-                                        const float* v_depths, float* v_means, float* v_quats, float* v_scales) {
+                                        const float* v_depths, const float* v_compensations, float* v_means,
+                                        float* v_quats, float* v_scales) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   splat_project_gaussian_backward(means + 3 * i, quats + 4 * i, scales + 3 * i, cam, v_means2d + 2 * i,
-                                  v_conics + 3 * i, v_depths[i], v_means + 3 * i, v_quats + 4 * i, v_scales + 3 * i);
+                                  v_conics + 3 * i, v_depths[i], v_compensations[i], v_means + 3 * i,
+                                  v_quats + 4 * i, v_scales + 3 * i);
 }
 
 __global__ void tile_counts_kernel(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,
@@ -170,17 +172,19 @@ __global__ void rasterize_backward_kernel(const float* __restrict__ means2d, con
 }  // namespace
 
 void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n, SplatCamera cam,
-                           float* means2d, float* conics, float* depths, int32_t* radii, void* stream) {
+                           float* means2d, float* conics, float* depths, int32_t* radii, float* compensations,
+                           void* stream) {
   project_forward_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      means, quats, scales, n, cam, means2d, conics, depths, radii);
+      means, quats, scales, n, cam, means2d, conics, depths, radii, compensations);
   check_launch("splat_project_forward");
 }
 
 void splat_project_backward(const float* means, const float* quats, const float* scales, int64_t n, SplatCamera cam,
-                            const float* v_means2d, const float* v_conics, const float* v_depths, float* v_means,
-                            float* v_quats, float* v_scales, void* stream) {
+                            const float* v_means2d, const float* v_conics, const float* v_depths,
+                            const float* v_compensations, float* v_means, float* v_quats, float* v_scales,
+                            void* stream) {
   project_backward_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      means, quats, scales, n, cam, v_means2d, v_conics, v_depths, v_means, v_quats, v_scales);
+      means, quats, scales, n, cam, v_means2d, v_conics, v_depths, v_compensations, v_means, v_quats, v_scales);
   check_launch("splat_project_backward");
 }
 

@@ -20,6 +20,7 @@ from renderers.contraction import contract
 from renderers.model import VolumeModel
 from renderers.native import has_native_bf16
 from renderers.occupancy import OccupancyGrid
+from scenes.scene import SceneSplit
 from renderers.render import RenderConfig
 
 
@@ -123,9 +124,10 @@ class Field(nn.Module):
         (gaussians) return their own kind, with the same ``field`` / ``grid`` / ``render_cfg``."""
         return VolumeModel(self, grid, render_cfg)
 
-    def seed_points(self, points: torch.Tensor, colors: torch.Tensor) -> None:
-        """Start from a scene's structure-from-motion points [P, 3] with colours [P, 3] in [0, 1] where the backend
-        places primitives (Gaussians sit on them, as 3DGS starts); fields of a volume learn from the images."""
+    def seed(self, data: SceneSplit) -> None:
+        """Place primitives from what the training split ``data`` knows of the scene (its structure-from-motion
+        points, what its cameras see) where the backend has primitives (Gaussians, as 3DGS starts on the SfM
+        points); fields of a volume learn from the images alone."""
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups with per-group learning rates (override to give grids their own). A group
@@ -135,6 +137,11 @@ class Field(nn.Module):
     def stats(self) -> dict[str, float]:
         """Figures worth logging while training (e.g. the number of Gaussians); none by default."""
         return {}
+
+    def regularization(self) -> torch.Tensor | None:
+        """A term the image-based training steps add to their loss (gaussians: the MCMC strategy's opacity and
+        scale regularizers), or None."""
+        return None
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
         """Called after each optimizer step with what the training render returned (``info``); backends that

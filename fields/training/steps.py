@@ -275,14 +275,25 @@ class WholeImages(Steps):
         return 2 ** max(self.coarse_levels - step // self.coarse_every, 0)
 
     def window(self, width: int, height: int, gen: torch.Generator) -> tuple[int, int, int, int] | None:
-        """A random ``crop``-sided pixel window (x0, y0, w, h) of a ``width`` x ``height`` image, or None for
-        the whole image."""
+        """A random pixel window (x0, y0, w, h) of a ``width`` x ``height`` image, or None for the whole image:
+        a ``crop``-sided square that may hang over the image's edges by up to half its side, cut to the image.
+        Windows kept inside the image visit the border pixels up to ``crop`` times less often than the centre
+        (which then trains sharp while the border stays blurred); these visit them at least half as often, and
+        no window is thinner than half a crop (SSIM needs some extent)."""
         if self.crop == 0 or (self.crop >= width and self.crop >= height):
             return None
-        w, h = min(self.crop, width), min(self.crop, height)
-        x0 = int(torch.randint(0, width - w + 1, (), generator=gen))
-        y0 = int(torch.randint(0, height - h + 1, (), generator=gen))
-        return x0, y0, w, h
+        x0, x1 = self.span(self.crop, width, gen)
+        y0, y1 = self.span(self.crop, height, gen)
+        return x0, y0, x1 - x0, y1 - y0
+
+    @staticmethod
+    def span(side: int, size: int, gen: torch.Generator) -> tuple[int, int]:
+        """[start, end) of a ``side``-long segment at a uniformly random offset, overhanging [0, size) by at most
+        ``side // 2`` on either end, cut to it."""
+        if side >= size:
+            return 0, size
+        start = int(torch.randint(-(side // 2), size - side + side // 2 + 1, (), generator=gen))
+        return max(start, 0), min(start + side, size)
 
     def view(self, i: int, step: int, bg: torch.Tensor
              ) -> tuple[Cameras, torch.Tensor, torch.Tensor | None]:
@@ -321,12 +332,16 @@ class WholeImages(Steps):
         loss = (1 - w) * (l1.mean() if mask is None else l1[mask].mean())
         if w > 0:
             loss = loss + w * (1 - ssim(rgb, target, mask))
+        reg = self.field.regularization()
+        if reg is not None:
+            loss = loss + reg
         sq = (rgb.detach() - target).square().mean(-1)
         metrics = {"mse": (sq.mean() if mask is None else sq[mask].mean()).item(),
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
         share = rgb[..., 0].numel() / (width * height)
-        return loss, metrics, {**out, "width": width, "height": height, "grad_scale": share}
+        return loss, metrics, {**out, "width": width, "height": height, "grad_scale": share,
+                               "train_cameras": self.data.cameras}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)
@@ -349,8 +364,7 @@ def build_steps(cfg: RunConfig, device: torch.device, data: SceneSplit | None = 
     data = cfg.scene.load("train") if data is None else data
     if model is None:
         model = build_model(cfg, model_box(cfg, data))
-        if data.points is not None and len(data.points):
-            model[0].seed_points(data.points, data.point_colors.float() / 255)
+        model[0].seed(data)
     field, grid = model
     return STEPS[cfg.field_config.training_steps](cfg, data, field.to(device), grid.to(device))
 

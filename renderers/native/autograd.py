@@ -101,23 +101,25 @@ class ModulatedReLU(torch.autograd.Function):
 
 
 class ProjectGaussians(torch.autograd.Function):
-    """Native projection of 3-D Gaussians; backward gives the means', quaternions' and scales' gradients.
-    ``viewmat`` [3, 4] is the OpenCV world-to-camera matrix, ``intrinsics`` (fx, fy, cx, cy, width, height, near)."""
+    """Native projection of 3-D Gaussians (means2d, conics, depths, radii, anti-aliasing compensations); backward
+    gives the means', quaternions' and scales' gradients. ``viewmat`` [3, 4] is the OpenCV world-to-camera matrix,
+    ``intrinsics`` (fx, fy, cx, cy, width, height, near)."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, viewmat, intrinsics):
-        means2d, conics, depths, radii = torch.ops.fields.splat_project_fwd(means, quats, scales, viewmat, *intrinsics)
+        means2d, conics, depths, radii, comps = torch.ops.fields.splat_project_fwd(means, quats, scales, viewmat,
+                                                                                  *intrinsics)
         ctx.save_for_backward(means, quats, scales, viewmat)
         ctx.intrinsics = intrinsics
         ctx.mark_non_differentiable(radii)
-        return means2d, conics, depths, radii
+        return means2d, conics, depths, radii, comps
 
     @staticmethod
-    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_comps):
         means, quats, scales, viewmat = ctx.saved_tensors
         grads = torch.ops.fields.splat_project_bwd(
-            _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]), means, quats,
-            scales, viewmat, *ctx.intrinsics)
+            _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]),
+            _dense(v_comps, means[:, 0]), means, quats, scales, viewmat, *ctx.intrinsics)
         return (*grads, None, None)
 
 

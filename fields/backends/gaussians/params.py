@@ -27,6 +27,7 @@ class GaussianSet(Protocol):
     shN: torch.nn.Parameter
     grad2d: torch.Tensor
     grad_count: torch.Tensor
+    filter3d: torch.Tensor | None  # anti-aliased: Mip-Splatting's 3-D filter variance [N], recomputed after edits
     aabb: torch.Tensor
     scene_scale: float
     lock: threading.Lock
