@@ -66,7 +66,7 @@ def points_in_view(data: SceneSplit, n: int, generator: torch.Generator) -> tupl
     """``n`` random points [n, 3] over what a captured split's cameras see, with the colours [n, 3] (uint8) of the
     pixels they were cast through: a random pixel of a random image each, at a depth drawn evenly in disparity
     between the split's near and far bounds, so distant walls and sky get as many points per pixel as the near
-    scene. Seeds explicit primitives where SfM points are missing or sparse."""
+    scene. Seeds explicit primitives (Gaussians) where a capture has no SfM points."""
     if data.near_far is None:
         raise ValueError(f"{data.name}: points in view need the split's near and far bounds")
     cams, (near, far) = data.cameras, data.near_far

@@ -24,6 +24,7 @@ from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.run.folder import load_run
 from fields.training.trainer import Trainer
 from scenes import procedural
+from scenes.images import Images
 
 TINY_RUN_POINT_DISTANCE = 0.06  # median distance of the trained_run's point cloud to the surface (test_export)
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -272,6 +273,30 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert torch.allclose(g["scales"].exp(), spacing[:, None].expand(-1, 3), rtol=1e-5)
     unseeded = Trainer(cfg, None, data=data).field  # without points: random ones in the box
     assert len(unseeded) == cfg.field_config.num_init
+
+
+def test_a_capture_without_sfm_points_seeds_its_gaussians_over_what_the_cameras_see(procedural_root):
+    """Without SfM points but with a depth range, Gaussians start at points in front of the training cameras,
+    each inside its camera's image and between the near and far bounds (the far background included), not in
+    the scene box."""
+    cfg = gaussians_config(1)
+    data = cfg.scene.load("train")
+    near, far = 0.5, 50.0
+    one = dataclasses.replace(data, cameras=data.cameras[[0]], images=Images.stack([data.images[0]]),
+                              near_far=(near, far))
+    g = Trainer(cfg, None, data=one).field.gaussians()
+    assert len(g["means"]) == cfg.field_config.num_init
+    cams, centre = one.cameras, one.cameras.c2w[0, :3, 3]
+    dist = (g["means"] - centre).norm(dim=-1)
+    assert dist.min() >= near * 0.999 and dist.max() <= far * 1.001
+    outside = ((g["means"] < one.aabb[0]) | (g["means"] > one.aabb[1])).any(-1)
+    assert outside.float().mean() > 0.3  # random Gaussians in the box would all be inside it
+    local = (g["means"] - centre) @ cams.c2w[0, :3, :3]  # camera axes (OpenGL: looking down -z)
+    px = cams.fx[0] * local[:, 0] / -local[:, 2] + cams.cx[0]
+    py = cams.fy[0] * -local[:, 1] / -local[:, 2] + cams.cy[0]
+    w, h = cams.size(0)
+    assert bool((local[:, 2] < 0).all() and (px > -1e-3).all() and (px < w + 1e-3).all()
+                and (py > -1e-3).all() and (py < h + 1e-3).all())
 
 
 def test_crop_windows_visit_the_border_pixels_too():
