@@ -104,9 +104,11 @@ class GaussiansConfig(FieldConfig):
     (gsplat's antialiased mode, the 2-D filter), and each Gaussian gets a 3-D smoothing of variance
     0.2 (depth / focal)^2 at the highest sampling rate any training camera sees it with (the 3-D filter,
     recomputed every densify_every steps): no aliasing or dilation artefacts when zooming out or in."""
-    crop: int = 0
+    crop: int = 256
     """Side in pixels of the random square window of the training image each step renders and compares
-    (cheaper steps on large images); 0, or a side at least the image's, renders whole images."""
+    (cheaper steps on large images); 0, or a side at least the image's, renders whole images (lego's 200x200
+    views train whole). On office_table (960x540, 1 thread) 1500 steps on 256-pixel windows took 164 s, a whole
+    image step ~0.46 s on 2 threads; 3000 windowed steps reached 21.0 dB held out."""
     coarse_levels: int = 0
     """Coarse-to-fine: the first steps render training images at 1/2^coarse_levels of their resolution (the
     targets area-averaged), halving the downscale every ``coarse_every`` steps; 0 trains at full resolution."""
