@@ -107,11 +107,24 @@ class _TrainOptions:
     def _run_distributed(self) -> None:
         """One rank of a torchrun job: rank 0 finds (or makes) and locks the run folder and sends every rank the
         config and the start-up state; ranks started with different command lines or data are refused."""
-        from fields.training.distributed import Distributed, data_digest, digest, launch_name
-        from fields.training.trainer import Trainer
+        from fields.training.distributed import Distributed
 
         own = self.run_config()
         d = Distributed.start(self.dist, own.train.device)
+        try:
+            trainer, run_dir = self._start_ranks(d, own)
+        except (RunError, ConfigError):
+            d.close()  # every rank reached the refusal through a finished collective: leave the group cleanly
+            raise  # (exiting with gloo's threads alive can abort the process instead of exiting 2)
+        self._train(trainer, run_dir, show_progress=d.rank == 0)
+        d.close()
+
+    def _start_ranks(self, d: "Distributed", own: RunConfig) -> tuple["Trainer", Path]:
+        """Start-up of a torchrun job: same command line on every rank, rank 0's run folder and lock, same
+        training data, rank 0's start-up state on every rank. Returns this rank's trainer and the run folder."""
+        from fields.training.distributed import data_digest, digest, launch_name
+        from fields.training.trainer import Trainer
+
         d.require_same("command line", digest(own.to_dict(), str(self.resume), self.dist.run_name))
         found, lock = None, None
         if d.rank == 0:
@@ -136,8 +149,7 @@ class _TrainOptions:
         state = d.broadcast(trainer.state_dict() if d.rank == 0 else None, "start-up state")
         if d.rank != 0:
             trainer.load_state_dict(state)
-        self._train(trainer, run_dir, show_progress=d.rank == 0)
-        d.close()
+        return trainer, run_dir
 
     def _train(self, trainer: "Trainer", run_dir: Path, show_progress: bool = True) -> None:
         viewer = self._open_viewer(trainer) if self.viewer and show_progress else None  # rank 0's only
