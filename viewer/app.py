@@ -164,7 +164,7 @@ class Viewer:
         with self._lock:
             renderer = self._renderers.pop(client.client_id, None)
         if renderer is not None:
-            renderer.stop()
+            renderer.stop(timeout=0)  # its daemon thread ends at its next check; viser's callback pool need not wait
 
     @staticmethod
     def _view(camera: viser.CameraHandle) -> View:
@@ -226,6 +226,8 @@ class Viewer:
         self._resume.set()
         with self._lock:
             renderers, self._renderers = list(self._renderers.values()), {}
+        for r in renderers:  # signal every tab's worker first, then wait: workers stuck sending to closed tabs
+            r.stop(timeout=0)  # then cost one join timeout in all, not one each
         for r in renderers:
             r.stop()
         self.server.stop()
