@@ -419,7 +419,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.5):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (scripts/setup.sh installs it)")
 def test_fields_view_in_headless_chromium_then_ctrl_c(trained_run):
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")  # SIGABRT on a hang prints every stack
     proc = subprocess.Popen([sys.executable, "-m", "fields.cli", "view", str(trained_run), "--port", str(port),
                              "--max-resolution", "64"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -453,8 +453,13 @@ def test_fields_view_in_headless_chromium_then_ctrl_c(trained_run):
         try:
             rc = proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+            proc.send_signal(signal.SIGABRT)  # the fault handler writes each thread's stack, then the process ends
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            time.sleep(0.5)  # let the reader thread take the last lines
             pytest.fail("`fields view` did not exit within 30 s of Ctrl-C; its output:\n" + "".join(lines))
     output = "".join(lines)
     assert rc == 0, output
