@@ -422,7 +422,10 @@ def test_fields_view_in_headless_chromium_then_ctrl_c(trained_run):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")  # SIGABRT on a hang prints every stack
     proc = subprocess.Popen([sys.executable, "-m", "fields.cli", "view", str(trained_run), "--port", str(port),
                              "--max-resolution", "64"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            # as a terminal starts it: a suite run in the background of a non-interactive shell
+                            # inherits SIGINT ignored, and then Ctrl-C could not reach `fields view` at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     browser = None
