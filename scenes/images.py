@@ -76,3 +76,7 @@ class Images:
             image = torch.searchsorted(self.offsets[1:], idx, right=True)
             w, rest = self.widths[image], idx - self.offsets[image]
         return image, rest % w, rest // w
+
+    def flat(self, image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Flat pixel indices of column ``x``, row ``y`` of images ``image`` (int64): the inverse of ``locate``."""
+        return self.offsets[image] + y * self.widths[image] + x

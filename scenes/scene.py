@@ -16,8 +16,9 @@ class SceneSplit:
 
     ``images`` are straight (not premultiplied) RGBA, 8 bits per channel (4 bytes a pixel: a few hundred phone
     photos fit in a few GB), each at its camera's size; ``rgba`` gives one as floats in [0, 1]. The alpha
-    channel is 255 where the format has none. Compositing on a background (``renderers.imaging.on_background``) happens in the trainer and in
-    evaluation, so training can use random backgrounds while evaluation composites on the scene's colour.
+    channel is 255 where the format has none. Compositing on a background (``renderers.imaging.on_background``)
+    happens in the trainer and in evaluation, so training can use random backgrounds while evaluation composites
+    on the scene's colour.
     """
 
     name: str
@@ -77,5 +78,5 @@ def points_in_view(data: SceneSplit, n: int, generator: torch.Generator) -> tupl
     origins, dirs = pixel_rays(cams, image, px, py)
     disparity = 1 / near + torch.rand(n, generator=generator) * (1 / far - 1 / near)
     x, y = torch.minimum(px.long(), width - 1), torch.minimum(py.long(), height - 1)
-    colors = data.images.pixels[data.images.offsets[image] + y * width + x, :3]
+    colors = data.images.pixels[data.images.flat(image, x, y), :3]
     return origins + dirs / disparity[:, None], colors

@@ -20,8 +20,8 @@ from renderers.contraction import contract
 from renderers.model import VolumeModel
 from renderers.native import has_native_bf16
 from renderers.occupancy import OccupancyGrid
-from scenes.scene import SceneSplit
 from renderers.render import RenderConfig
+from scenes.scene import SceneSplit
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,13 @@ class DensitySchedule:
         return self.densify_from < step < self.densify_until and step % self.densify_every == 0
 
 
+def row_state(optimizer: torch.optim.Optimizer | None, p: torch.Tensor) -> list[str]:
+    """The keys of ``optimizer``'s state for parameter ``p`` that hold one row per Gaussian (Adam's moments; not
+    its step count): what every edit of the Gaussians must edit alike."""
+    state = optimizer.state.get(p, {}) if optimizer is not None else {}
+    return [key for key, v in state.items() if key != "step" and torch.is_tensor(v) and v.shape == p.shape]
+
+
 @torch.no_grad()
 def edit_gaussians(field: GaussianSet, optimizer: torch.optim.Optimizer | None,
                    rows: Callable[[torch.Tensor], torch.Tensor],
@@ -75,9 +82,8 @@ def edit_gaussians(field: GaussianSet, optimizer: torch.optim.Optimizer | None,
             p = getattr(field, name)
             extra = new_rows.get(name, p.data[:0])
             state = optimizer.state.get(p, {}) if optimizer is not None else {}
-            for key, v in state.items():
-                if key != "step" and torch.is_tensor(v) and v.shape == p.shape:
-                    state[key] = torch.cat([rows(v), v.new_zeros(extra.shape)])
+            for key in row_state(optimizer, p):
+                state[key] = torch.cat([rows(state[key]), state[key].new_zeros(extra.shape)])
             p.grad = None
             p.data = torch.cat([rows(p.data), extra])
         for name in STATS:
@@ -191,9 +197,8 @@ class DensityControl(Strategy):
         f, value = self.field, 2 * self.cfg.prune_opacity
         with f.lock:
             f.opacities.data.clamp_(max=math.log(value / (1 - value)))
-            for key, v in (optimizer.state.get(f.opacities, {}) if optimizer is not None else {}).items():
-                if key != "step" and torch.is_tensor(v) and v.shape == f.opacities.shape:
-                    v.zero_()
+            for key in row_state(optimizer, f.opacities):
+                optimizer.state[f.opacities][key].zero_()
 
 
 def relocated(opacities: torch.Tensor, scales: torch.Tensor, copies: torch.Tensor
@@ -282,10 +287,9 @@ class MCMCControl(Strategy):
             for name in PER_GAUSSIAN:
                 p = getattr(f, name)
                 p.data[dead_idx] = p.data[sources]
-                for key, v in (optimizer.state.get(p, {}) if optimizer is not None else {}).items():
-                    if key != "step" and torch.is_tensor(v) and v.shape == p.shape:
-                        v[sources] = 0
-                        v[dead_idx] = 0
+                for key in row_state(optimizer, p):
+                    optimizer.state[p][key][sources] = 0
+                    optimizer.state[p][key][dead_idx] = 0
         return n
 
     def add(self, optimizer, gen: torch.Generator) -> int:
