@@ -5,7 +5,9 @@ and evaluate every held-out view at its own size; masks keep exactly their pixel
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -13,9 +15,12 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
+import trimesh
+from rich.console import Console
 
 from conftest import write_nerfstudio
-from fields.cli import main
+from fields.cli import main, run_viewer
+from fields.export.visibility import seen_faces
 from fields.run.folder import load_run
 from fields.training.gaussian_distill import joined
 from fields.training.steps import TrainingRays
@@ -25,6 +30,7 @@ from scenes.scene import points_in_view
 from scenes.undistort import undistorted
 from test_colmap_llff import to_world, write_colmap
 from test_masks import keep_right_half, masked_nerfstudio
+from ws_client import ViserTab
 
 SIZES = [(24, 16), (18, 26)]  # (width, height) of the two cameras: landscape and portrait
 N = 9  # images 0-4 use camera 1, 5-8 camera 2; images 0 and 8 are held out, one of each size
@@ -141,6 +147,41 @@ def test_hashgrid_trains_evaluates_and_exports_on_mixed_sizes(workspace, tmp_pat
           "--output", str(tmp_path / "orbit.mp4")])
     w, h = camera_size(1)  # a derived path takes the first training camera's intrinsics and size
     assert iio.imread(tmp_path / "orbit.mp4").shape[1:3] == (h, w)
+    main(["export", "pointcloud", str(run), "--num-points", "100", "--min-opacity", "0.001", "--quiet",
+          "--output", str(tmp_path / "points.ply")])  # pixels drawn from every training image at its own size
+    assert 0 < len(trimesh.load(tmp_path / "points.ply").vertices) <= 100  # up to 100 (a faint 4-step field)
+
+
+def test_mesh_faces_count_as_seen_inside_each_cameras_own_image():
+    """Mesh export keeps the faces some training camera sees: each camera's own width and height bound its
+    image. Two cameras at one pose (24x16 and 18x26 px, centred principal points, f = 10 px) looking down -Z at
+    three small faces 5 units away: 10 px right of centre (inside the wide image only), 11 px below (inside the
+    tall one only), and both (inside neither)."""
+    offsets = [(10, 0), (0, 11), (10, 11)]  # pixels right of / below the image centre
+    tri = np.array([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, 0.05, 0.0]])  # normal +Z, towards the cameras
+    vertices = np.concatenate([tri + [dx * 0.5, -dy * 0.5, -5.0] for dx, dy in offsets])  # depth 5 / f 10 px
+    faces = np.arange(9).reshape(3, 3)
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    cams = Cameras(c2w, torch.full((2,), 10.0), torch.full((2,), 10.0), torch.tensor([12.0, 9.0]),
+                   torch.tensor([8.0, 13.0]), torch.tensor([24, 18]), torch.tensor([16, 26]))
+    assert seen_faces(vertices, faces, cams, tolerance=1e-3).tolist() == [True, True, False]
+    assert seen_faces(vertices, faces, cams[1], tolerance=1e-3).tolist() == [False, True, False]
+
+
+def test_viewer_draws_each_training_camera_with_its_own_aspect(workspace, tmp_path):
+    run = load_run(trained(workspace, tmp_path / "out", "--field", "hashgrid"))
+    viewer = run_viewer(run, port=0, console=Console(file=io.StringIO()))
+    tab = ViserTab(viewer.url, 64, 64)
+    try:
+        assert tab.wait_gui(lambda t: sum(n.startswith("/train_cameras/") for n in t.scene) == N - 2, 10)
+        for k, i in enumerate(range(1, N - 1)):  # the training images
+            w, h = camera_size(i)
+            props = tab.scene[f"/train_cameras/{k:03d}"]
+            assert props["aspect"] == pytest.approx(w / h)
+            assert props["fov"] == pytest.approx(2 * math.atan(0.5 * h / run.record.cameras.fy[k].item()))
+    finally:
+        tab.close()
+        viewer.close()
 
 
 def test_gaussians_train_whole_cropped_and_coarse_images_of_mixed_sizes(workspace, tmp_path):
