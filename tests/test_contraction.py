@@ -164,6 +164,18 @@ def test_far_background_is_learned_with_contraction_and_missed_without():
     assert on > off + 3, (on, off)
 
 
+def test_scenes_in_a_box_keep_their_image_pruning(procedural_root):
+    """Only runs with contraction start with the image-only pruning: lego and the procedural scene render as
+    before."""
+    from conftest import tiny_config
+
+    cfg = tiny_config()
+    decided = cfg.for_scene(cfg.scene.load("train"))
+    assert decided.capture.contraction == "off"
+    assert decided.render == cfg.render and decided.render.for_images() == cfg.render
+    assert (decided.render.image_stop_eps, decided.render.image_weight_thre) == (None, 0.0)
+
+
 def test_a_contracted_run_evaluates_exports_and_resumes(tmp_path, procedural_root):
     """Everything downstream of training works on a run with scene contraction: eval, mesh, point cloud (of the
     foreground box), video, and resume."""
@@ -182,6 +194,7 @@ def test_a_contracted_run_evaluates_exports_and_resumes(tmp_path, procedural_roo
     Trainer(cfg, run_dir).train(show_progress=False)
     saved = RunConfig.load(run_dir / "config.yaml")
     assert saved.capture.contraction == "on" and saved.render.near == 0.05
+    assert (saved.render.image_stop_eps, saved.render.image_weight_thre) == (1e-3, 1e-3)  # recorded as decided
     run = load_run(run_dir)
     assert run.grid.contracted and run.field.contracted
     main(["eval", str(run_dir), "--every", "8", "--quiet"])
