@@ -8,8 +8,8 @@ no-grad pruning of ``sample_rays`` and the occupancy grid's updates).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,6 +48,21 @@ class RenderConfig:
     outer_samples: int = 128
     """With scene contraction: lattice points per ray beyond the scene box, evenly spaced in disparity out to
     infinity (the box itself is marched at the constant step)."""
+    image_stop_eps: float | None = None
+    """Images only (``render_image``; training is unaffected): a ray stops once its transmittance falls below this
+    (None: ``early_stop_eps``). Runs with scene contraction start with 1e-3: office_table (hash grid, 2500 steps,
+    held-out views 1 and 4) lost nothing measurable for 2.6 fewer densities evaluated a ray (of 27); 1e-2 saved
+    5.7 but lost 0.01-0.06 dB a view (the rest of the light comes from the background)."""
+    image_weight_thre: float = 0.0
+    """Images only: samples whose weight ``T * alpha`` is below this are left out of the composite (their density
+    still dims the samples behind them), so their colour is never evaluated. Runs with scene contraction start with
+    1e-3: on office_table 36% of the shaded samples (25 a ray) weighed less, for 0.004 dB."""
+
+    def for_images(self) -> "RenderConfig":
+        """These settings with ``image_stop_eps`` as ``early_stop_eps``: what ``render_image`` prunes with."""
+        if self.image_stop_eps is None:
+            return self
+        return dataclasses.replace(self, early_stop_eps=self.image_stop_eps)
 
     def prunes(self) -> bool:
         """Whether samples are pruned by density at all."""
@@ -199,20 +214,27 @@ def render_rays(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid,
 @torch.no_grad()
 def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, origins: torch.Tensor,
                               dirs: torch.Tensor, cfg: RenderConfig, background: torch.Tensor,
-                              round_samples: int = 16) -> dict[str, torch.Tensor]:
+                              round_samples: int = 8) -> dict[str, torch.Tensor]:
     """``render_rays`` without autograd, shading each ray's samples front to back (``front_to_back``): the
     samples behind a surface are marched but never evaluated. The same samples are kept and shaded as in
     ``render_rays`` (which evaluates every marched sample's density to find them), so the image is the same up to
-    float rounding; only ``samples`` counts the densities evaluated rather than the kept ones."""
+    float rounding; only ``samples`` counts the densities evaluated rather than the kept ones. Samples lighter
+    than ``cfg.image_weight_thre`` are left out (none by default). Rounds of 8 samples: on office_table 28.5
+    densities a ray were evaluated against 31.2 in rounds of 16 (rays overshoot their last round by less), for
+    ~5% less time; 4 evaluated fewer but cost more in per-round overhead."""
     samples = march(origins, dirs, grid, cfg)
     n = samples.n_rays
     rgb, opacity, depth = origins.new_zeros(n, 3), origins.new_zeros(n), origins.new_zeros(n)
     evaluated = 0
     for idx, d, sigmas, feats, trans, tau in front_to_back(samples, origins, dirs, geometry_fn, cfg, round_samples):
         evaluated += len(idx)
-        k = kept(trans, tau, cfg).nonzero()[:, 0]
+        w = trans * -torch.expm1(-tau)
+        keep = kept(trans, tau, cfg)
+        if cfg.image_weight_thre > 0:
+            keep &= w >= cfg.image_weight_thre
+        k = keep.nonzero()[:, 0]
         if len(k):
-            w = (trans.index_select(0, k) * -torch.expm1(-tau.index_select(0, k)))
+            w = w.index_select(0, k)
             part = samples.select(idx.index_select(0, k))
             kr = part.ray_indices
             rgb.index_add_(0, kr, w[:, None] * color_fn(feats.index_select(0, k), d.index_select(0, k)))
@@ -227,8 +249,8 @@ def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid
                  cfg: RenderConfig, background: torch.Tensor, chunk: int = 8192) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
     ``depth [H, W]``, ``opacity [H, W]`` on the CPU. The rays are cast on the grid's device (a field training on
-    a GPU renders there)."""
-    dev = grid.aabb.device
+    a GPU renders there). Pruned with ``cfg.for_images()``."""
+    dev, cfg = grid.aabb.device, cfg.for_images()
     origins, dirs = image_rays(cams, i)
     origins, dirs = origins.reshape(-1, 3).to(dev), dirs.reshape(-1, 3).to(dev)
     background = background.to(dev)

@@ -83,16 +83,18 @@ def native_contracted(ops, origins, dirs, binary, step, near, far, jitter, n_out
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("density", [0.0, 0.03, 0.3, 1.0])
 @pytest.mark.parametrize("jittered,near,far", [(False, 0.0, 1e10), (True, 0.05, 1e10), (True, 0.2, 30.0)])
-def test_contracted_march_native_matches_reference(ops, device, density, jittered, near, far):
+@pytest.mark.parametrize("n_outer", [64, 2, 97])  # the outer points go in blocks of 32: 63, 1 and 96 + 0 of them
+def test_contracted_march_native_matches_reference(ops, device, density, jittered, near, far, n_outer):
     needs_device(device, ops)
     g = torch.Generator().manual_seed(2)
     binary = torch.rand(32, 32, 32, generator=g) < density
     origins, dirs, jitter = rays()
     step = (AABB[1] - AABB[0]).norm().item() / 128
     jitter = jitter if jittered else None
-    ref = march_rays_reference(origins, dirs, binary, AABB, step, near, far, jitter=jitter, contract=True, n_outer=64)
+    ref = march_rays_reference(origins, dirs, binary, AABB, step, near, far, jitter=jitter, contract=True,
+                               n_outer=n_outer)
     dev = lambda t: None if t is None else t.to(device)  # noqa: E731
-    got = native_contracted(ops, dev(origins), dev(dirs), dev(binary), step, near, far, dev(jitter), 64)
+    got = native_contracted(ops, dev(origins), dev(dirs), dev(binary), step, near, far, dev(jitter), n_outer)
     assert torch.equal(got.ray_indices, ref.ray_indices)
     assert torch.equal(got.t_starts, ref.t_starts)
     assert torch.equal(got.t_ends, ref.t_ends)
@@ -162,6 +164,18 @@ def test_far_background_is_learned_with_contraction_and_missed_without():
     assert on > off + 3, (on, off)
 
 
+def test_scenes_in_a_box_keep_their_image_pruning(procedural_root):
+    """Only runs with contraction start with the image-only pruning: lego and the procedural scene render as
+    before."""
+    from conftest import tiny_config
+
+    cfg = tiny_config()
+    decided = cfg.for_scene(cfg.scene.load("train"))
+    assert decided.capture.contraction == "off"
+    assert decided.render == cfg.render and decided.render.for_images() == cfg.render
+    assert (decided.render.image_stop_eps, decided.render.image_weight_thre) == (None, 0.0)
+
+
 def test_a_contracted_run_evaluates_exports_and_resumes(tmp_path, procedural_root):
     """Everything downstream of training works on a run with scene contraction: eval, mesh, point cloud (of the
     foreground box), video, and resume."""
@@ -180,6 +194,7 @@ def test_a_contracted_run_evaluates_exports_and_resumes(tmp_path, procedural_roo
     Trainer(cfg, run_dir).train(show_progress=False)
     saved = RunConfig.load(run_dir / "config.yaml")
     assert saved.capture.contraction == "on" and saved.render.near == 0.05
+    assert (saved.render.image_stop_eps, saved.render.image_weight_thre) == (1e-3, 1e-3)  # recorded as decided
     run = load_run(run_dir)
     assert run.grid.contracted and run.field.contracted
     main(["eval", str(run_dir), "--every", "8", "--quiet"])

@@ -51,9 +51,9 @@ def test_chunks_shrink_when_memory_runs_out_and_results_do_not_change():
     field, grid = sdf_field()
     cams = procedural_cameras(2)
     full = VolumeModel(field, grid, RenderConfig()).render(cams, 0, torch.ones(3))
-    # samples per call: images render front to back in rounds of 16 samples per ray; a 1600-ray chunk of this
-    # view asks for ~8,300 at once, more than this allows, a 400-ray one for ~3,800
-    starved = Starved(field, limit=5_000)
+    # samples per call: images render front to back in rounds of 8 samples per ray; a 1600-ray chunk of this
+    # view asks for ~4,300 at once, more than this allows, a 400-ray one for ~2,000
+    starved = Starved(field, limit=2_500)
     small = render_image(starved.geometry, starved.color, grid, cams, 0, RenderConfig(), torch.ones(3), chunk=1600)
     assert starved.refused > 0
     for k in ("rgb", "depth", "opacity"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -178,6 +179,29 @@ def test_front_to_back_rendering_matches_render_rays(alpha_thre, contracted):
     assert 0.3 < (ref["opacity"] > 0.99).float().mean() < 1  # some rays end in the ball, some pass it
     marched = len(march(origins, dirs, grid, cfg))
     assert int(got["samples"]) < 0.7 * marched  # and samples behind the ball were never evaluated
+
+
+@pytest.mark.parametrize("contracted", [False, True])
+def test_image_pruning_settings_change_images_only(contracted):
+    """``image_stop_eps`` / ``image_weight_thre`` stop rays earlier and leave light samples out of images, by at
+    most about the light samples' weight and the stopping transmittance per ray; training's renderer ignores
+    them."""
+    from renderers.render import render_rays_front_to_back
+
+    geometry, color, grid, origins, dirs, cfg, bg, _ = ball_scene(0.0, contracted)
+    loose = dataclasses.replace(cfg, image_stop_eps=1e-2, image_weight_thre=1e-3)
+    assert loose.for_images().early_stop_eps == 1e-2 and cfg.for_images() is cfg
+    with torch.no_grad():
+        a, b = render_rays(geometry, color, grid, origins, dirs, cfg, bg), render_rays(geometry, color, grid,
+                                                                                         origins, dirs, loose, bg)
+    assert all(torch.equal(a[k], b[k]) for k in ("rgb", "opacity", "depth", "samples"))
+    full = render_rays_front_to_back(geometry, color, grid, origins, dirs, cfg, bg)
+    fast = render_rays_front_to_back(geometry, color, grid, origins, dirs, loose.for_images(), bg)
+    assert int(fast["samples"]) < int(full["samples"])  # rays stopped earlier
+    gap = full["opacity"] - fast["opacity"]
+    assert (gap >= -1e-6).all() and gap.max() > 1e-4  # light samples were left out
+    n_light = (full["samples"] / len(origins)).item()  # a generous bound on the light samples of a ray
+    assert (full["rgb"] - fast["rgb"]).abs().max() <= 1e-2 + 1e-3 * n_light
 
 
 @pytest.mark.parametrize("contracted", [False, True])

@@ -11,8 +11,10 @@
 
 #if defined(__CUDACC__)
 #define FIELDS_HD __host__ __device__ __forceinline__
+#define FIELDS_SIMD
 #else
 #define FIELDS_HD inline
+#define FIELDS_SIMD _Pragma("omp simd")  // vectorise the next loop (g++ -fopenmp); nothing for nvcc
 #endif
 
 namespace fields {
@@ -284,6 +286,25 @@ FIELDS_HD bool cell_is_inner(const int cell[3], const int res[3]) {
   return true;
 }
 
+// Lattice point k of a contracted ray (march_ray_contracted): t0 + k step up to k = n1, then b N / (N - j) for
+// j = k - n1 (N = n_outer), in the reference's precision.
+FIELDS_HD float contracted_lattice_at(int64_t k, float t0, float step, int64_t n1, float b, int64_t n_outer) {
+  if (k <= n1) return t0 + static_cast<float>(k) * step;
+  const double j = static_cast<double>(k - n1);
+  return static_cast<float>(static_cast<double>(b) * static_cast<double>(n_outer) / (static_cast<double>(n_outer) - j));
+}
+
+// contracted_cell's index along one axis of contracted coordinate v, branch-free.
+FIELDS_HD int32_t outer_cell_axis(float v, float res) {
+  float g = floorf((v + 2.0f) * 0.25f * res);
+  g = g < 0.0f ? 0.0f : g;
+  g = g > res - 1.0f ? res - 1.0f : g;
+  return static_cast<int32_t>(g);
+}
+
+// Outer lattice points classified together (march_ray_contracted): a multiple of the widest vector.
+constexpr int kOuterBlock = 32;
+
 // March one ray through a contracted grid (march_ray with p.contract): lattice points t0 + k step up to the first at
 // or past the inner box's exit (n1 of them, ending at t1), then b N / (N - j) for j = 1..N-1 (b = max(t1, step),
 // N = n_outer): evenly spaced in disparity, the last one before infinity. Empty inner cells and blocks are jumped
@@ -310,16 +331,12 @@ FIELDS_HD int64_t march_ray_contracted(const float o[3], const float d[3], float
     wlo[a] = c - 2.0f * h;
     whi[a] = c + 2.0f * h;
   }
-  auto at = [&](int64_t k) -> float {
-    if (k <= n1) return t0 + static_cast<float>(k) * step;
-    const double j = static_cast<double>(k - n1);
-    return static_cast<float>(static_cast<double>(b) * static_cast<double>(n_outer) / (static_cast<double>(n_outer) - j));
-  };
-  int64_t n = 0;
-  for (int64_t k = 0; k < count;) {
+  auto at = [&](int64_t k) -> float { return contracted_lattice_at(k, t0, step, n1, b, n_outer); };
+  int64_t n = 0, k = 0;
+  while (k < n1) {  // the inner lattice, empty cells and blocks jumped
     const float ts = at(k), te = at(k + 1);
     const float mid = 0.5f * (ts + te);
-    if (!(mid < far)) break;  // lattice points only grow
+    if (!(mid < far)) return n;  // lattice points only grow
     const float x[3] = {o[0] + mid * d[0], o[1] + mid * d[1], o[2] + mid * d[2]};
     int cell[3];
     bool inner;
@@ -330,7 +347,7 @@ FIELDS_HD int64_t march_ray_contracted(const float o[3], const float d[3], float
       ++k;
       continue;
     }
-    if (inner && k < n1 && cell_is_inner(cell, p.res)) {
+    if (inner && cell_is_inner(cell, p.res)) {
       double t_exit = -INFINITY;
       if (p.coarse) {
         const int block[3] = {cell[0] / kCoarseBlock, cell[1] / kCoarseBlock, cell[2] / kCoarseBlock};
@@ -350,6 +367,51 @@ FIELDS_HD int64_t march_ray_contracted(const float o[3], const float d[3], float
       }
     }
     ++k;
+  }
+  // The outer points k = n1 .. count - 1, every one visited: independent of each other, their cells are found a
+  // block at a time in a branch-free loop that the host compiler vectorises (contracted_cell and the lattice
+  // written out with selects, the same float32/float64 operations), then looked up and emitted in order. Scalar,
+  // one point after the other, they were ~80% of marching an office_table view.
+  float ts[kOuterBlock], te[kOuterBlock];
+  int32_t cell_of[kOuterBlock];
+  const double bn = static_cast<double>(b) * static_cast<double>(n_outer), nd = static_cast<double>(n_outer);
+  float centre[3], half[3], res_f[3];
+  for (int a = 0; a < 3; ++a) {
+    centre[a] = (p.lo[a] + p.hi[a]) * 0.5f;
+    half[a] = (p.hi[a] - p.lo[a]) * 0.5f;
+    res_f[a] = static_cast<float>(p.res[a]);
+  }
+  for (; k < count; k += kOuterBlock) {
+    const int64_t nb = count - k < kOuterBlock ? count - k : kOuterBlock;
+    FIELDS_SIMD
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t kk = k + i;
+      const double j = static_cast<double>(kk - n1);
+      // Every value is computed, then selected: g++ keeps a floating-point operation that only one side of a
+      // branch needs out of a vectorised loop (it might trap).
+      const float outer_start = static_cast<float>(bn / (nd - j)), inner_start = t0 + static_cast<float>(kk) * step;
+      ts[i] = kk <= n1 ? inner_start : outer_start;  // kk == n1: the inner box's exit
+      te[i] = static_cast<float>(bn / (nd - (j + 1.0)));
+      const float mid = 0.5f * (ts[i] + te[i]);
+      // contract_point and contracted_cell, axis by axis (inner loops would keep the loop from vectorising)
+      const float u0 = (o[0] + mid * d[0] - centre[0]) / half[0], u1 = (o[1] + mid * d[1] - centre[1]) / half[1],
+                  u2 = (o[2] + mid * d[2] - centre[2]) / half[2];
+      float m = fabsf(u0);  // fmaxf(0, |u0|)
+      m = fabsf(u1) > m ? fabsf(u1) : m;
+      m = fabsf(u2) > m ? fabsf(u2) : m;
+      const float scale = (2.0f - 1.0f / m) / m, s0 = u0 * scale, s1 = u1 * scale, s2 = u2 * scale;
+      const bool shell = m > 1.0f;
+      const int32_t c[3] = {outer_cell_axis(shell ? s0 : u0, res_f[0]), outer_cell_axis(shell ? s1 : u1, res_f[1]),
+                            outer_cell_axis(shell ? s2 : u2, res_f[2])};
+      cell_of[i] = (c[0] * p.res[1] + c[1]) * p.res[2] + c[2];
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+      if (!(0.5f * (ts[i] + te[i]) < far)) return n;  // lattice points only grow
+      if (binary[cell_of[i]]) {
+        emit(k + i, ts[i], te[i]);
+        ++n;
+      }
+    }
   }
   return n;
 }

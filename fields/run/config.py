@@ -240,11 +240,15 @@ class RunConfig:
 
     def for_scene(self, data: SceneSplit) -> "RunConfig":
         """This config with its 'auto' capture settings decided for the training split ``data``, and with
-        contraction a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera."""
+        contraction a near plane of 0.05 where none is set, as nerfacto: nothing grows on the camera; and the
+        image-only pruning of ``RenderConfig`` (``image_stop_eps`` and ``image_weight_thre`` 1e-3) where unset,
+        which rendered office_table's 8 held-out views 1.2x faster for 0.007 dB (scenes in a box render as before)."""
         capture = self.capture.resolved(data)
         render = self.render
         if capture.contraction == "on" and render.near == 0:
             render = dataclasses.replace(render, near=0.05)
+        if capture.contraction == "on" and render.image_stop_eps is None and render.image_weight_thre == 0:
+            render = dataclasses.replace(render, image_stop_eps=1e-3, image_weight_thre=1e-3)
         return dataclasses.replace(self, capture=capture, render=render)
 
     @property

@@ -33,7 +33,10 @@ CPU_SOURCES = ("bindings.cpp", "cpu/volume.cpp", "cpu/splat.cpp", "cpu/mlp.cpp",
 CUDA_SOURCES = ("gpu/volume.cu", "gpu/splat.cu")
 HEADERS = ("common/fields_math.h", "common/kernels.h", "cpu/mlp.h", "gpu/launch.cuh")
 # No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17"]
+# -fno-trapping-math lets g++ vectorise loops with float comparisons and selects (the contracted marcher's outer
+# points: 4.0 -> 1.8 s CPU marching a 960x540 office_table view); results are unchanged, only floating-point exception
+# flags are no longer guaranteed (nothing reads them; no reassociation, every operation rounds as written).
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-std=c++17"]
 CUDA_CFLAGS = ["-O3", "--fmad=false", "-std=c++17"]
 
 _lock = threading.Lock()
