@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_config
 from fields.run.checkpoint import load_checkpoint, list_checkpoints
 from fields.run.config import CaptureConfig
+from fields.run.folder import load_run
 from fields.training.camera_refinement import CameraRefinement, pose_errors, so3_exp
 from fields.training.trainer import Trainer
 from renderers.compositing import distortion
@@ -138,6 +139,9 @@ def test_resume_restores_the_corrections_and_cameras_json_holds_the_refined_pose
     refined = resumed.steps.refinement.refined_c2w().detach()
     assert torch.allclose(torch.tensor(record["c2w"], dtype=torch.float32), refined, atol=1e-6)
     assert not torch.allclose(refined, resumed.data.cameras.c2w, atol=1e-6)
+    run = load_run(tmp_path / "b")  # evaluating the training views renders them from the refined poses
+    assert torch.allclose(run.split("train").cameras.c2w, refined, atol=1e-6)
+    assert torch.equal(run.split("test").cameras.c2w, resumed.cfg.scene.load("test").cameras.c2w)
 
 
 def test_distortion_weight_adds_the_loss_to_ray_batches_and_auto_is_off(procedural_root):
