@@ -247,7 +247,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_mea
   Tensor v_depths = f32(v_depths_, "v_depths"), v_compensations = f32(v_compensations_, "v_compensations");
   const int64_t n = means.size(0);
   Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats), v_scales = at::zeros_like(scales);
-  Tensor v_viewmats = viewmat_grad ? at::zeros({n, 12}, means.options()) : at::empty({0}, means.options());
+  Tensor v_viewmats = at::empty({viewmat_grad ? n : 0, 12}, means.options());  // every row is written
   if (n > 0)
     DISPATCH(means.device(), splat_project_backward, means.data_ptr<float>(), quats.data_ptr<float>(),
              scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),

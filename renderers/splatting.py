@@ -14,10 +14,10 @@ first Gaussian that would bring its transmittance below 1e-4 (that one is not ad
 puts both together and also renders depth as an extra colour channel.
 
 Conventions: cameras are ``scenes.cameras.Cameras`` (OpenGL camera-to-world, turned into an OpenCV view with
-z forward), pixel centres at +0.5. A ``c2w`` that requires grad (a training camera being refined,
-``fields.training.camera_refinement``) makes every render differentiable w.r.t. the pose as well: through the
-projection (means2d, depths, the EWA Jacobian and the covariance's rotation) and anything else computed from it
-(e.g. view-dependent colours from ``Cameras.centers``). Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
+z forward), pixel centres at +0.5. A ``c2w`` that requires grad (a training camera whose pose is being refined)
+makes a render differentiable w.r.t. the pose as well: through the projection (means2d, depths, the EWA Jacobian
+and the covariance's rotation) and whatever else is computed from it (e.g. view-dependent colours from
+``Cameras.centers``). Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
 rasterization, forward and backward, wrapped in ``renderers.native.autograd``'s Functions) when they are built;
 otherwise, and for other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by
 autograd, they are the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
