@@ -234,24 +234,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> splat_project_fwd(const Tenso
   return {means2d, conics, depths, radii, compensations};
 }
 
-std::tuple<Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_means2d_, const Tensor& v_conics_,
-                                                     const Tensor& v_depths_, const Tensor& v_compensations_,
-                                                     const Tensor& means_,
-                                                     const Tensor& quats_, const Tensor& scales_,
-                                                     const Tensor& viewmat, double fx, double fy, double cx,
-                                                     double cy, int64_t width, int64_t height, double near) {
+// The gradients of means, quats and scales and, with viewmat_grad, the view matrix's [3, 4] (on the Gaussians'
+// device; summed over the Gaussians in float64), else an empty tensor in its place.
+std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_means2d_, const Tensor& v_conics_,
+                                                             const Tensor& v_depths_, const Tensor& v_compensations_,
+                                                             const Tensor& means_, const Tensor& quats_,
+                                                             const Tensor& scales_, const Tensor& viewmat, double fx,
+                                                             double fy, double cx, double cy, int64_t width,
+                                                             int64_t height, double near, bool viewmat_grad) {
   Tensor means = f32(means_, "means"), quats = f32(quats_, "quats"), scales = f32(scales_, "scales");
   Tensor v_means2d = f32(v_means2d_, "v_means2d"), v_conics = f32(v_conics_, "v_conics");
   Tensor v_depths = f32(v_depths_, "v_depths"), v_compensations = f32(v_compensations_, "v_compensations");
   const int64_t n = means.size(0);
   Tensor v_means = at::zeros_like(means), v_quats = at::zeros_like(quats), v_scales = at::zeros_like(scales);
+  Tensor v_viewmats = at::empty({viewmat_grad ? n : 0, 12}, means.options());  // every row is written
   if (n > 0)
     DISPATCH(means.device(), splat_project_backward, means.data_ptr<float>(), quats.data_ptr<float>(),
              scales.data_ptr<float>(), n, splat_camera(viewmat, fx, fy, cx, cy, width, height, near),
              v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_depths.data_ptr<float>(),
              v_compensations.data_ptr<float>(), v_means.data_ptr<float>(), v_quats.data_ptr<float>(),
-             v_scales.data_ptr<float>());
-  return {v_means, v_quats, v_scales};
+             v_scales.data_ptr<float>(), viewmat_grad ? v_viewmats.data_ptr<float>() : nullptr);
+  Tensor v_viewmat = viewmat_grad ? v_viewmats.sum(0, false, at::kDouble).to(at::kFloat).view({3, 4}) : v_viewmats;
+  return {v_means, v_quats, v_scales, v_viewmat};
 }
 
 std::tuple<Tensor, Tensor> splat_bin(const Tensor& means2d_, const Tensor& radii_, const Tensor& depths_,
@@ -416,8 +420,8 @@ TORCH_LIBRARY(fields, m) {
         " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_compensations,"
         " Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx, float cy,"
-        " int width, int height, float near)"
-        " -> (Tensor, Tensor, Tensor)");
+        " int width, int height, float near, bool viewmat_grad=False)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("splat_bin(Tensor means2d, Tensor radii, Tensor depths, int width, int height, int tile_size)"
         " -> (Tensor, Tensor)");
   m.def("splat_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor ids,"

@@ -14,7 +14,10 @@ first Gaussian that would bring its transmittance below 1e-4 (that one is not ad
 puts both together and also renders depth as an extra colour channel.
 
 Conventions: cameras are ``scenes.cameras.Cameras`` (OpenGL camera-to-world, turned into an OpenCV view with
-z forward), pixel centres at +0.5. Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
+z forward), pixel centres at +0.5. A ``c2w`` that requires grad (a training camera whose pose is being refined)
+makes a render differentiable w.r.t. the pose as well: through the projection (means2d, depths, the EWA Jacobian
+and the covariance's rotation) and whatever else is computed from it (e.g. view-dependent colours from
+``Cameras.centers``). Float32 tensors run the native kernels of ``cuda/`` (projection, binning and
 rasterization, forward and backward, wrapped in ``renderers.native.autograd``'s Functions) when they are built;
 otherwise, and for other dtypes, the plain-PyTorch ``*_reference`` functions here run instead: differentiable by
 autograd, they are the oracle of the native kernels and their fallback (``FIELDS_NATIVE=0`` forces them).
@@ -50,7 +53,8 @@ class Projection:
 
 @dataclass
 class Camera:
-    """One pinhole camera as plain numbers: OpenCV world-to-camera rotation ``R`` [3, 3] and translation ``t``."""
+    """One pinhole camera as plain numbers: OpenCV world-to-camera rotation ``R`` [3, 3] and translation ``t``
+    (differentiable functions of the ``Cameras``' ``c2w`` where that requires grad: a pose being refined)."""
 
     R: torch.Tensor
     t: torch.Tensor
@@ -99,7 +103,8 @@ def compensation(a0: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.T
 
 def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cam: Camera,
                       near: float = 0.01) -> Projection:
-    """Plain-PyTorch projection (see the module docstring); differentiable w.r.t. means, quats and scales."""
+    """Plain-PyTorch projection (see the module docstring); differentiable w.r.t. means, quats, scales and the
+    camera's ``R`` and ``t``."""
     p = means @ cam.R.T + cam.t
     x, y, z = p.unbind(-1)
     valid = z > near
@@ -129,7 +134,8 @@ def project_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
 
 def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, cams: Cameras, i: int,
                       near: float = 0.01) -> Projection:
-    """Screen-space means, conics, depths, radii and compensations of Gaussians seen by camera ``i`` of ``cams``."""
+    """Screen-space means, conics, depths, radii and compensations of Gaussians seen by camera ``i`` of ``cams``;
+    differentiable w.r.t. the camera's pose too where ``cams.c2w`` requires grad."""
     cam = Camera.of(cams, i, means.dtype, means.device)
     if native.ops_for(means, quats, scales) is None:
         return project_reference(means, quats, scales, cam, near)

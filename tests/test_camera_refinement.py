@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_config
 from fields.run.checkpoint import load_checkpoint, list_checkpoints
 from fields.run.config import CaptureConfig
+from fields.run.folder import load_run
 from fields.training.camera_refinement import CameraRefinement, pose_errors, so3_exp
 from fields.training.trainer import Trainer
 from renderers.compositing import distortion
@@ -112,8 +113,13 @@ def test_refinement_off_leaves_the_step_as_it_was(tmp_path, procedural_root):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_resume_restores_the_corrections_and_cameras_json_holds_the_refined_poses(tmp_path, procedural_root):
-    make = lambda: refining(tiny_config(max_steps=24, ckpt_every=8), camera_warmup_steps=2)  # noqa: E731
+@pytest.mark.parametrize("backend", ["rays", "gaussians"])
+def test_resume_restores_the_corrections_and_cameras_json_holds_the_refined_poses(tmp_path, procedural_root,
+                                                                                  backend):
+    def make():
+        cfg = refining(tiny_config(max_steps=24, ckpt_every=8), camera_warmup_steps=2)
+        return cfg if backend == "rays" else gaussians(cfg)
+
     straight = Trainer(make(), tmp_path / "a")
     straight.train(show_progress=False)
 
@@ -133,6 +139,9 @@ def test_resume_restores_the_corrections_and_cameras_json_holds_the_refined_pose
     refined = resumed.steps.refinement.refined_c2w().detach()
     assert torch.allclose(torch.tensor(record["c2w"], dtype=torch.float32), refined, atol=1e-6)
     assert not torch.allclose(refined, resumed.data.cameras.c2w, atol=1e-6)
+    run = load_run(tmp_path / "b")  # evaluating the training views renders them from the refined poses
+    assert torch.allclose(run.split("train").cameras.c2w, refined, atol=1e-6)
+    assert torch.equal(run.split("test").cameras.c2w, resumed.cfg.scene.load("test").cameras.c2w)
 
 
 def test_distortion_weight_adds_the_loss_to_ray_batches_and_auto_is_off(procedural_root):
@@ -163,3 +172,48 @@ def test_auto_capture_settings_follow_the_measurements(procedural_root):
     assert resolved.contraction == "on" and resolved.distortion_weight == 0.01
     boxed = cfg.for_scene(data).capture
     assert boxed.contraction == "off" and boxed.distortion_weight == 0.0
+
+
+def gaussians(cfg):
+    """``cfg`` training Gaussians (whole-image steps) instead of the hash grid."""
+    from fields.backends.gaussians import GaussiansConfig
+
+    cfg.field_config = GaussiansConfig(num_init=2000, sh_degree=1, sh_degree_every=50, densify_from=50,
+                                       densify_every=25, reset_opacity_every=0)
+    return cfg
+
+
+def lateral_error(c2w: torch.Tensor, true_c2w: torch.Tensor) -> float:
+    """Mean distance of the camera centres ``c2w`` from the true ones across each true view axis (the part of a
+    position error an image shows; a shift along the axis barely changes it)."""
+    d = c2w[:, :3, 3] - true_c2w[:, :3, 3]
+    axis = true_c2w[:, :3, 2]
+    return float((d - (d * axis).sum(-1, keepdim=True) * axis).norm(dim=-1).mean())
+
+
+def test_gaussian_training_pulls_perturbed_cameras_back_towards_the_truth(procedural_root):
+    """Whole-image steps learn the poses through the splatting projection's view-matrix gradient. Seconds: 16 of
+    the 64 training views (each drawn ~19 times in 300 steps) and Gaussians seeded on the true surface, as a
+    capture's SfM points would seed them."""
+    from fields.backends.gaussians import GaussiansConfig
+    from scenes import procedural
+    from scenes.images import Images
+
+    cfg = refining(tiny_config(max_steps=300), camera_lr=3e-3, camera_warmup_steps=50)
+    cfg.field_config = GaussiansConfig(sh_degree=0, densify_from=10**6, reset_opacity_every=0)
+    data = cfg.scene.load("train")
+    keep = list(range(0, len(data), len(data) // 16))
+    points = procedural.surface_points(3000)
+    truth = dataclasses.replace(data, cameras=data.cameras[keep], images=Images.stack([data.images[i] for i in keep]),
+                                points=points, point_colors=(procedural.albedo(points) * 255).round().to(torch.uint8))
+    size = float((truth.aabb[1] - truth.aabb[0]).norm())
+    wrong = perturbed(truth.cameras.c2w, degrees=2.0, shift=0.02 * size)
+    trainer = Trainer(cfg, data=with_poses(truth, wrong))
+    assert trainer.steps.refinement is not None and len(trainer.field) == len(points)
+    trainer.train(show_progress=False)
+    refined = trainer.steps.refinement.refined_c2w().detach()
+    (start, _), (end, _) = pose_errors(wrong, truth.cameras.c2w), pose_errors(refined, truth.cameras.c2w)
+    across = lateral_error(wrong, truth.cameras.c2w), lateral_error(refined, truth.cameras.c2w)
+    print(f"rotation {start:.3f} -> {end:.3f} deg, position across the view axis {across[0]:.4f} -> {across[1]:.4f}")
+    # measured: 2.0 -> 1.12 degrees, 0.052 -> 0.043 (along the axis it drifts: 0.039 -> 0.054)
+    assert end < 0.85 * start and across[1] < 0.92 * across[0]

@@ -3,6 +3,7 @@ per-pixel oracle (values and gradients), gradients agree with finite differences
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -181,20 +182,28 @@ def test_zero_gaussians_give_the_background():
     assert (out["opacity"] == 0).all() and (out["depth"] == 0).all() and out["radii"].shape == (0,)
 
 
+def posed(cams: Cameras, c2w: torch.Tensor) -> Cameras:
+    """``cams`` with the camera-to-world matrices ``c2w`` (e.g. a tensor that requires grad)."""
+    return dataclasses.replace(cams, c2w=c2w)
+
+
 @pytest.mark.parametrize("antialiased", [False, True])
 def test_render_gradients_match_finite_differences(antialiased):
     """gradcheck in float64 on a tiny scene through projection (and the anti-aliasing compensation), binning,
-    compositing and the depth channel."""
+    compositing and the depth channel, w.r.t. the Gaussians and the camera's pose (c2w)."""
     cams = look_at_origin([0.3, 0.2, 3.0], width=20, height=18, fov=0.6)
     means, quats, scales, opac, colors = scene(n=10, seed=3, spread=0.3)
     bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
 
-    def f(means, quats, scales, opac, colors):
-        out = sp.render_gaussians(means, quats, scales, opac, colors, cams, 0, bg, antialiased=antialiased)
+    def f(means, quats, scales, opac, colors, c2w):
+        out = sp.render_gaussians(means, quats, scales, opac, colors, posed(cams, c2w), 0, bg,
+                                  antialiased=antialiased)
         return out["rgb"], out["depth"], out["opacity"]
 
-    inputs = tuple(t.requires_grad_() for t in (means, quats, scales, opac, colors))
+    inputs = tuple(t.requires_grad_() for t in (means, quats, scales, opac, colors, cams.c2w.double()))
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4, fast_mode=True)
+    (pose_grad,) = torch.autograd.grad(f(*inputs)[0].sum(), inputs[-1])
+    assert pose_grad[0, :3].abs().min() > 0  # every entry of R | t reaches the image
 
 
 def energy_at(width: int, antialiased: bool) -> float:
@@ -257,19 +266,21 @@ def test_native_projection_matches_reference(ops, device):
     coefs = [torch.randn(300, 2, generator=g), torch.randn(300, 3, generator=g), torch.randn(300, generator=g),
              torch.randn(300, generator=g)]
 
-    def ref(m, q, s):
-        p = sp.project_reference(m, q, s, cam)
+    def ref(m, q, s, c2w):
+        p = sp.project_reference(m, q, s, sp.Camera.of(posed(cams, c2w), 0, torch.float32, m.device))
         return p.means2d, p.conics, p.depths, p.compensations
 
-    def nat(m, q, s):
-        p = sp.project_gaussians(m, q, s, cams, 0)
+    def nat(m, q, s, c2w):
+        p = sp.project_gaussians(m, q, s, posed(cams, c2w), 0)
         nat.radii = p.radii.cpu()
         return p.means2d, p.conics, p.depths, p.compensations
 
-    out_r, grad_r = grads_of(ref, (means, quats, scales), coefs)
-    out_n, grad_n = grads_of(nat, [t.to(device) for t in (means, quats, scales)], coefs)
+    c2w = cams.c2w.float()  # the pose's gradient: the view matrix's, summed over the Gaussians, through Camera.of
+    out_r, grad_r = grads_of(ref, (means, quats, scales, c2w), coefs)
+    out_n, grad_n = grads_of(nat, [t.to(device) for t in (means, quats, scales)] + [c2w], coefs)
     for got, want in zip(out_n + grad_n, out_r + grad_r):
         assert close(got, want)
+    assert grad_r[3][0, :3].abs().min() > 1  # every entry of R | t has a gradient, matched above
     proj_r = sp.project_reference(means, quats, scales, cam)
     radii_r, comps = proj_r.radii, proj_r.compensations
     assert torch.equal(nat.radii, radii_r) and radii_r[0] == 0 and radii_r[1] == 0 and (radii_r > 0).sum() > 100
@@ -347,14 +358,16 @@ def test_native_render_matches_reference_end_to_end(ops, device, antialiased, mo
 
     inputs[2][:20] = 3e-3  # small Gaussians, whose compensation matters
 
-    def f(*args):
-        out = sp.render_gaussians(*args, cams, 0, bg.to(args[0].device), antialiased=antialiased)
+    def f(*args):  # the Gaussians and the pose (c2w), whose gradient is compared too
+        out = sp.render_gaussians(*args[:-1], posed(cams, args[-1]), 0, bg.to(args[0].device),
+                                  antialiased=antialiased)
         return out["rgb"], out["depth"], out["opacity"]
 
     needs_device(device, ops)
-    out_n, grad_n = grads_of(f, [t.to(device) for t in inputs], coefs)
+    c2w = cams.c2w.float()
+    out_n, grad_n = grads_of(f, [t.to(device) for t in inputs] + [c2w], coefs)
     monkeypatch.setenv("FIELDS_NATIVE", "0")
-    out_r, grad_r = grads_of(f, inputs, coefs)
+    out_r, grad_r = grads_of(f, inputs + [c2w], coefs)
     for got, want in zip(out_n + grad_n, out_r + grad_r):
         assert close(got, want, rel=2e-5)
 

@@ -696,11 +696,13 @@ FIELDS_HD void splat_project_gaussian(const float m[3], const float q[4], const 
 }
 
 // Gradients of the mean, quaternion and scales from those of means2d, conic, depth and compensation (every
-// Gaussian, culled or not, exactly like autograd through the reference).
+// Gaussian, culled or not, exactly like autograd through the reference); where v_view is not null, also this
+// Gaussian's share of the view matrix's gradient, [3, 4] row-major (R | t): through the camera-space point p =
+// R m + t (means2d, depth, and the Jacobian J's dependence on p) and through the covariance's J R.
 FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4], const float s[3],
                                                const SplatCamera& cam, const float v_m2[2], const float v_con[3],
                                                float v_depth, float v_comp, float v_m[3], float v_q[4],
-                                               float v_s[3]) {
+                                               float v_s[3], float* v_view) {
   const SplatProjected P = splat_project_core(m, q, s, cam);
   const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
   float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;
@@ -756,6 +758,14 @@ FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4
   vzs += -(P.p[0] * vu + P.p[1] * vv) * iz2;
   const float vp[3] = {vu * iz, vv * iz, v_depth + (P.valid ? vzs : 0.0f)};
   for (int j = 0; j < 3; ++j) v_m[j] = cam.R[j] * vp[0] + cam.R[3 + j] * vp[1] + cam.R[6 + j] * vp[2];
+  if (v_view == nullptr) return;
+  // p = R m + t; W = J R: row 0 = J00 R0 + J02 R2, row 1 = J11 R1 + J12 R2
+  for (int j = 0; j < 3; ++j) {
+    v_view[j] = vp[0] * m[j] + P.J00 * vW[j];
+    v_view[4 + j] = vp[1] * m[j] + P.J11 * vW[3 + j];
+    v_view[8 + j] = vp[2] * m[j] + P.J02 * vW[j] + P.J12 * vW[3 + j];
+  }
+  for (int i = 0; i < 3; ++i) v_view[4 * i + 3] = vp[i];
 }
 
 // Inclusive tile range of a Gaussian's means2d +- radius square, clamped to the grid (visible Gaussians only).

@@ -56,10 +56,11 @@ struct Bf16 {
   void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n,           \
                              SplatCamera cam, float* means2d, float* conics, float* depths, int32_t* radii,    \
                              float* compensations __VA_ARGS__);                                                     \
+  /* v_viewmats [N, 12]: each Gaussian's share of the [3, 4] view matrix's gradient, or null (not wanted) */    \
   void splat_project_backward(const float* means, const float* quats, const float* scales, int64_t n,          \
                               SplatCamera cam, const float* v_means2d, const float* v_conics,                  \
                               const float* v_depths, const float* v_compensations, float* v_means,             \
-                              float* v_quats, float* v_scales __VA_ARGS__);                                         \
+                              float* v_quats, float* v_scales, float* v_viewmats __VA_ARGS__);                 \
   /* number of tiles each Gaussian's square touches (0 when culled) */                                          \
   void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,                   \
                          int64_t* counts __VA_ARGS__);                                                              \

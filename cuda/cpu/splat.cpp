@@ -139,12 +139,14 @@ void splat_project_forward(const float* means, const float* quats, const float* 
 
 void splat_project_backward(const float* means, const float* quats, const float* scales, int64_t n, SplatCamera cam,
                             const float* v_means2d, const float* v_conics, const float* v_depths,
-                            const float* v_compensations, float* v_means, float* v_quats, float* v_scales) {
+                            const float* v_compensations, float* v_means, float* v_quats, float* v_scales,
+                            float* v_viewmats) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
     splat_project_gaussian_backward(means + 3 * i, quats + 4 * i, scales + 3 * i, cam, v_means2d + 2 * i,
                                     v_conics + 3 * i, v_depths[i], v_compensations[i], v_means + 3 * i,
-                                    v_quats + 4 * i, v_scales + 3 * i);
+                                    v_quats + 4 * i, v_scales + 3 * i,
+                                    v_viewmats == nullptr ? nullptr : v_viewmats + 12 * i);
 }
 
 void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts) {

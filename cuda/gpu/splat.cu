@@ -33,12 +33,13 @@ __global__ void project_forward_kernel(const float* means, const float* quats, c
 __global__ void project_backward_kernel(const float* means, const float* quats, const float* scales, int64_t n,
                                         SplatCamera cam, const float* v_means2d, const float* v_conics,
                                         const float* v_depths, const float* v_compensations, float* v_means,
-                                        float* v_quats, float* v_scales) {
+                                        float* v_quats, float* v_scales, float* v_viewmats) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   splat_project_gaussian_backward(means + 3 * i, quats + 4 * i, scales + 3 * i, cam, v_means2d + 2 * i,
                                   v_conics + 3 * i, v_depths[i], v_compensations[i], v_means + 3 * i,
-                                  v_quats + 4 * i, v_scales + 3 * i);
+                                  v_quats + 4 * i, v_scales + 3 * i,
+                                  v_viewmats == nullptr ? nullptr : v_viewmats + 12 * i);
 }
 
 __global__ void tile_counts_kernel(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,
@@ -182,9 +183,10 @@ void splat_project_forward(const float* means, const float* quats, const float* 
 void splat_project_backward(const float* means, const float* quats, const float* scales, int64_t n, SplatCamera cam,
                             const float* v_means2d, const float* v_conics, const float* v_depths,
                             const float* v_compensations, float* v_means, float* v_quats, float* v_scales,
-                            void* stream) {
+                            float* v_viewmats, void* stream) {
   project_backward_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      means, quats, scales, n, cam, v_means2d, v_conics, v_depths, v_compensations, v_means, v_quats, v_scales);
+      means, quats, scales, n, cam, v_means2d, v_conics, v_depths, v_compensations, v_means, v_quats, v_scales,
+      v_viewmats);
   check_launch("splat_project_backward");
 }
 

@@ -7,6 +7,7 @@ or its ``config.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import os
@@ -135,8 +136,13 @@ class LoadedRun:
         return self.field.scene_model(self.grid, self.config.render)
 
     def split(self, name: str):
-        """A split of the run's scene, loaded as it was for training (needs the scene's images)."""
-        return self.config.scene.load(name)
+        """A split of the run's scene, loaded as it was for training (needs the scene's images); the training
+        split with the poses training refined, where it refined them (``capture.camera_refinement``, recorded in
+        cameras.json), so that it matches what the field learned."""
+        split = self.config.scene.load(name)
+        if name == "train" and self.config.capture.camera_refinement == "on" and (self.path / RECORD_NAME).exists():
+            split = dataclasses.replace(split, cameras=dataclasses.replace(split.cameras, c2w=self.record.cameras.c2w))
+        return split
 
     @functools.cached_property
     def record(self) -> SceneRecord:

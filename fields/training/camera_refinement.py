@@ -2,14 +2,18 @@
 structure-from-motion that are off by a little.
 
 Each camera ``i`` gets six numbers, an axis-angle rotation ``w_i`` and a translation ``u_i``, zero at the start, in
-the camera's own frame: the refined pose is ``c2w_i @ [exp(w_i) | u_i]`` (nerfstudio's ``apply_to_camera``). A
-training batch's rays, built from the dataset poses, are moved by the correction of their camera
-(``apply``), which needs no change to ray generation (pinhole, distorted and fisheye lenses alike). Only the
-training cameras are refined: evaluation renders the held-out views from their poses as given.
+the camera's own frame: the refined pose is ``c2w_i @ [exp(w_i) | u_i]`` (nerfstudio's ``apply_to_camera``). Only
+the training cameras are refined: evaluation renders the held-out views from their poses as given; the run's
+cameras.json holds the refined training poses (what the viewer and exports use).
 
-Ray batches only (``fields.training.steps.RayBatches``). Gaussians (whole-image steps) are not refined yet: the
-native projection's backward (``splat_project_bwd``) returns the gradients of the means, quaternions and scales
-but none for the view matrix, and ``project_gaussians`` builds that matrix from ``Cameras`` without autograd.
+Both training strategies use it (``fields.training.steps.Steps`` holds the shared part: optimizer group with its
+own learning rate and warm-up, checkpoint state, refined split):
+
+- ray batches (``RayBatches``): a batch's rays, built from the dataset poses, are moved by the correction of
+  their camera (``apply``), which needs no change to ray generation (pinhole, distorted and fisheye lenses alike);
+- whole images (``WholeImages``, Gaussians): the image's camera is rendered from its refined pose
+  (``refined_c2w(i)``, a tensor with the corrections' gradient); the splatting projection is differentiable
+  w.r.t. the view matrix (``renderers.splatting``, native kernels included).
 """
 
 from __future__ import annotations
@@ -42,12 +46,15 @@ class CameraRefinement(nn.Module):
         self.delta = nn.Parameter(torch.zeros(len(c2w), 6, dtype=torch.float32))
         self.register_buffer("c2w", c2w.detach().float().clone(), persistent=False)
 
-    def refined_c2w(self) -> torch.Tensor:
-        """The refined camera-to-world matrices [N, 4, 4] (the dataset poses times the corrections)."""
-        corr = torch.eye(4, dtype=self.delta.dtype, device=self.delta.device).repeat(len(self.delta), 1, 1)
-        corr[:, :3, :3] = so3_exp(self.delta[:, :3])
-        corr[:, :3, 3] = self.delta[:, 3:]
-        return self.c2w @ corr
+    def refined_c2w(self, i: int | None = None) -> torch.Tensor:
+        """The refined camera-to-world matrices [N, 4, 4] (the dataset poses times the corrections), or camera
+        ``i``'s alone [4, 4]."""
+        delta, c2w = (self.delta, self.c2w) if i is None else (self.delta[i:i + 1], self.c2w[i:i + 1])
+        corr = torch.eye(4, dtype=delta.dtype, device=delta.device).repeat(len(delta), 1, 1)
+        corr[:, :3, :3] = so3_exp(delta[:, :3])
+        corr[:, :3, 3] = delta[:, 3:]
+        refined = c2w @ corr
+        return refined if i is None else refined[0]
 
     def apply(self, cams: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,9 +76,24 @@ class Steps:
     field: nn.Module
     grid: OccupancyGrid | None = None
     data: SceneSplit | None = None
+    refinement: CameraRefinement | None = None
+    """The training cameras' learned SE(3) corrections, where this strategy refines them (``refining``): their
+    optimizer group, checkpoint state and refined split are handled here, the same for every strategy."""
+    camera_group: dict | None = None
+    """The corrections' optimizer group settings (learning rate, warm-up), set with ``refinement``."""
+
+    def refining(self, cfg: RunConfig, device: torch.device) -> None:
+        """Refine the training cameras (``self.data``'s) where ``capture.camera_refinement`` is on."""
+        c = cfg.capture
+        if c.camera_refinement == "on":
+            self.refinement = CameraRefinement(self.data.cameras.c2w).to(device)
+            self.camera_group = {"lr": c.camera_lr, "warmup_steps": c.camera_warmup_steps, "weight_decay": 0.0}
 
     def param_groups(self, lr: float) -> list[dict]:
-        return self.field.param_groups(lr)
+        groups = self.field.param_groups(lr)
+        if self.refinement is not None:
+            groups.append({"params": [self.refinement.delta], **self.camera_group})
+        return groups
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         raise NotImplementedError
@@ -103,10 +118,11 @@ class Steps:
 
     def state_dict(self) -> dict:
         """What a resumed run needs beyond the field, grid and optimizer (merged into the checkpoint)."""
-        return {}
+        return {} if self.refinement is None else {"camera_refinement": self.refinement.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.refinement is not None:
+            self.refinement.load_state_dict(state["camera_refinement"])
 
     def config_sections(self) -> dict:
         """Sections written into config.yaml beside the run config (e.g. a distillation's teacher)."""
@@ -115,7 +131,11 @@ class Steps:
     def refined_split(self) -> SceneSplit | None:
         """The training split with the cameras as refined so far, where this strategy refines them (the run's
         cameras.json is rewritten from it with each checkpoint); None where it does not."""
-        return None
+        if self.refinement is None:
+            return None
+        with torch.no_grad():
+            c2w = self.refinement.refined_c2w().cpu()
+        return dataclasses.replace(self.data, cameras=dataclasses.replace(self.data.cameras, c2w=c2w))
 
 
 class TrainingRays:
@@ -184,18 +204,9 @@ class RayBatches(Steps):
         self.rays = TrainingRays(data, self.device)
         self.n_rays = cfg.train.init_rays
         self.prune_first = False  # see loss
-        self.refinement = (CameraRefinement(data.cameras.c2w).to(self.device)
-                           if cfg.capture.camera_refinement == "on" else None)
+        self.refining(cfg, self.device)
         weight = cfg.capture.distortion_weight
         self.distortion_weight = 0.0 if weight == "auto" else float(weight)
-
-    def param_groups(self, lr: float) -> list[dict]:
-        groups = self.field.param_groups(lr)
-        if self.refinement is not None:
-            c = self.cfg.capture
-            groups.append({"params": [self.refinement.delta], "lr": c.camera_lr, "warmup_steps": c.camera_warmup_steps,
-                           "weight_decay": 0.0})
-        return groups
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         t, gen = self.cfg.train, ctx.gen
@@ -234,26 +245,20 @@ class RayBatches(Steps):
         return {"rays": self.n_rays, "occupied": self.grid.occupied_fraction()}
 
     def state_dict(self) -> dict:
-        cams = {} if self.refinement is None else {"camera_refinement": self.refinement.state_dict()}
-        return {"n_rays": self.n_rays, **cams}
+        return {"n_rays": self.n_rays, **super().state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.n_rays = int(state["n_rays"])
-        if self.refinement is not None:
-            self.refinement.load_state_dict(state["camera_refinement"])
-
-    def refined_split(self) -> SceneSplit | None:
-        if self.refinement is None:
-            return None
-        with torch.no_grad():
-            c2w = self.refinement.refined_c2w().cpu()
-        return dataclasses.replace(self.data, cameras=dataclasses.replace(self.data.cameras, c2w=c2w))
+        super().load_state_dict(state)
 
 
 class WholeImages(Steps):
     """One random training image per step, rendered by the field's scene model (gaussians): whole, or a random
     ``crop`` x ``crop`` window of it, or (coarse-to-fine, the first ``coarse_levels * coarse_every`` steps) at a
-    reduced resolution with area-averaged targets. Both options are the field config's (``GaussiansConfig``)."""
+    reduced resolution with area-averaged targets. Both options are the field config's (``GaussiansConfig``).
+
+    With ``capture.camera_refinement`` on, the image's camera is rendered from its refined pose, a tensor that
+    carries the corrections' gradient through the splatting projection (as ``RayBatches`` moves its rays)."""
 
     gpu_ready = False  # the rasterizer has CUDA kernels; densification and the image loss are not moved yet
 
@@ -261,6 +266,7 @@ class WholeImages(Steps):
         self.cfg, self.field, self.grid = cfg, field, grid
         self.model = field.scene_model(grid, cfg.render)
         self.data = undistorted(data) if self.model.pinhole_only else data  # once, not per step
+        self.refining(cfg, grid.aabb.device)
         fc = cfg.field_config
         self.crop, self.coarse_levels = getattr(fc, "crop", 0), getattr(fc, "coarse_levels", 0)
         self.coarse_every = getattr(fc, "coarse_every", 1)
@@ -297,9 +303,11 @@ class WholeImages(Steps):
 
     def view(self, i: int, step: int, bg: torch.Tensor
              ) -> tuple[Cameras, torch.Tensor, torch.Tensor | None]:
-        """Camera ``i`` alone (a batch of one), its target [H, W, 3] on ``bg`` and its mask, at step ``step``'s
-        resolution (each image at its own size)."""
+        """Camera ``i`` alone (a batch of one; refined, where cameras are, with the pose's gradient), its target
+        [H, W, 3] on ``bg`` and its mask, at step ``step``'s resolution (each image at its own size)."""
         cams, target = self.data.cameras[i], on_background(self.data.rgba(i), bg)
+        if self.refinement is not None:
+            cams = dataclasses.replace(cams, c2w=self.refinement.refined_c2w(i)[None])
         mask = None if self.data.masks is None else self.data.masks[i]
         s = self.downscale(step)
         if s > 1:
@@ -340,8 +348,9 @@ class WholeImages(Steps):
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
         share = rgb[..., 0].numel() / (width * height)
+        train_cameras = self.data.cameras if self.refinement is None else self.refined_split().cameras
         return loss, metrics, {**out, "width": width, "height": height, "grad_scale": share,
-                               "train_cameras": self.data.cameras}
+                               "train_cameras": train_cameras}
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)

@@ -102,8 +102,9 @@ class ModulatedReLU(torch.autograd.Function):
 
 class ProjectGaussians(torch.autograd.Function):
     """Native projection of 3-D Gaussians (means2d, conics, depths, radii, anti-aliasing compensations); backward
-    gives the means', quaternions' and scales' gradients. ``viewmat`` [3, 4] is the OpenCV world-to-camera matrix,
-    ``intrinsics`` (fx, fy, cx, cy, width, height, near)."""
+    gives the means', quaternions' and scales' gradients and, where ``viewmat`` requires grad (a camera being
+    refined), the view matrix's (summed over the Gaussians; not computed otherwise). ``viewmat`` [3, 4] is the
+    OpenCV world-to-camera matrix on the CPU, ``intrinsics`` (fx, fy, cx, cy, width, height, near)."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, viewmat, intrinsics):
@@ -117,10 +118,11 @@ class ProjectGaussians(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_comps):
         means, quats, scales, viewmat = ctx.saved_tensors
-        grads = torch.ops.fields.splat_project_bwd(
+        wants_view = ctx.needs_input_grad[3]
+        v_means, v_quats, v_scales, v_view = torch.ops.fields.splat_project_bwd(
             _dense(v_means2d, means[:, :2]), _dense(v_conics, means), _dense(v_depths, means[:, 0]),
-            _dense(v_comps, means[:, 0]), means, quats, scales, viewmat, *ctx.intrinsics)
-        return (*grads, None, None)
+            _dense(v_comps, means[:, 0]), means, quats, scales, viewmat, *ctx.intrinsics, wants_view)
+        return v_means, v_quats, v_scales, v_view.to(viewmat.device) if wants_view else None, None
 
 
 class RasterizeGaussians(torch.autograd.Function):
