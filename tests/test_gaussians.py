@@ -314,6 +314,22 @@ def test_crop_windows_visit_the_border_pixels_too():
     assert WholeImages.span(64, 50, gen) == (0, 50)
 
 
+def test_auto_coarse_to_fine_only_where_images_train_in_windows(procedural_root):
+    """``coarse_levels`` auto: the coarse levels (and their steps at 1/8, 1/4, 1/2 size) where training images
+    are larger than the crop window, none where they train whole."""
+    from fields.training.steps import AUTO_COARSE_LEVELS, build_steps
+
+    cfg = gaussians_config(10)
+    assert cfg.field_config.coarse_levels == "auto"
+    side = max(build_steps(cfg, torch.device("cpu")).data.cameras.size(0))
+    for crop, levels in ((side, 0), (side - 1, AUTO_COARSE_LEVELS), (0, 0)):
+        cfg.field_config = dataclasses.replace(cfg.field_config, crop=crop)
+        steps = build_steps(cfg, torch.device("cpu"))
+        assert steps.coarse_levels == levels, crop
+        every = cfg.field_config.coarse_every
+        assert [steps.downscale(k * every) for k in range(levels + 1)] == [2 ** (levels - k) for k in range(levels + 1)]
+
+
 def test_crop_and_coarse_steps_have_the_gradients_of_the_whole_image_step(procedural_root, monkeypatch):
     """A crop step's L1 gradients are those of the whole image's step (plain-PyTorch rasterizer) restricted to
     the crop; a coarse-to-fine step renders the camera at the reduced size against the area-averaged target,

@@ -252,6 +252,11 @@ class RayBatches(Steps):
         super().load_state_dict(state)
 
 
+AUTO_COARSE_LEVELS = 3
+"""Coarse-to-fine levels of ``GaussiansConfig.coarse_levels`` "auto" where training images are larger than the
+crop window (see its docstring for the measurements)."""
+
+
 class WholeImages(Steps):
     """One random training image per step, rendered by the field's scene model (gaussians): whole, or a random
     ``crop`` x ``crop`` window of it, or (coarse-to-fine, the first ``coarse_levels * coarse_every`` steps) at a
@@ -270,11 +275,19 @@ class WholeImages(Steps):
         fc = cfg.field_config
         self.crop, self.coarse_levels = getattr(fc, "crop", 0), getattr(fc, "coarse_levels", 0)
         self.coarse_every = getattr(fc, "coarse_every", 1)
+        if self.coarse_levels == "auto":
+            self.coarse_levels = AUTO_COARSE_LEVELS if self.windowed() else 0
         for name, value, least in (("crop", self.crop, 0), ("coarse_levels", self.coarse_levels, 0),
                                    ("coarse_every", self.coarse_every, 1)):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"--{cfg.field}.{name.replace('_', '-')} must be a whole number >= {least}, "
                                  f"got {value!r}")
+
+    def windowed(self) -> bool:
+        """Whether some training image is larger than the crop window (its steps render windows of it)."""
+        if self.crop == 0:
+            return False
+        return bool(((self.data.cameras.width > self.crop) | (self.data.cameras.height > self.crop)).any())
 
     def downscale(self, step: int) -> int:
         """The coarse-to-fine factor of step ``step`` (1: full resolution)."""
