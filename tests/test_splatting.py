@@ -359,6 +359,31 @@ def test_native_render_matches_reference_end_to_end(ops, device, antialiased, mo
         assert close(got, want, rel=2e-5)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_viewing_render_equals_the_training_forward(ops, device, antialiased):
+    """Without grad the native render finishes pixels in the kernel (splat_rasterize_render: background, depth
+    as the weighted mean, nothing saved per pixel): the same numbers as the forward that training runs."""
+    needs_device(device, ops)
+    cams = look_at_origin([0.4, 0.3, 3.0], width=53, height=37)
+    inputs = [t.float().to(device).requires_grad_() for t in scene(n=300, seed=7)]
+    bg = torch.tensor([0.2, 0.5, 0.7], device=device)
+    train = sp.render_gaussians(*inputs, cams, 0, bg, antialiased=antialiased)
+    assert train["rgb"].requires_grad  # the training forward (RasterizeGaussians) ran
+    with torch.no_grad():
+        view = sp.render_gaussians(*inputs, cams, 0, bg, antialiased=antialiased)
+    opacity = train["opacity"].detach()
+    assert opacity.max() > 0.99 and (opacity == 0).any() and ((opacity > 0) & (opacity < 0.5)).any()
+    for key in ("rgb", "depth", "opacity"):
+        assert torch.equal(view[key], train[key].detach()), key
+    assert torch.equal(view["radii"], train["radii"])
+    bg4 = torch.tensor([0.2, 0.5, 0.7, 0.1, 0.3], device=device)
+    with pytest.raises(RuntimeError, match="background"):  # more background channels than colour channels
+        ops.splat_rasterize_render(*(torch.zeros(0, k, device=device) for k in (2, 3, 4)), torch.zeros(0, device=device),
+                                   torch.zeros(0, dtype=torch.int32, device=device),
+                                   torch.zeros(7, dtype=torch.long, device=device), bg4, 40, 20, 16)
+
+
 def test_native_zero_gaussians_and_nothing_visible(ops):
     cams = look_at_origin([0.0, 0.0, 3.0], width=20, height=10)
     bg = torch.tensor([0.1, 0.2, 0.3])

@@ -3,7 +3,8 @@
 // a tile the pixels are SIMD lanes (row by row, so a row of 16 pixels is one AVX-512 vector) and the Gaussians
 // are the sequential loop, touching only the rows where a Gaussian can reach alpha >= 1/255. The backward pass
 // replays each tile back to front (3DGS), writes one gradient slot per (tile, Gaussian) pair, and sums the
-// slots per Gaussian afterwards, so no atomics are needed and the result is deterministic.
+// slots per Gaussian afterwards, so no atomics are needed and the result is deterministic. The forward for viewing
+// (splat_rasterize_render) is the same loop with the pixels finished in the tile and nothing saved for backward.
 #include <omp.h>
 
 #include <algorithm>
@@ -259,11 +260,14 @@ void with_shape(int channels, int tile, Fn&& fn) {
 }
 
 // Forward of every tile; CT > 0 fixes the channel count and TS > 0 the tile size at compile time (the per-lane
-// channel loop unrolls, a tile row is exactly one vector).
-template <int CT, int TS>
+// channel loop unrolls, a tile row is exactly one vector). Save: keep each pixel's final transmittance and last
+// Gaussian for the backward; otherwise (viewing) the image is finished in the tile instead: the first
+// n_background channels on the background, the rest as alpha-weighted means.
+template <int CT, int TS, bool Save>
 void rasterize_forward_impl(const float* means2d, const float* conics, const float* colors, const float* opacities,
                             int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
-                            float* image, float* alpha, float* final_T, int32_t* last) {
+                            float* image, float* alpha, float* final_T, int32_t* last, const float* background,
+                            int n_background) {
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
   const int ts = TS > 0 ? TS : g.tile, C = CT > 0 ? CT : channels;
 #pragma omp parallel
@@ -315,7 +319,7 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
             for (int ch = 0; ch < C; ++ch) acc[ch * L + col] += w * cv[ch];
             acc[C * L + col] += w;
             T[col] = add ? test_T : T[col];
-            lst[col] = add ? kk : lst[col];
+            if (Save) lst[col] = add ? kk : lst[col];
             dn[col] = stop ? 1 : dn[col];
             n_stop += stop;
           }
@@ -327,10 +331,19 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         for (int col = 0; col < v.nx; ++col) {
           const int l = row * ts + col;
           const int64_t pix = static_cast<int64_t>(v.y0 + row) * g.width + v.x0 + col;
-          for (int ch = 0; ch < C; ++ch) image[pix * C + ch] = s.acc[static_cast<size_t>(ch) * L + l];
-          alpha[pix] = s.acc[static_cast<size_t>(C) * L + l];
-          final_T[pix] = s.T[l];
-          last[pix] = s.last[l];
+          const float al = s.acc[static_cast<size_t>(C) * L + l];
+          alpha[pix] = al;
+          if (Save) {
+            for (int ch = 0; ch < C; ++ch) image[pix * C + ch] = s.acc[static_cast<size_t>(ch) * L + l];
+            final_T[pix] = s.T[l];
+            last[pix] = s.last[l];
+          } else {
+            for (int ch = 0; ch < C; ++ch) {
+              const float a = s.acc[static_cast<size_t>(ch) * L + l];
+              image[pix * C + ch] = ch < n_background ? splat_on_background(a, al, background[ch])
+                                                      : splat_weighted_mean(a, al);
+            }
+          }
         }
     }
   }
@@ -342,9 +355,18 @@ void splat_rasterize_forward(const float* means2d, const float* conics, const fl
                              int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
                              float* image, float* alpha, float* final_T, int32_t* last) {
   with_shape(channels, g.tile, [&](auto ct, auto ts) {
-    rasterize_forward_impl<decltype(ct)::value, decltype(ts)::value>(means2d, conics, colors, opacities, channels,
-                                                                     ids, tile_offsets, g, image, alpha, final_T,
-                                                                     last);
+    rasterize_forward_impl<decltype(ct)::value, decltype(ts)::value, true>(
+        means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, alpha, final_T, last, nullptr, 0);
+  });
+}
+
+void splat_rasterize_render(const float* means2d, const float* conics, const float* colors, const float* opacities,
+                            int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
+                            const float* background, int n_background, float* image, float* alpha) {
+  with_shape(channels, g.tile, [&](auto ct, auto ts) {
+    rasterize_forward_impl<decltype(ct)::value, decltype(ts)::value, false>(
+        means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, alpha, nullptr, nullptr,
+        background, n_background);
   });
 }
 
