@@ -379,8 +379,8 @@ def test_viewing_render_equals_the_training_forward(ops, device, antialiased):
     assert torch.equal(view["radii"], train["radii"])
     bg4 = torch.tensor([0.2, 0.5, 0.7, 0.1, 0.3], device=device)
     with pytest.raises(RuntimeError, match="background"):  # more background channels than colour channels
-        ops.splat_rasterize_render(*(torch.zeros(0, k, device=device) for k in (2, 3, 4)), torch.zeros(0, device=device),
-                                   torch.zeros(0, dtype=torch.int32, device=device),
+        ops.splat_rasterize_render(*(torch.zeros(0, k, device=device) for k in (2, 3, 4)),
+                                   torch.zeros(0, device=device), torch.zeros(0, dtype=torch.int32, device=device),
                                    torch.zeros(7, dtype=torch.long, device=device), bg4, 40, 20, 16)
 
 
