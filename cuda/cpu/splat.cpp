@@ -121,12 +121,33 @@ struct TileScratch {
   int lanes, channels;
   std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
   std::vector<int32_t> last, done;
-  std::vector<int32_t> row_live;  // forward: pixels of the row still compositing; backward: the row's max last
+  std::vector<int32_t> row_live;  // forward: pixels of the row still compositing (as of the last count_live);
+                                  // backward: the row's max last
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
         aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
+
+// The forward recounts each row's pixels still compositing (row_live, whose rows are then skipped, and the tile's
+// total, 0 ending the tile) once every kRecount Gaussians rather than per row processed: that count is a horizontal
+// sum of the row's lanes, which cost ~10 % of the forward; a pixel that stops in between is kept out by its done
+// flag, so the result is the same.
+constexpr int kRecount = 8;
+
+// Recounts s.row_live from the done flags; returns the tile's pixels still compositing.
+inline int count_live(TileScratch& s, int ts) {
+  int alive = 0;
+  for (int row = 0; row < ts; ++row) {
+    const int32_t* __restrict dn = s.done.data() + row * ts;
+    int live = 0;
+#pragma omp simd reduction(+ : live)
+    for (int col = 0; col < ts; ++col) live += dn[col] == 0;
+    s.row_live[row] = live;
+    alive += live;
+  }
+  return alive;
+}
 
 }  // namespace
 
@@ -278,18 +299,17 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
       for (int col = 0; col < ts; ++col) s.px[col] = static_cast<float>(v.x0 + col) + 0.5f;
-      int alive = 0;
       for (int l = 0; l < L; ++l) {
         const bool inside = (l % ts) < v.nx && (l / ts) < v.ny;
         s.T[l] = 1.0f;
         s.last[l] = -1;
         s.done[l] = inside ? 0 : 1;
-        alive += inside;
       }
       for (int row = 0; row < ts; ++row) s.row_live[row] = row < v.ny ? v.nx : 0;  // pixels still compositing
       std::fill(s.acc.begin(), s.acc.end(), 0.0f);
       const int64_t e = tile_offsets[t + 1];
-      for (int64_t k = tile_offsets[t]; k < e && alive > 0; ++k) {
+      for (int64_t k = tile_offsets[t]; k < e; ++k) {
+        if ((k - tile_offsets[t]) % kRecount == 0 && k > tile_offsets[t] && count_live(s, ts) == 0) break;
         if (k + kPrefetch < e) prefetch_gaussian(ids[k + kPrefetch], means2d, conics, opacities, colors, C);
         const Splat sp(ids[k], means2d, conics, opacities, colors, C);
         Footprint fp;
@@ -300,13 +320,12 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         for (int row = fp.r0; row <= fp.r1; ++row) {
           if (s.row_live[row] == 0 || !fp.row(row)) continue;
           const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
-          int n_stop = 0;
           float* __restrict T = s.T.data() + row * ts;
           float* __restrict acc = s.acc.data() + row * ts;
           int32_t* __restrict lst = s.last.data() + row * ts;
           int32_t* __restrict dn = s.done.data() + row * ts;
           const float* __restrict px = s.px.data();
-#pragma omp simd reduction(+ : n_stop)
+#pragma omp simd
           for (int col = 0; col < ts; ++col) {
             const float dx = mx - px[col];
             const float power = splat_power(dx, dy, a, b, c);
@@ -321,10 +340,7 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
             T[col] = add ? test_T : T[col];
             if (Save) lst[col] = add ? kk : lst[col];
             dn[col] = stop ? 1 : dn[col];
-            n_stop += stop;
           }
-          s.row_live[row] -= n_stop;
-          alive -= n_stop;
         }
       }
       for (int row = 0; row < v.ny; ++row)
