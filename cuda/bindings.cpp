@@ -316,6 +316,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_fwd(const Tensor& mea
   return {image, alpha, final_T, last};
 }
 
+std::tuple<Tensor, Tensor> splat_rasterize_render(const Tensor& means2d_, const Tensor& conics_, const Tensor& colors_,
+                                                  const Tensor& opacities_, const Tensor& ids_,
+                                                  const Tensor& tile_offsets_, const Tensor& background_,
+                                                  int64_t width, int64_t height, int64_t tile_size) {
+  Tensor means2d = f32(means2d_, "means2d"), conics = f32(conics_, "conics"), colors = f32(colors_, "colors");
+  Tensor opacities = f32(opacities_, "opacities"), ids = ids_.contiguous(), tile_offsets = tile_offsets_.contiguous();
+  Tensor background = f32(background_, "background");
+  const fields::SplatTiles g = splat_tiles(width, height, tile_size);
+  check_raster_inputs(means2d, conics, colors, opacities, ids, tile_offsets, g);
+  const int64_t C = colors.size(1);
+  TORCH_CHECK(background.dim() == 1 && background.size(0) <= C, "background must be [B] with B <= C");
+  TORCH_CHECK(background.device() == means2d.device(), "background must be on the Gaussians' device");
+  Tensor image = at::empty({height, width, C}, means2d.options());
+  Tensor alpha = at::empty({height, width}, means2d.options());
+  DISPATCH(means2d.device(), splat_rasterize_render, fptr(means2d), fptr(conics), fptr(colors), fptr(opacities),
+           static_cast<int>(C), ids.numel() ? ids.data_ptr<int32_t>() : nullptr, tile_offsets.data_ptr<int64_t>(), g,
+           fptr(background), static_cast<int>(background.size(0)), image.data_ptr<float>(), alpha.data_ptr<float>());
+  return {image, alpha};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
     const Tensor& v_image_, const Tensor& v_alpha_, const Tensor& means2d_, const Tensor& conics_,
     const Tensor& colors_, const Tensor& opacities_, const Tensor& ids_, const Tensor& tile_offsets_,
@@ -426,6 +446,8 @@ TORCH_LIBRARY(fields, m) {
         " -> (Tensor, Tensor)");
   m.def("splat_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor ids,"
         " Tensor tile_offsets, int width, int height, int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("splat_rasterize_render(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor ids,"
+        " Tensor tile_offsets, Tensor background, int width, int height, int tile_size) -> (Tensor, Tensor)");
   m.def("splat_rasterize_bwd(Tensor v_image, Tensor v_alpha, Tensor means2d, Tensor conics, Tensor colors,"
         " Tensor opacities, Tensor ids, Tensor tile_offsets, Tensor final_T, Tensor last, int width, int height,"
         " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
@@ -457,6 +479,7 @@ void register_device_impls(torch::Library& m) {
   m.impl("splat_project_bwd", &splat_project_bwd);
   m.impl("splat_bin", &splat_bin);
   m.impl("splat_rasterize_fwd", &splat_rasterize_fwd);
+  m.impl("splat_rasterize_render", &splat_rasterize_render);
   m.impl("splat_rasterize_bwd", &splat_rasterize_bwd);
 }
 

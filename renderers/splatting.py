@@ -281,7 +281,11 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     ``window = (x0, y0, width, height)`` renders only those pixels of the image (a training crop): the
     projection is the whole camera's (so each Gaussian's footprint is the same), the tile grid starts at the
     window's origin, and ``radii`` are 0 for Gaussians that miss the window. With ``x0``, ``y0`` multiples of
-    the tile size (16) the pixels equal those of the whole image there exactly."""
+    the tile size (16) the pixels equal those of the whole image there exactly.
+
+    When nothing needs a gradient (viewing, evaluation, export) the native kernel also puts the colours on the
+    background and divides the depth in its tiles (``splat_rasterize_render``) and saves nothing per pixel for a
+    backward pass: the training forward's numbers, without its per-pixel state and the torch passes after it."""
     proj = project_gaussians(means, quats, scales, cams, i)
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
@@ -290,9 +294,17 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     if window is not None:
         seen, (width, height) = crop_projection(proj, window), window[2:]
     feats = torch.cat([colors, proj.depths[:, None].to(colors.dtype)], 1)
-    bg = torch.cat([background.to(colors), colors.new_zeros(1)])
     if antialiased:
         opacities = opacities * proj.compensations
+    ops = native.ops_for(seen.means2d, seen.conics, feats, opacities)
+    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (seen.means2d, seen.conics, feats, opacities))
+    if ops is not None and not wants_grad:  # viewing: the kernel finishes the pixels and saves nothing for backward
+        ids, offsets = ops.splat_bin(seen.means2d, seen.radii, seen.depths, width, height, 16)
+        image, alpha = ops.splat_rasterize_render(seen.means2d, seen.conics, feats, opacities.contiguous(), ids,
+                                                  offsets, background.to(feats), width, height, 16)
+        return {"rgb": image[..., :-1], "depth": image[..., -1], "opacity": alpha, "means2d": proj.means2d,
+                "radii": seen.radii}
+    bg = torch.cat([background.to(colors), colors.new_zeros(1)])
     image, alpha = rasterize_gaussians(seen, feats, opacities, width, height, bg)
     hit = alpha > 0
     depth = torch.where(hit, image[..., -1] / torch.where(hit, alpha, torch.ones_like(alpha)),

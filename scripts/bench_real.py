@@ -41,9 +41,11 @@ ABLATIONS = {"no contraction": {"contraction": "off"}, "no appearance": {"appear
 
 
 def train_and_evaluate(scene: str, field: str, marks: list[float], capture: CaptureConfig, out: Path,
-                       data_root: Path, field_config: FieldConfig | None = None) -> tuple[list[dict], Trainer]:
+                       data_root: Path, field_config: FieldConfig | None = None, time_render: bool = False
+                       ) -> tuple[list[dict], Trainer]:
     """One run of ``max(marks)`` seconds (the field's defaults unless ``field_config``), evaluated on every
-    held-out view at each mark."""
+    held-out view at each mark. ``time_render`` also times ``model.render`` alone over those views
+    (``frame_s``): eval's seconds per view include the metrics, which outweigh a fast renderer's frame."""
     cfg = RunConfig(scene=SceneConfig(data=data_root / scene, downscale=SCENES[scene]),
                     field_config=field_config or FIELD_CONFIGS[field](), capture=capture,
                     train=TrainConfig(max_time=max(marks)))
@@ -58,10 +60,22 @@ def train_and_evaluate(scene: str, field: str, marks: list[float], capture: Capt
             rows.append({"scene": scene, "field": field, "mark": mark, "step": tr.step, "psnr": res["psnr"],
                          "ssim": res["ssim"], "views": res["views"], "render_s": res["seconds_per_view"],
                          "it_per_s": tr.step / tr.elapsed, **tr.field.stats()})
+            if time_render:
+                rows[-1]["frame_s"] = frame_seconds(tr.model, test)
             print(json.dumps(rows[-1]), flush=True)
 
     trainer.train(callbacks=[at_mark], show_progress=False)
     return rows, trainer
+
+
+@torch.no_grad()
+def frame_seconds(model, split) -> float:
+    """Seconds per view of ``model.render`` alone (no grad) over every view of ``split``."""
+    bg = torch.tensor(split.background)
+    tic = time.perf_counter()
+    for i in range(len(split)):
+        model.render(split.cameras, i, bg)
+    return (time.perf_counter() - tic) / len(split)
 
 
 @torch.no_grad()

@@ -348,6 +348,50 @@ def test_native_rasterizer_matches_reference(ops, device, channels, tile_size):
 
 
 @pytest.mark.parametrize("device", devices())
+def test_native_rasterizer_matches_reference_where_tiles_and_rows_saturate(ops, device):
+    """Tiles whose pixels all stop partway through their Gaussians (the CPU forward recounts live pixels only
+    every few Gaussians, then skips finished rows and ends finished tiles): the same image, alpha and gradients
+    as the reference, and pixels of a tile that stop at different Gaussians."""
+    needs_device(device, ops)
+    width, height, n_wall, n_behind = 40, 24, 60, 60
+    g = torch.Generator().manual_seed(11)
+    # an opaque wall over the whole first tile (x, y < 16) and over the top rows of the second (16 <= x < 32,
+    # y < 8), nearest first; then small Gaussians all over, some behind the walls and some in front of them
+    wall = torch.rand(n_wall, 2, generator=g) * 16
+    wall[n_wall // 2:] = wall[n_wall // 2:] * torch.tensor([1.0, 0.5]) + torch.tensor([16.0, 0.0])
+    rest = torch.rand(n_behind, 2, generator=g) * torch.tensor([float(width), float(height)])
+    means2d = torch.cat([wall, rest])
+    sd = torch.cat([torch.full((n_wall,), 5.0), 0.8 + 2 * torch.rand(n_behind, generator=g)])
+    conics = torch.stack([1 / sd ** 2, torch.zeros_like(sd), 1 / sd ** 2], -1)
+    depths = torch.cat([torch.linspace(1.0, 2.0, n_wall), torch.rand(n_behind, generator=g) * 4])
+    opac = torch.cat([torch.full((n_wall,), 0.98), torch.rand(n_behind, generator=g) * 0.9 + 0.05])
+    radii = torch.ceil(3 * sd).int()
+    colors = torch.rand(len(sd), 3, generator=g)
+    proj = sp.Projection(means2d, conics, depths, radii)
+    ids, offsets = sp.bin_gaussians(proj, width, height)
+    assert offsets[1] - offsets[0] > 40  # the saturated tile holds many more Gaussians than are taken
+    bg = torch.tensor([0.3, 0.6, 0.9])
+    coefs = [torch.randn(height, width, 3, generator=g), torch.randn(height, width, generator=g)]
+
+    def run(raster, dev):
+        def f(m2, con, col, op):
+            return raster(sp.Projection(m2, con, depths.to(dev), radii.to(dev)), col, op, width, height, bg.to(dev))
+        return grads_of(f, [t.to(dev) for t in (means2d, conics, colors, opac)], coefs)
+
+    out_r, grad_r = run(sp.rasterize_reference, "cpu")
+    out_n, grad_n = run(sp.rasterize_gaussians, device)
+    for got, want in zip(out_n + grad_n, out_r + grad_r):
+        assert close(got, want)
+    alpha = out_r[1]
+    for region in (alpha[:16, :16], alpha[:8, 16:32]):  # stopped there
+        assert (region > 0.95).all() and (region > 0.999).float().mean() > 0.8
+    assert (alpha[12:] < 0.99).any()  # translucent elsewhere
+    with torch.no_grad():
+        view = sp.rasterize_gaussians(proj, colors.to(device), opac.to(device), width, height, bg.to(device))
+    assert all(torch.equal(v.cpu(), o) for v, o in zip(view, out_n))
+
+
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("antialiased", [False, True])
 def test_native_render_matches_reference_end_to_end(ops, device, antialiased, monkeypatch):
     cams = look_at_origin([0.4, 0.3, 3.0], width=45, height=33)
@@ -370,6 +414,31 @@ def test_native_render_matches_reference_end_to_end(ops, device, antialiased, mo
     out_r, grad_r = grads_of(f, inputs + [c2w], coefs)
     for got, want in zip(out_n + grad_n, out_r + grad_r):
         assert close(got, want, rel=2e-5)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_viewing_render_equals_the_training_forward(ops, device, antialiased):
+    """Without grad the native render finishes pixels in the kernel (splat_rasterize_render: background, depth
+    as the weighted mean, nothing saved per pixel): the same numbers as the forward that training runs."""
+    needs_device(device, ops)
+    cams = look_at_origin([0.4, 0.3, 3.0], width=53, height=37)
+    inputs = [t.float().to(device).requires_grad_() for t in scene(n=300, seed=7)]
+    bg = torch.tensor([0.2, 0.5, 0.7], device=device)
+    train = sp.render_gaussians(*inputs, cams, 0, bg, antialiased=antialiased)
+    assert train["rgb"].requires_grad  # the training forward (RasterizeGaussians) ran
+    with torch.no_grad():
+        view = sp.render_gaussians(*inputs, cams, 0, bg, antialiased=antialiased)
+    opacity = train["opacity"].detach()
+    assert opacity.max() > 0.99 and (opacity == 0).any() and ((opacity > 0) & (opacity < 0.5)).any()
+    for key in ("rgb", "depth", "opacity"):
+        assert torch.equal(view[key], train[key].detach()), key
+    assert torch.equal(view["radii"], train["radii"])
+    bg4 = torch.tensor([0.2, 0.5, 0.7, 0.1, 0.3], device=device)
+    with pytest.raises(RuntimeError, match="background"):  # more background channels than colour channels
+        ops.splat_rasterize_render(*(torch.zeros(0, k, device=device) for k in (2, 3, 4)),
+                                   torch.zeros(0, device=device), torch.zeros(0, dtype=torch.int32, device=device),
+                                   torch.zeros(7, dtype=torch.long, device=device), bg4, 40, 20, 16)
 
 
 def test_native_zero_gaussians_and_nothing_visible(ops):

@@ -601,6 +601,10 @@ FIELDS_HD float splat_power(float dx, float dy, float a, float b, float c) {
 // o * exp(power) before the 0.99 cap; the pixel takes the Gaussian iff power <= 0 and the capped alpha >= 1/255.
 FIELDS_HD float splat_raw_alpha(float o, float power) { return o * splat_exp(power); }
 FIELDS_HD float splat_cap(float raw) { return raw < kSplatAlphaMax ? raw : kSplatAlphaMax; }
+// A finished pixel's channel for viewing, as render_gaussians computes it from the forward's sums: a colour on
+// the background (sum w c + (1 - alpha) bg), or another channel's alpha-weighted mean (depth; 0 where none hit).
+FIELDS_HD float splat_on_background(float acc, float alpha, float bg) { return acc + (1.0f - alpha) * bg; }
+FIELDS_HD float splat_weighted_mean(float acc, float alpha) { return alpha > 0.0f ? acc / alpha : 0.0f; }
 
 // Rotation matrix (row-major) of a wxyz quaternion after normalisation (torch's normalize: q / max(|q|, 1e-12)).
 FIELDS_HD void splat_rotmat(const float q[4], float qn[4], float& norm, float Rq[9]) {

@@ -74,6 +74,13 @@ struct Bf16 {
                                const float* opacities, int channels, const int32_t* ids,                       \
                                const int64_t* tile_offsets, SplatTiles g, float* image, float* alpha,          \
                                float* final_T, int32_t* last __VA_ARGS__);                                          \
+  /* the forward for viewing (no backward): image [H, W, C] with channels [0, n_background) composited on */    \
+  /* background [n_background] (device memory) and the rest the alpha-weighted mean (0 where alpha is 0), */   \
+  /* alpha [H, W]; nothing is saved per pixel */                                                                \
+  void splat_rasterize_render(const float* means2d, const float* conics, const float* colors,                   \
+                              const float* opacities, int channels, const int32_t* ids,                        \
+                              const int64_t* tile_offsets, SplatTiles g, const float* background,              \
+                              int n_background, float* image, float* alpha __VA_ARGS__);                            \
   /* gradients per Gaussian, zeroed by the caller */                                                           \
   void splat_rasterize_backward(const float* means2d, const float* conics, const float* colors,                 \
                                 const float* opacities, int channels, const int32_t* ids,                      \

@@ -97,10 +97,14 @@ __device__ __forceinline__ bool block_pixel(const SplatTiles& g, int64_t& pix, f
   return true;
 }
 
+// Save: keep each pixel's final transmittance and last Gaussian for the backward; otherwise (viewing) finish the
+// pixel: the first n_background channels on the background, the rest as alpha-weighted means.
+template <bool Save>
 __global__ void rasterize_forward_kernel(const float* __restrict__ means2d, const float* __restrict__ conics,
                                          const float* __restrict__ colors, const float* __restrict__ opacities,
                                          int C, const int32_t* __restrict__ ids, const int64_t* tile_offsets,
-                                         SplatTiles g, float* image, float* alpha, float* final_T, int32_t* last) {
+                                         SplatTiles g, float* image, float* alpha, float* final_T, int32_t* last,
+                                         const float* __restrict__ background, int n_background) {
   const int64_t t = blockIdx.x;
   int64_t pix;
   float cx, cy;
@@ -123,8 +127,14 @@ __global__ void rasterize_forward_kernel(const float* __restrict__ means2d, cons
     lst = static_cast<int32_t>(k);
   }
   alpha[pix] = acc_a;
-  final_T[pix] = T;
-  last[pix] = lst;
+  if (Save) {
+    final_T[pix] = T;
+    last[pix] = lst;
+  } else {
+    for (int ch = 0; ch < C; ++ch)
+      image[pix * C + ch] = ch < n_background ? splat_on_background(image[pix * C + ch], acc_a, background[ch])
+                                              : splat_weighted_mean(image[pix * C + ch], acc_a);
+  }
 }
 
 __global__ void rasterize_backward_kernel(const float* __restrict__ means2d, const float* __restrict__ conics,
@@ -229,9 +239,19 @@ void splat_rasterize_forward(const float* means2d, const float* conics, const fl
                              int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
                              float* image, float* alpha, float* final_T, int32_t* last, void* stream) {
   const unsigned n_tiles = static_cast<unsigned>(g.grid_w) * g.grid_h;
-  rasterize_forward_kernel<<<n_tiles, g.tile * g.tile, 0, static_cast<cudaStream_t>(stream)>>>(
-      means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, alpha, final_T, last);
+  rasterize_forward_kernel<true><<<n_tiles, g.tile * g.tile, 0, static_cast<cudaStream_t>(stream)>>>(
+      means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, alpha, final_T, last, nullptr, 0);
   check_launch("splat_rasterize_forward");
+}
+
+void splat_rasterize_render(const float* means2d, const float* conics, const float* colors, const float* opacities,
+                            int channels, const int32_t* ids, const int64_t* tile_offsets, SplatTiles g,
+                            const float* background, int n_background, float* image, float* alpha, void* stream) {
+  const unsigned n_tiles = static_cast<unsigned>(g.grid_w) * g.grid_h;
+  rasterize_forward_kernel<false><<<n_tiles, g.tile * g.tile, 0, static_cast<cudaStream_t>(stream)>>>(
+      means2d, conics, colors, opacities, channels, ids, tile_offsets, g, image, alpha, nullptr, nullptr,
+      background, n_background);
+  check_launch("splat_rasterize_render");
 }
 
 void splat_rasterize_backward(const float* means2d, const float* conics, const float* colors,
