@@ -275,6 +275,21 @@ def test_a_scene_with_sfm_points_starts_its_gaussians_on_them(procedural_root):
     assert len(unseeded) == cfg.field_config.num_init
 
 
+def test_the_scene_scale_is_the_scenes_box_also_under_contraction(procedural_root):
+    """Gaussians size their means' learning rate and grow/prune sizes by the scene's own box, also where the
+    run contracts space and builds the field over the inner region [-1, 1]^3 (which Gaussians do not use)."""
+    cfg = gaussians_config(1)
+    data = dataclasses.replace(cfg.scene.load("train"), aabb=torch.tensor([[-3.0, -2.0, -1.0], [3.0, 2.0, 1.0]]))
+    for contraction, box in (("off", data.aabb), ("on", torch.tensor([[-1.0] * 3, [1.0] * 3]))):
+        cfg.capture = dataclasses.replace(cfg.capture, contraction=contraction)
+        trainer = Trainer(cfg, None, data=data)
+        assert torch.equal(trainer.field.aabb, box)
+        assert trainer.field.scene_scale == pytest.approx(0.5 * 56 ** 0.5)  # half of |(6, 4, 2)|
+        (means,) = [g for g in trainer.optimizer.param_groups if g.get("name") == "means"]
+        assert means["params"][0] is trainer.field.means
+        assert means["base_lr"] == pytest.approx(cfg.field_config.lr_means * 0.5 * 56 ** 0.5 * cfg.train.lr / 1e-2)
+
+
 def test_a_capture_without_sfm_points_seeds_its_gaussians_over_what_the_cameras_see(procedural_root):
     """Without SfM points but with a depth range, Gaussians start at points in front of the training cameras,
     each inside its camera's image and between the near and far bounds (the far background included), not in
