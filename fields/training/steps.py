@@ -285,9 +285,11 @@ class WholeImages(Steps):
 
     def windowed(self) -> bool:
         """Whether some training image is larger than the crop window (its steps render windows of it)."""
-        if self.crop == 0:
-            return False
-        return bool(((self.data.cameras.width > self.crop) | (self.data.cameras.height > self.crop)).any())
+        return any(self.cropped(*self.data.cameras.size(k)) for k in range(len(self.data)))
+
+    def cropped(self, width: int, height: int) -> bool:
+        """Whether a ``width`` x ``height`` image trains in ``crop``-sided windows (larger than one on a side)."""
+        return self.crop > 0 and (width > self.crop or height > self.crop)
 
     def downscale(self, step: int) -> int:
         """The coarse-to-fine factor of step ``step`` (1: full resolution)."""
@@ -299,7 +301,7 @@ class WholeImages(Steps):
         Windows kept inside the image visit the border pixels up to ``crop`` times less often than the centre
         (which then trains sharp while the border stays blurred); these visit them at least half as often, and
         no window is thinner than half a crop (SSIM needs some extent)."""
-        if self.crop == 0 or (self.crop >= width and self.crop >= height):
+        if not self.cropped(width, height):
             return None
         x0, x1 = self.span(self.crop, width, gen)
         y0, y1 = self.span(self.crop, height, gen)
