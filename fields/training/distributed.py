@@ -137,7 +137,11 @@ class Distributed:
         return cls(rank, world, local_rank, cfg.collective_timeout)
 
     def close(self) -> None:
+        """Leave the group once every rank has got here: a rank that tears down its gloo pairs while a peer is
+        still talking to it can die with SIGABRT ("terminate called without an active exception"); seen once in
+        the two-rank tests. Callers reach close() on every rank (after training, or a refusal all ranks share)."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def totals(self) -> dict:
