@@ -363,9 +363,13 @@ class WholeImages(Steps):
                    "samples": rgb[..., 0].numel() if mask is None else int(mask.sum())}
         # densification compares gradients of the whole image's mean loss: a window's are larger by its share
         share = rgb[..., 0].numel() / (width * height)
-        train_cameras = self.data.cameras if self.refinement is None else self.refined_split().cameras
         return loss, metrics, {**out, "width": width, "height": height, "grad_scale": share,
-                               "train_cameras": train_cameras}
+                               "train_cameras": self.training_cameras}
+
+    def training_cameras(self) -> Cameras:
+        """The training cameras as refined so far (asked for by the field only when it needs them: building the
+        refined split every step would be work in the hot path for the rare step that reads it)."""
+        return self.data.cameras if self.refinement is None else self.refined_split().cameras
 
     def after_step(self, ctx: StepContext, optimizer: torch.optim.Optimizer, metrics: dict, info: dict) -> None:
         self.field.after_step(ctx.step, optimizer, info)

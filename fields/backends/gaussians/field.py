@@ -297,12 +297,12 @@ class GaussianField(Field):
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
         """Grow the SH degree, change the set of Gaussians (the strategy's ``step``) and, anti-aliased, recompute
-        the 3-D filter from the training cameras (``info["train_cameras"]``) every ``densify_every`` steps."""
+        the 3-D filter from the training cameras (``info["train_cameras"]()``) every ``densify_every`` steps."""
         if self.cfg.sh_degree_every > 0:
             self.active_sh_degree.fill_(min(self.cfg.sh_degree, (step + 1) // self.cfg.sh_degree_every))
         self.control.step(step, optimizer, info)
         if self.filter3d is not None and "train_cameras" in info and step % self.cfg.densify_every == 0:
-            self.update_filter3d(info["train_cameras"])
+            self.update_filter3d(info["train_cameras"]())
 
     def update_filter3d(self, cams: Cameras) -> None:
         """Mip-Splatting's 3-D filter of every Gaussian from the cameras ``cams`` (see ``antialiasing``)."""
