@@ -171,43 +171,59 @@ void splat_project_backward(const float* means, const float* quats, const float*
                                     v_viewmats == nullptr ? nullptr : v_viewmats + 12 * i);
 }
 
-void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts) {
+void splat_tile_counts(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                       int64_t n, SplatTiles g, int64_t* counts) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    if (radii[i] <= 0) {
-      counts[i] = 0;
-      continue;
+    counts[i] = 0;
+    if (radii[i] <= 0) continue;
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      if (splat_tile_row_span(e, ty, tx0, tx1)) counts[i] += tx1 - tx0 + 1;
     }
-    int x0, x1, y0, y1;
-    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
-    counts[i] = static_cast<int64_t>(x1 - x0 + 1) * (y1 - y0 + 1);
   }
 }
 
-void splat_tile_bin(const float* means2d, const int32_t* radii, const float* depths, int64_t n, SplatTiles g,
-                    const int64_t* gauss_offsets, int64_t m, int32_t* ids, int64_t* tile_offsets) {
+void splat_tile_bin(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                    const float* depths, int64_t n, SplatTiles g, const int64_t* gauss_offsets, int64_t m,
+                    int32_t* ids, int64_t* tile_offsets) {
   (void)gauss_offsets;  // the CPU build fills tile buckets directly; m is their total
   (void)m;
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  // 1. Visible Gaussians with their tile rectangles (packed 16 bits per bound), in (depth, id) order: a stable LSD
-  // radix sort of the depth keys that starts in id order. Rectangles travel with the ids so that the passes
+  // 1. Gaussians that reach a tile, with their tile spans (one per row of tiles of their square, tx0 | tx1 << 16,
+  // empty rows as tx0 > tx1) in `spans` and (first span, y0, y1) packed in `rows`, in (depth, id) order: a stable
+  // LSD radix sort of the depth keys that starts in id order. The rows travel with the ids so that the passes
   // below read memory sequentially.
   std::vector<int32_t> order, order_tmp;
-  std::vector<uint32_t> key, key_tmp;
-  std::vector<uint64_t> rect, rect_tmp;
+  std::vector<uint32_t> key, key_tmp, spans;
+  std::vector<uint64_t> rows, rows_tmp;
   for (int64_t i = 0; i < n; ++i) {
     if (radii[i] <= 0) continue;
-    int x0, x1, y0, y1;
-    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    const size_t first = spans.size();
+    bool any = false;
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      const bool hit = splat_tile_row_span(e, ty, tx0, tx1);
+      spans.push_back(hit ? static_cast<uint32_t>(tx0) | static_cast<uint32_t>(tx1) << 16 : 1u);
+      any = any || hit;
+    }
+    if (!any) {
+      spans.resize(first);
+      continue;
+    }
     order.push_back(static_cast<int32_t>(i));
     key.push_back(sortable_bits(depths[i]));
-    rect.push_back(static_cast<uint64_t>(x0) | static_cast<uint64_t>(x1) << 16 | static_cast<uint64_t>(y0) << 32 |
-                   static_cast<uint64_t>(y1) << 48);
+    rows.push_back(static_cast<uint64_t>(first) | static_cast<uint64_t>(e.y0) << 32 |
+                   static_cast<uint64_t>(e.y1) << 48);
   }
   const int64_t nv = static_cast<int64_t>(order.size());
   order_tmp.resize(nv);
   key_tmp.resize(nv);
-  rect_tmp.resize(nv);
+  rows_tmp.resize(nv);
   for (int shift = 0; shift < 32; shift += 8) {
     int64_t count[257] = {0};
     for (int64_t i = 0; i < nv; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
@@ -217,27 +233,30 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
       const int64_t dst = count[(key[i] >> shift) & 0xffu]++;
       key_tmp[dst] = key[i];
       order_tmp[dst] = order[i];
-      rect_tmp[dst] = rect[i];
+      rows_tmp[dst] = rows[i];
     }
     key.swap(key_tmp);
     order.swap(order_tmp);
-    rect.swap(rect_tmp);
+    rows.swap(rows_tmp);
   }
   // 2. A parallel counting sort of the (tile, Gaussian) pairs by tile, each thread a contiguous part of that
   // order: buckets come out sorted by depth, then id.
   const int n_threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(nv / 4096) + 1));
   std::vector<int64_t> counts(static_cast<size_t>(n_threads) * n_tiles, 0);
   auto for_tiles = [&](uint64_t r, auto&& fn) {
-    const int x0 = r & 0xffff, x1 = (r >> 16) & 0xffff, y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
-    for (int ty = y0; ty <= y1; ++ty)
-      for (int tx = x0; tx <= x1; ++tx) fn(ty * g.grid_w + tx);
+    const uint32_t* span = spans.data() + (r & 0xffffffffu);
+    const int y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
+    for (int ty = y0; ty <= y1; ++ty, ++span) {
+      const int tx0 = *span & 0xffff, tx1 = *span >> 16;
+      for (int tx = tx0; tx <= tx1; ++tx) fn(ty * g.grid_w + tx);
+    }
   };
 #pragma omp parallel num_threads(n_threads)
   {
     const int th = omp_get_thread_num();
     const int64_t i0 = nv * th / n_threads, i1 = nv * (th + 1) / n_threads;
     int64_t* cnt = counts.data() + static_cast<size_t>(th) * n_tiles;
-    for (int64_t i = i0; i < i1; ++i) for_tiles(rect[i], [&](int tile) { ++cnt[tile]; });
+    for (int64_t i = i0; i < i1; ++i) for_tiles(rows[i], [&](int tile) { ++cnt[tile]; });
 #pragma omp barrier
 #pragma omp single
     {
@@ -254,7 +273,7 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
     }
     for (int64_t i = i0; i < i1; ++i) {
       const int32_t gid = order[i];
-      for_tiles(rect[i], [&](int tile) { ids[cnt[tile]++] = gid; });
+      for_tiles(rows[i], [&](int tile) { ids[cnt[tile]++] = gid; });
     }
   }
 }
