@@ -120,12 +120,14 @@ inline uint32_t sortable_bits(float f) {
 struct TileScratch {
   int lanes, channels;
   std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
+  std::vector<float> lane_x, lane_y;      // the forward's pixel centre of each lane
   std::vector<int32_t> last, done;
   std::vector<int32_t> row_live;  // forward: pixels of the row still compositing (as of the last count_live);
                                   // backward: the row's max last
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
+        lane_x(lanes), lane_y(lanes),
         aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
 
@@ -319,8 +321,9 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
-      for (int col = 0; col < ts; ++col) s.px[col] = static_cast<float>(v.x0 + col) + 0.5f;
       for (int l = 0; l < L; ++l) {
+        s.lane_x[l] = static_cast<float>(v.x0 + l % ts) + 0.5f;
+        s.lane_y[l] = static_cast<float>(v.y0 + l / ts) + 0.5f;
         const bool inside = (l % ts) < v.nx && (l / ts) < v.ny;
         s.T[l] = 1.0f;
         s.last[l] = -1;
@@ -338,34 +341,42 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         const float mx = sp.mx, my = sp.my, a = sp.a, b = sp.b, c = sp.c, o = sp.o;
         const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
-        for (int row = fp.r0; row <= fp.r1; ++row) {
-          if (s.row_live[row] == 0 || !fp.row(row)) continue;
-          const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
-          float* __restrict T = s.T.data() + row * ts;
-          float* __restrict acc = s.acc.data() + row * ts;
-          int32_t* __restrict lst = s.last.data() + row * ts;
-          int32_t* __restrict dn = s.done.data() + row * ts;
-          const float* __restrict px = s.px.data();
+        // The rows it can reach are consecutive (the ellipse's rows within the tile's columns form an interval), so
+        // they are one run of lanes for one loop: its iterations are independent, and the exp chains of successive
+        // vectors overlap (a loop per row ran each row's chain alone, latency bound). Finished rows are trimmed from
+        // the run's ends; inside it their lanes are done and take nothing, as are those of a row fp.row rejects.
+        int r0 = fp.r0, r1 = fp.r1;
+        while (r0 <= r1 && (s.row_live[r0] == 0 || !fp.row(r0))) ++r0;
+        while (r1 >= r0 && (s.row_live[r1] == 0 || !fp.row(r1))) --r1;
+        if (r0 > r1) continue;
+        {
+          float* __restrict T = s.T.data();
+          float* __restrict acc = s.acc.data();
+          int32_t* __restrict lst = s.last.data();
+          int32_t* __restrict dn = s.done.data();
+          const float* __restrict lx = s.lane_x.data();
+          const float* __restrict ly = s.lane_y.data();
           // The lane predicates are int32 masks and the alpha test reads the uncapped alpha (the same test, as
           // 1/255 < 0.99): with bools, g++ 12 folds the capped test into a select of booleans that it cannot
           // vectorise, and the whole loop ran scalar (6.7x slower; test_splat_pixel_loops_vectorise guards it).
 #pragma omp simd
-          for (int col = 0; col < ts; ++col) {
-            const float dx = mx - px[col];
+          for (int l = r0 * ts; l < (r1 + 1) * ts; ++l) {
+            const float dx = mx - lx[l];
+            const float dy = my - ly[l];
             const float power = splat_power(dx, dy, a, b, c);
             const float raw = splat_raw_alpha(o, power);
             const float al = splat_cap(raw);
             const int32_t take = static_cast<int32_t>(power <= 0.0f) & static_cast<int32_t>(raw >= kSplatAlphaMin) &
-                                 static_cast<int32_t>(dn[col] == 0);
-            const float test_T = T[col] * (1.0f - al);
+                                 static_cast<int32_t>(dn[l] == 0);
+            const float test_T = T[l] * (1.0f - al);
             const int32_t stop = take & static_cast<int32_t>(test_T < kSplatTMin);
             const int32_t add = take & (stop ^ 1);
-            const float w = add ? al * T[col] : 0.0f;
-            for (int ch = 0; ch < C; ++ch) acc[ch * L + col] += w * cv[ch];
-            acc[C * L + col] += w;
-            T[col] = add ? test_T : T[col];
-            if (Save) lst[col] = add ? kk : lst[col];
-            dn[col] |= stop;
+            const float w = add ? al * T[l] : 0.0f;
+            for (int ch = 0; ch < C; ++ch) acc[ch * L + l] += w * cv[ch];
+            acc[C * L + l] += w;
+            T[l] = add ? test_T : T[l];
+            if (Save) lst[l] = add ? kk : lst[l];
+            dn[l] |= stop;
           }
         }
       }
