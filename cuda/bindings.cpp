@@ -258,19 +258,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_project_bwd(const Tensor& v_mea
   return {v_means, v_quats, v_scales, v_viewmat};
 }
 
-std::tuple<Tensor, Tensor> splat_bin(const Tensor& means2d_, const Tensor& radii_, const Tensor& depths_,
-                                     int64_t width, int64_t height, int64_t tile_size) {
-  Tensor means2d = f32(means2d_, "means2d"), depths = f32(depths_, "depths");
+std::tuple<Tensor, Tensor> splat_bin(const Tensor& means2d_, const Tensor& conics_, const Tensor& opacities_,
+                                     const Tensor& radii_, const Tensor& depths_, int64_t width, int64_t height,
+                                     int64_t tile_size) {
+  Tensor means2d = f32(means2d_, "means2d"), conics = f32(conics_, "conics"), depths = f32(depths_, "depths");
+  Tensor opacities = f32(opacities_, "opacities");
   Tensor radii = radii_.to(at::kInt).contiguous();
   const int64_t n = means2d.size(0);
   check_rows(means2d, n, 2, "means2d");
-  TORCH_CHECK(radii.numel() == n && depths.numel() == n, "radii and depths must be [N]");
+  check_rows(conics, n, 3, "conics");
+  TORCH_CHECK(radii.numel() == n && depths.numel() == n && opacities.numel() == n,
+              "radii, depths and opacities must be [N]");
   const fields::SplatTiles g = splat_tiles(width, height, tile_size);
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
   Tensor counts = at::zeros({n}, means2d.options().dtype(at::kLong));
   if (n > 0)
-    DISPATCH(means2d.device(), splat_tile_counts, means2d.data_ptr<float>(), radii.data_ptr<int32_t>(), n, g,
-             counts.data_ptr<int64_t>());
+    DISPATCH(means2d.device(), splat_tile_counts, means2d.data_ptr<float>(), conics.data_ptr<float>(),
+             opacities.data_ptr<float>(), radii.data_ptr<int32_t>(), n, g, counts.data_ptr<int64_t>());
   Tensor incl = counts.cumsum(0);
   const int64_t m = n > 0 ? incl[n - 1].item<int64_t>() : 0;
   TORCH_CHECK(m < (int64_t(1) << 31), "too many (tile, Gaussian) pairs: ", m);
@@ -278,9 +282,9 @@ std::tuple<Tensor, Tensor> splat_bin(const Tensor& means2d_, const Tensor& radii
   Tensor ids = at::empty({m}, means2d.options().dtype(at::kInt));
   Tensor tile_offsets = at::zeros({n_tiles + 1}, means2d.options().dtype(at::kLong));
   if (m > 0)
-    DISPATCH(means2d.device(), splat_tile_bin, means2d.data_ptr<float>(), radii.data_ptr<int32_t>(),
-             depths.data_ptr<float>(), n, g, gauss_offsets.data_ptr<int64_t>(), m, ids.data_ptr<int32_t>(),
-             tile_offsets.data_ptr<int64_t>());
+    DISPATCH(means2d.device(), splat_tile_bin, means2d.data_ptr<float>(), conics.data_ptr<float>(),
+             opacities.data_ptr<float>(), radii.data_ptr<int32_t>(), depths.data_ptr<float>(), n, g,
+             gauss_offsets.data_ptr<int64_t>(), m, ids.data_ptr<int32_t>(), tile_offsets.data_ptr<int64_t>());
   return {ids, tile_offsets};
 }
 
@@ -442,7 +446,8 @@ TORCH_LIBRARY(fields, m) {
         " Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx, float cy,"
         " int width, int height, float near, bool viewmat_grad=False)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("splat_bin(Tensor means2d, Tensor radii, Tensor depths, int width, int height, int tile_size)"
+  m.def("splat_bin(Tensor means2d, Tensor conics, Tensor opacities, Tensor radii, Tensor depths, int width, "
+        "int height, int tile_size)"
         " -> (Tensor, Tensor)");
   m.def("splat_rasterize_fwd(Tensor means2d, Tensor conics, Tensor colors, Tensor opacities, Tensor ids,"
         " Tensor tile_offsets, int width, int height, int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");

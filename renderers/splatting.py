@@ -7,8 +7,9 @@ Anti-aliased rendering (gsplat's ``rasterize_mode="antialiased"``, the 2-D filte
 each opacity by ``sqrt(det(cov2d) / det(cov2d + 0.3 I))``, which the projection returns as ``compensations``: the
 dilation then blurs a Gaussian without adding to its energy, so a sub-pixel Gaussian covers the same share of
 the image at every resolution instead of a fixed 0.3 px^2 blob.
-``rasterize_gaussians`` bins each visible Gaussian into every ``tile_size`` square tile its
-``means2d +- radius`` square touches, sorts each tile's Gaussians by depth and composites them front to back:
+``rasterize_gaussians`` bins each visible Gaussian into the ``tile_size`` square tiles of its ``means2d +- radius``
+square that its ellipse of alpha >= 1/255 meets (``tile_row_spans``: the other tiles have no pixel that takes it),
+sorts each tile's Gaussians by depth and composites them front to back:
 ``alpha = min(0.99, o exp(-0.5 d^T conic d))``, Gaussians with ``alpha < 1/255`` skipped, and a pixel stops at the
 first Gaussian that would bring its transmittance below 1e-4 (that one is not added). ``render_gaussians``
 puts both together and also renders depth as an extra colour channel.
@@ -159,10 +160,43 @@ def tile_rects(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: i
     return x0, x1, y0, y1
 
 
-def bin_gaussians(proj: Projection, width: int, height: int, tile_size: int = 16
+def tile_row_spans(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, x0: torch.Tensor,
+                   x1: torch.Tensor, ty: torch.Tensor, tile_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per element (a Gaussian and a tile row ``ty`` of its square, whose tile columns are ``[x0, x1]``): the tiles
+    ``[tx0, tx1]`` of that row whose pixel area meets the ellipse where the Gaussian's alpha can reach 1/255, and
+    whether there are any. Binning leaves out the other tiles of the square: none of their pixels takes the
+    Gaussian, so images and gradients are unchanged and the rasterizer gets fewer (tile, Gaussian) pairs. The
+    ellipse is ``d^T conic d <= k``, ``k = 2 ln(255 o)`` widened by 0.1% + 1e-4 (rounding, polynomial exp); a
+    degenerate conic keeps the whole row. The twin of ``splat_tile_row_span`` in cuda/common/fields_math.h,
+    operation for operation in float32, so that both bin the same pairs."""
+    mx, my = means2d.detach().unbind(-1)
+    a, b, c = conics.detach().unbind(-1)
+    o = opacities.detach()
+    k = 2 * torch.log((255 * o).double()).to(o.dtype) * 1.001 + 1e-4  # ln in double, as the kernel does
+    det = a * c - b * b
+    inv_a, ak, inv_ts = 1 / a, a * k, 1 / torch.tensor(float(tile_size), dtype=o.dtype)
+    ex, ey = torch.sqrt(k * c / det), torch.sqrt(k * a / det)
+    s = b * ex / c  # dy of the ellipse's leftmost point; the rightmost is at -s
+    exact = (det > 0) & (a > 0) & (c > 0) & (ex < 1e6) & (ey < 1e6)
+    u0 = torch.clamp(ty.to(o.dtype) * tile_size - my, -ey, ey)
+    u1 = torch.clamp((ty + 1).to(o.dtype) * tile_size - my, -ey, ey)
+    dl, dr = torch.clamp(s, u0, u1), torch.clamp(-s, u0, u1)
+    xl = (-b * dl - torch.sqrt(torch.clamp(ak - det * dl * dl, min=0))) * inv_a
+    xr = (-b * dr + torch.sqrt(torch.clamp(ak - det * dr * dr, min=0))) * inv_a
+    fl, fr = torch.floor((mx + xl) * inv_ts), torch.floor((mx + xr) * inv_ts)
+    lo, hi = x0.to(o.dtype), x1.to(o.dtype)
+    hit = torch.where(exact, (u0 < u1) & (fl <= hi) & (fr >= lo), torch.ones_like(exact)) & (o >= ALPHA_MIN)
+    tx0 = torch.where(exact, torch.maximum(fl, lo), lo).long()
+    tx1 = torch.where(exact, torch.minimum(fr, hi), hi).long()
+    return tx0, tx1, hit
+
+
+def bin_gaussians(proj: Projection, opacities: torch.Tensor, width: int, height: int, tile_size: int = 16
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tile depth-sorted Gaussian ids: ``(ids [M] int64, offsets [n_tiles + 1] int64)``; tile ``k`` (row-major)
-    holds ``ids[offsets[k]:offsets[k + 1]]``, nearest first (ties by index)."""
+    holds ``ids[offsets[k]:offsets[k + 1]]``, nearest first (ties by index): the tiles of each visible Gaussian's
+    ``means2d +- radius`` square that ``tile_row_spans`` keeps."""
     gw, gh = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
     device = proj.means2d.device
     vis = torch.nonzero(proj.radii > 0)[:, 0]
@@ -171,8 +205,11 @@ def bin_gaussians(proj: Projection, width: int, height: int, tile_size: int = 16
     counts = nx * (y1 - y0 + 1)
     owner = torch.repeat_interleave(torch.arange(vis.numel(), device=device), counts)
     local = torch.arange(owner.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[owner]
-    tiles = (y0[owner] + local // nx[owner]) * gw + x0[owner] + local % nx[owner]
-    ids = vis[owner]
+    tx, ty = x0[owner] + local % nx[owner], y0[owner] + local // nx[owner]
+    g = vis[owner]
+    tx0, tx1, hit = tile_row_spans(proj.means2d[g], proj.conics[g], opacities[g], x0[owner], x1[owner], ty, tile_size)
+    keep = hit & (tx >= tx0) & (tx <= tx1)
+    tiles, ids = (ty * gw + tx)[keep], g[keep]
     order = torch.argsort(proj.depths.detach()[ids], stable=True)
     order = order[torch.argsort(tiles[order], stable=True)]
     ids, tiles = ids[order], tiles[order]
@@ -208,7 +245,7 @@ def rasterize_reference(proj: Projection, colors: torch.Tensor, opacities: torch
     once; chunks continue from the previous one's transmittance and stop when every pixel of the tile is done."""
     device, dtype = colors.device, colors.dtype
     n_ch = colors.shape[1]
-    ids, offsets = bin_gaussians(proj, width, height, tile_size)
+    ids, offsets = bin_gaussians(proj, opacities, width, height, tile_size)
     bounds = offsets.tolist()
     n_tiles = len(bounds) - 1
     values, pixels = [], []
@@ -250,7 +287,8 @@ def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch
     ops = native.ops_for(proj.means2d, proj.conics, colors, opacities)
     if ops is None:
         return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
-    ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.radii, proj.depths.detach(), width, height, tile_size)
+    ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.conics.detach(), opacities.detach(), proj.radii,
+                                 proj.depths.detach(), width, height, tile_size)
     image, alpha = RasterizeGaussians.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
                                          offsets, (width, height, tile_size))
     if background is not None:
@@ -299,7 +337,8 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     ops = native.ops_for(seen.means2d, seen.conics, feats, opacities)
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (seen.means2d, seen.conics, feats, opacities))
     if ops is not None and not wants_grad:  # viewing: the kernel finishes the pixels and saves nothing for backward
-        ids, offsets = ops.splat_bin(seen.means2d, seen.radii, seen.depths, width, height, 16)
+        ids, offsets = ops.splat_bin(seen.means2d, seen.conics, opacities, seen.radii, seen.depths, width, height,
+                                     16)
         image, alpha = ops.splat_rasterize_render(seen.means2d, seen.conics, feats, opacities.contiguous(), ids,
                                                   offsets, background.to(feats), width, height, 16)
         return {"rgb": image[..., :-1], "depth": image[..., -1], "opacity": alpha, "means2d": proj.means2d,

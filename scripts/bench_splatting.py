@@ -69,14 +69,14 @@ def stage_profile(gs: dict, cams, repeats: int) -> dict[str, float]:
     intr = (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, 0.01)
     w, h = cams.size(0)
     m2, con, dep, radii, comp = ops.splat_project_fwd(gs["means"], gs["quats"], gs["scales"], viewmat, *intr)
-    ids, offs = ops.splat_bin(m2, radii, dep, w, h, 16)
+    ids, offs = ops.splat_bin(m2, con, gs["opacities"], radii, dep, w, h, 16)
     feats = torch.cat([gs["colors"], dep[:, None]], 1)
     img, alpha, final_t, last = ops.splat_rasterize_fwd(m2, con, feats, gs["opacities"], ids, offs, w, h, 16)
     v_img, v_alpha = torch.randn_like(img), torch.randn_like(alpha)
     v_m2, v_con, v_dep, v_comp = (torch.randn_like(t) for t in (m2, con, dep, comp))
     stages = {
         "project": lambda: ops.splat_project_fwd(gs["means"], gs["quats"], gs["scales"], viewmat, *intr),
-        "bin + sort": lambda: ops.splat_bin(m2, radii, dep, w, h, 16),
+        "bin + sort": lambda: ops.splat_bin(m2, con, gs["opacities"], radii, dep, w, h, 16),
         "rasterize fwd": lambda: ops.splat_rasterize_fwd(m2, con, feats, gs["opacities"], ids, offs, w, h, 16),
         "rasterize bwd": lambda: ops.splat_rasterize_bwd(v_img, v_alpha, m2, con, feats, gs["opacities"], ids, offs,
                                                          final_t, last, w, h, 16),

@@ -322,9 +322,9 @@ def test_native_rasterizer_matches_reference(ops, device, channels, tile_size):
     needs_device(device, ops)
     width, height = 53, 37
     proj, colors, opac = screen_scene(channels=channels)
-    ids_r, off_r = sp.bin_gaussians(proj, width, height, tile_size)
-    ids_n, off_n = ops.splat_bin(proj.means2d.to(device), proj.radii.to(device), proj.depths.to(device), width,
-                                 height, tile_size)
+    ids_r, off_r = sp.bin_gaussians(proj, opac, width, height, tile_size)
+    ids_n, off_n = ops.splat_bin(*(t.to(device) for t in (proj.means2d, proj.conics, opac, proj.radii, proj.depths)),
+                                 width, height, tile_size)
     assert torch.equal(ids_n.cpu().long(), ids_r) and torch.equal(off_n.cpu(), off_r)
     bg = torch.linspace(0.1, 0.9, channels)
     g = torch.Generator().manual_seed(3)
@@ -348,6 +348,62 @@ def test_native_rasterizer_matches_reference(ops, device, channels, tile_size):
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_binning_drops_only_tiles_where_no_pixel_takes_the_gaussian(ops, device, tile_size):
+    """Binning keeps the tiles of a Gaussian's square that its ellipse of alpha >= 1/255 meets: every pixel where
+    the rasterizer's test passes (power <= 0, alpha >= 1/255) lies in a tile binned for that Gaussian, including
+    pixels on the ellipse's rim; faint and elongated Gaussians lose most of their square; opacities below 1/255 get
+    no tile; a degenerate conic keeps its whole square; the native kernels bin exactly the reference's pairs."""
+    needs_device(device, ops)
+    width, height, n = 83, 61, 400
+    g = torch.Generator().manual_seed(5)
+    m2 = torch.rand(n, 2, generator=g) * torch.tensor([width + 30.0, height + 30.0]) - 15
+    theta = torch.rand(n, generator=g) * math.pi
+    sd = torch.exp(torch.rand(n, 2, generator=g) * 3.5 - 1.0)  # 0.37 to 12 px, up to 33:1 elongations
+    c, s_ = torch.cos(theta), torch.sin(theta)
+    a = (c * sd[:, 0]) ** 2 + (s_ * sd[:, 1]) ** 2 + 0.3
+    b = c * s_ * (sd[:, 0] ** 2 - sd[:, 1] ** 2)
+    cc = (s_ * sd[:, 0]) ** 2 + (c * sd[:, 1]) ** 2 + 0.3
+    det = a * cc - b * b
+    conics = torch.stack([cc / det, -b / det, a / det], -1)
+    conics[:3] = torch.tensor([1.0, 2.0, 1.0])  # not positive definite: the whole square stays
+    r = sp.screen_radius(torch.stack([a, b, cc], -1))
+    r[:3] = 5.0
+    on = (m2[:, 0] + r >= 0) & (m2[:, 0] - r < width) & (m2[:, 1] + r >= 0) & (m2[:, 1] - r < height)
+    radii = torch.where(on, r, torch.zeros_like(r)).int()
+    opac = torch.exp(torch.rand(n, generator=g) * 7.0 - 7.0)  # 0.001 to 1: some below 1/255
+    opac[:3] = 0.5
+    proj = sp.Projection(m2, conics, torch.rand(n, generator=g), radii)
+    ids, offsets = sp.bin_gaussians(proj, opac, width, height, tile_size)
+    ids_n, off_n = ops.splat_bin(*(t.to(device) for t in (m2, conics, opac, radii, proj.depths)), width, height,
+                                 tile_size)
+    assert torch.equal(ids_n.cpu().long(), ids) and torch.equal(off_n.cpu(), offsets)
+
+    gw = (width + tile_size - 1) // tile_size
+    tile_of = torch.repeat_interleave(torch.arange(len(offsets) - 1), offsets[1:] - offsets[:-1])
+    binned = set(zip(ids.tolist(), tile_of.tolist()))
+    py, px = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    px, py = px.reshape(-1), py.reshape(-1)
+    alpha = sp.gaussian_alpha(px, py, m2, conics, opac)  # [P, N], 0 where the pixel skips the Gaussian
+    x0, x1, y0, y1 = sp.tile_rects(m2, radii, width, height, tile_size)
+    tx, ty = px // tile_size, py // tile_size
+    n_square, rims = 0, 0
+    for k in torch.nonzero(radii > 0)[:, 0].tolist():
+        in_square = (tx >= x0[k]) & (tx <= x1[k]) & (ty >= y0[k]) & (ty <= y1[k])
+        n_square += int((x1[k] - x0[k] + 1) * (y1[k] - y0[k] + 1))
+        taken = in_square & (alpha[:, k] > 0)
+        tiles = set((ty[taken] * gw + tx[taken]).tolist())
+        assert tiles <= {t for i, t in binned if i == k}, k
+        rims += int((taken & (alpha[:, k] < 2 * sp.ALPHA_MIN)).sum())
+        if k < 3:  # degenerate: every tile of the square
+            assert sum(i == k for i, _ in binned) == (x1[k] - x0[k] + 1) * (y1[k] - y0[k] + 1)
+    assert rims > 50  # pixels just above the threshold, where a too-tight ellipse would drop a tile
+    faint = (opac < sp.ALPHA_MIN) & (radii > 0)
+    assert faint.sum() > 10 and not any(faint[i] for i, _ in binned)
+    assert len(ids) < 0.6 * n_square
+
+
+@pytest.mark.parametrize("device", devices())
 def test_native_rasterizer_matches_reference_where_tiles_and_rows_saturate(ops, device):
     """Tiles whose pixels all stop partway through their Gaussians (the CPU forward recounts live pixels only
     every few Gaussians, then skips finished rows and ends finished tiles): the same image, alpha and gradients
@@ -368,7 +424,7 @@ def test_native_rasterizer_matches_reference_where_tiles_and_rows_saturate(ops, 
     radii = torch.ceil(3 * sd).int()
     colors = torch.rand(len(sd), 3, generator=g)
     proj = sp.Projection(means2d, conics, depths, radii)
-    ids, offsets = sp.bin_gaussians(proj, width, height)
+    ids, offsets = sp.bin_gaussians(proj, opac, width, height)
     assert offsets[1] - offsets[0] > 40  # the saturated tile holds many more Gaussians than are taken
     bg = torch.tensor([0.3, 0.6, 0.9])
     coefs = [torch.randn(height, width, 3, generator=g), torch.randn(height, width, generator=g)]

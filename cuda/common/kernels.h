@@ -61,13 +61,14 @@ struct Bf16 {
                               SplatCamera cam, const float* v_means2d, const float* v_conics,                  \
                               const float* v_depths, const float* v_compensations, float* v_means,             \
                               float* v_quats, float* v_scales, float* v_viewmats __VA_ARGS__);                 \
-  /* number of tiles each Gaussian's square touches (0 when culled) */                                          \
-  void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,                   \
-                         int64_t* counts __VA_ARGS__);                                                              \
+  /* number of tiles of its square each Gaussian can reach (splat_tile_row_span; 0 when culled) */              \
+  void splat_tile_counts(const float* means2d, const float* conics, const float* opacities,                     \
+                         const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts __VA_ARGS__);              \
   /* ids [m] of the (tile, Gaussian) pairs sorted by tile, then depth, then id; tile_offsets [tiles + 1]; */      \
   /* gauss_offsets [n] = exclusive prefix sum of the counts */                                                  \
-  void splat_tile_bin(const float* means2d, const int32_t* radii, const float* depths, int64_t n, SplatTiles g, \
-                      const int64_t* gauss_offsets, int64_t m, int32_t* ids, int64_t* tile_offsets __VA_ARGS__);    \
+  void splat_tile_bin(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,  \
+                      const float* depths, int64_t n, SplatTiles g, const int64_t* gauss_offsets, int64_t m,    \
+                      int32_t* ids, int64_t* tile_offsets __VA_ARGS__);                                             \
   /* image [H, W, C], alpha [H, W] (sum of weights), final_T [H, W], last [H, W] = position in ids of the */      \
   /* last Gaussian a pixel took (-1: none) */                                                                  \
   void splat_rasterize_forward(const float* means2d, const float* conics, const float* colors,                  \

@@ -120,12 +120,14 @@ inline uint32_t sortable_bits(float f) {
 struct TileScratch {
   int lanes, channels;
   std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
+  std::vector<float> lane_x, lane_y;      // the forward's pixel centre of each lane
   std::vector<int32_t> last, done;
   std::vector<int32_t> row_live;  // forward: pixels of the row still compositing (as of the last count_live);
                                   // backward: the row's max last
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
+        lane_x(lanes), lane_y(lanes),
         aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
 
@@ -171,43 +173,59 @@ void splat_project_backward(const float* means, const float* quats, const float*
                                     v_viewmats == nullptr ? nullptr : v_viewmats + 12 * i);
 }
 
-void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts) {
+void splat_tile_counts(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                       int64_t n, SplatTiles g, int64_t* counts) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    if (radii[i] <= 0) {
-      counts[i] = 0;
-      continue;
+    counts[i] = 0;
+    if (radii[i] <= 0) continue;
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      if (splat_tile_row_span(e, ty, tx0, tx1)) counts[i] += tx1 - tx0 + 1;
     }
-    int x0, x1, y0, y1;
-    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
-    counts[i] = static_cast<int64_t>(x1 - x0 + 1) * (y1 - y0 + 1);
   }
 }
 
-void splat_tile_bin(const float* means2d, const int32_t* radii, const float* depths, int64_t n, SplatTiles g,
-                    const int64_t* gauss_offsets, int64_t m, int32_t* ids, int64_t* tile_offsets) {
+void splat_tile_bin(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                    const float* depths, int64_t n, SplatTiles g, const int64_t* gauss_offsets, int64_t m,
+                    int32_t* ids, int64_t* tile_offsets) {
   (void)gauss_offsets;  // the CPU build fills tile buckets directly; m is their total
   (void)m;
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  // 1. Visible Gaussians with their tile rectangles (packed 16 bits per bound), in (depth, id) order: a stable LSD
-  // radix sort of the depth keys that starts in id order. Rectangles travel with the ids so that the passes
+  // 1. Gaussians that reach a tile, with their tile spans (one per row of tiles of their square, tx0 | tx1 << 16,
+  // empty rows as tx0 > tx1) in `spans` and (first span, y0, y1) packed in `rows`, in (depth, id) order: a stable
+  // LSD radix sort of the depth keys that starts in id order. The rows travel with the ids so that the passes
   // below read memory sequentially.
   std::vector<int32_t> order, order_tmp;
-  std::vector<uint32_t> key, key_tmp;
-  std::vector<uint64_t> rect, rect_tmp;
+  std::vector<uint32_t> key, key_tmp, spans;
+  std::vector<uint64_t> rows, rows_tmp;
   for (int64_t i = 0; i < n; ++i) {
     if (radii[i] <= 0) continue;
-    int x0, x1, y0, y1;
-    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    const size_t first = spans.size();
+    bool any = false;
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      const bool hit = splat_tile_row_span(e, ty, tx0, tx1);
+      spans.push_back(hit ? static_cast<uint32_t>(tx0) | static_cast<uint32_t>(tx1) << 16 : 1u);
+      any = any || hit;
+    }
+    if (!any) {
+      spans.resize(first);
+      continue;
+    }
     order.push_back(static_cast<int32_t>(i));
     key.push_back(sortable_bits(depths[i]));
-    rect.push_back(static_cast<uint64_t>(x0) | static_cast<uint64_t>(x1) << 16 | static_cast<uint64_t>(y0) << 32 |
-                   static_cast<uint64_t>(y1) << 48);
+    rows.push_back(static_cast<uint64_t>(first) | static_cast<uint64_t>(e.y0) << 32 |
+                   static_cast<uint64_t>(e.y1) << 48);
   }
   const int64_t nv = static_cast<int64_t>(order.size());
   order_tmp.resize(nv);
   key_tmp.resize(nv);
-  rect_tmp.resize(nv);
+  rows_tmp.resize(nv);
   for (int shift = 0; shift < 32; shift += 8) {
     int64_t count[257] = {0};
     for (int64_t i = 0; i < nv; ++i) ++count[((key[i] >> shift) & 0xffu) + 1];
@@ -217,27 +235,30 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
       const int64_t dst = count[(key[i] >> shift) & 0xffu]++;
       key_tmp[dst] = key[i];
       order_tmp[dst] = order[i];
-      rect_tmp[dst] = rect[i];
+      rows_tmp[dst] = rows[i];
     }
     key.swap(key_tmp);
     order.swap(order_tmp);
-    rect.swap(rect_tmp);
+    rows.swap(rows_tmp);
   }
   // 2. A parallel counting sort of the (tile, Gaussian) pairs by tile, each thread a contiguous part of that
   // order: buckets come out sorted by depth, then id.
   const int n_threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(nv / 4096) + 1));
   std::vector<int64_t> counts(static_cast<size_t>(n_threads) * n_tiles, 0);
   auto for_tiles = [&](uint64_t r, auto&& fn) {
-    const int x0 = r & 0xffff, x1 = (r >> 16) & 0xffff, y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
-    for (int ty = y0; ty <= y1; ++ty)
-      for (int tx = x0; tx <= x1; ++tx) fn(ty * g.grid_w + tx);
+    const uint32_t* span = spans.data() + (r & 0xffffffffu);
+    const int y0 = (r >> 32) & 0xffff, y1 = (r >> 48) & 0xffff;
+    for (int ty = y0; ty <= y1; ++ty, ++span) {
+      const int tx0 = *span & 0xffff, tx1 = *span >> 16;
+      for (int tx = tx0; tx <= tx1; ++tx) fn(ty * g.grid_w + tx);
+    }
   };
 #pragma omp parallel num_threads(n_threads)
   {
     const int th = omp_get_thread_num();
     const int64_t i0 = nv * th / n_threads, i1 = nv * (th + 1) / n_threads;
     int64_t* cnt = counts.data() + static_cast<size_t>(th) * n_tiles;
-    for (int64_t i = i0; i < i1; ++i) for_tiles(rect[i], [&](int tile) { ++cnt[tile]; });
+    for (int64_t i = i0; i < i1; ++i) for_tiles(rows[i], [&](int tile) { ++cnt[tile]; });
 #pragma omp barrier
 #pragma omp single
     {
@@ -254,7 +275,7 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
     }
     for (int64_t i = i0; i < i1; ++i) {
       const int32_t gid = order[i];
-      for_tiles(rect[i], [&](int tile) { ids[cnt[tile]++] = gid; });
+      for_tiles(rows[i], [&](int tile) { ids[cnt[tile]++] = gid; });
     }
   }
 }
@@ -300,8 +321,9 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
-      for (int col = 0; col < ts; ++col) s.px[col] = static_cast<float>(v.x0 + col) + 0.5f;
       for (int l = 0; l < L; ++l) {
+        s.lane_x[l] = static_cast<float>(v.x0 + l % ts) + 0.5f;
+        s.lane_y[l] = static_cast<float>(v.y0 + l / ts) + 0.5f;
         const bool inside = (l % ts) < v.nx && (l / ts) < v.ny;
         s.T[l] = 1.0f;
         s.last[l] = -1;
@@ -319,29 +341,42 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
         const float mx = sp.mx, my = sp.my, a = sp.a, b = sp.b, c = sp.c, o = sp.o;
         const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
-        for (int row = fp.r0; row <= fp.r1; ++row) {
-          if (s.row_live[row] == 0 || !fp.row(row)) continue;
-          const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
-          float* __restrict T = s.T.data() + row * ts;
-          float* __restrict acc = s.acc.data() + row * ts;
-          int32_t* __restrict lst = s.last.data() + row * ts;
-          int32_t* __restrict dn = s.done.data() + row * ts;
-          const float* __restrict px = s.px.data();
+        // The rows it can reach are consecutive (the ellipse's rows within the tile's columns form an interval), so
+        // they are one run of lanes for one loop: its iterations are independent, and the exp chains of successive
+        // vectors overlap (a loop per row ran each row's chain alone, latency bound). Finished rows are trimmed from
+        // the run's ends; inside it their lanes are done and take nothing, as are those of a row fp.row rejects.
+        int r0 = fp.r0, r1 = fp.r1;
+        while (r0 <= r1 && (s.row_live[r0] == 0 || !fp.row(r0))) ++r0;
+        while (r1 >= r0 && (s.row_live[r1] == 0 || !fp.row(r1))) --r1;
+        if (r0 > r1) continue;
+        {
+          float* __restrict T = s.T.data();
+          float* __restrict acc = s.acc.data();
+          int32_t* __restrict lst = s.last.data();
+          int32_t* __restrict dn = s.done.data();
+          const float* __restrict lx = s.lane_x.data();
+          const float* __restrict ly = s.lane_y.data();
+          // The lane predicates are int32 masks and the alpha test reads the uncapped alpha (the same test, as
+          // 1/255 < 0.99): with bools, g++ 12 folds the capped test into a select of booleans that it cannot
+          // vectorise, and the whole loop ran scalar (6.7x slower; test_splat_pixel_loops_vectorise guards it).
 #pragma omp simd
-          for (int col = 0; col < ts; ++col) {
-            const float dx = mx - px[col];
+          for (int l = r0 * ts; l < (r1 + 1) * ts; ++l) {
+            const float dx = mx - lx[l];
+            const float dy = my - ly[l];
             const float power = splat_power(dx, dy, a, b, c);
-            const float al = splat_cap(splat_raw_alpha(o, power));
-            const bool take = power <= 0.0f && al >= kSplatAlphaMin && dn[col] == 0;
-            const float test_T = T[col] * (1.0f - al);
-            const bool stop = take && test_T < kSplatTMin;
-            const bool add = take && !stop;
-            const float w = add ? al * T[col] : 0.0f;
-            for (int ch = 0; ch < C; ++ch) acc[ch * L + col] += w * cv[ch];
-            acc[C * L + col] += w;
-            T[col] = add ? test_T : T[col];
-            if (Save) lst[col] = add ? kk : lst[col];
-            dn[col] = stop ? 1 : dn[col];
+            const float raw = splat_raw_alpha(o, power);
+            const float al = splat_cap(raw);
+            const int32_t take = static_cast<int32_t>(power <= 0.0f) & static_cast<int32_t>(raw >= kSplatAlphaMin) &
+                                 static_cast<int32_t>(dn[l] == 0);
+            const float test_T = T[l] * (1.0f - al);
+            const int32_t stop = take & static_cast<int32_t>(test_T < kSplatTMin);
+            const int32_t add = take & (stop ^ 1);
+            const float w = add ? al * T[l] : 0.0f;
+            for (int ch = 0; ch < C; ++ch) acc[ch * L + l] += w * cv[ch];
+            acc[C * L + l] += w;
+            T[l] = add ? test_T : T[l];
+            if (Save) lst[l] = add ? kk : lst[l];
+            dn[l] |= stop;
           }
         }
       }

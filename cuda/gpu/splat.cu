@@ -42,33 +42,40 @@ __global__ void project_backward_kernel(const float* means, const float* quats, 
                                   v_viewmats == nullptr ? nullptr : v_viewmats + 12 * i);
 }
 
-__global__ void tile_counts_kernel(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g,
-                                   int64_t* counts) {
+__global__ void tile_counts_kernel(const float* means2d, const float* conics, const float* opacities,
+                                   const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  if (radii[i] <= 0) {
-    counts[i] = 0;
-    return;
+  int64_t count = 0;
+  if (radii[i] > 0) {
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      if (splat_tile_row_span(e, ty, tx0, tx1)) count += tx1 - tx0 + 1;
+    }
   }
-  int x0, x1, y0, y1;
-  splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
-  counts[i] = static_cast<int64_t>(x1 - x0 + 1) * (y1 - y0 + 1);
+  counts[i] = count;
 }
 
-__global__ void tile_keys_kernel(const float* means2d, const int32_t* radii, const float* depths, int64_t n,
-                                 SplatTiles g, const int64_t* gauss_offsets, uint64_t* keys, int32_t* vals) {
+__global__ void tile_keys_kernel(const float* means2d, const float* conics, const float* opacities,
+                                 const int32_t* radii, const float* depths, int64_t n, SplatTiles g,
+                                 const int64_t* gauss_offsets, uint64_t* keys, int32_t* vals) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n || radii[i] <= 0) return;
-  int x0, x1, y0, y1;
-  splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
+  const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                radii[i], g);
   int64_t k = gauss_offsets[i];
   const uint64_t depth_bits = sortable_bits(depths[i]);
-  for (int ty = y0; ty <= y1; ++ty)
-    for (int tx = x0; tx <= x1; ++tx) {
+  for (int ty = e.y0; ty <= e.y1; ++ty) {
+    int tx0, tx1;
+    if (!splat_tile_row_span(e, ty, tx0, tx1)) continue;
+    for (int tx = tx0; tx <= tx1; ++tx) {
       keys[k] = (static_cast<uint64_t>(ty * g.grid_w + tx) << 32) | depth_bits;
       vals[k] = static_cast<int32_t>(i);
       ++k;
     }
+  }
 }
 
 // tile_offsets[t] = first sorted pair whose tile is >= t (binary search), for t in [0, n_tiles].
@@ -200,15 +207,16 @@ void splat_project_backward(const float* means, const float* quats, const float*
   check_launch("splat_project_backward");
 }
 
-void splat_tile_counts(const float* means2d, const int32_t* radii, int64_t n, SplatTiles g, int64_t* counts,
-                       void* stream) {
-  tile_counts_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(means2d, radii, n, g,
-                                                                                          counts);
+void splat_tile_counts(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                       int64_t n, SplatTiles g, int64_t* counts, void* stream) {
+  tile_counts_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(means2d, conics, opacities,
+                                                                                          radii, n, g, counts);
   check_launch("splat_tile_counts");
 }
 
-void splat_tile_bin(const float* means2d, const int32_t* radii, const float* depths, int64_t n, SplatTiles g,
-                    const int64_t* gauss_offsets, int64_t m, int32_t* ids, int64_t* tile_offsets, void* stream) {
+void splat_tile_bin(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
+                    const float* depths, int64_t n, SplatTiles g, const int64_t* gauss_offsets, int64_t m,
+                    int32_t* ids, int64_t* tile_offsets, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
   uint64_t *keys = nullptr, *keys_sorted = nullptr;
@@ -220,7 +228,8 @@ void splat_tile_bin(const float* means2d, const int32_t* radii, const float* dep
   check(cudaMallocAsync(&keys, sizeof(uint64_t) * m, st), "splat_tile_bin alloc");
   check(cudaMallocAsync(&keys_sorted, sizeof(uint64_t) * m, st), "splat_tile_bin alloc");
   check(cudaMallocAsync(&vals, sizeof(int32_t) * m, st), "splat_tile_bin alloc");
-  tile_keys_kernel<<<blocks_for(n), kThreads, 0, st>>>(means2d, radii, depths, n, g, gauss_offsets, keys, vals);
+  tile_keys_kernel<<<blocks_for(n), kThreads, 0, st>>>(means2d, conics, opacities, radii, depths, n, g,
+                                                gauss_offsets, keys, vals);
   check_launch("splat_tile_bin keys");
   check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys, keys_sorted, vals, ids, m, 0, end_bit, st),
         "splat_tile_bin sort");
