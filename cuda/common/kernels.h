@@ -51,6 +51,11 @@ struct Bf16 {
                           const float* grad_depth, const float* sigmas, const float* rgbs,                      \
                           const float* t_starts, const float* t_ends, const int64_t* offsets, int64_t n_rays,   \
                           float* grad_sigmas, float* grad_rgbs __VA_ARGS__);                                \
+  /* A front-to-back image round over the live rays `rays` [n_live] (their samples: offsets [n_live + 1]): */   \
+  /* weights [S] and keep [S] out; optical (float64), opacity and depth [n_rays] updated at `rays` */           \
+  void composite_round(const float* sigmas, const float* t_starts, const float* t_ends, const int64_t* offsets, \
+                       const int64_t* rays, int64_t n_live, RoundPruning prune, double* optical, float* opacity, \
+                       float* depth, float* weights, uint8_t* keep __VA_ARGS__);                                 \
   /* Gaussian splatting. means2d [N, 2], conics [N, 3], depths [N], radii [N] (0: culled), */                 \
   /* compensations [N] (anti-aliasing opacity factor) */                                                        \
   void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n,           \

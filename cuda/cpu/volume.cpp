@@ -312,6 +312,17 @@ void composite_forward(const float* sigmas, const float* rgbs, const float* t_st
                           opacity + r, depth + r);
 }
 
+void composite_round(const float* sigmas, const float* t_starts, const float* t_ends, const int64_t* offsets,
+                     const int64_t* rays, int64_t n_live, RoundPruning prune, double* optical, float* opacity,
+                     float* depth, float* weights, uint8_t* keep) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n_live; ++j) {
+    const int64_t r = rays[j];
+    composite_round_ray(sigmas, t_starts, t_ends, offsets[j], offsets[j + 1], prune, optical + r, opacity + r,
+                        depth + r, weights, keep);
+  }
+}
+
 void composite_backward(const float* grad_weights, const float* grad_rgb, const float* grad_opacity,
                         const float* grad_depth, const float* sigmas, const float* rgbs, const float* t_starts,
                         const float* t_ends, const int64_t* offsets, int64_t n_rays, float* grad_sigmas,
