@@ -391,6 +391,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
 
 // -- CPU-only ops (CUDA tensors take the plain-PyTorch path) -----------------------------------------------
 
+Tensor contract_unit(const Tensor& x_, const Tensor& aabb_) {
+  TORCH_CHECK(x_.device().is_cpu() && x_.dim() == 2 && x_.size(1) == 3, "contract_unit: x must be CPU [N, 3]");
+  Tensor x = f32(x_, "x"), aabb = f32(aabb_, "aabb").cpu();
+  TORCH_CHECK(aabb.numel() == 6, "contract_unit: aabb must be [2, 3]");
+  Tensor out = at::empty_like(x);
+  const float* box = aabb.data_ptr<float>();
+  if (x.size(0) > 0) fields::cpu::contract_unit(x.data_ptr<float>(), x.size(0), box, box + 3, mptr(out));
+  return out;
+}
+
 Tensor sh_encode(const Tensor& d_, int64_t degree) {
   TORCH_CHECK(d_.device().is_cpu() && d_.scalar_type() == at::kFloat && d_.dim() == 2 && d_.size(1) == 3,
               "sh_encode: directions must be float32 CPU [N, 3]");
@@ -488,6 +498,7 @@ TORCH_LIBRARY(fields, m) {
         " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
   // CPU only
   m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
+  m.def("contract_unit(Tensor x, Tensor aabb) -> Tensor");
   m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("modulated_relu_bwd(Tensor grad, Tensor h, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
         " -> (Tensor, Tensor, Tensor)");
@@ -522,6 +533,7 @@ void register_device_impls(torch::Library& m) {
 TORCH_LIBRARY_IMPL(fields, CPU, m) {
   register_device_impls(m);
   m.impl("sh_encode", &sh_encode);
+  m.impl("contract_unit", &contract_unit);
   m.impl("modulated_relu_fwd", &modulated_relu_fwd);
   m.impl("modulated_relu_bwd", &modulated_relu_bwd);
   m.impl("mlp_fwd", &fields::cpu::mlp_fwd);

@@ -99,6 +99,9 @@ FIELDS_KERNEL_DECLS()
 // CPU-only ops (CUDA tensors take the plain-PyTorch path).
 // Real spherical harmonics of unit directions [N, 3]: out [N, degree^2], degree 1..4.
 void sh_encode(const float* dirs, int64_t n, int degree, float* out);
+// World points [N, 3] -> the contracted cube of the box lo..hi mapped to [0, 1]^3 (renderers/contraction.py:
+// contract_unit), out [N, 3].
+void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out);
 // y = relu(gamma * layer_norm(h) + beta) per row of h [N, W] (float32 or bfloat16), gamma and beta [N]; saves the
 // rows' mean and 1/std [N] for the backward.
 void modulated_relu_forward(const float* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,
