@@ -174,6 +174,38 @@ std::tuple<Tensor, Tensor> composite_bwd(const c10::optional<Tensor>& grad_weigh
   return {grad_sigmas, grad_rgbs};
 }
 
+// The per-ray state a front-to-back round updates in place: contiguous, on the samples' device, one entry a ray.
+Tensor& round_state(Tensor& t, at::ScalarType type, const char* name, const Tensor& like, int64_t n_rays) {
+  TORCH_CHECK(t.scalar_type() == type && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous ",
+              type, " vector");
+  TORCH_CHECK(t.device() == like.device() && t.numel() == n_rays, name, " must hold one entry per ray");
+  return t;
+}
+
+std::tuple<Tensor, Tensor> composite_round(const Tensor& sigmas_, const Tensor& t_starts_, const Tensor& t_ends_,
+                                           const Tensor& offsets_, const Tensor& rays_, Tensor& optical,
+                                           Tensor& opacity, Tensor& depth, double stop_eps, double alpha_thre,
+                                           double weight_thre) {
+  Tensor sigmas = f32(sigmas_, "sigmas"), t_starts = f32(t_starts_, "t_starts"), t_ends = f32(t_ends_, "t_ends");
+  Tensor offsets = check_offsets(offsets_, sigmas_);
+  TORCH_CHECK(rays_.scalar_type() == at::kLong && rays_.numel() == offsets.numel() - 1 &&
+                  rays_.device() == sigmas_.device(), "rays must be int64 [n_live] on the samples' device");
+  Tensor rays = rays_.contiguous();
+  const int64_t n_rays = optical.numel();
+  round_state(optical, at::kDouble, "optical", sigmas_, n_rays);
+  round_state(opacity, at::kFloat, "opacity", sigmas_, n_rays);
+  round_state(depth, at::kFloat, "depth", sigmas_, n_rays);
+  Tensor weights = at::empty_like(sigmas), keep = at::empty(sigmas.sizes(), sigmas.options().dtype(at::kBool));
+  const fields::RoundPruning prune{static_cast<float>(stop_eps), static_cast<float>(alpha_thre),
+                                   static_cast<float>(weight_thre)};
+  if (rays.numel() > 0 && sigmas.numel() > 0)
+    DISPATCH(sigmas.device(), composite_round, sigmas.data_ptr<float>(), t_starts.data_ptr<float>(),
+             t_ends.data_ptr<float>(), offsets.data_ptr<int64_t>(), rays.data_ptr<int64_t>(), rays.numel(), prune,
+             optical.data_ptr<double>(), opacity.data_ptr<float>(), depth.data_ptr<float>(),
+             weights.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()));
+  return {weights, keep};
+}
+
 // -- Gaussian splatting ----------------------------------------------------------------------------------
 
 // The camera struct from an OpenCV world-to-camera [3, 4] matrix and intrinsics; the Jacobian's limits are
@@ -363,6 +395,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
 
 // -- CPU-only ops (CUDA tensors take the plain-PyTorch path) -----------------------------------------------
 
+Tensor contract_unit(const Tensor& x_, const Tensor& aabb_) {
+  TORCH_CHECK(x_.device().is_cpu() && x_.dim() == 2 && x_.size(1) == 3, "contract_unit: x must be CPU [N, 3]");
+  Tensor x = f32(x_, "x"), aabb = f32(aabb_, "aabb").cpu();
+  TORCH_CHECK(aabb.numel() == 6, "contract_unit: aabb must be [2, 3]");
+  Tensor out = at::empty_like(x);
+  const float* box = aabb.data_ptr<float>();
+  if (x.size(0) > 0) fields::cpu::contract_unit(x.data_ptr<float>(), x.size(0), box, box + 3, mptr(out));
+  return out;
+}
+
 Tensor sh_encode(const Tensor& d_, int64_t degree) {
   TORCH_CHECK(d_.device().is_cpu() && d_.scalar_type() == at::kFloat && d_.dim() == 2 && d_.size(1) == 3,
               "sh_encode: directions must be float32 CPU [N, 3]");
@@ -440,6 +482,9 @@ TORCH_LIBRARY(fields, m) {
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("composite_bwd(Tensor? grad_weights, Tensor grad_rgb, Tensor grad_opacity, Tensor grad_depth,"
         " Tensor sigmas, Tensor rgbs, Tensor t_starts, Tensor t_ends, Tensor offsets) -> (Tensor, Tensor)");
+  m.def("composite_round(Tensor sigmas, Tensor t_starts, Tensor t_ends, Tensor offsets, Tensor rays,"
+        " Tensor(a!) optical, Tensor(b!) opacity, Tensor(c!) depth, float stop_eps, float alpha_thre,"
+        " float weight_thre) -> (Tensor, Tensor)");
   m.def("splat_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx,"
         " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_compensations,"
@@ -458,6 +503,7 @@ TORCH_LIBRARY(fields, m) {
         " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
   // CPU only
   m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
+  m.def("contract_unit(Tensor x, Tensor aabb) -> Tensor");
   m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("modulated_relu_bwd(Tensor grad, Tensor h, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
         " -> (Tensor, Tensor, Tensor)");
@@ -480,6 +526,7 @@ void register_device_impls(torch::Library& m) {
   m.impl("transmittance", &transmittance);
   m.impl("composite_fwd", &composite_fwd);
   m.impl("composite_bwd", &composite_bwd);
+  m.impl("composite_round", &composite_round);
   m.impl("splat_project_fwd", &splat_project_fwd);
   m.impl("splat_project_bwd", &splat_project_bwd);
   m.impl("splat_bin", &splat_bin);
@@ -491,6 +538,7 @@ void register_device_impls(torch::Library& m) {
 TORCH_LIBRARY_IMPL(fields, CPU, m) {
   register_device_impls(m);
   m.impl("sh_encode", &sh_encode);
+  m.impl("contract_unit", &contract_unit);
   m.impl("modulated_relu_fwd", &modulated_relu_fwd);
   m.impl("modulated_relu_bwd", &modulated_relu_bwd);
   m.impl("mlp_fwd", &fields::cpu::mlp_fwd);

@@ -9,13 +9,16 @@ boxes of the world, which lets the marcher jump over empty ones. Fields see ``co
 [0, 1]^3; the occupancy grid's cells tile the contracted cube (``contracted_cell``), and the marcher samples
 evenly in disparity beyond the box (``renderers.marching``).
 
-Operations are float32 in a fixed order that the native marcher (cuda/common/fields_math.h: contract_point,
-contracted_cell) repeats exactly, so the two classify every sample into the same cell.
+Operations are float32 in a fixed order that the native marcher and ``contract_unit``'s CPU op
+(cuda/common/fields_math.h: contract_point, contracted_cell) repeat exactly, so the two classify every sample into
+the same cell and the field sees the same inputs.
 """
 
 from __future__ import annotations
 
 import torch
+
+from renderers import native
 
 
 def normalized(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
@@ -29,6 +32,21 @@ def contract(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
     u = normalized(x, aabb)
     m = u.abs().amax(-1, keepdim=True)
     return torch.where(m > 1, u * ((2 - 1 / m) / m), u)
+
+
+def contract_unit(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """``contract_unit_reference`` by the native CPU op where ``x`` is float32 on the CPU and needs no gradient
+    (a contracted field's inputs while rendering or training without camera refinement)."""
+    cpu_no_grad = x.device.type == "cpu" and x.dim() == 2 and not (x.requires_grad and torch.is_grad_enabled())
+    ops = native.ops_for(x, aabb) if cpu_no_grad else None
+    if ops is None:
+        return contract_unit_reference(x, aabb)
+    return ops.contract_unit(x, aabb)
+
+
+def contract_unit_reference(x: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """What a contracted field sees of world points [N, 3]: the contracted cube mapped to [0, 1]^3."""
+    return contract(x, aabb) * 0.25 + 0.5
 
 
 def uncontract(u: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:

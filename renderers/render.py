@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from renderers.chunks import map_chunks
-from renderers.compositing import composite, csr_offsets, transmittance
+from renderers.compositing import composite, composite_round, csr_offsets, transmittance
 from renderers.marching import Samples, march_rays
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
@@ -115,16 +115,21 @@ class SelectRows(torch.autograd.Function):
 
 
 def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, geometry_fn: GeometryFn,
-                  cfg: RenderConfig, round_samples: int = 16):
+                  cfg: RenderConfig, round_samples: int = 16, weight_thre: float = 0.0,
+                  opacity: torch.Tensor | None = None, depth: torch.Tensor | None = None):
     """Evaluate ``geometry_fn`` on each ray's samples front to back in rounds of ``round_samples``, leaving out
     rays whose transmittance fell below ``cfg.early_stop_eps`` (Instant-NGP's inference marching): the samples
-    behind a surface are never evaluated. Yields per round ``(idx, d, sigmas, feats, trans, tau)``: the rounds'
-    sample indices into ``samples`` (sorted by ray and ``t``), their directions, the field's outputs, the
-    transmittance before each and its optical depth."""
+    behind a surface are never evaluated. Yields per round ``(idx, part, d, feats, weights, keep)``: the round's
+    sample indices into ``samples`` (sorted by ray and ``t``), those samples, their directions, the field's
+    features, their weights and which of them pruning keeps (``kept``'s rule, and weights of at least
+    ``weight_thre`` where positive); the kept ones' weights and weighted midpoints are added to ``opacity`` and
+    ``depth`` [n_rays] where given (``composite_round``: one native call a round)."""
     n, dev = samples.n_rays, origins.device
     offsets = csr_offsets(samples.ray_indices, n)
     starts, counts = offsets[:-1], offsets[1:] - offsets[:-1]
     optical = torch.zeros(n, dtype=torch.float64, device=dev)  # optical depth before this round, per ray
+    opacity = origins.new_zeros(n) if opacity is None else opacity
+    depth = origins.new_zeros(n) if depth is None else depth
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     max_optical = -math.log(cfg.early_stop_eps) if cfg.early_stop_eps > 0 else math.inf  # exp(-depth) >= eps
     step = torch.arange(round_samples, device=dev)
@@ -137,11 +142,11 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
         part = samples.select(idx)
         x, d = part.positions(origins, dirs)
         sigmas, feats = geometry_fn(x)
-        tau = sigmas * (part.t_ends - part.t_starts)
-        before = torch.exp(-optical.index_select(0, part.ray_indices)).float()
-        trans = transmittance(tau, part.ray_indices, n) * before
-        yield idx, d, sigmas, feats, trans, tau
-        optical.index_add_(0, part.ray_indices, tau.double())
+        per_ray = (counts.index_select(0, live) - r0).clamp_max(round_samples)
+        round_offsets = torch.cat([per_ray.new_zeros(1), per_ray.cumsum(0)])
+        weights, keep = composite_round(sigmas, part.t_starts, part.t_ends, round_offsets, live, optical, opacity,
+                                        depth, cfg.early_stop_eps, cfg.alpha_thre, weight_thre)
+        yield idx, part, d, feats, weights, keep
         alive &= optical <= max_optical
 
 
@@ -158,8 +163,7 @@ def visible_front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.T
                           cfg: RenderConfig) -> torch.Tensor:
     """Indices of the samples that pruning keeps, found front to back (densities evaluated only up to where each
     ray's transmittance runs out): what ``visible`` finds, for a fraction of the evaluations on a sharp field."""
-    found = [idx[kept(trans, tau, cfg)] for idx, _, _, _, trans, tau in
-             front_to_back(samples, origins, dirs, geometry_fn, cfg)]
+    found = [idx[keep] for idx, _, _, _, _, keep in front_to_back(samples, origins, dirs, geometry_fn, cfg)]
     return torch.cat(found).sort().values if found else samples.ray_indices.new_zeros(0)
 
 
@@ -226,20 +230,13 @@ def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: 
     n = samples.n_rays
     rgb, opacity, depth = origins.new_zeros(n, 3), origins.new_zeros(n), origins.new_zeros(n)
     evaluated = 0
-    for idx, d, sigmas, feats, trans, tau in front_to_back(samples, origins, dirs, geometry_fn, cfg, round_samples):
+    for idx, part, d, feats, w, keep in front_to_back(samples, origins, dirs, geometry_fn, cfg, round_samples,
+                                                      cfg.image_weight_thre, opacity, depth):
         evaluated += len(idx)
-        w = trans * -torch.expm1(-tau)
-        keep = kept(trans, tau, cfg)
-        if cfg.image_weight_thre > 0:
-            keep &= w >= cfg.image_weight_thre
         k = keep.nonzero()[:, 0]
         if len(k):
-            w = w.index_select(0, k)
-            part = samples.select(idx.index_select(0, k))
-            kr = part.ray_indices
-            rgb.index_add_(0, kr, w[:, None] * color_fn(feats.index_select(0, k), d.index_select(0, k)))
-            opacity.index_add_(0, kr, w)
-            depth.index_add_(0, kr, w * 0.5 * (part.t_starts + part.t_ends))
+            rgb.index_add_(0, part.ray_indices.index_select(0, k),
+                           w.index_select(0, k)[:, None] * color_fn(feats.index_select(0, k), d.index_select(0, k)))
     return {"rgb": rgb + (1.0 - opacity[:, None]) * background, "depth": depth, "opacity": opacity,
             "samples": torch.tensor(evaluated)}
 

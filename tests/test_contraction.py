@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import devices, needs_device
-from renderers.contraction import contract, contracted_cell, uncontract
+from renderers.contraction import contract, contract_unit, contract_unit_reference, contracted_cell, uncontract
 from renderers.marching import Samples, march_rays_reference, ray_aabb
 from renderers.occupancy import OccupancyGrid
 
@@ -57,6 +57,20 @@ def rays(n=500, seed=0):
     dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     dirs[:20] = torch.eye(3).repeat(7, 1)[:20]  # axis-aligned ones along cell borders
     return origins, dirs.contiguous(), torch.rand(n, generator=g)
+
+
+def test_contract_unit_native_is_the_reference_bit_for_bit(ops):
+    """The field's contracted inputs from the native CPU op equal the reference's exactly (the field must see what it
+    trained on), inside, on the box faces and far out; with a gradient wanted the reference (differentiable) runs."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([torch.rand(5000, 3, generator=g) * 4 - 1.5, torch.randn(5000, 3, generator=g) * 50,
+                   AABB, AABB.mean(0, keepdim=True), torch.tensor([[1e8, -3.0, 0.2], [0.5, 0.0, -1e9]])])
+    got, ref = ops.contract_unit(x, AABB), contract_unit_reference(x, AABB)
+    assert torch.equal(got, ref)
+    assert torch.equal(contract_unit(x, AABB), ref) and ((ref >= 0) & (ref <= 1)).all()
+    xg = x[:100].clone().requires_grad_()
+    contract_unit(xg, AABB).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
 def test_contracted_reference_samples_reach_far_and_follow_the_lattice():

@@ -248,6 +248,40 @@ def test_composite_matches_reference(ops, device):
     assert (got_t.cpu() - transmittance_reference(tau, ray, n_rays)).abs().max().item() < 1e-6
 
 
+@pytest.mark.parametrize("prune", [(0.0, 0.0, 0.0), (1e-3, 0.0, 1e-3), (0.2, 0.05, 1e-2)])
+@pytest.mark.parametrize("device", devices())
+def test_composite_round_matches_reference(ops, device, prune):
+    """One front-to-back image round over some of the rays (the long partly transparent one included), carrying
+    optical depths in: weights, keep masks and the updated per-ray state agree with the reference."""
+    needs_device(device, ops)
+    from renderers.compositing import composite_round_reference
+
+    sigmas, _, t_starts, t_ends, ray, n_rays = packed_samples(seed=3)
+    counts = torch.bincount(ray, minlength=n_rays)
+    live = torch.arange(n_rays)[(torch.arange(n_rays) % 3 != 1) | (torch.arange(n_rays) == 6)]  # gaps between rays
+    sel = torch.isin(ray, live)
+    per_ray = counts[live]
+    offsets = torch.cat([per_ray.new_zeros(1), per_ray.cumsum(0)])
+    g = torch.Generator().manual_seed(4)
+    state = (torch.rand(n_rays, generator=g, dtype=torch.float64) * 3, torch.rand(n_rays, generator=g),
+             torch.rand(n_rays, generator=g))
+    ref_state = [t.clone() for t in state]
+    got_state = [t.clone().to(device) for t in state]
+    args = (sigmas[sel], t_starts[sel], t_ends[sel], offsets, live)
+    w_ref, keep_ref = composite_round_reference(*args, *ref_state, *prune)
+    w, keep = ops.composite_round(*(a.to(device) for a in args), *got_state, *prune)
+    assert keep_ref.any() and (not keep_ref.all() or prune == (0.0, 0.0, 0.0))
+    assert torch.equal(keep.cpu(), keep_ref)
+    assert (w.cpu() - w_ref).abs().max().item() < 1e-6
+    assert (got_state[0].cpu() - ref_state[0]).abs().max().item() < 1e-9
+    for got, ref in zip(got_state[1:], ref_state[1:]):
+        assert (got.cpu() - ref).abs().max().item() < 1e-5
+    untouched = torch.ones(n_rays, dtype=torch.bool)
+    untouched[live] = False
+    assert all(torch.equal(t.cpu()[untouched], s[untouched]) for t, s in zip(got_state, state))
+    assert not torch.equal(ref_state[0][live], state[0][live])  # the carried optical depth moved
+
+
 def test_composite_dispatch_rgb_only_and_transmittance(ops):
     from renderers.compositing import composite, transmittance
 

@@ -506,6 +506,38 @@ FIELDS_HD void composite_ray_forward(const float* sigmas, const float* rgbs, con
   *depth = static_cast<float>(acc[4]);
 }
 
+// Pruning of a front-to-back image round (renderers/compositing.py:composite_round): a sample is kept where the
+// transmittance before it reaches `stop_eps` (0: always), its opacity `alpha_thre` and its weight `weight_thre`
+// (each only where positive).
+struct RoundPruning {
+  float stop_eps, alpha_thre, weight_thre;
+};
+
+// One ray's samples [i0, i1) of such a round, in composite_round_reference's float32/float64 operations: the
+// transmittance before each is this round's own (transmittance_ray) times exp(-optical), the ray's optical depth
+// before the round; weights w_i; kept samples add w_i to opacity and w_i * midpoint to depth (in order, float32,
+// as index_add_); optical grows by every sample's tau (float64).
+FIELDS_HD void composite_round_ray(const float* sigmas, const float* t_starts, const float* t_ends, int64_t i0,
+                                   int64_t i1, RoundPruning prune, double* optical, float* opacity, float* depth,
+                                   float* weights, uint8_t* keep) {
+  const float before = static_cast<float>(exp(-*optical));
+  double own = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    const float trans = transmittance_of(own) * before, alpha = sample_alpha(tau), w = trans * alpha;
+    own += static_cast<double>(tau);
+    *optical += static_cast<double>(tau);
+    const bool k = trans >= prune.stop_eps && (prune.alpha_thre <= 0.0f || alpha >= prune.alpha_thre) &&
+                   (prune.weight_thre <= 0.0f || w >= prune.weight_thre);
+    weights[i] = w;
+    keep[i] = k;
+    if (k) {
+      *opacity += w;
+      *depth += w * 0.5f * (t_starts[i] + t_ends[i]);
+    }
+  }
+}
+
 // Gradients of one ray's samples. With G_i = dL/dw_i (from the weights, rgb, opacity and depth gradients):
 // dL/dtau_k = G_k T_{k+1} - sum_{i > k} G_i w_i, since w_i depends on tau_k (k < i) through T_i.
 FIELDS_HD void composite_ray_backward(const float* grad_weights, const float gr[3], float grad_opacity,

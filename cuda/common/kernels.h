@@ -51,6 +51,11 @@ struct Bf16 {
                           const float* grad_depth, const float* sigmas, const float* rgbs,                      \
                           const float* t_starts, const float* t_ends, const int64_t* offsets, int64_t n_rays,   \
                           float* grad_sigmas, float* grad_rgbs __VA_ARGS__);                                \
+  /* A front-to-back image round over the live rays `rays` [n_live] (their samples: offsets [n_live + 1]): */   \
+  /* weights [S] and keep [S] out; optical (float64), opacity and depth [n_rays] updated at `rays` */           \
+  void composite_round(const float* sigmas, const float* t_starts, const float* t_ends, const int64_t* offsets, \
+                       const int64_t* rays, int64_t n_live, RoundPruning prune, double* optical, float* opacity, \
+                       float* depth, float* weights, uint8_t* keep __VA_ARGS__);                                 \
   /* Gaussian splatting. means2d [N, 2], conics [N, 3], depths [N], radii [N] (0: culled), */                 \
   /* compensations [N] (anti-aliasing opacity factor) */                                                        \
   void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n,           \
@@ -95,6 +100,9 @@ FIELDS_KERNEL_DECLS()
 // CPU-only ops (CUDA tensors take the plain-PyTorch path).
 // Real spherical harmonics of unit directions [N, 3]: out [N, degree^2], degree 1..4.
 void sh_encode(const float* dirs, int64_t n, int degree, float* out);
+// World points [N, 3] -> the contracted cube of the box lo..hi mapped to [0, 1]^3 (renderers/contraction.py:
+// contract_unit), out [N, 3].
+void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out);
 // y = relu(gamma * layer_norm(h) + beta) per row of h [N, W] (float32 or bfloat16), gamma and beta [N]; saves the
 // rows' mean and 1/std [N] for the backward.
 void modulated_relu_forward(const float* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,

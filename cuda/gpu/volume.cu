@@ -174,6 +174,17 @@ __global__ void composite_backward_kernel(const float* grad_weights, const float
                            t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
 }
 
+__global__ void composite_round_kernel(const float* sigmas, const float* t_starts, const float* t_ends,
+                                       const int64_t* offsets, const int64_t* rays, int64_t n_live,
+                                       RoundPruning prune, double* optical, float* opacity, float* depth,
+                                       float* weights, uint8_t* keep) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n_live) return;
+  const int64_t r = rays[j];
+  composite_round_ray(sigmas, t_starts, t_ends, offsets[j], offsets[j + 1], prune, optical + r, opacity + r,
+                      depth + r, weights, keep);
+}
+
 }  // namespace
 
 void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out, void* stream) {
@@ -255,6 +266,14 @@ void composite_backward(const float* grad_weights, const float* grad_rgb, const 
       grad_weights, grad_rgb, grad_opacity, grad_depth, sigmas, rgbs, t_starts, t_ends, offsets, n_rays,
       grad_sigmas, grad_rgbs);
   check_launch("composite_backward");
+}
+
+void composite_round(const float* sigmas, const float* t_starts, const float* t_ends, const int64_t* offsets,
+                     const int64_t* rays, int64_t n_live, RoundPruning prune, double* optical, float* opacity,
+                     float* depth, float* weights, uint8_t* keep, void* stream) {
+  composite_round_kernel<<<blocks_for(n_live), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      sigmas, t_starts, t_ends, offsets, rays, n_live, prune, optical, opacity, depth, weights, keep);
+  check_launch("composite_round");
 }
 
 }  // namespace cuda

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fields.backends.fused_mlp import ReLUMLP
-from renderers.contraction import contract
+from renderers.contraction import contract_unit
 from renderers.model import VolumeModel
 from renderers.native import has_native_bf16
 from renderers.occupancy import OccupancyGrid
@@ -88,7 +88,7 @@ class Field(nn.Module):
         """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it; with contraction,
         the contracted cube mapped to [0, 1]^3 (every point inside)."""
         if self.contracted:
-            u = contract(x, self.aabb) * 0.25 + 0.5
+            u = contract_unit(x, self.aabb)
             return u, torch.ones(u.shape[:-1], dtype=torch.bool, device=u.device)
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((u >= 0) & (u <= 1)).all(-1)

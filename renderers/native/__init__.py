@@ -13,8 +13,8 @@ side by side in the module of its domain, and the public function asks ``ops_for
 - fused ReLU MLP (CPU): ``fields.backends.fused_mlp.relu_mlp`` / ``relu_mlp_reference``
 - modulated ReLU (CPU): ``fields.backends.fused_mlp.modulated_relu`` / ``modulated_relu_reference``
 - ray marching: ``renderers.marching.march_rays`` / ``march_rays_reference``
-- compositing: ``renderers.compositing.composite``, ``transmittance`` / ``composite_reference``,
-  ``transmittance_reference``
+- compositing: ``renderers.compositing.composite``, ``transmittance``, ``composite_round`` / ``composite_reference``,
+  ``transmittance_reference``, ``composite_round_reference``
 - Gaussian splatting: ``renderers.splatting.project_gaussians``, ``rasterize_gaussians`` / ``project_reference``,
   ``rasterize_reference``
 """
