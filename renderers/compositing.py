@@ -108,9 +108,7 @@ def composite_round_reference(sigmas: torch.Tensor, t_starts: torch.Tensor, t_en
     own = torch.arange(len(rays), device=rays.device).repeat_interleave(counts)  # the round's rays, 0..L-1
     trans = transmittance_reference(tau, own, len(rays)) * before
     w = trans * -torch.expm1(-tau)
-    keep = trans >= (stop_eps if stop_eps > 0 else 0.0)
-    if alpha_thre > 0:
-        keep &= -torch.expm1(-tau) >= alpha_thre
+    keep = pruning_keeps(trans, tau, stop_eps, alpha_thre)
     if weight_thre > 0:
         keep &= w >= weight_thre
     k = keep.nonzero()[:, 0]
@@ -119,6 +117,15 @@ def composite_round_reference(sigmas: torch.Tensor, t_starts: torch.Tensor, t_en
     depth.index_add_(0, kr, kw * 0.5 * (t_starts.index_select(0, k) + t_ends.index_select(0, k)))
     optical.index_add_(0, ray, tau.double())
     return w, keep
+
+
+def pruning_keeps(trans: torch.Tensor, tau: torch.Tensor, stop_eps: float, alpha_thre: float) -> torch.Tensor:
+    """Mask of samples that pruning keeps, given the transmittance before each and its optical depth: the
+    transmittance reaches ``stop_eps`` and the opacity ``alpha_thre`` (each only where positive)."""
+    keep = trans >= (stop_eps if stop_eps > 0 else 0.0)
+    if alpha_thre > 0:
+        keep &= -torch.expm1(-tau) >= alpha_thre
+    return keep
 
 
 def exclusive_ray_cumsum(x: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:

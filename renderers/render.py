@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from renderers.chunks import map_chunks
-from renderers.compositing import composite, composite_round, csr_offsets, transmittance
+from renderers.compositing import composite, composite_round, csr_offsets, pruning_keeps, transmittance
 from renderers.marching import Samples, march_rays
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
@@ -152,10 +152,7 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
 
 def kept(trans: torch.Tensor, tau: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
     """Mask of samples that pruning keeps, given the transmittance before each and its optical depth."""
-    keep = trans >= (cfg.early_stop_eps if cfg.early_stop_eps > 0 else 0.0)
-    if cfg.alpha_thre > 0:
-        keep &= -torch.expm1(-tau) >= cfg.alpha_thre
-    return keep
+    return pruning_keeps(trans, tau, cfg.early_stop_eps, cfg.alpha_thre)
 
 
 @torch.no_grad()
