@@ -119,14 +119,14 @@ inline uint32_t sortable_bits(float f) {
 // Per-thread scratch of one tile: pixel state as structure of arrays, one lane per pixel.
 struct TileScratch {
   int lanes, channels;
-  std::vector<float> px, T, w, acc, aux;  // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
-  std::vector<float> lane_x, lane_y;      // the forward's pixel centre of each lane
+  std::vector<float> T, w, acc, aux;      // acc, aux: (channels + 1) x lanes, the last row is the alpha channel
+  std::vector<float> lane_x, lane_y;      // the pixel centre of each lane
   std::vector<int32_t> last, done;
   std::vector<int32_t> row_live;  // forward: pixels of the row still compositing (as of the last count_live);
                                   // backward: the row's max last
 
   TileScratch(int tile, int ch)
-      : lanes(tile * tile), channels(ch), px(tile), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
+      : lanes(tile * tile), channels(ch), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
         lane_x(lanes), lane_y(lanes),
         aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
 };
@@ -443,10 +443,11 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
-      for (int col = 0; col < ts; ++col) s.px[col] = static_cast<float>(v.x0 + col) + 0.5f;
       int32_t max_last = -1;
       for (int l = 0; l < L; ++l) {
         const int row = l / ts, col = l % ts;
+        s.lane_x[l] = static_cast<float>(v.x0 + col) + 0.5f;
+        s.lane_y[l] = static_cast<float>(v.y0 + row) + 0.5f;
         const bool inside = col < v.nx && row < v.ny;
         const int64_t pix = static_cast<int64_t>(v.y0 + row) * g.width + v.x0 + col;
         s.T[l] = inside ? final_T[pix] : 1.0f;
@@ -471,44 +472,51 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         const float* __restrict cv = sp.color;
         const int32_t kk = static_cast<int32_t>(k);
         const float inv_o = 1.0f / o;
+        // As in the forward, the rows it can reach are one run of lanes for one loop (a loop per row paid the
+        // seven horizontal reductions of its gradients on every row). The run's ends are trimmed to rows where some
+        // lane takes it; inside, a lane of a row that fp.row rejects or whose pixels all stopped before it fails
+        // the per-lane test and contributes nothing.
+        int r0 = fp.r0, r1 = fp.r1;
+        while (r0 <= r1 && (kk > s.row_live[r0] || !fp.row(r0))) ++r0;
+        while (r1 >= r0 && (kk > s.row_live[r1] || !fp.row(r1))) --r1;
+        if (r0 > r1) continue;
         float vmx = 0.0f, vmy = 0.0f, va = 0.0f, vb = 0.0f, vc = 0.0f, vo = 0.0f;
         int n_take = 0;
-        for (int row = fp.r0; row <= fp.r1; ++row) {
-          float* __restrict w = s.w.data() + row * ts;
-          if (kk > s.row_live[row] || !fp.row(row)) {  // no lane of this row takes it
-            std::fill(w, w + ts, 0.0f);
-            continue;
-          }
-          const float dy = my - (static_cast<float>(v.y0 + row) + 0.5f);
-          float* __restrict T = s.T.data() + row * ts;
-          float* __restrict B = s.aux.data() + row * ts;
-          const float* __restrict G = s.acc.data() + row * ts;
-          const int32_t* __restrict lst = s.last.data() + row * ts;
-          const float* __restrict px = s.px.data();
+        const int l0 = r0 * ts, l1 = (r1 + 1) * ts;
+        {
+          float* __restrict w = s.w.data();
+          float* __restrict T = s.T.data();
+          float* __restrict B = s.aux.data();
+          const float* __restrict G = s.acc.data();
+          const int32_t* __restrict lst = s.last.data();
+          const float* __restrict lx = s.lane_x.data();
+          const float* __restrict ly = s.lane_y.data();
 #pragma omp simd reduction(+ : vmx, vmy, va, vb, vc, vo, n_take)
-          for (int col = 0; col < ts; ++col) {
-            const float dx = mx - px[col];
+          for (int l = l0; l < l1; ++l) {
+            const float dx = mx - lx[l];
+            const float dy = my - ly[l];
             const float power = splat_power(dx, dy, a, bb, c);
             const float raw = splat_raw_alpha(o, power);
             const float alpha = splat_cap(raw);
-            const bool take = power <= 0.0f && alpha >= kSplatAlphaMin && kk <= lst[col];
-            const float Tb = T[col] / (1.0f - alpha);
-            T[col] = take ? Tb : T[col];
+            const int32_t take = static_cast<int32_t>(power <= 0.0f) & static_cast<int32_t>(raw >= kSplatAlphaMin) &
+                                 static_cast<int32_t>(kk <= lst[l]);
+            const float Tb = T[l] / (1.0f - alpha);
+            T[l] = take ? Tb : T[l];
             const float tn = take ? Tb : 0.0f, al = take ? alpha : 0.0f;
-            w[col] = al * tn;
+            w[l] = al * tn;
             // sum_c g_c (c_k - B_c) and B_c <- alpha c_k + (1 - alpha) B_c (the alpha channel has colour 1)
             float ds = 0.0f;
             for (int ch = 0; ch < C; ++ch) {
-              const float bc = B[ch * L + col];
-              ds += G[ch * L + col] * (cv[ch] - bc);
-              B[ch * L + col] = al * cv[ch] + (1.0f - al) * bc;
+              const float bc = B[ch * L + l];
+              ds += G[ch * L + l] * (cv[ch] - bc);
+              B[ch * L + l] = al * cv[ch] + (1.0f - al) * bc;
             }
-            const float ba = B[C * L + col];
-            ds += G[C * L + col] * (1.0f - ba);
-            B[C * L + col] = al + (1.0f - al) * ba;
-            const float v_raw = tn * ds;                                              // d loss / d alpha
-            const float graw = (take && raw <= kSplatAlphaMax) ? raw : 0.0f;          // 0 above the cap
-            const float v_power = graw * v_raw;                                       // raw = o exp(power)
+            const float ba = B[C * L + l];
+            ds += G[C * L + l] * (1.0f - ba);
+            B[C * L + l] = al + (1.0f - al) * ba;
+            const float v_raw = tn * ds;                                                  // d loss / d alpha
+            const float graw = (take && raw <= kSplatAlphaMax) ? raw : 0.0f;              // 0 above the cap
+            const float v_power = graw * v_raw;                                           // raw = o exp(power)
             vo += graw * inv_o * v_raw;
             vmx += v_power * -(a * dx + bb * dy);
             vmy += v_power * -(c * dy + bb * dx);
@@ -525,7 +533,6 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
         slot[3] = vb;
         slot[4] = vc;
         slot[5] = vo;
-        const int l0 = fp.r0 * ts, l1 = (fp.r1 + 1) * ts;
         for (int ch = 0; ch < C; ++ch) {
           const float* __restrict G = s.acc.data() + static_cast<size_t>(ch) * L;
           const float* __restrict w = s.w.data();
