@@ -393,6 +393,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> splat_rasterize_bwd(
   return {v_means2d, v_conics, v_colors, v_opacities};
 }
 
+// -- spherical harmonics ---------------------------------------------------------------------------------
+
+// Checks the inputs of sh_color: dirs [N, 3], sh0 [N, 1, 3], shN [N, M, 3] with M >= bands^2 - 1, one device.
+void check_sh_color(const Tensor& dirs, const Tensor& sh0, const Tensor& shN, int64_t bands) {
+  TORCH_CHECK(bands >= 1 && bands <= 4, "sh_color: bands must be 1..4, got ", bands);
+  TORCH_CHECK(dirs.dim() == 2 && dirs.size(1) == 3, "sh_color: dirs must be [N, 3]");
+  const int64_t n = dirs.size(0);
+  TORCH_CHECK(sh0.dim() == 3 && sh0.size(0) == n && sh0.size(1) == 1 && sh0.size(2) == 3,
+              "sh_color: sh0 must be [N, 1, 3]");
+  TORCH_CHECK(shN.dim() == 3 && shN.size(0) == n && shN.size(2) == 3 && shN.size(1) >= bands * bands - 1,
+              "sh_color: shN must be [N, M, 3] with M >= bands^2 - 1");
+  TORCH_CHECK(sh0.device() == dirs.device() && shN.device() == dirs.device(), "sh_color: tensors on one device");
+}
+
+Tensor sh_color_fwd(const Tensor& dirs_, const Tensor& sh0_, const Tensor& shN_, int64_t bands) {
+  Tensor dirs = f32(dirs_, "dirs"), sh0 = f32(sh0_, "sh0"), shN = f32(shN_, "shN");
+  check_sh_color(dirs, sh0, shN, bands);
+  Tensor rgb = at::empty({dirs.size(0), 3}, dirs.options());
+  if (dirs.size(0) > 0)
+    DISPATCH(dirs.device(), sh_color_forward, fptr(dirs), fptr(sh0), fptr(shN), dirs.size(0),
+             static_cast<int>(shN.size(1)), static_cast<int>(bands), mptr(rgb));
+  return rgb;
+}
+
+std::tuple<Tensor, Tensor, Tensor> sh_color_bwd(const Tensor& v_rgb_, const Tensor& dirs_, const Tensor& sh0_,
+                                                const Tensor& shN_, int64_t bands) {
+  Tensor dirs = f32(dirs_, "dirs"), sh0 = f32(sh0_, "sh0"), shN = f32(shN_, "shN"), v_rgb = f32(v_rgb_, "v_rgb");
+  check_sh_color(dirs, sh0, shN, bands);
+  TORCH_CHECK(v_rgb.sizes() == dirs.sizes(), "sh_color: v_rgb must be [N, 3]");
+  Tensor v_dirs = at::empty_like(dirs), v_sh0 = at::empty_like(sh0), v_shN = at::empty_like(shN);
+  if (dirs.size(0) > 0)
+    DISPATCH(dirs.device(), sh_color_backward, fptr(dirs), fptr(sh0), fptr(shN), fptr(v_rgb), dirs.size(0),
+             static_cast<int>(shN.size(1)), static_cast<int>(bands), mptr(v_dirs), mptr(v_sh0), mptr(v_shN));
+  return {v_dirs, v_sh0, v_shN};
+}
+
 // -- CPU-only ops (CUDA tensors take the plain-PyTorch path) -----------------------------------------------
 
 Tensor contract_unit(const Tensor& x_, const Tensor& aabb_) {
@@ -501,6 +537,8 @@ TORCH_LIBRARY(fields, m) {
   m.def("splat_rasterize_bwd(Tensor v_image, Tensor v_alpha, Tensor means2d, Tensor conics, Tensor colors,"
         " Tensor opacities, Tensor ids, Tensor tile_offsets, Tensor final_T, Tensor last, int width, int height,"
         " int tile_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("sh_color_fwd(Tensor dirs, Tensor sh0, Tensor shN, int bands) -> Tensor");
+  m.def("sh_color_bwd(Tensor v_rgb, Tensor dirs, Tensor sh0, Tensor shN, int bands) -> (Tensor, Tensor, Tensor)");
   // CPU only
   m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
   m.def("contract_unit(Tensor x, Tensor aabb) -> Tensor");
@@ -533,6 +571,8 @@ void register_device_impls(torch::Library& m) {
   m.impl("splat_rasterize_fwd", &splat_rasterize_fwd);
   m.impl("splat_rasterize_render", &splat_rasterize_render);
   m.impl("splat_rasterize_bwd", &splat_rasterize_bwd);
+  m.impl("sh_color_fwd", &sh_color_fwd);
+  m.impl("sh_color_bwd", &sh_color_bwd);
 }
 
 TORCH_LIBRARY_IMPL(fields, CPU, m) {

@@ -90,6 +90,40 @@ def test_sh_encode_matches_reference_and_keeps_gradients_on_the_reference(ops, d
         assert torch.equal(grad, ref)
 
 
+@pytest.mark.parametrize("bands", [1, 2, 3, 4])
+@pytest.mark.parametrize("device", devices())
+def test_sh_color_matches_reference_values_and_gradients(ops, device, bands):
+    """3DGS colours from SH coefficients: the native kernel against ``sh_color_reference`` in values and in the
+    gradients of directions and both coefficient tensors, with shN holding more rows than the bands use (their
+    gradient must be zero) and coefficients large enough that some channels are clamped at 0."""
+    from fields.backends.encodings import sh_color, sh_color_reference
+    from renderers.native.autograd import ShColor
+
+    g = torch.Generator().manual_seed(bands)
+    n = 4099
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    dirs[:6] = torch.cat([torch.eye(3), -torch.eye(3)])
+    sh0 = torch.randn(n, 1, 3, generator=g)
+    shN = torch.randn(n, 15, 3, generator=g) * 0.5
+    leaves_ref = [t.clone().double().requires_grad_() for t in (dirs, sh0, shN)]
+    leaves_nat = [t.clone().to(device).requires_grad_() for t in (dirs, sh0, shN)]
+    ref = sh_color_reference(*leaves_ref, bands)
+    out = ShColor.apply(*leaves_nat, bands)
+    assert ((ref == 0).any(1)).float().mean() > 0.05, "inputs must exercise the clamp"
+    assert (out.cpu().double() - ref).abs().max().item() < 1e-5
+    w = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    (ref * w).sum().backward()
+    (out * w.to(device, torch.float32)).sum().backward()
+    for nat, r in zip(leaves_nat, leaves_ref):
+        want = torch.zeros_like(r) if r.grad is None else r.grad  # one band: the colour ignores the direction
+        assert (nat.grad.cpu().double() - want).abs().max().item() < 1e-4 * max(want.abs().max().item(), 1.0)
+    assert torch.equal(leaves_nat[2].grad[:, bands * bands - 1:].cpu(), torch.zeros(n, 16 - bands * bands, 3))
+    # the public function dispatches to the native op and the reference on what the build cannot take
+    assert torch.equal(sh_color(dirs.to(device), sh0.to(device), shN.to(device), bands), out.detach())
+    assert torch.equal(sh_color(dirs.double(), sh0.double(), shN.double(), bands), ref.detach())
+    assert sh_color(dirs[:0].to(device), sh0[:0].to(device), shN[:0].to(device), bands).shape == (0, 3)
+
+
 def test_field_dispatches_to_native_and_matches_reference(ops, monkeypatch):
     from fields.backends.hashgrid import HashGridConfig
 

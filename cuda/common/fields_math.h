@@ -874,4 +874,90 @@ FIELDS_HD bool splat_tile_row_span(const SplatTileEllipse& e, int ty, int& tx0, 
   return true;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Spherical harmonics: the basis (tiny-cuda-nn's constants and sign convention, as sh_encode_reference in
+// fields/backends/encodings.py computes it) and 3DGS's colour from a Gaussian's coefficients.
+
+// o[bands^2]: the real SH basis of the direction (x, y, z) up to `bands` bands (1..4).
+FIELDS_HD void sh_basis(float x, float y, float z, int bands, float* o) {
+  o[0] = 0.28209479177387814f;
+  if (bands <= 1) return;
+  o[1] = -0.48860251190291987f * y;
+  o[2] = 0.48860251190291987f * z;
+  o[3] = -0.48860251190291987f * x;
+  if (bands <= 2) return;
+  const float xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+  o[4] = 1.0925484305920792f * xy;
+  o[5] = -1.0925484305920792f * yz;
+  o[6] = 0.94617469575755997f * zz - 0.31539156525251999f;
+  o[7] = -1.0925484305920792f * xz;
+  o[8] = 0.54627421529603959f * (xx - yy);
+  if (bands <= 3) return;
+  o[9] = 0.59004358992664352f * y * (-3.0f * xx + yy);
+  o[10] = 2.8906114426405538f * xy * z;
+  o[11] = 0.45704579946446572f * y * (1.0f - 5.0f * zz);
+  o[12] = 0.3731763325901154f * z * (5.0f * zz - 3.0f);
+  o[13] = 0.45704579946446572f * x * (1.0f - 5.0f * zz);
+  o[14] = 1.4453057213202769f * z * (xx - yy);
+  o[15] = 0.59004358992664352f * x * (-xx + 3.0f * yy);
+}
+
+// One Gaussian's colour along direction d: sum_k basis_k (sh0 | shN rows)_k + 0.5 per channel, before the clamp
+// at 0 (pre[3]); sh0 [3], shN [bands^2 - 1][3] (the rows in use), basis out [16].
+FIELDS_HD void sh_color_pre(const float d[3], const float* sh0, const float* shN, int bands, float basis[16],
+                            float pre[3]) {
+  sh_basis(d[0], d[1], d[2], bands, basis);
+  for (int c = 0; c < 3; ++c) pre[c] = basis[0] * sh0[c];
+  for (int k = 1; k < bands * bands; ++k)
+    for (int c = 0; c < 3; ++c) pre[c] += basis[k] * shN[3 * (k - 1) + c];
+  for (int c = 0; c < 3; ++c) pre[c] += 0.5f;
+}
+
+// Gradients of rgb = max(pre, 0) (passed where pre >= 0, as torch's clamp_min) w.r.t. the coefficients (v_sh0 [3],
+// v_shN [m][3]: zero beyond the bands^2 - 1 rows in use) and the direction (v_d [3]: the basis's partial
+// derivatives, the direction's normalisation being the caller's). Writes every element of its outputs.
+FIELDS_HD void sh_color_backward_one(const float d[3], const float* sh0, const float* shN, int m, int bands,
+                                     const float v_rgb[3], float v_d[3], float* v_sh0, float* v_shN) {
+  float basis[16], pre[3], g[3];
+  sh_color_pre(d, sh0, shN, bands, basis, pre);
+  for (int c = 0; c < 3; ++c) g[c] = pre[c] >= 0.0f ? v_rgb[c] : 0.0f;
+  for (int c = 0; c < 3; ++c) v_sh0[c] = basis[0] * g[c];
+  float gb[16];  // d loss / d basis_k
+  gb[0] = 0.0f;
+  for (int k = 1; k < bands * bands; ++k) {
+    const float* row = shN + 3 * (k - 1);
+    gb[k] = g[0] * row[0] + g[1] * row[1] + g[2] * row[2];
+    for (int c = 0; c < 3; ++c) v_shN[3 * (k - 1) + c] = basis[k] * g[c];
+  }
+  for (int j = 3 * (bands * bands - 1); j < 3 * m; ++j) v_shN[j] = 0.0f;
+  const float x = d[0], y = d[1], z = d[2];
+  float vx = 0.0f, vy = 0.0f, vz = 0.0f;
+  if (bands > 1) {
+    const float c1 = 0.48860251190291987f;
+    vy += -c1 * gb[1];
+    vz += c1 * gb[2];
+    vx += -c1 * gb[3];
+  }
+  if (bands > 2) {
+    const float c4 = 1.0925484305920792f, c6 = 0.94617469575755997f, c8 = 0.54627421529603959f;
+    vx += c4 * y * gb[4] - c4 * z * gb[7] + 2.0f * c8 * x * gb[8];
+    vy += c4 * x * gb[4] - c4 * z * gb[5] - 2.0f * c8 * y * gb[8];
+    vz += -c4 * y * gb[5] + 2.0f * c6 * z * gb[6] - c4 * x * gb[7];
+  }
+  if (bands > 3) {
+    const float c9 = 0.59004358992664352f, c10 = 2.8906114426405538f, c11 = 0.45704579946446572f;
+    const float c12 = 0.3731763325901154f, c14 = 1.4453057213202769f;
+    const float xx = x * x, yy = y * y, zz = z * z;
+    vx += -6.0f * c9 * x * y * gb[9] + c10 * y * z * gb[10] + c11 * (1.0f - 5.0f * zz) * gb[13] +
+          2.0f * c14 * x * z * gb[14] + 3.0f * c9 * (yy - xx) * gb[15];
+    vy += 3.0f * c9 * (yy - xx) * gb[9] + c10 * x * z * gb[10] + c11 * (1.0f - 5.0f * zz) * gb[11] -
+          2.0f * c14 * y * z * gb[14] + 6.0f * c9 * x * y * gb[15];
+    vz += c10 * x * y * gb[10] - 10.0f * c11 * y * z * gb[11] + c12 * (15.0f * zz - 3.0f) * gb[12] -
+          10.0f * c11 * x * z * gb[13] + c14 * (xx - yy) * gb[14];
+  }
+  v_d[0] = vx;
+  v_d[1] = vy;
+  v_d[2] = vz;
+}
+
 }  // namespace fields

@@ -92,7 +92,14 @@ struct Bf16 {
                                 const float* opacities, int channels, const int32_t* ids,                      \
                                 const int64_t* tile_offsets, SplatTiles g, const float* final_T,               \
                                 const int32_t* last, const float* v_image, const float* v_alpha,               \
-                                float* v_means2d, float* v_conics, float* v_colors, float* v_opacities __VA_ARGS__);
+                                float* v_means2d, float* v_conics, float* v_colors, float* v_opacities __VA_ARGS__); \
+  /* 3DGS colours rgb [N, 3] = max(basis(dirs) . (sh0 | shN rows) + 0.5, 0) with `bands` (1..4) SH bands: */     \
+  /* sh0 [N, 1, 3], shN [N, m, 3] of which the first bands^2 - 1 rows are used */                                 \
+  void sh_color_forward(const float* dirs, const float* sh0, const float* shN, int64_t n, int m, int bands,       \
+                        float* rgb __VA_ARGS__);                                                                      \
+  /* v_dirs [N, 3], v_sh0 [N, 1, 3], v_shN [N, m, 3] (zero in the rows not in use), every element written */  \
+  void sh_color_backward(const float* dirs, const float* sh0, const float* shN, const float* v_rgb, int64_t n,    \
+                         int m, int bands, float* v_dirs, float* v_sh0, float* v_shN __VA_ARGS__);
 
 namespace cpu {
 FIELDS_KERNEL_DECLS()

@@ -10,6 +10,7 @@ side by side in the module of its domain, and the public function asks ``ops_for
 
 - hash encoding: ``fields.backends.encodings.hash_encode`` / ``hash_encode_reference``
 - spherical harmonics (CPU): ``fields.backends.encodings.sh_encode`` / ``sh_encode_reference``
+- Gaussians' SH colours: ``fields.backends.encodings.sh_color`` / ``sh_color_reference``
 - fused ReLU MLP (CPU): ``fields.backends.fused_mlp.relu_mlp`` / ``relu_mlp_reference``
 - modulated ReLU (CPU): ``fields.backends.fused_mlp.modulated_relu`` / ``modulated_relu_reference``
 - ray marching: ``renderers.marching.march_rays`` / ``march_rays_reference``

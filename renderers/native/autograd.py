@@ -144,3 +144,20 @@ class RasterizeGaussians(torch.autograd.Function):
         grads = torch.ops.fields.splat_rasterize_bwd(v_image, _dense(v_alpha, final_T), means2d, conics, colors,
                                                      opacities, ids, offsets, final_T, last, *ctx.size)
         return (*grads, None, None, None)
+
+
+class ShColor(torch.autograd.Function):
+    """Native 3DGS colour from spherical harmonics: ``rgb = max(basis(dirs) . (sh0 | shN[:, :bands^2 - 1]) + 0.5,
+    0)``; backward gives the directions' and both coefficient tensors' gradients (shN's unused rows get zeros)."""
+
+    @staticmethod
+    def forward(ctx, dirs, sh0, shN, bands):
+        ctx.save_for_backward(dirs, sh0, shN)
+        ctx.bands = bands
+        return torch.ops.fields.sh_color_fwd(dirs, sh0, shN, bands)
+
+    @staticmethod
+    def backward(ctx, v_rgb):
+        dirs, sh0, shN = ctx.saved_tensors
+        v_dirs, v_sh0, v_shN = torch.ops.fields.sh_color_bwd(v_rgb.contiguous(), dirs, sh0, shN, ctx.bands)
+        return v_dirs if ctx.needs_input_grad[0] else None, v_sh0, v_shN, None

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fields.backends.base import Appearance, Field, FieldConfig
-from fields.backends.encodings import sh_encode
+from fields.backends.encodings import sh_color
 from fields.backends.gaussians.antialiasing import filter_variance, smoothed
 from fields.backends.gaussians.density_control import build_strategy, edit_gaussians
 from fields.backends.gaussians.params import PER_GAUSSIAN
@@ -230,11 +230,8 @@ class GaussianField(Field):
 
     def sh_color(self, dirs: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """RGB of Gaussians ``idx`` (default all) seen along unit directions ``dirs``, with the active degree."""
-        k = (int(self.active_sh_degree) + 1) ** 2
-        coeffs = torch.cat([self.sh0, self.shN[:, : k - 1]], 1)
-        if idx is not None:
-            coeffs = coeffs[idx]
-        return ((sh_encode(dirs, int(self.active_sh_degree) + 1)[:, :, None] * coeffs).sum(1) + 0.5).clamp_min(0)
+        sh0, shN = (self.sh0, self.shN) if idx is None else (self.sh0[idx], self.shN[idx])
+        return sh_color(dirs, sh0, shN, int(self.active_sh_degree) + 1)
 
     def image_appearance(self, out: dict[str, torch.Tensor], i: int, background: torch.Tensor) -> torch.Tensor:
         """Training image ``i``'s render ``out`` (``rgb`` on ``background``, ``opacity``) through that image's
