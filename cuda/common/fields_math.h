@@ -739,6 +739,16 @@ FIELDS_HD void splat_project_gaussian_backward(const float m[3], const float q[4
                                                const SplatCamera& cam, const float v_m2[2], const float v_con[3],
                                                float v_depth, float v_comp, float v_m[3], float v_q[4],
                                                float v_s[3], float* v_view) {
+  if (v_m2[0] == 0.0f && v_m2[1] == 0.0f && v_con[0] == 0.0f && v_con[1] == 0.0f && v_con[2] == 0.0f &&
+      v_depth == 0.0f && v_comp == 0.0f) {
+    // No gradient reaches it (it missed the image or the training window: most Gaussians of a crop's step): all
+    // of its gradients are zero, without redoing its projection.
+    for (int j = 0; j < 3; ++j) v_m[j] = v_s[j] = 0.0f;
+    for (int k = 0; k < 4; ++k) v_q[k] = 0.0f;
+    if (v_view != nullptr)
+      for (int k = 0; k < 12; ++k) v_view[k] = 0.0f;
+    return;
+  }
   const SplatProjected P = splat_project_core(m, q, s, cam);
   const float a = P.a, b = P.b, c = P.c, id2 = 1.0f / (P.det * P.det);
   float va = (-c * c * v_con[0] + b * c * v_con[1] - b * b * v_con[2]) * id2;
