@@ -451,6 +451,38 @@ Tensor sh_encode(const Tensor& d_, int64_t degree) {
   return out;
 }
 
+// Checks SSIM's images x, y [H, W, C] (CPU, float32, same shape) against its window k [ks] (odd, H, W > ks / 2).
+void check_ssim(const Tensor& x, const Tensor& y, const Tensor& k) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.sizes() == y.sizes(), "ssim: x, y must be CPU [H, W, C]");
+  TORCH_CHECK(k.dim() == 1 && k.size(0) % 2 == 1, "ssim: the window must be 1-D of odd size");
+  TORCH_CHECK(x.size(0) > k.size(0) / 2 && x.size(1) > k.size(0) / 2, "ssim: image smaller than half the window");
+}
+
+std::tuple<Tensor, Tensor> ssim_fwd(const Tensor& x_, const Tensor& y_, const Tensor& k_, double c1, double c2,
+                                    double eps) {
+  Tensor x = f32(x_, "x"), y = f32(y_, "y"), k = f32(k_, "window");
+  check_ssim(x, y, k);
+  const int64_t h = x.size(0), w = x.size(1), c = x.size(2);
+  Tensor map = at::empty({h, w}, x.options()), partials = at::empty({3, c, h, w}, x.options());
+  fields::cpu::ssim_forward(fptr(x), fptr(y), h, w, static_cast<int>(c), fptr(k), static_cast<int>(k.size(0)),
+                            static_cast<float>(c1), static_cast<float>(c2), static_cast<float>(eps), mptr(map),
+                            mptr(partials));
+  return {map, partials};
+}
+
+Tensor ssim_bwd(const Tensor& v_map_, const Tensor& x_, const Tensor& y_, const Tensor& k_, const Tensor& partials_) {
+  Tensor x = f32(x_, "x"), y = f32(y_, "y"), k = f32(k_, "window"), v_map = f32(v_map_, "v_map");
+  Tensor partials = f32(partials_, "partials");
+  check_ssim(x, y, k);
+  const int64_t h = x.size(0), w = x.size(1), c = x.size(2);
+  TORCH_CHECK(v_map.sizes() == at::IntArrayRef({h, w}) && partials.sizes() == at::IntArrayRef({3, c, h, w}),
+              "ssim: v_map must be [H, W] and partials [3, C, H, W]");
+  Tensor v_x = at::empty_like(x);
+  fields::cpu::ssim_backward(fptr(v_map), fptr(x), fptr(y), h, w, static_cast<int>(c), fptr(k),
+                             static_cast<int>(k.size(0)), fptr(partials), mptr(v_x));
+  return v_x;
+}
+
 static_assert(sizeof(fields::Bf16) == sizeof(at::BFloat16), "bfloat16 layouts differ");
 fields::Bf16* bf16_ptr(const Tensor& t) { return reinterpret_cast<fields::Bf16*>(t.data_ptr<at::BFloat16>()); }
 
@@ -542,6 +574,8 @@ TORCH_LIBRARY(fields, m) {
   // CPU only
   m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
   m.def("contract_unit(Tensor x, Tensor aabb) -> Tensor");
+  m.def("ssim_fwd(Tensor x, Tensor y, Tensor window, float c1, float c2, float eps) -> (Tensor, Tensor)");
+  m.def("ssim_bwd(Tensor v_map, Tensor x, Tensor y, Tensor window, Tensor partials) -> Tensor");
   m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("modulated_relu_bwd(Tensor grad, Tensor h, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd)"
         " -> (Tensor, Tensor, Tensor)");
@@ -579,6 +613,8 @@ TORCH_LIBRARY_IMPL(fields, CPU, m) {
   register_device_impls(m);
   m.impl("sh_encode", &sh_encode);
   m.impl("contract_unit", &contract_unit);
+  m.impl("ssim_fwd", &ssim_fwd);
+  m.impl("ssim_bwd", &ssim_bwd);
   m.impl("modulated_relu_fwd", &modulated_relu_fwd);
   m.impl("modulated_relu_bwd", &modulated_relu_bwd);
   m.impl("mlp_fwd", &fields::cpu::mlp_fwd);

@@ -124,6 +124,31 @@ def test_sh_color_matches_reference_values_and_gradients(ops, device, bands):
     assert sh_color(dirs[:0].to(device), sh0[:0].to(device), shN[:0].to(device), bands).shape == (0, 3)
 
 
+@pytest.mark.parametrize("size", [(64, 48), (7, 6), (37, 101)])
+def test_ssim_matches_kornia_values_and_gradient(ops, size):
+    """The native SSIM map against kornia's (the reference), values and the gradient w.r.t. the image, on images
+    whose every pixel lies within the window of a border (7x6: the reflect padding is read on both sides) and on
+    ragged sizes; a target that needs a gradient goes through the reference."""
+    from renderers.imaging import ssim_map, ssim_map_reference
+    from renderers.native.autograd import Ssim
+
+    g = torch.Generator().manual_seed(size[0])
+    h, w = size
+    target = torch.rand(h, w, 3, generator=g)
+    image = (target + 0.2 * torch.randn(h, w, 3, generator=g)).clamp(0, 1)
+    xr, xn = image.double().requires_grad_(), image.clone().requires_grad_()
+    ref = ssim_map_reference(xr, target.double())
+    out = ssim_map(xn, target)
+    assert out.grad_fn is not None and type(out.grad_fn).__name__ == Ssim.__name__ + "Backward"
+    assert out.shape == (h, w) and (out.double() - ref).abs().max().item() < 1e-5
+    v = torch.randn(h, w, generator=g, dtype=torch.float64)
+    (ref * v).sum().backward()
+    (out * v.float()).sum().backward()
+    assert (xn.grad.double() - xr.grad).abs().max().item() < 1e-4 * xr.grad.abs().max().item()
+    t = target.clone().requires_grad_()
+    assert torch.equal(ssim_map(image, t), ssim_map_reference(image, t))
+
+
 def test_field_dispatches_to_native_and_matches_reference(ops, monkeypatch):
     from fields.backends.hashgrid import HashGridConfig
 

@@ -107,6 +107,12 @@ FIELDS_KERNEL_DECLS()
 // CPU-only ops (CUDA tensors take the plain-PyTorch path).
 // Real spherical harmonics of unit directions [N, 3]: out [N, degree^2], degree 1..4.
 void sh_encode(const float* dirs, int64_t n, int degree, float* out);
+// SSIM map [H, W] (channel mean) of images x, y [H, W, C] with the separable window k [ks] (reflect padding;
+// H, W > ks / 2), and per pixel the partials [3, C, H, W] its backward needs; the backward gives v_x [H, W, C].
+void ssim_forward(const float* x, const float* y, int64_t h, int64_t w, int c, const float* k, int ks, float c1,
+                  float c2, float eps, float* map, float* partials);
+void ssim_backward(const float* v_map, const float* x, const float* y, int64_t h, int64_t w, int c, const float* k,
+                   int ks, const float* partials, float* v_x);
 // World points [N, 3] -> the contracted cube of the box lo..hi mapped to [0, 1]^3 (renderers/contraction.py:
 // contract_unit), out [N, 3].
 void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out);

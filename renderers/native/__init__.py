@@ -18,6 +18,7 @@ side by side in the module of its domain, and the public function asks ``ops_for
   ``transmittance_reference``, ``composite_round_reference``
 - Gaussian splatting: ``renderers.splatting.project_gaussians``, ``rasterize_gaussians`` / ``project_reference``,
   ``rasterize_reference``
+- SSIM (CPU): ``renderers.imaging.ssim_map`` / ``ssim_map_reference`` (kornia's)
 """
 
 from renderers.native.loader import (cpu_signature, cpuinfo, enabled, flushed_denormals, has_native_bf16, native_ops,

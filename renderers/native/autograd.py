@@ -161,3 +161,19 @@ class ShColor(torch.autograd.Function):
         dirs, sh0, shN = ctx.saved_tensors
         v_dirs, v_sh0, v_shN = torch.ops.fields.sh_color_bwd(v_rgb.contiguous(), dirs, sh0, shN, ctx.bands)
         return v_dirs if ctx.needs_input_grad[0] else None, v_sh0, v_shN, None
+
+
+class Ssim(torch.autograd.Function):
+    """Native SSIM map [H, W] of ``x`` against the target ``y`` (both [H, W, C]) with the 1-D window ``window``;
+    backward gives ``x``'s gradient only (the target is data)."""
+
+    @staticmethod
+    def forward(ctx, x, y, window, c1, c2, eps):
+        ssim_map, partials = torch.ops.fields.ssim_fwd(x, y, window, c1, c2, eps)
+        ctx.save_for_backward(x, y, window, partials)
+        return ssim_map
+
+    @staticmethod
+    def backward(ctx, v_map):
+        x, y, window, partials = ctx.saved_tensors
+        return torch.ops.fields.ssim_bwd(v_map.contiguous(), x, y, window, partials), None, None, None, None, None

@@ -29,7 +29,7 @@ import torch
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
 # Paths under SOURCE_DIR. The build key hashes every one of them, so an edit to any source or header rebuilds.
 CPU_SOURCES = ("bindings.cpp", "cpu/volume.cpp", "cpu/splat.cpp", "cpu/mlp.cpp", "cpu/modulate.cpp", "cpu/sh.cpp",
-               "cpu/denormals.cpp")
+               "cpu/ssim.cpp", "cpu/denormals.cpp")
 CUDA_SOURCES = ("gpu/volume.cu", "gpu/splat.cu", "gpu/sh.cu")
 HEADERS = ("common/fields_math.h", "common/kernels.h", "cpu/mlp.h", "gpu/launch.cuh")
 # No FMA contraction: the shared math must round exactly like the reference's separate multiply and add.
