@@ -40,6 +40,8 @@ T_MIN = 1e-4
 DILATION = 0.3
 CLAMP_FOV = 1.3
 
+TILE = 16  # pixels on a side of the rasterizer's tiles (the native CPU kernel specialises this size)
+
 
 @dataclass
 class Projection:
@@ -192,7 +194,7 @@ def tile_row_spans(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch
     return tx0, tx1, hit
 
 
-def bin_gaussians(proj: Projection, opacities: torch.Tensor, width: int, height: int, tile_size: int = 16
+def bin_gaussians(proj: Projection, opacities: torch.Tensor, width: int, height: int, tile_size: int = TILE
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tile depth-sorted Gaussian ids: ``(ids [M] int64, offsets [n_tiles + 1] int64)``; tile ``k`` (row-major)
     holds ``ids[offsets[k]:offsets[k + 1]]``, nearest first (ties by index): the tiles of each visible Gaussian's
@@ -239,7 +241,7 @@ def gaussian_alpha(px: torch.Tensor, py: torch.Tensor, means2d: torch.Tensor, co
 
 
 def rasterize_reference(proj: Projection, colors: torch.Tensor, opacities: torch.Tensor, width: int, height: int,
-                        background: torch.Tensor | None = None, tile_size: int = 16, chunk: int = 256
+                        background: torch.Tensor | None = None, tile_size: int = TILE, chunk: int = 256
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain-PyTorch tile rasterizer: a Python loop over tiles, each tile's pixels x a chunk of its Gaussians at
     once; chunks continue from the previous one's transmittance and stop when every pixel of the tile is done."""
@@ -280,7 +282,7 @@ def rasterize_reference(proj: Projection, colors: torch.Tensor, opacities: torch
 
 
 def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch.Tensor, width: int, height: int,
-                        background: torch.Tensor | None = None, tile_size: int = 16
+                        background: torch.Tensor | None = None, tile_size: int = TILE
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians into an ``[H, W, C]`` image and its ``[H, W]`` alpha (sum of weights);
     ``image = sum w c + (1 - alpha) * background``."""
@@ -319,7 +321,7 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     ``window = (x0, y0, width, height)`` renders only those pixels of the image (a training crop): the
     projection is the whole camera's (so each Gaussian's footprint is the same), the tile grid starts at the
     window's origin, and ``radii`` are 0 for Gaussians that miss the window. With ``x0``, ``y0`` multiples of
-    the tile size (16) the pixels equal those of the whole image there exactly.
+    the tile size (``TILE``) the pixels equal those of the whole image there exactly.
 
     When nothing needs a gradient (viewing, evaluation, export) the native kernel also puts the colours on the
     background and divides the depth in its tiles (``splat_rasterize_render``) and saves nothing per pixel for a
@@ -338,9 +340,9 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (seen.means2d, seen.conics, feats, opacities))
     if ops is not None and not wants_grad:  # viewing: the kernel finishes the pixels and saves nothing for backward
         ids, offsets = ops.splat_bin(seen.means2d, seen.conics, opacities, seen.radii, seen.depths, width, height,
-                                     16)
+                                     TILE)
         image, alpha = ops.splat_rasterize_render(seen.means2d, seen.conics, feats, opacities.contiguous(), ids,
-                                                  offsets, background.to(feats), width, height, 16)
+                                                  offsets, background.to(feats), width, height, TILE)
         return {"rgb": image[..., :-1], "depth": image[..., -1], "opacity": alpha, "means2d": proj.means2d,
                 "radii": seen.radii}
     bg = torch.cat([background.to(colors), colors.new_zeros(1)])
