@@ -48,9 +48,14 @@ class SceneSplit:
         points) rather than a synthetic scene in a box: the 'auto' capture settings of a run turn on for it."""
         return self.near_far is not None or (self.points is not None and len(self.points) > 0)
 
-    def rgba(self, i: int) -> torch.Tensor:
-        """Image ``i`` as straight RGBA float32 [H, W, 4] in [0, 1]."""
-        return to_float(self.images[i])
+    def rgba(self, i: int, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Image ``i`` as straight RGBA float32 [H, W, 4] in [0, 1], or only its pixel ``window`` (x0, y0, width,
+        height): a training crop converts its own pixels, not the whole image's."""
+        image = self.images[i]
+        if window is not None:
+            x0, y0, w, h = window
+            image = image[y0:y0 + h, x0:x0 + w]
+        return to_float(image)
 
 
 def to_float(rgba8: torch.Tensor) -> torch.Tensor:
