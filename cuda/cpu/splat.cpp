@@ -191,36 +191,39 @@ void splat_tile_counts(const float* means2d, const float* conics, const float* o
 void splat_tile_bin(const float* means2d, const float* conics, const float* opacities, const int32_t* radii,
                     const float* depths, int64_t n, SplatTiles g, const int64_t* gauss_offsets, int64_t m,
                     int32_t* ids, int64_t* tile_offsets) {
-  (void)gauss_offsets;  // the CPU build fills tile buckets directly; m is their total
-  (void)m;
+  // The CPU build fills tile buckets directly: the counts (gauss_offsets, m their total) only say which Gaussians
+  // reach a tile.
   const int64_t n_tiles = static_cast<int64_t>(g.grid_w) * g.grid_h;
-  // 1. Gaussians that reach a tile, with their tile spans (one per row of tiles of their square, tx0 | tx1 << 16,
-  // empty rows as tx0 > tx1) in `spans` and (first span, y0, y1) packed in `rows`, in (depth, id) order: a stable
-  // LSD radix sort of the depth keys that starts in id order. The rows travel with the ids so that the passes
-  // below read memory sequentially.
+  // 1. Gaussians that reach a tile (a count > 0 in gauss_offsets), with their tile spans (one per row of tiles of
+  // their square, tx0 | tx1 << 16, empty rows as tx0 > tx1) in `spans` and (first span, y0, y1) packed in `rows`,
+  // in (depth, id) order: a stable LSD radix sort of the depth keys that starts in id order. The rows travel with
+  // the ids so that the passes below read memory sequentially. The spans (an ellipse each) are filled in parallel.
   std::vector<int32_t> order, order_tmp;
-  std::vector<uint32_t> key, key_tmp, spans;
+  std::vector<uint32_t> key, key_tmp;
   std::vector<uint64_t> rows, rows_tmp;
+  uint64_t n_spans = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (radii[i] <= 0) continue;
-    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
-                                                  radii[i], g);
-    const size_t first = spans.size();
-    bool any = false;
-    for (int ty = e.y0; ty <= e.y1; ++ty) {
-      int tx0, tx1;
-      const bool hit = splat_tile_row_span(e, ty, tx0, tx1);
-      spans.push_back(hit ? static_cast<uint32_t>(tx0) | static_cast<uint32_t>(tx1) << 16 : 1u);
-      any = any || hit;
-    }
-    if (!any) {
-      spans.resize(first);
-      continue;
-    }
+    const int64_t count = (i + 1 < n ? gauss_offsets[i + 1] : m) - gauss_offsets[i];
+    if (count <= 0) continue;
+    int x0, x1, y0, y1;
+    splat_tile_rect(means2d[2 * i], means2d[2 * i + 1], radii[i], g, x0, x1, y0, y1);
     order.push_back(static_cast<int32_t>(i));
     key.push_back(sortable_bits(depths[i]));
-    rows.push_back(static_cast<uint64_t>(first) | static_cast<uint64_t>(e.y0) << 32 |
-                   static_cast<uint64_t>(e.y1) << 48);
+    rows.push_back(n_spans | static_cast<uint64_t>(y0) << 32 | static_cast<uint64_t>(y1) << 48);
+    n_spans += static_cast<uint64_t>(y1 - y0 + 1);
+  }
+  std::vector<uint32_t> spans(n_spans);
+#pragma omp parallel for schedule(static) if (order.size() > 4096)
+  for (int64_t v = 0; v < static_cast<int64_t>(order.size()); ++v) {
+    const int64_t i = order[v];
+    const SplatTileEllipse e = splat_tile_ellipse(means2d[2 * i], means2d[2 * i + 1], conics + 3 * i, opacities[i],
+                                                  radii[i], g);
+    uint32_t* span = spans.data() + (rows[v] & 0xffffffffu);
+    for (int ty = e.y0; ty <= e.y1; ++ty) {
+      int tx0, tx1;
+      *span++ = splat_tile_row_span(e, ty, tx0, tx1) ? static_cast<uint32_t>(tx0) | static_cast<uint32_t>(tx1) << 16
+                                                     : 1u;
+    }
   }
   const int64_t nv = static_cast<int64_t>(order.size());
   order_tmp.resize(nv);
