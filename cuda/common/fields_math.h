@@ -512,6 +512,27 @@ FIELDS_HD void composite_ray_forward(const float* sigmas, const float* rgbs, con
 struct RoundPruning {
   float stop_eps, alpha_thre, weight_thre;
 };
+// One live ray's samples of a front-to-back round (renderers/marching.py: round_samples): its samples first ..
+// first + (o1 - o0) - 1 of the packed march copied to round slots o0 .. o1 - 1 with their sample index, ray, bounds,
+// midpoint position o + t_mid d and direction, in Samples.positions' float32 operations (the position fused).
+FIELDS_HD void round_samples_ray(const int64_t* ray_indices, const float* t_starts, const float* t_ends,
+                                 const float* origins, const float* dirs, int64_t first, int64_t o0, int64_t o1,
+                                 int64_t* idx, int64_t* ray, float* ts, float* te, float* x, float* d) {
+  for (int64_t s = o0; s < o1; ++s) {
+    const int64_t i = first + (s - o0), r = ray_indices[i];
+    const float a = t_starts[i], b = t_ends[i], mid = (a + b) * 0.5f;
+    idx[s] = i;
+    ray[s] = r;
+    ts[s] = a;
+    te[s] = b;
+    for (int k = 0; k < 3; ++k) {
+      const float dk = dirs[3 * r + k];
+      d[3 * s + k] = dk;
+      x[3 * s + k] = fmaf(mid, dk, origins[3 * r + k]);  // one rounding, as torch.addcmul
+    }
+  }
+}
+
 
 // One ray's samples [i0, i1) of such a round, in composite_round_reference's float32/float64 operations: the
 // transmittance before each is this round's own (transmittance_ray) times exp(-optical), the ray's optical depth

@@ -411,6 +411,15 @@ void composite_backward(const float* grad_weights, const float* grad_rgb, const 
                            t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
 }
 
+void round_samples(const int64_t* ray_indices, const float* t_starts, const float* t_ends, const float* origins,
+                   const float* dirs, const int64_t* first, const int64_t* offsets, int64_t n_live, int64_t* idx,
+                   int64_t* ray, float* ts, float* te, float* x, float* d) {
+#pragma omp parallel for schedule(static) if (n_live > 4096)
+  for (int64_t j = 0; j < n_live; ++j)
+    round_samples_ray(ray_indices, t_starts, t_ends, origins, dirs, first[j], offsets[j], offsets[j + 1], idx, ray,
+                      ts, te, x, d);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Scene contraction of a contracted field's inputs: one pass instead of torch's ~12 element-wise ones (a twentieth
 // of an office_table frame), in contract_point's float32 operations, which are the reference's.
