@@ -254,7 +254,7 @@ FIELDS_HD void contract_point(const float x[3], const float lo[3], const float h
   for (int a = 0; a < 3; ++a) {
     const float c = (lo[a] + hi[a]) * 0.5f, h = (hi[a] - lo[a]) * 0.5f;
     u[a] = (x[a] - c) / h;
-    m = fmaxf(m, fabsf(u[a]));
+    m = fabsf(u[a]) > m ? fabsf(u[a]) : m;  // fmaxf, NaN included, as a compare (g++ calls libm for fmaxf)
   }
   if (m > 1.0f) {
     const float s = (2.0f - 1.0f / m) / m;
@@ -272,7 +272,8 @@ FIELDS_HD int64_t contracted_cell(const float x[3], const float lo[3], const flo
   for (int a = 0; a < 3; ++a) {
     inner = inner && fabsf(u[a]) <= 1.0f;
     float c = floorf((u[a] + 2.0f) * 0.25f * static_cast<float>(res[a]));
-    c = fminf(fmaxf(c, 0.0f), static_cast<float>(res[a] - 1));
+    c = c > 0.0f ? c : 0.0f;  // fminf(fmaxf(c, 0), res - 1), NaN included, as compares (no libm calls)
+    c = c < static_cast<float>(res[a] - 1) ? c : static_cast<float>(res[a] - 1);
     cell[a] = static_cast<int>(c);
   }
   return (static_cast<int64_t>(cell[0]) * res[1] + cell[1]) * res[2] + cell[2];
