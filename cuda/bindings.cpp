@@ -206,6 +206,32 @@ std::tuple<Tensor, Tensor> composite_round(const Tensor& sigmas_, const Tensor& 
   return {weights, keep};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> round_samples(
+    const Tensor& ray_indices_, const Tensor& t_starts_, const Tensor& t_ends_, const Tensor& origins_,
+    const Tensor& dirs_, const Tensor& first_, const Tensor& offsets_) {
+  Tensor t_starts = f32(t_starts_, "t_starts"), t_ends = f32(t_ends_, "t_ends");
+  Tensor origins = f32(origins_, "origins"), dirs = f32(dirs_, "dirs");
+  TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && dirs.sizes() == origins.sizes(),
+              "round_samples: origins and dirs must be [R, 3]");
+  TORCH_CHECK(ray_indices_.scalar_type() == at::kLong && first_.scalar_type() == at::kLong &&
+                  offsets_.scalar_type() == at::kLong && first_.numel() + 1 == offsets_.numel(),
+              "round_samples: ray_indices, first [L] and offsets [L + 1] must be int64");
+  for (const Tensor* t : {&ray_indices_, &first_, &offsets_, &origins_, &dirs_})
+    TORCH_CHECK(t->device() == t_starts_.device(), "round_samples: every tensor on the samples' device");
+  Tensor ray_indices = ray_indices_.contiguous(), first = first_.contiguous(), offsets = offsets_.contiguous();
+  const int64_t n = offsets.numel() > 1 ? offsets[-1].item<int64_t>() : 0;
+  const auto longs = ray_indices.options();
+  Tensor idx = at::empty({n}, longs), ray = at::empty({n}, longs);
+  Tensor ts = at::empty({n}, t_starts.options()), te = at::empty({n}, t_starts.options());
+  Tensor x = at::empty({n, 3}, origins.options()), d = at::empty({n, 3}, origins.options());
+  if (n > 0)
+    DISPATCH(t_starts.device(), round_samples, ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
+             t_ends.data_ptr<float>(), origins.data_ptr<float>(), dirs.data_ptr<float>(), first.data_ptr<int64_t>(),
+             offsets.data_ptr<int64_t>(), first.numel(), idx.data_ptr<int64_t>(), ray.data_ptr<int64_t>(),
+             ts.data_ptr<float>(), te.data_ptr<float>(), x.data_ptr<float>(), d.data_ptr<float>());
+  return {idx, ray, ts, te, x, d};
+}
+
 // -- Gaussian splatting ----------------------------------------------------------------------------------
 
 // The camera struct from an OpenCV world-to-camera [3, 4] matrix and intrinsics; the Jacobian's limits are
@@ -553,6 +579,8 @@ TORCH_LIBRARY(fields, m) {
   m.def("composite_round(Tensor sigmas, Tensor t_starts, Tensor t_ends, Tensor offsets, Tensor rays,"
         " Tensor(a!) optical, Tensor(b!) opacity, Tensor(c!) depth, float stop_eps, float alpha_thre,"
         " float weight_thre) -> (Tensor, Tensor)");
+  m.def("round_samples(Tensor ray_indices, Tensor t_starts, Tensor t_ends, Tensor origins, Tensor dirs,"
+        " Tensor first, Tensor offsets) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("splat_project_fwd(Tensor means, Tensor quats, Tensor scales, Tensor viewmat, float fx, float fy, float cx,"
         " float cy, int width, int height, float near) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("splat_project_bwd(Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_compensations,"
@@ -599,6 +627,7 @@ void register_device_impls(torch::Library& m) {
   m.impl("composite_fwd", &composite_fwd);
   m.impl("composite_bwd", &composite_bwd);
   m.impl("composite_round", &composite_round);
+  m.impl("round_samples", &round_samples);
   m.impl("splat_project_fwd", &splat_project_fwd);
   m.impl("splat_project_bwd", &splat_project_bwd);
   m.impl("splat_bin", &splat_bin);

@@ -55,6 +55,32 @@ class Samples:
         return torch.addcmul(origins.index_select(0, self.ray_indices), t_mid[:, None], d), d
 
 
+def round_samples(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, first: torch.Tensor,
+                  offsets: torch.Tensor) -> tuple[torch.Tensor, Samples, torch.Tensor, torch.Tensor]:
+    """The samples of one front-to-back round (see ``round_samples_reference``) in one native pass where the
+    build runs and no gradient is wanted: the reference's ten-odd gathers and element-wise operations a round were
+    the largest part of an office_table frame's per-round overhead."""
+    tensors = (samples.t_starts, samples.t_ends, origins, dirs)
+    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    ops = None if wants_grad else native.ops_for(*tensors)
+    if ops is None:
+        return round_samples_reference(samples, origins, dirs, first, offsets)
+    idx, ray, t_starts, t_ends, x, d = ops.round_samples(samples.ray_indices, samples.t_starts, samples.t_ends,
+                                                         origins, dirs, first, offsets)
+    return idx, Samples(ray, t_starts, t_ends, samples.n_rays), x, d
+
+
+def round_samples_reference(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, first: torch.Tensor,
+                            offsets: torch.Tensor) -> tuple[torch.Tensor, Samples, torch.Tensor, torch.Tensor]:
+    """Indices [S], samples, midpoint positions and directions [S, 3] of a round: live ray ``j`` contributes its
+    samples ``first[j]`` onwards, ``offsets[j + 1] - offsets[j]`` of them, in that order (CSR ``offsets``)."""
+    counts = offsets[1:] - offsets[:-1]
+    within = torch.arange(int(offsets[-1]), device=first.device) - offsets[:-1].repeat_interleave(counts)
+    idx = first.repeat_interleave(counts) + within
+    part = samples.select(idx)
+    return idx, part, *part.positions(origins, dirs)
+
+
 def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, aabb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entry and exit distances of rays through a box (slab method); ``t_far < t_near`` for a miss."""
     inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)

@@ -17,7 +17,7 @@ import torch
 
 from renderers.chunks import map_chunks
 from renderers.compositing import composite, composite_round, csr_offsets, pruning_keeps, transmittance
-from renderers.marching import Samples, march_rays
+from renderers.marching import Samples, march_rays, round_samples as round_samples_of
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras, image_rays
 
@@ -132,18 +132,15 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
     depth = origins.new_zeros(n) if depth is None else depth
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     max_optical = -math.log(cfg.early_stop_eps) if cfg.early_stop_eps > 0 else math.inf  # exp(-depth) >= eps
-    step = torch.arange(round_samples, device=dev)
     for r0 in range(0, int(counts.max().item()) if n else 0, round_samples):
         live = (alive & (counts > r0)).nonzero()[:, 0]  # rays with samples left in this round, in order
         if len(live) == 0:
             break
-        pos = r0 + step
-        idx = (starts[live, None] + pos)[pos < counts[live, None]]  # their next samples, still sorted by ray and t
-        part = samples.select(idx)
-        x, d = part.positions(origins, dirs)
-        sigmas, feats = geometry_fn(x)
         per_ray = (counts.index_select(0, live) - r0).clamp_max(round_samples)
         round_offsets = torch.cat([per_ray.new_zeros(1), per_ray.cumsum(0)])
+        # their next samples, still sorted by ray and t
+        idx, part, x, d = round_samples_of(samples, origins, dirs, starts.index_select(0, live) + r0, round_offsets)
+        sigmas, feats = geometry_fn(x)
         weights, keep = composite_round(sigmas, part.t_starts, part.t_ends, round_offsets, live, optical, opacity,
                                         depth, cfg.early_stop_eps, cfg.alpha_thre, weight_thre)
         yield idx, part, d, feats, weights, keep

@@ -61,6 +61,17 @@ def test_hash_encode_matches_reference(ops, device, features):
     assert (xn.grad.cpu() - xr.grad).abs().max().item() < 1e-5 * max(scale, 1.0)
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 45])
+def test_hash_encode_forward_of_ragged_batches_matches_reference(ops, n):
+    """Point counts around the AVX-512 forward's 16-point blocks (a partial block alone, one past a block): the
+    padded lanes of a partial block are computed but never written."""
+    x, table, res = hash_inputs()
+    x = x[-n:].contiguous()
+    out = torch.ops.fields.hash_encode_fwd(x, table, res)
+    assert out.shape == (n, table.shape[0] * table.shape[2])
+    assert (out - hash_encode_reference(x, table, res)).abs().max().item() < 1e-5
+
+
 def test_hash_encode_table_only_gradient(ops):
     x, table, res = hash_inputs(n=500)
     t = table.clone().requires_grad_()
@@ -339,6 +350,39 @@ def test_composite_round_matches_reference(ops, device, prune):
     untouched[live] = False
     assert all(torch.equal(t.cpu()[untouched], s[untouched]) for t, s in zip(got_state, state))
     assert not torch.equal(ref_state[0][live], state[0][live])  # the carried optical depth moved
+
+
+@pytest.mark.parametrize("device", devices())
+def test_round_samples_match_reference(ops, device):
+    """A front-to-back round's samples (live rays with gaps between them, rays with fewer samples left than the
+    round holds, a round that starts part-way along the rays): indices, rays, bounds, positions and directions
+    equal the reference's exactly (positions with addcmul's single rounding)."""
+    needs_device(device, ops)
+    from renderers.marching import Samples, round_samples, round_samples_reference
+
+    _, _, t_starts, t_ends, ray, n_rays = packed_samples(seed=5)
+    g = torch.Generator().manual_seed(6)
+    origins = torch.randn(n_rays, 3, generator=g)
+    dirs = torch.nn.functional.normalize(torch.randn(n_rays, 3, generator=g), dim=-1)
+    offsets = csr_offsets(ray, n_rays)
+    counts = offsets[1:] - offsets[:-1]
+    r0, size = 4, 8
+    live = ((counts > r0) & (torch.arange(n_rays) % 4 != 2)).nonzero()[:, 0]
+    per_ray = (counts[live] - r0).clamp_max(size)
+    assert (per_ray < size).any() and (per_ray == size).any()
+    round_offsets = torch.cat([per_ray.new_zeros(1), per_ray.cumsum(0)])
+    first = offsets[live] + r0
+    samples = Samples(ray, t_starts, t_ends, n_rays)
+    ref = round_samples_reference(samples, origins, dirs, first, round_offsets)
+    on = (lambda t: t.to(device))
+    got = ops.round_samples(on(ray), on(t_starts), on(t_ends), on(origins), on(dirs), on(first), on(round_offsets))
+    want = (ref[0], ref[1].ray_indices, ref[1].t_starts, ref[1].t_ends, ref[2], ref[3])
+    assert len(want[0]) == int(per_ray.sum())
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    if device == "cpu":  # the dispatching function, natively
+        idx, part, x, d = round_samples(samples, origins, dirs, first, round_offsets)
+        assert torch.equal(idx, ref[0]) and torch.equal(part.t_ends, ref[1].t_ends) and torch.equal(x, ref[2])
 
 
 def test_composite_dispatch_rgb_only_and_transmittance(ops):

@@ -254,7 +254,7 @@ FIELDS_HD void contract_point(const float x[3], const float lo[3], const float h
   for (int a = 0; a < 3; ++a) {
     const float c = (lo[a] + hi[a]) * 0.5f, h = (hi[a] - lo[a]) * 0.5f;
     u[a] = (x[a] - c) / h;
-    m = fmaxf(m, fabsf(u[a]));
+    m = fabsf(u[a]) > m ? fabsf(u[a]) : m;  // fmaxf, NaN included, as a compare (g++ calls libm for fmaxf)
   }
   if (m > 1.0f) {
     const float s = (2.0f - 1.0f / m) / m;
@@ -272,7 +272,8 @@ FIELDS_HD int64_t contracted_cell(const float x[3], const float lo[3], const flo
   for (int a = 0; a < 3; ++a) {
     inner = inner && fabsf(u[a]) <= 1.0f;
     float c = floorf((u[a] + 2.0f) * 0.25f * static_cast<float>(res[a]));
-    c = fminf(fmaxf(c, 0.0f), static_cast<float>(res[a] - 1));
+    c = c > 0.0f ? c : 0.0f;  // fminf(fmaxf(c, 0), res - 1), NaN included, as compares (no libm calls)
+    c = c < static_cast<float>(res[a] - 1) ? c : static_cast<float>(res[a] - 1);
     cell[a] = static_cast<int>(c);
   }
   return (static_cast<int64_t>(cell[0]) * res[1] + cell[1]) * res[2] + cell[2];
@@ -512,6 +513,27 @@ FIELDS_HD void composite_ray_forward(const float* sigmas, const float* rgbs, con
 struct RoundPruning {
   float stop_eps, alpha_thre, weight_thre;
 };
+// One live ray's samples of a front-to-back round (renderers/marching.py: round_samples): its samples first ..
+// first + (o1 - o0) - 1 of the packed march copied to round slots o0 .. o1 - 1 with their sample index, ray, bounds,
+// midpoint position o + t_mid d and direction, in Samples.positions' float32 operations (the position fused).
+FIELDS_HD void round_samples_ray(const int64_t* ray_indices, const float* t_starts, const float* t_ends,
+                                 const float* origins, const float* dirs, int64_t first, int64_t o0, int64_t o1,
+                                 int64_t* idx, int64_t* ray, float* ts, float* te, float* x, float* d) {
+  for (int64_t s = o0; s < o1; ++s) {
+    const int64_t i = first + (s - o0), r = ray_indices[i];
+    const float a = t_starts[i], b = t_ends[i], mid = (a + b) * 0.5f;
+    idx[s] = i;
+    ray[s] = r;
+    ts[s] = a;
+    te[s] = b;
+    for (int k = 0; k < 3; ++k) {
+      const float dk = dirs[3 * r + k];
+      d[3 * s + k] = dk;
+      x[3 * s + k] = fmaf(mid, dk, origins[3 * r + k]);  // one rounding, as torch.addcmul
+    }
+  }
+}
+
 
 // One ray's samples [i0, i1) of such a round, in composite_round_reference's float32/float64 operations: the
 // transmittance before each is this round's own (transmittance_ray) times exp(-optical), the ray's optical depth

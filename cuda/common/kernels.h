@@ -56,6 +56,12 @@ struct Bf16 {
   void composite_round(const float* sigmas, const float* t_starts, const float* t_ends, const int64_t* offsets, \
                        const int64_t* rays, int64_t n_live, RoundPruning prune, double* optical, float* opacity, \
                        float* depth, float* weights, uint8_t* keep __VA_ARGS__);                                 \
+  /* The samples of a front-to-back round: live ray j's samples first[j].. to slots offsets[j]..offsets[j + 1] */ \
+  /* of idx, ray [S] (int64), ts, te [S], x, d [S, 3] (round_samples_ray) */                                   \
+  void round_samples(const int64_t* ray_indices, const float* t_starts, const float* t_ends,                    \
+                     const float* origins, const float* dirs, const int64_t* first, const int64_t* offsets,     \
+                     int64_t n_live, int64_t* idx, int64_t* ray, float* ts, float* te, float* x,               \
+                     float* d __VA_ARGS__);                                                                       \
   /* Gaussian splatting. means2d [N, 2], conics [N, 3], depths [N], radii [N] (0: culled), */                 \
   /* compensations [N] (anti-aliasing opacity factor) */                                                        \
   void splat_project_forward(const float* means, const float* quats, const float* scales, int64_t n,           \

@@ -4,6 +4,11 @@
 // levels' table rows and the gradient scatter needs no atomics.
 #include <omp.h>
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#define FIELDS_HASH_AVX512 1
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -125,9 +130,82 @@ inline void level_params(const HashGrid& g, int l, float& res_f, bool& dense, ui
   side = static_cast<uint32_t>(g.res[l]) + 1u;
 }
 
+#ifdef FIELDS_HASH_AVX512
+constexpr int kMaxLevels16 = 32;  // levels of the AVX-512 forward's per-block scratch
+
+// The forward for two features a level on AVX-512: 16 points at a time through every level, each corner's feature
+// pair fetched as one 64-bit gather (half the gathered elements of one 32-bit gather per feature) and split into
+// the two features with a permute. The arithmetic is block_corners' and block_gather's, operation for operation
+// (products and sums rounded separately, corners summed in the same order), so the output is bit-identical.
+// office_table, one 960x540 view's 13.3 M samples, 1 thread: 1.32 -> 0.68 s.
+inline void block16_two_features(const float* __restrict xin, int nb, const HashGrid& g, float* __restrict out) {
+  alignas(64) float px_[16] = {0}, py_[16] = {0}, pz_[16] = {0};
+  for (int i = 0; i < nb; ++i) {
+    px_[i] = xin[3 * i];
+    py_[i] = xin[3 * i + 1];
+    pz_[i] = xin[3 * i + 2];
+  }
+  const __m512 X = _mm512_load_ps(px_), Y = _mm512_load_ps(py_), Z = _mm512_load_ps(pz_);
+  alignas(64) float feats[2 * kMaxLevels16][16];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  const __m512i ione = _mm512_set1_epi32(1);
+  for (int l = 0; l < g.levels; ++l) {
+    float res_f;
+    bool dense;
+    uint32_t side;
+    level_params(g, l, res_f, dense, side);
+    const __m512i s1 = _mm512_set1_epi32(static_cast<int>(dense ? side : kPrime1));
+    const __m512i s2 = _mm512_set1_epi32(static_cast<int>(dense ? side * side : kPrime2));
+    const __m512i mask = _mm512_set1_epi32(static_cast<int>(g.table_size - 1));
+    const __m512 R = _mm512_set1_ps(res_f), top = _mm512_set1_ps(res_f - 1.0f);
+    const __m512 px = _mm512_mul_ps(X, R), py = _mm512_mul_ps(Y, R), pz = _mm512_mul_ps(Z, R);
+    const __m512i ix = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(px, zero), top));
+    const __m512i iy = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(py, zero), top));
+    const __m512i iz = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(pz, zero), top));
+    const __m512 fx = _mm512_sub_ps(px, _mm512_cvtepi32_ps(ix)), fy = _mm512_sub_ps(py, _mm512_cvtepi32_ps(iy)),
+                 fz = _mm512_sub_ps(pz, _mm512_cvtepi32_ps(iz));
+    const __m512i xs[2] = {ix, _mm512_add_epi32(ix, ione)};
+    const __m512i ys[2] = {_mm512_mullo_epi32(iy, s1), _mm512_mullo_epi32(_mm512_add_epi32(iy, ione), s1)};
+    const __m512i zs[2] = {_mm512_mullo_epi32(iz, s2), _mm512_mullo_epi32(_mm512_add_epi32(iz, ione), s2)};
+    const __m512 wx[2] = {_mm512_sub_ps(one, fx), fx}, wy[2] = {_mm512_sub_ps(one, fy), fy},
+                 wz[2] = {_mm512_sub_ps(one, fz), fz};
+    const double* tab = reinterpret_cast<const double*>(g.table + static_cast<int64_t>(l) * g.table_size * 2);
+    __m512 a0 = zero, a1 = zero;
+    for (int c = 0; c < 8; ++c) {
+      const int cx = c & 1, cy = (c >> 1) & 1, cz = c >> 2;
+      const __m512i row = dense ? _mm512_add_epi32(_mm512_add_epi32(xs[cx], ys[cy]), zs[cz])
+                                : _mm512_and_si512(_mm512_xor_si512(_mm512_xor_si512(xs[cx], ys[cy]), zs[cz]), mask);
+      const __m512 w = _mm512_mul_ps(_mm512_mul_ps(wx[cx], wy[cy]), wz[cz]);
+      const __m512 lo = _mm512_castpd_ps(_mm512_i32gather_pd(_mm512_castsi512_si256(row), tab, 8));
+      const __m512 hi = _mm512_castpd_ps(_mm512_i32gather_pd(_mm512_extracti32x8_epi32(row, 1), tab, 8));
+      a0 = _mm512_add_ps(a0, _mm512_mul_ps(w, _mm512_permutex2var_ps(lo, even, hi)));
+      a1 = _mm512_add_ps(a1, _mm512_mul_ps(w, _mm512_permutex2var_ps(lo, odd, hi)));
+    }
+    _mm512_store_ps(feats[2 * l], a0);
+    _mm512_store_ps(feats[2 * l + 1], a1);
+  }
+  const int stride = 2 * g.levels;
+  for (int i = 0; i < nb; ++i)
+    for (int j = 0; j < stride; ++j) out[i * stride + j] = feats[j][i];
+}
+#endif
+
 }  // namespace
 
 void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
+#ifdef FIELDS_HASH_AVX512
+  // Row indices are int32 gather offsets (in 8-byte feature pairs): tables of up to 2^31 rows.
+  if (g.features == 2 && g.levels <= kMaxLevels16 && g.table_size <= (int64_t{1} << 31)) {
+    const int64_t n16 = (n + 15) / 16, stride = 2 * static_cast<int64_t>(g.levels);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < n16; ++b)
+      block16_two_features(x + 3 * b * 16, static_cast<int>(std::min<int64_t>(16, n - b * 16)), g,
+                           out + b * 16 * stride);
+    return;
+  }
+#endif
   const int64_t n_blocks = (n + kBlock - 1) / kBlock, stride = static_cast<int64_t>(g.levels) * g.features;
   const uint32_t table_size = static_cast<uint32_t>(g.table_size);
   // Level by level, each thread a contiguous run of blocks (both cores on every level: coarse levels are dense
@@ -331,6 +409,15 @@ void composite_backward(const float* grad_weights, const float* grad_rgb, const 
   for (int64_t r = 0; r < n_rays; ++r)
     composite_ray_backward(grad_weights, grad_rgb + 3 * r, grad_opacity[r], grad_depth[r], sigmas, rgbs,
                            t_starts, t_ends, offsets[r], offsets[r + 1], grad_sigmas, grad_rgbs);
+}
+
+void round_samples(const int64_t* ray_indices, const float* t_starts, const float* t_ends, const float* origins,
+                   const float* dirs, const int64_t* first, const int64_t* offsets, int64_t n_live, int64_t* idx,
+                   int64_t* ray, float* ts, float* te, float* x, float* d) {
+#pragma omp parallel for schedule(static) if (n_live > 4096)
+  for (int64_t j = 0; j < n_live; ++j)
+    round_samples_ray(ray_indices, t_starts, t_ends, origins, dirs, first[j], offsets[j], offsets[j + 1], idx, ray,
+                      ts, te, x, d);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -185,6 +185,16 @@ __global__ void composite_round_kernel(const float* sigmas, const float* t_start
                       depth + r, weights, keep);
 }
 
+__global__ void round_samples_kernel(const int64_t* ray_indices, const float* t_starts, const float* t_ends,
+                                     const float* origins, const float* dirs, const int64_t* first,
+                                     const int64_t* offsets, int64_t n_live, int64_t* idx, int64_t* ray, float* ts,
+                                     float* te, float* x, float* d) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j < n_live)
+    round_samples_ray(ray_indices, t_starts, t_ends, origins, dirs, first[j], offsets[j], offsets[j + 1], idx, ray,
+                      ts, te, x, d);
+}
+
 }  // namespace
 
 void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out, void* stream) {
@@ -274,6 +284,14 @@ void composite_round(const float* sigmas, const float* t_starts, const float* t_
   composite_round_kernel<<<blocks_for(n_live), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       sigmas, t_starts, t_ends, offsets, rays, n_live, prune, optical, opacity, depth, weights, keep);
   check_launch("composite_round");
+}
+
+void round_samples(const int64_t* ray_indices, const float* t_starts, const float* t_ends, const float* origins,
+                   const float* dirs, const int64_t* first, const int64_t* offsets, int64_t n_live, int64_t* idx,
+                   int64_t* ray, float* ts, float* te, float* x, float* d, void* stream) {
+  round_samples_kernel<<<blocks_for(n_live), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      ray_indices, t_starts, t_ends, origins, dirs, first, offsets, n_live, idx, ray, ts, te, x, d);
+  check_launch("round_samples");
 }
 
 }  // namespace cuda
