@@ -129,8 +129,8 @@ def main() -> None:
     table += [f"| {r['scene']} | {r['field']} | {r['mark']:.0f} s | {r['step']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
               f"{r['views']} | {r['frame_s']:.2f} | {r['render_s']:.2f} |" for r in rows]
     body = (f"Command: `{command()}` on {machine()}, {time.strftime('%Y-%m-%d')}. Every 8th image held out, every "
-            "held-out view evaluated (held-out views use the mean appearance code); render s/view: `model.render` alone "
-            "over the held-out views, eval s/view: with the metrics.\n\n" + "\n".join(table))
+            "held-out view evaluated (held-out views use the mean appearance code); render s/view: `model.render` "
+            "alone over the held-out views, eval s/view: with the metrics.\n\n" + "\n".join(table))
     if ablation:
         body += (f"\n\nAblation ({args.fields[0]}, {args.ablate_budget:.0f} s, one setting off at a time):\n\n"
                  "| scene | variant | held-out PSNR (dB) | SSIM | steps |\n|---|---|---|---|---|\n")
