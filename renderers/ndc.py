@@ -65,12 +65,22 @@ class NDC:
         end = torch.stack([-ax * d[:, 0] / d[:, 2], -ay * d[:, 1] / d[:, 2], torch.ones_like(d[:, 2])], -1)
         return start, end
 
+    def ahead(self, dirs: torch.Tensor) -> torch.Tensor:
+        """Which world directions [N, 3] go forward from the reference camera (only those reach its frustum)."""
+        return dirs @ self.rotation[:, 2].to(dirs) < -1e-6
+
     def rays(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World rays [..., 3] -> NDC rays: origins on the near plane and unit directions (a sample's distance
-        is then its NDC distance from the near plane; the box ends the ray at infinity, z = 1)."""
+        is then its NDC distance from the near plane; the box ends the ray at infinity, z = 1). Rays that do
+        not go forward (a viewer's camera turned away) become rays beyond infinity, which miss every box."""
         shape = origins.shape
-        start, end = self.ray_ends(origins.reshape(-1, 3), dirs.reshape(-1, 3))
-        return start.reshape(shape), torch.nn.functional.normalize(end - start, dim=-1).reshape(shape)
+        o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        start, end = self.ray_ends(o, d)
+        ahead = self.ahead(d)[:, None]
+        start = torch.where(ahead, start, torch.tensor([0.0, 0.0, 2.0]).to(start))
+        unit = torch.where(ahead, torch.nn.functional.normalize(end - start, dim=-1),
+                           torch.tensor([0.0, 0.0, 1.0]).to(start))
+        return start.reshape(shape), unit.reshape(shape)
 
     def to_world(self, q: torch.Tensor) -> torch.Tensor:
         """NDC points [N, 3] with z < 1 -> world points (the inverse of the map)."""
@@ -89,7 +99,8 @@ class NDC:
         mean = depth / opacity.clamp_min(1e-12)
         q = start + mean[:, None] * unit
         q = torch.cat([q[:, :2], q[:, 2:].clamp_max(1 - 2 * self.near / 1e6)], -1)
-        return ((self.to_world(q) - origins) * dirs).sum(-1) * opacity
+        world = ((self.to_world(q) - origins) * dirs).sum(-1) * opacity
+        return torch.where(self.ahead(dirs), world, torch.zeros_like(world))  # the rest saw nothing
 
     def box(self, cams: Cameras) -> torch.Tensor:
         """The NDC box [2, 3] a field needs for ``cams``: x and y over every pixel ray of every camera from the

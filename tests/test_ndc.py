@@ -30,8 +30,8 @@ def forward_facing_split(n: int, seed: int, size: int = 48):
 
 def test_the_map_sends_the_frustum_to_the_cube():
     """The reference camera's rays start on the near plane (z = -1), reach z = 1 at infinity, its image corners
-    map to x, y = +-1, a world point along any ray lands on that ray's NDC line at its NDC depth, and NDC points
-    and depths map back to the world."""
+    map to x, y = +-1, a world point along any ray lands on that ray's NDC line at its NDC depth, NDC points
+    and depths map back to the world, and rays that do not go forward miss the NDC box."""
     c2w = torch.eye(4)[None].repeat(3, 1, 1)
     c2w[1, :3, 3] = torch.tensor([0.1, -0.05, 0.02])
     c2w[2, :3, 3] = torch.tensor([-0.1, 0.05, -0.02])
@@ -56,6 +56,10 @@ def test_the_map_sends_the_frustum_to_the_cube():
         ones = torch.ones_like(s)
         got = ndc.world_depth(o, d, s * (end - start).norm(dim=-1), ones)  # world depth of one opaque sample
         assert torch.allclose(got, ((x - o) * d).sum(-1), rtol=1e-4)
+    away_o, away_d = ndc.rays(o[:2], torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))  # backwards, sideways
+    assert torch.isfinite(away_o).all() and (away_o[:, 2] > 1).all() and (away_d[:, 2] > 0).all()  # miss the box
+    depth = ndc.world_depth(o[:2], torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]), torch.ones(2), torch.ones(2))
+    assert torch.equal(depth, torch.zeros(2))
     box = ndc.box(cams)
     assert (box[0, :2] < -1).all() and (box[1, :2] > 1).all()  # the other cameras' rays reach past the image
     assert box[:, 2].tolist() == [-1.0, 1.0]
