@@ -4,6 +4,7 @@ in it."""
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from renderers.ndc import NDC
@@ -87,13 +88,18 @@ def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
 
 
 def test_an_ndc_run_learns_and_reloads_as_trained(tmp_path, procedural_root):
-    """A forward-facing run trains in NDC, renders held-out views well beyond an empty field, and its saved run
-    (config frame, NDC box, checkpoint) renders them exactly as the trainer did, also after a resume."""
+    """A forward-facing run trains in NDC, renders held-out views well beyond an empty field, gives surface points
+    on the object (world depths), and its saved run (config frame, NDC box, checkpoint) renders them exactly as
+    the trainer did, also after a resume; mesh export refuses it."""
     from conftest import tiny_config
     from fields.run.config import RunConfig
     from fields.run.folder import load_run
     from fields.training.trainer import Trainer
+    from fields.export import ExportError
+    from fields.export.mesh import MeshSettings, extract_mesh
     from renderers.imaging import on_background, psnr
+    from renderers.surface_points import surface_points
+    from scenes.procedural import sdf
 
     cfg = tiny_config(max_steps=250)
     train, test = forward_facing_split(12, seed=0), forward_facing_split(3, seed=1)
@@ -107,7 +113,14 @@ def test_an_ndc_run_learns_and_reloads_as_trained(tmp_path, procedural_root):
     got = np.mean([psnr(r, t) for r, t in zip(renders, truth)])
     blank = np.mean([psnr(torch.ones_like(t), t) for t in truth])
     assert got > blank + 6, (got, blank)
+    points, _ = surface_points(trainer.model, test.cameras, 400, min_opacity=0.5, show_progress=False)
+    points = torch.as_tensor(points)  # depths come back in world units: beyond the NDC near plane (1.35 from the
+    ahead = points[:, 1] + 3.0  # cameras; NDC distances would put most within 1), around the (foggy) object
+    near_object = sdf(points).abs().median()
+    assert len(points) > 100 and ahead.min() > 1.3 and near_object < 0.5, (len(points), ahead.min(), near_object)
     run = load_run(run_dir)
+    with pytest.raises(ExportError, match="NDC"):
+        extract_mesh(run.model, MeshSettings(), None, show_progress=False)
     assert run.config.capture == trainer.cfg.capture and torch.equal(run.grid.aabb, trainer.grid.aabb)
     assert torch.equal(run.model.render(test.cameras, 0, white)["rgb"], renders[0])
     saved = RunConfig.load(run_dir / "config.yaml")
