@@ -129,3 +129,19 @@ def test_an_ndc_run_learns_and_reloads_as_trained(tmp_path, procedural_root):
     resumed.resume()
     assert resumed.step == 250 and resumed.field.ndc is not None
     assert torch.equal(resumed.model.render(test.cameras, 0, white)["rgb"], renders[0])
+
+
+def test_video_depth_range_of_an_ndc_grid_is_in_world_units():
+    """The depth video's range of an NDC run: occupied cells mapped back to the world before measuring."""
+    from fields.export.video import depth_range
+    from renderers.occupancy import OccupancyGrid
+
+    cams = Cameras.from_fov(torch.eye(4)[None], 40, 30, 0.8)
+    ndc = NDC.of_cameras(cams, near=0.5)
+    grid = OccupancyGrid(ndc.box(cams), 8)
+    grid.binary.zero_()
+    grid.binary[3, 4, 5] = True  # one occupied cell, z < 0.9
+    centre = grid.cell_centers(torch.tensor([3 * 64 + 4 * 8 + 5]))
+    want = (ndc.to_world(centre) - cams.centers[0]).norm().item()
+    lo, hi = depth_range(cams, grid, ndc)
+    assert abs(lo - want) < 1e-4 and abs(hi - want) < 1e-4
