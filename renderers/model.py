@@ -14,9 +14,10 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from renderers.ndc import NDC
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig, render_image, render_rays
-from scenes.cameras import Cameras
+from scenes.cameras import Cameras, image_rays
 
 
 class VolumeField(Protocol):
@@ -44,16 +45,25 @@ class Renderable(Protocol):
 
 @dataclass
 class VolumeModel:
-    """A radiance field, its occupancy grid and its render settings, drawn by ray marching."""
+    """A radiance field, its occupancy grid and its render settings, drawn by ray marching; with ``ndc`` (a
+    forward-facing capture) the field and grid live in that NDC space and every world ray is mapped into it."""
 
     field: VolumeField
     grid: OccupancyGrid
     render_cfg: RenderConfig
+    ndc: NDC | None = None
     pinhole_only: ClassVar[bool] = False  # rays are cast through the real lens model (distortion, fisheye)
 
     def render(self, cams: Cameras, i: int, background: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Camera ``i`` of ``cams`` (no grad; CPU tensors): ``rgb`` [H, W, 3], ``depth``, ``opacity`` [H, W]."""
-        return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
+        """Camera ``i`` of ``cams`` (no grad; CPU tensors): ``rgb`` [H, W, 3], ``depth`` (world units, with
+        ``ndc`` too), ``opacity`` [H, W]."""
+        if self.ndc is None:
+            return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
+        out = render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background,
+                           ray_map=self.ndc.rays)
+        origins, dirs = (t.reshape(-1, 3) for t in image_rays(cams, i))
+        depth = self.ndc.world_depth(origins, dirs, out["depth"].flatten(), out["opacity"].flatten())
+        return {**out, "depth": depth.reshape(out["depth"].shape)}
 
     def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
                     jitter: torch.Tensor | None = None, codes: torch.Tensor | None = None,
@@ -61,8 +71,12 @@ class VolumeModel:
         """Rays [R, 3] rendered with autograd where enabled (training, distillation); ``codes`` [R, k]: each ray's
         appearance code (its training image's; None: the field's own choice for new views); ``prune_first``: find
         the kept samples front to back before the autograd pass; see ``render_rays``."""
-        return render_rays(self.field.geometry, self.field.color, self.grid, origins, dirs, self.render_cfg,
-                           background, jitter, codes, prune_first)
+        if self.ndc is None:
+            return render_rays(self.field.geometry, self.field.color, self.grid, origins, dirs, self.render_cfg,
+                               background, jitter, codes, prune_first)
+        out = render_rays(self.field.geometry, self.field.color, self.grid, *self.ndc.rays(origins, dirs),
+                          self.render_cfg, background, jitter, codes, prune_first)
+        return {**out, "depth": self.ndc.world_depth(origins, dirs, out["depth"], out["opacity"])}
 
     @property
     def step_size(self) -> float:

@@ -59,15 +59,28 @@ def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx / (1 + c)
 
 
+def _axes(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit optical axes [N, 3] (cameras look down -Z) and the sum of the projections across them [3, 3]."""
+    dirs = -c2w[:, :3, 2]
+    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    return dirs, np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]
+
+
+def forward_facing(c2w: np.ndarray) -> bool:
+    """Whether the optical axes of poses [N, 4, 4] (OpenGL convention) are all within ~8 degrees of one
+    direction (an LLFF-style capture: one frustum seen from a few nearby viewpoints)."""
+    _, proj = _axes(c2w)
+    return bool(np.linalg.eigvalsh(proj.sum(0))[0] < 0.02 * len(c2w))
+
+
 def axes_focus(c2w: np.ndarray) -> np.ndarray | None:
     """The point nearest (least squares) to every camera's optical axis, or None when the axes are close to
     parallel (a forward-facing capture) or the point is not in front of nearly all cameras."""
-    origins, dirs = c2w[:, :3, 3], -c2w[:, :3, 2]  # cameras look down -Z
-    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-    proj = np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]  # onto the plane across each axis
-    a, b = proj.sum(0), (proj @ origins[:, :, None]).sum(0)[:, 0]
-    if np.linalg.eigvalsh(a)[0] < 0.02 * len(c2w):  # axes within ~8 degrees of one direction
+    if forward_facing(c2w):
         return None
+    origins = c2w[:, :3, 3]
+    dirs, proj = _axes(c2w)  # proj: onto the plane across each axis
+    a, b = proj.sum(0), (proj @ origins[:, :, None]).sum(0)[:, 0]
     focus = np.linalg.solve(a, b)
     in_front = (((focus - origins) * dirs).sum(1) > 0).mean()
     return focus if in_front >= 0.9 else None

@@ -18,6 +18,7 @@ from torch import nn
 from fields.backends.fused_mlp import ReLUMLP
 from renderers.contraction import contract_unit
 from renderers.model import VolumeModel
+from renderers.ndc import NDC
 from renderers.native import has_native_bf16
 from renderers.occupancy import OccupancyGrid
 from renderers.render import RenderConfig
@@ -54,6 +55,9 @@ class Field(nn.Module):
     contracted: bool = False
     """Whether the field covers the whole world through scene contraction (``renderers.contraction``): its
     inputs are then the contracted cube over ``aabb``, and nothing is outside. Set by ``build_field``."""
+    ndc: NDC | None = None
+    """The NDC map of a forward-facing capture (``renderers.ndc``): ``aabb`` is then a box of NDC space, which
+    every ray is mapped into before marching. Set by ``build_field``."""
 
     def __init__(self, aabb: torch.Tensor, appearance: Appearance = Appearance()):
         super().__init__()
@@ -122,7 +126,7 @@ class Field(nn.Module):
     def scene_model(self, grid: OccupancyGrid, render_cfg: RenderConfig) -> VolumeModel:
         """What renders this field: a ``VolumeModel`` that ray-marches through ``grid``; explicit backends
         (gaussians) return their own kind, with the same ``field`` / ``grid`` / ``render_cfg``."""
-        return VolumeModel(self, grid, render_cfg)
+        return VolumeModel(self, grid, render_cfg, self.ndc)
 
     def seed(self, data: SceneSplit) -> None:
         """Place primitives from what the training split ``data`` knows of the scene (its structure-from-motion

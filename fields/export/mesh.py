@@ -158,6 +158,9 @@ def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | 
     ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
     Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     check_mesh_memory(settings.resolution)
+    if getattr(model, "ndc", None) is not None:
+        raise ExportError("mesh export of a run trained in NDC (a forward-facing capture) is not supported: its "
+                          "field lives in the reference camera's NDC space; train with --contraction on for a mesh")
     if settings.target_faces is not None and settings.target_faces < 4:
         raise ExportError(f"--target-faces must be at least 4 (got {settings.target_faces})")
     if not 0 < settings.opacity < 1:

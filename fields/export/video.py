@@ -18,6 +18,7 @@ from fields.export import ExportError
 from renderers.contraction import normalized
 from renderers.imaging import depth_image, to_uint8
 from renderers.model import VolumeModel
+from renderers.ndc import NDC
 from renderers.occupancy import OccupancyGrid
 from scenes.cameras import Cameras
 from scenes.memory import available_bytes, gigabytes
@@ -54,13 +55,16 @@ def check_frame_memory(width: int, height: int) -> None:
                           f"{gigabytes(free)} available; lower --resolution (frame height)")
 
 
-def depth_range(cams: Cameras, grid: OccupancyGrid) -> tuple[float, float]:
+def depth_range(cams: Cameras, grid: OccupancyGrid, ndc: NDC | None = None) -> tuple[float, float]:
     """Nearest and farthest distance from any of the cameras to any occupied cell centre (of a contracted grid,
-    those within four times the scene box: the far shell reaches to infinity)."""
+    those within four times the scene box: the far shell reaches to infinity; of a grid in NDC space ``ndc``,
+    those within 20 near planes of the reference camera, in the world)."""
     idx = grid.binary.flatten().nonzero()[:, 0]
     centres = grid.cell_centers(idx)
     if grid.contracted:
         centres = centres[normalized(centres, grid.aabb).abs().amax(-1) <= 4]
+    if ndc is not None:
+        centres = ndc.to_world(centres[centres[:, 2] <= 0.9])  # z = 1 - 2 near / depth
     if centres.shape[0] == 0:
         return 0.0, 1.0
     lo, hi = float("inf"), 0.0
@@ -90,7 +94,7 @@ def render_video(model: VolumeModel, cams: Cameras, fps: float,
     if fps <= 0:
         raise ExportError(f"--fps must be positive (got {fps})")
     check_frame_memory(width, height)
-    lo, hi = depth_range(cams, model.grid)
+    lo, hi = depth_range(cams, model.grid, getattr(model, "ndc", None))
     bg = torch.tensor(background, dtype=torch.float32)
     writers = {name: video_writer(path, fps) for name, path in outputs.items()}
     try:

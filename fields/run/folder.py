@@ -24,6 +24,7 @@ from fields.run.checkpoint import CheckpointError, list_checkpoints, load_checkp
 from fields.run.config import RunConfig
 from fields.run.scene_record import RECORD_NAME, SceneRecord, read_scene_record
 from renderers.model import VolumeModel
+from renderers.ndc import NDC
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit
 
@@ -86,9 +87,12 @@ class RunLock:
 def model_box(cfg: RunConfig, data: SceneSplit) -> torch.Tensor:
     """The box a run's field and grid are built over: the scene's box, or with scene contraction the inner region
     [-1, 1]^3 that nerfacto uses: the loaders centre real captures and scale their cameras into the unit sphere,
-    so it holds every camera and what they converge on, and walls, windows and sky lie in the contracted shell."""
+    so it holds every camera and what they converge on, and walls, windows and sky lie in the contracted shell.
+    With NDC, the box of NDC space that every training ray crosses from the near plane to infinity."""
     if cfg.capture.contraction == "on":
         return torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    if cfg.capture.contraction == "ndc":
+        return NDC.from_list(cfg.capture.ndc_frame).box(data.cameras)
     return data.aabb
 
 
@@ -98,6 +102,7 @@ def build_field(cfg: RunConfig, aabb) -> Field:
     dim = cfg.capture.appearance_dim
     field = cfg.field_config.build(aabb, Appearance(0 if dim == "auto" else dim, cfg.capture.appearance_images))
     field.contracted = cfg.capture.contraction == "on"
+    field.ndc = NDC.from_list(cfg.capture.ndc_frame) if cfg.capture.contraction == "ndc" else None
     return field
 
 
