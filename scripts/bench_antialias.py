@@ -1,5 +1,6 @@
-"""Anti-aliased Gaussians (``--gaussians.antialiased``: Mip-Splatting's 3-D filter and 2-D mip filter) rendered at
-other resolutions than they were trained at, against the same Gaussians without it (issue 25, part 5).
+"""Anti-aliased Gaussians (``--gaussians.antialiased``: Mip-Splatting's 2-D mip filter, with its 3-D filter or without
+it, ``--gaussians.filter3d``) rendered at other resolutions than they were trained at, against the same Gaussians
+without anti-aliasing (issue 25, part 5).
 
 Lego is trained for a fixed number of steps at 200x200 and at 100x100 (downscale 1 and 2), each with and without
 anti-aliasing, and every 8th test view is rendered at 200, 100 and 50 pixels against the test images downscaled
@@ -31,6 +32,8 @@ from fields.run.folder import new_run_dir  # noqa: E402
 from fields.training.trainer import Trainer  # noqa: E402
 
 RENDER_DOWNSCALES = (1, 2, 4)  # 200, 100 and 50 pixels for lego at 200x200
+VARIANTS = {"no": {"antialiased": False}, "2-D filter": {"antialiased": True, "filter3d": False},
+            "2-D + 3-D filters": {"antialiased": True, "filter3d": True}}  # label -> GaussiansConfig changes
 
 
 def main() -> None:
@@ -47,13 +50,13 @@ def main() -> None:
     sizes = {s: "x".join(map(str, t.cameras.size(0))) for s, t in tests.items()}
     rows = []
     for train_ds in args.train_downscales:
-        for antialiased in (False, True):
+        for label, change in VARIANTS.items():
             cfg = RunConfig(scene=SceneConfig(scene=args.scene, downscale=train_ds),
-                            field_config=dataclasses.replace(GaussiansConfig(), antialiased=antialiased),
+                            field_config=dataclasses.replace(GaussiansConfig(), **change),
                             train=TrainConfig(max_time=None, max_steps=args.steps))
             trainer = Trainer(cfg, new_run_dir(args.output_dir, args.scene, "gaussians-antialias"))
             trainer.train(show_progress=False)
-            row = {"trained": sizes[train_ds], "antialiased": antialiased, "gaussians": len(trainer.field)}
+            row = {"trained": sizes[train_ds], "antialiased": label, "gaussians": len(trainer.field)}
             for s, test in tests.items():
                 row[sizes[s]] = evaluate(trainer.model, test, args.every, show_progress=False)["psnr"]
             rows.append(row)
@@ -62,7 +65,7 @@ def main() -> None:
     cols = [sizes[s] for s in RENDER_DOWNSCALES]
     table = ["| trained at | anti-aliased | Gaussians | " + " | ".join(f"PSNR at {c} (dB)" for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
-    table += [f"| {r['trained']} | {'yes' if r['antialiased'] else 'no'} | {r['gaussians']} | "
+    table += [f"| {r['trained']} | {r['antialiased']} | {r['gaussians']} | "
               + " | ".join(f"{r[c]:.2f}" for c in cols) + " |" for r in rows]
     body = (f"## anti-aliased Gaussians at other resolutions (bench_antialias.py)\n\n{args.scene}, {args.steps} "
             f"steps per run on {machine()}; every {args.every}th test view rendered at each size against the test "
@@ -83,8 +86,8 @@ def plot(rows: list[dict], cols: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.plot(cols, [r[c] for c in cols], "o-" if r["antialiased"] else "o--",
-                label=f"trained at {r['trained']}, {'anti-aliased' if r['antialiased'] else 'plain'}")
+        ax.plot(cols, [r[c] for c in cols], "o--" if r["antialiased"] == "no" else "o-",
+                label=f"trained at {r['trained']}, anti-aliasing: {r['antialiased']}")
     ax.set_xlabel("render size")
     ax.set_ylabel("test PSNR (dB)")
     ax.grid(alpha=0.3)

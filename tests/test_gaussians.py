@@ -23,6 +23,7 @@ from fields.backends.gaussians.field import SH_C0
 from fields.backends.gaussians.params import PER_GAUSSIAN
 from fields.run.folder import load_run
 from fields.training.trainer import Trainer
+from renderers.splatting import render_gaussians
 from scenes import procedural
 from scenes.images import Images
 
@@ -495,6 +496,28 @@ def test_an_antialiased_run_filters_and_reloads_its_filter(mcmc_run):
     with torch.no_grad():
         assert torch.equal(run.model.render(test, 0, torch.ones(3))["rgb"],
                            trainer.model.render(test, 0, torch.ones(3))["rgb"])
+
+
+def test_the_2d_filter_alone_compensates_opacities_without_a_3d_filter(mcmc_run):
+    """``filter3d`` off: an anti-aliased field keeps no 3-D filter and renders its own Gaussians with the 2-D
+    filter's opacity compensation only (the plain render of the same Gaussians differs)."""
+    _, trainer, _, _ = mcmc_run
+    cams, bg = trainer.steps.data.cameras, torch.ones(3)
+    fields_by_mode = {}
+    for mode in ({"antialiased": True, "filter3d": False}, {"antialiased": False}):
+        field = dataclasses.replace(trainer.field.cfg, **mode).build(BOX)
+        state = {k: v for k, v in trainer.field.state_dict().items() if not k.endswith("filter3d")}
+        field.load_state_dict(state, strict=False)
+        fields_by_mode[mode["antialiased"]] = field
+    aa, plain = fields_by_mode[True], fields_by_mode[False]
+    assert aa.filter3d is None and len(aa) == len(trainer.field)
+    with torch.no_grad():
+        got = aa.splat(cams, 0, bg)["rgb"]
+        means, quats = aa.means.detach(), aa.quats.detach()
+        want = render_gaussians(means, quats, aa.scales.exp(), torch.sigmoid(aa.opacities), aa.colors(cams.centers[0]),
+                                cams, 0, bg, antialiased=True)["rgb"]
+        assert torch.equal(got, want)
+        assert (got - plain.splat(cams, 0, bg)["rgb"]).abs().max() > 1e-3
 
 
 def test_the_3d_filter_is_a_pixel_at_the_closest_view_and_keeps_each_integral():
