@@ -67,9 +67,9 @@ def test_the_map_sends_the_frustum_to_the_cube():
 
 
 def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
-    """auto: NDC (recorded with its frame, 128 samples a diagonal, no distortion loss) for a forward-facing
-    capture with a ray-marched field; Gaussians splat in the world; an orbit capture and a synthetic scene keep
-    the contraction they had."""
+    """auto: NDC (recorded with its frame, 128 samples a diagonal, twice the samples a batch where unset, no
+    distortion loss) for a forward-facing capture with a ray-marched field; Gaussians splat in the world; an orbit
+    capture and a synthetic scene keep the contraction they had."""
     from conftest import tiny_config
     from fields.backends.gaussians.field import GaussiansConfig
     from scenes.orient import forward_facing
@@ -79,6 +79,11 @@ def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
     decided = cfg.for_scene(front)
     assert decided.capture.contraction == "ndc" and len(decided.capture.ndc_frame) == 15
     assert decided.render.samples_per_diagonal == 128 and decided.capture.distortion_weight == 0.0
+    unset = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, target_samples=None))
+    assert unset.for_scene(front).batch_samples() == 2 * cfg.field_config.batch_samples  # twice the rays a batch
+    given = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, target_samples=1000))
+    assert given.for_scene(front).batch_samples() == 1000
+    assert unset.for_scene(cfg.scene.load("train")).batch_samples() == cfg.field_config.batch_samples
     splats = dataclasses.replace(cfg, field_config=GaussiansConfig()).for_scene(front)
     assert splats.capture.contraction != "ndc" and splats.capture.ndc_frame == ()
     orbit = cfg.scene.load("train")
