@@ -534,7 +534,6 @@ FIELDS_HD void round_samples_ray(const int64_t* ray_indices, const float* t_star
   }
 }
 
-
 // One ray's samples [i0, i1) of such a round, in composite_round_reference's float32/float64 operations: the
 // transmittance before each is this round's own (transmittance_ray) times exp(-optical), the ray's optical depth
 // before the round; weights w_i; kept samples add w_i to opacity and w_i * midpoint to depth (in order, float32,
@@ -954,8 +953,7 @@ FIELDS_HD void sh_color_backward_one(const float d[3], const float* sh0, const f
   sh_color_pre(d, sh0, shN, bands, basis, pre);
   for (int c = 0; c < 3; ++c) g[c] = pre[c] >= 0.0f ? v_rgb[c] : 0.0f;
   for (int c = 0; c < 3; ++c) v_sh0[c] = basis[0] * g[c];
-  float gb[16];  // d loss / d basis_k
-  gb[0] = 0.0f;
+  float gb[16];  // d loss / d basis_k (k >= 1: the constant basis_0 has no direction gradient)
   for (int k = 1; k < bands * bands; ++k) {
     const float* row = shN + 3 * (k - 1);
     gb[k] = g[0] * row[0] + g[1] * row[1] + g[2] * row[2];

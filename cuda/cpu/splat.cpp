@@ -127,8 +127,16 @@ struct TileScratch {
 
   TileScratch(int tile, int ch)
       : lanes(tile * tile), channels(ch), T(lanes), w(lanes), acc(static_cast<size_t>(ch + 1) * lanes),
-        lane_x(lanes), lane_y(lanes),
-        aux(static_cast<size_t>(ch + 1) * lanes), last(lanes), done(lanes), row_live(tile) {}
+        aux(static_cast<size_t>(ch + 1) * lanes), lane_x(lanes), lane_y(lanes), last(lanes), done(lanes),
+        row_live(tile) {}
+
+  // The pixel centres of tile v's lanes (row-major, ts lanes a row).
+  void place(const TileView& v, int ts) {
+    for (int l = 0; l < lanes; ++l) {
+      lane_x[l] = static_cast<float>(v.x0 + l % ts) + 0.5f;
+      lane_y[l] = static_cast<float>(v.y0 + l / ts) + 0.5f;
+    }
+  }
 };
 
 // The forward recounts each row's pixels still compositing (row_live, whose rows are then skipped, and the tile's
@@ -324,9 +332,8 @@ void rasterize_forward_impl(const float* means2d, const float* conics, const flo
     for (int64_t t = 0; t < n_tiles; ++t) {
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
+      s.place(v, ts);
       for (int l = 0; l < L; ++l) {
-        s.lane_x[l] = static_cast<float>(v.x0 + l % ts) + 0.5f;
-        s.lane_y[l] = static_cast<float>(v.y0 + l / ts) + 0.5f;
         const bool inside = (l % ts) < v.nx && (l / ts) < v.ny;
         s.T[l] = 1.0f;
         s.last[l] = -1;
@@ -447,10 +454,9 @@ void rasterize_backward_impl(const float* means2d, const float* conics, const fl
       const TileView v = tile_view(g, t);
       const int L = s.lanes;
       int32_t max_last = -1;
+      s.place(v, ts);
       for (int l = 0; l < L; ++l) {
         const int row = l / ts, col = l % ts;
-        s.lane_x[l] = static_cast<float>(v.x0 + col) + 0.5f;
-        s.lane_y[l] = static_cast<float>(v.y0 + row) + 0.5f;
         const bool inside = col < v.nx && row < v.ny;
         const int64_t pix = static_cast<int64_t>(v.y0 + row) * g.width + v.x0 + col;
         s.T[l] = inside ? final_T[pix] : 1.0f;
