@@ -86,7 +86,8 @@ def visible(samples: Samples, sigmas: torch.Tensor, cfg: RenderConfig) -> torch.
     """Mask of the samples that pruning (``cfg.early_stop_eps``, ``cfg.alpha_thre``) keeps, given densities."""
     with torch.no_grad():
         tau = sigmas.detach() * (samples.t_ends - samples.t_starts)
-        return kept(transmittance(tau, samples.ray_indices, samples.n_rays), tau, cfg)
+        trans = transmittance(tau, samples.ray_indices, samples.n_rays)
+        return pruning_keeps(trans, tau, cfg.early_stop_eps, cfg.alpha_thre)
 
 
 def sample_rays(origins: torch.Tensor, dirs: torch.Tensor, grid: OccupancyGrid, cfg: RenderConfig,
@@ -123,7 +124,7 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
     rays whose transmittance fell below ``cfg.early_stop_eps`` (Instant-NGP's inference marching): the samples
     behind a surface are never evaluated. Yields per round ``(idx, part, d, feats, weights, keep)``: the round's
     sample indices into ``samples`` (sorted by ray and ``t``), those samples, their directions, the field's
-    features, their weights and which of them pruning keeps (``kept``'s rule, and weights of at least
+    features, their weights and which of them pruning keeps (``visible``'s rule, and weights of at least
     ``weight_thre`` where positive); the kept ones' weights and weighted midpoints are added to ``opacity`` and
     ``depth`` [n_rays] where given (``composite_round``: one native call a round)."""
     n, dev = samples.n_rays, origins.device
@@ -147,11 +148,6 @@ def front_to_back(samples: Samples, origins: torch.Tensor, dirs: torch.Tensor, g
                                         depth, cfg.early_stop_eps, cfg.alpha_thre, weight_thre)
         yield idx, part, d, feats, weights, keep
         alive &= optical <= max_optical
-
-
-def kept(trans: torch.Tensor, tau: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
-    """Mask of samples that pruning keeps, given the transmittance before each and its optical depth."""
-    return pruning_keeps(trans, tau, cfg.early_stop_eps, cfg.alpha_thre)
 
 
 @torch.no_grad()

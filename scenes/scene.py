@@ -51,11 +51,15 @@ class SceneSplit:
     def rgba(self, i: int, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Image ``i`` as straight RGBA float32 [H, W, 4] in [0, 1], or only its pixel ``window`` (x0, y0, width,
         height): a training crop converts its own pixels, not the whole image's."""
-        image = self.images[i]
-        if window is not None:
-            x0, y0, w, h = window
-            image = image[y0:y0 + h, x0:x0 + w]
-        return to_float(image)
+        return to_float(window_of(self.images[i], window))
+
+
+def window_of(image: torch.Tensor, window: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """The pixels [h, w, ...] of ``image`` [H, W, ...] in ``window`` (x0, y0, width, height); all of them for None."""
+    if window is None:
+        return image
+    x0, y0, w, h = window
+    return image[y0:y0 + h, x0:x0 + w]
 
 
 def to_float(rgba8: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from renderers.imaging import on_background, ssim
 from renderers.occupancy import OccupancyGrid
 from scenes import SceneSplit, pixel_rays
 from scenes.cameras import Cameras
-from scenes.scene import to_float
+from scenes.scene import to_float, window_of
 from scenes.undistort import undistorted
 
 
@@ -338,13 +338,8 @@ class WholeImages(Steps):
             if mask is not None:  # a coarse pixel is kept only where every pixel under it is
                 mask = -torch.nn.functional.adaptive_max_pool2d(-mask[None].float(), (h, w))[0] > 0.5
             window = self.window(w, h, gen)
-            if window is not None:
-                x0, y0, cw, ch = window
-                target = target[y0:y0 + ch, x0:x0 + cw]
-        if window is not None and mask is not None:
-            x0, y0, cw, ch = window
-            mask = mask[y0:y0 + ch, x0:x0 + cw]
-        return cams, window, target, mask
+            target = window_of(target, window)
+        return cams, window, target, None if mask is None else window_of(mask, window)
 
     def loss(self, ctx: StepContext) -> tuple[torch.Tensor, dict, dict]:
         i = int(torch.randint(0, len(self.data), (), generator=ctx.draws))  # each rank its own image
