@@ -74,7 +74,9 @@ inline void micro(const T* __restrict A, int sai, int sar, int nred, const T* __
                   float* __restrict C, int ldc, Init init, const float* __restrict bias, bool relu) {
 #ifdef __AVX512F__
   __m512 acc[RB][NV];
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j)
       acc[i][j] = init == Init::kAccum  ? _mm512_loadu_ps(C + i * ldc + 16 * j)
                   : init == Init::kBias ? _mm512_loadu_ps(bias + 16 * j)
@@ -82,57 +84,75 @@ inline void micro(const T* __restrict A, int sai, int sar, int nred, const T* __
   for (int r = 0; r < nred; ++r) {
     if constexpr (std::is_same_v<T, float>) {
       __m512 b[NV];
+      #pragma GCC unroll 16
       for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_ps(B + r * ldb + 16 * j);
+      #pragma GCC unroll 16
       for (int i = 0; i < RB; ++i) {
         const __m512 a = _mm512_set1_ps(A[i * sai + r * sar]);
+        #pragma GCC unroll 16
         for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
       }
     } else {
 #ifdef FIELDS_MLP_BF16
       __m512i b[NV];
+      #pragma GCC unroll 16
       for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_si512(B + r * ldb + 16 * j);
+      #pragma GCC unroll 16
       for (int i = 0; i < RB; ++i) {
         const __m512i a = _mm512_set1_epi32(static_cast<int>(A[i * sai + r * sar]));
+        #pragma GCC unroll 16
         for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)b[j]);
       }
 #endif
     }
   }
   const __m512 zero = _mm512_setzero_ps();
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j)
       _mm512_storeu_ps(C + i * ldc + 16 * j, relu ? _mm512_max_ps(acc[i][j], zero) : acc[i][j]);
 #elif defined(FIELDS_MLP_AVX2)
   static_assert(std::is_same_v<T, float>, "bfloat16 pairs need AVX512-BF16");
   __m256 acc[RB][2 * NV];
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < 2 * NV; ++j)
       acc[i][j] = init == Init::kAccum  ? _mm256_loadu_ps(C + i * ldc + 8 * j)
                   : init == Init::kBias ? _mm256_loadu_ps(bias + 8 * j)
                                         : _mm256_setzero_ps();
   for (int r = 0; r < nred; ++r) {
     __m256 b[2 * NV];
+    #pragma GCC unroll 16
     for (int j = 0; j < 2 * NV; ++j) b[j] = _mm256_loadu_ps(B + r * ldb + 8 * j);
+    #pragma GCC unroll 16
     for (int i = 0; i < RB; ++i) {
       const __m256 a = _mm256_broadcast_ss(A + i * sai + r * sar);
+      #pragma GCC unroll 16
       for (int j = 0; j < 2 * NV; ++j) acc[i][j] = _mm256_fmadd_ps(a, b[j], acc[i][j]);
     }
   }
   const __m256 zero = _mm256_setzero_ps();
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
+    #pragma GCC unroll 16
     for (int j = 0; j < 2 * NV; ++j)
       _mm256_storeu_ps(C + i * ldc + 8 * j, relu ? _mm256_max_ps(acc[i][j], zero) : acc[i][j]);
 #else
   static_assert(std::is_same_v<T, float>, "bfloat16 pairs need AVX512-BF16");
   float acc[RB][16 * NV];
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
     for (int c = 0; c < 16 * NV; ++c)
       acc[i][c] = init == Init::kAccum ? C[i * ldc + c] : init == Init::kBias ? bias[c] : 0.0f;
   for (int r = 0; r < nred; ++r)
+    #pragma GCC unroll 16
     for (int i = 0; i < RB; ++i) {
       const float a = A[i * sai + r * sar];
       for (int c = 0; c < 16 * NV; ++c) acc[i][c] += a * B[r * ldb + c];
     }
+  #pragma GCC unroll 16
   for (int i = 0; i < RB; ++i)
     for (int c = 0; c < 16 * NV; ++c) C[i * ldc + c] = relu ? std::max(acc[i][c], 0.0f) : acc[i][c];
 #endif
