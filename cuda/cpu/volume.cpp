@@ -7,6 +7,9 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
 #define FIELDS_HASH_AVX512 1
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define FIELDS_HASH_AVX2 1
 #endif
 
 #include <algorithm>
@@ -192,6 +195,48 @@ inline void block16_two_features(const float* __restrict xin, int nb, const Hash
 }
 #endif
 
+#ifdef FIELDS_HASH_AVX2
+// block_gather<2> on AVX2: 8 points at a time, each corner's feature pair one 64-bit element of two 4-wide gathers
+// (half the gathered elements of one 32-bit gather per feature), split into the two features with in-lane
+// shuffles and a cross-lane permute. The arithmetic is block_gather's, operation for operation, so the output is
+// bit-identical. office_table (Zen 3, 1 thread): ~1.4x faster on a rendered view's samples.
+inline void block_gather_pairs(const BlockCorners& bc, int64_t nb, const float* __restrict tab, float* __restrict out,
+                               int64_t out_stride) {
+  const double* pairs = reinterpret_cast<const double*>(tab);
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int c = 0; c < 8; ++c) {
+      const __m256i row = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bc.row[c] + i));
+      const __m256 w = _mm256_loadu_ps(bc.w[c] + i);
+      // Points i..i+3 and i+4..i+7: [a0 b0 a1 b1 | a2 b2 a3 b3] and [a4 b4 a5 b5 | a6 b6 a7 b7].
+      const __m256 lo = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm256_castsi256_si128(row), 8));
+      const __m256 hi = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm256_extracti128_si256(row, 1), 8));
+      // In-lane shuffles give [a0 a1 a4 a5 | a2 a3 a6 a7]; the 64-bit permute (0, 2, 1, 3) puts them in order.
+      const __m256 fa = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+      const __m256 fb = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+      a0 = _mm256_add_ps(a0, _mm256_mul_ps(w, fa));
+      a1 = _mm256_add_ps(a1, _mm256_mul_ps(w, fb));
+    }
+    alignas(32) float f0[8], f1[8];
+    _mm256_store_ps(f0, a0);
+    _mm256_store_ps(f1, a1);
+    for (int k = 0; k < 8; ++k) {
+      out[(i + k) * out_stride] = f0[k];
+      out[(i + k) * out_stride + 1] = f1[k];
+    }
+  }
+  for (; i < nb; ++i)  // the tail, as block_gather
+    for (int f = 0; f < 2; ++f) {
+      float acc = 0.0f;
+      for (int c = 0; c < 8; ++c) acc += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * 2 + f];
+      out[i * out_stride + f] = acc;
+    }
+}
+#endif
+
 }  // namespace
 
 void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
@@ -231,7 +276,11 @@ void hash_encode_forward(const float* x, int64_t n, HashGrid g, float* out) {
         const int64_t i0 = b * kBlock, nb = std::min<int64_t>(kBlock, n - i0);
         float* o = out + i0 * stride + static_cast<int64_t>(l) * g.features;
         if (g.features == 2)
+#ifdef FIELDS_HASH_AVX2
+          block_gather_pairs(bc[b & 1], nb, tab, o, stride);
+#else
           block_gather<2>(bc[b & 1], nb, tab, 2, o, stride);
+#endif
         else if (g.features == 4)
           block_gather<4>(bc[b & 1], nb, tab, 4, o, stride);
         else
