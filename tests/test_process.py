@@ -17,40 +17,12 @@ from fields.process import ProcessError
 from fields.process.pipeline import process
 from fields.process.sfm import SfmOptions
 from fields.process.video import select_frames, sharpness
-from scenes import load_split, procedural
+from scenes import load_split
 from scenes.camera_paths import look_at
-from scenes.cameras import Cameras, image_rays
-from similarity import umeyama  # scripts/, on the path through conftest
+from sfm_capture import render  # scripts/, on the path through conftest
+from similarity import umeyama
 
 VIEWS, SIZE, FOV = 16, 256, 0.9
-FLOOR = -0.65
-
-
-def _texture(x: torch.Tensor) -> torch.Tensor:
-    """A blotchy grey pattern (a sum of random plane waves, squashed): the corners and blobs SIFT needs, which
-    the procedural scene's stripes and checks alone do not give at this size."""
-    g = torch.Generator().manual_seed(3)
-    dirs = torch.nn.functional.normalize(torch.randn(24, 3, generator=g), dim=1)
-    waves = dirs * (10 + 50 * torch.rand(24, generator=g))[:, None]
-    t = torch.tanh(12 * torch.sin(x @ waves.T + 2 * math.pi * torch.rand(24, generator=g)).mean(-1))
-    return 0.55 + 0.4 * t
-
-
-def _render(c2w: torch.Tensor) -> np.ndarray:
-    """The procedural scene's solids on a floor, textured, sphere-traced (uint8 RGB)."""
-    sdf = lambda x: torch.minimum(procedural.sdf(x), x[:, 2] - FLOOR)  # noqa: E731
-    origins, dirs = (t.reshape(-1, 3) for t in image_rays(Cameras.from_fov(c2w[None], SIZE, SIZE, FOV), 0))
-    t = torch.full(origins.shape[:1], 0.5)
-    for _ in range(96):
-        t = t + sdf(origins + t[:, None] * dirs).clamp_max(1.0)
-    x = origins + t[:, None] * dirs
-    hit = (sdf(x).abs() < 1e-3) & (x.norm(dim=-1) < 3.5)
-    floor = (x[:, 2] - FLOOR).abs() < 1e-3
-    albedo = torch.where(floor[:, None], torch.tensor([0.7, 0.65, 0.6]), procedural.albedo(x)) * _texture(x)[:, None]
-    normal = torch.where(floor[:, None], torch.tensor([0.0, 0.0, 1.0]), procedural.normals(x))
-    rgb = albedo * (0.35 + 0.65 * (normal @ procedural.LIGHT).clamp_min(0)[:, None])
-    rgb = torch.where(hit[:, None], rgb, torch.tensor([0.55, 0.6, 0.7]))
-    return (rgb.clamp(0, 1).reshape(SIZE, SIZE, 3) * 255 + 0.5).to(torch.uint8).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +39,7 @@ def capture(tmp_path_factory) -> tuple[Path, np.ndarray]:
             a, el = 2 * math.pi * i / VIEWS, 0.5 + 0.15 * (i % 2)
             eye = 2.6 * torch.tensor([math.cos(el) * math.cos(a), math.cos(el) * math.sin(a), math.sin(el)])
             poses.append(look_at(eye, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0])))
-            iio.imwrite(folder / f"view_{i:02d}.png", _render(poses[-1]))
+            iio.imwrite(folder / f"view_{i:02d}.png", render(poses[-1], SIZE, SIZE, FOV))
     finally:
         torch.set_num_threads(threads)
     return folder, torch.stack(poses).numpy()
