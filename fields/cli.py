@@ -349,9 +349,9 @@ class View:
 def live_exporter(trainer: "Trainer") -> "RunExporter":
     """Exports of a run while it trains (of the field at the step an export starts)."""
     from fields.export.run_exports import RunExporter
+    from fields.run.scene_record import SceneRecord
 
-    return RunExporter(trainer.run_dir, trainer.model, trainer.data.cameras, tuple(trainer.data.background),
-                       lambda: trainer.step)
+    return RunExporter(trainer.run_dir, trainer.model, SceneRecord.of(trainer.data), lambda: trainer.step)
 
 
 def run_viewer(run: LoadedRun, **options) -> "Viewer":

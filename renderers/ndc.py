@@ -35,12 +35,9 @@ class NDC:
     def of_cameras(cams: Cameras, near: float) -> "NDC":
         """The map of the mean pose of ``cams`` (mean centre, mean axes made orthonormal), with the first camera's
         focal lengths and size."""
-        c2w = cams.c2w.double()
-        back = torch.nn.functional.normalize(c2w[:, :3, 2].mean(0), dim=0)
-        right = torch.nn.functional.normalize(torch.linalg.cross(c2w[:, :3, 1].mean(0), back), dim=0)
-        up = torch.linalg.cross(back, right)
+        pose = cams.mean_pose()
         scale = (2 * float(cams.fx[0]) / float(cams.width[0]), 2 * float(cams.fy[0]) / float(cams.height[0]))
-        return NDC(torch.stack([right, up, back], 1).float(), c2w[:, :3, 3].mean(0).float(), scale, float(near))
+        return NDC(pose[:3, :3].float(), pose[:3, 3].float(), scale, float(near))
 
     def to_list(self) -> tuple[float, ...]:
         """15 numbers (rotation row by row, origin, scale, near) for config.yaml."""
@@ -57,13 +54,11 @@ class NDC:
     def ray_ends(self, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World rays [N, 3] (looking away from the reference camera's back) -> their NDC points on the near
         plane (z = -1) and at infinity (z = 1)."""
-        rot, origin = self.rotation.to(origins), self.origin.to(origins)
-        o, d = (origins - origin) @ rot, dirs @ rot  # in the reference camera's frame
+        o, d = self.camera_frame(origins), dirs @ self.rotation.to(dirs)  # in the reference camera's frame
         o = o + (-(self.near + o[:, 2]) / d[:, 2])[:, None] * d  # onto the near plane z = -near
         ax, ay = self.scale
-        start = torch.stack([-ax * o[:, 0] / o[:, 2], -ay * o[:, 1] / o[:, 2], 1 + 2 * self.near / o[:, 2]], -1)
         end = torch.stack([-ax * d[:, 0] / d[:, 2], -ay * d[:, 1] / d[:, 2], torch.ones_like(d[:, 2])], -1)
-        return start, end
+        return self.project(o), end
 
     def ahead(self, dirs: torch.Tensor) -> torch.Tensor:
         """Which world directions [N, 3] go forward from the reference camera (only those reach its frustum)."""
@@ -88,6 +83,30 @@ class NDC:
         ax, ay = self.scale
         p = torch.stack([-q[:, 0] * z / ax, -q[:, 1] * z / ay, z], -1)
         return p @ self.rotation.to(q).T + self.origin.to(q)
+
+    def camera_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """World points [N, 3] in the reference camera's frame (looking down -z)."""
+        return (x - self.origin.to(x)) @ self.rotation.to(x)
+
+    def beyond_near(self, x: torch.Tensor) -> torch.Tensor:
+        """Which world points [N, 3] lie beyond the near plane (the only ones NDC space holds)."""
+        return self.camera_frame(x)[:, 2] < -self.near
+
+    def project(self, p: torch.Tensor) -> torch.Tensor:
+        """Points [N, 3] in the reference camera's frame, beyond the near plane -> NDC points."""
+        ax, ay = self.scale
+        return torch.stack([-ax * p[:, 0] / p[:, 2], -ay * p[:, 1] / p[:, 2], 1 + 2 * self.near / p[:, 2]], -1)
+
+    def from_world(self, x: torch.Tensor) -> torch.Tensor:
+        """World points [N, 3] beyond the near plane -> NDC points (the map itself; ``to_world`` inverts it)."""
+        return self.project(self.camera_frame(x))
+
+    def density_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """NDC distance per world distance at world points [N, 3] beyond the near plane, along the ray from the
+        reference camera's centre: there only NDC z changes, by 2 near / |p| |z| (p the point in that camera's
+        frame). An NDC density times this is a world density: the same opacity over the same stretch of ray."""
+        p = self.camera_frame(x)
+        return 2 * self.near / (p.norm(dim=-1) * p[:, 2].abs())
 
     def world_depth(self, origins: torch.Tensor, dirs: torch.Tensor, depth: torch.Tensor,
                     opacity: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,10 @@
 nerfstudio ``camera_path`` JSON files.
 
 Derived paths look at the point nearest to every training camera's optical axis (the scene centre of an
-object capture), keep the cameras' mean distance, and turn about their mean up vector. Poses are
-camera-to-world in the OpenGL convention, like everywhere in fields (and in nerfstudio).
+object capture), keep the cameras' mean distance, and turn about their mean up vector; except the forward
+spiral, which stays in front of a forward-facing capture (an LLFF-style one: orbiting it would show the unseen
+back and sides) the way NeRF renders LLFF scenes. ``default_path`` picks it for such captures, the orbit for
+the rest. Poses are camera-to-world in the OpenGL convention, like everywhere in fields (and in nerfstudio).
 
 Frames of a nerfstudio camera path: ``ns-render`` feeds the path's ``camera_to_world`` to the model as it is
 (``get_path_from_json``), so the poses live in nerfstudio's *dataparser output* frame. For Blender-format
@@ -29,8 +31,11 @@ import torch
 
 from scenes.cameras import Cameras
 from scenes.io import first_line, pose_problem
+from scenes.orient import forward_facing
 
-PATH_TYPES = ("orbit", "spiral", "interpolate")
+PATH_TYPES = ("orbit", "spiral", "forward-spiral", "interpolate")
+
+
 class CameraPathError(ValueError):
     """A camera path that cannot be used; the message names the file (or the path kind) and the problem."""
 
@@ -109,6 +114,36 @@ def spiral(cams: Cameras, n_frames: int, turns: float = 2.0) -> torch.Tensor:
     lo, hi = frame.elevations.min().item(), frame.elevations.max().item()
     el = 0.5 * (lo + hi) + 0.5 * (hi - lo) * torch.sin(2 * math.pi * t)
     return _around(frame, cams.centers[0], 2 * math.pi * turns * t, el)
+
+
+def focus_depth(near: float, far: float) -> float:
+    """NeRF's focus depth for LLFF scenes: three quarters of the way in disparity from 0.9 x the near bound to 5 x
+    the far bound (the middle of the content on screen, nearer the front than a mean of depths)."""
+    return 1.0 / (0.25 / (0.9 * near) + 0.75 / (5.0 * far))
+
+
+def forward_spiral(cams: Cameras, n_frames: int, near_far: tuple[float, float], turns: float = 2.0) -> torch.Tensor:
+    """NeRF's spiral for forward-facing captures (``render_path_spiral``): ``turns`` turns of an ellipse about the
+    mean camera pose, in its plane with radii the 90th percentile of the cameras' offsets from it along its right
+    and up axes, moving along its viewing axis by that axis's radius at half the rate; every pose looks at the
+    point ``focus_depth`` ahead of the mean pose with the mean up vector, [n_frames, 4, 4]."""
+    near, far = near_far
+    if not 0 < near < far:
+        raise CameraPathError(f"the forward spiral needs near and far bounds with 0 < near < far (got {near}, {far})")
+    pose = cams.mean_pose()
+    radii = ((cams.centers.double() - pose[:3, 3]) @ pose[:3, :3]).abs().quantile(0.9, dim=0)
+    focus = pose[:3, 3] - focus_depth(near, far) * pose[:3, 2]
+    theta = torch.arange(n_frames, dtype=torch.float64) * (2 * math.pi * turns / n_frames)
+    local = torch.stack([theta.cos(), -theta.sin(), -(0.5 * theta).sin()], -1) * radii  # in the mean pose's frame
+    eyes = pose[:3, 3] + local @ pose[:3, :3].T
+    return torch.stack([look_at(e, focus, pose[:3, 1]) for e in eyes]).float()
+
+
+def default_path(cams: Cameras, ndc: bool = False) -> str:
+    """The derived path a video of a run takes unless told otherwise: the forward spiral for a forward-facing
+    capture (a run in NDC, or cameras that ``scenes.orient.forward_facing`` finds all looking one way), else the
+    orbit."""
+    return "forward-spiral" if ndc or forward_facing(cams.c2w.double().numpy()) else "orbit"
 
 
 def catmull_rom(points: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -233,12 +268,18 @@ def load_camera_path(path: Path, dataparser_transforms: Path | None = None,
     return CameraPath(cams, float(fps) if ok else None)
 
 
-def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0) -> CameraPath:
-    """An orbit, spiral or interpolated path with the first training camera's intrinsics and image size."""
+def derived_path(train: Cameras, kind: str, n_frames: int, keyframes: int = 0,
+                 near_far: tuple[float, float] | None = None) -> CameraPath:
+    """An orbit, spiral, forward spiral (which needs the scene's ``near_far`` bounds) or interpolated path with
+    the first training camera's intrinsics and image size."""
     if kind == "orbit":
         poses = orbit(train, n_frames)
     elif kind == "spiral":
         poses = spiral(train, n_frames)
+    elif kind == "forward-spiral":
+        if near_far is None:
+            raise CameraPathError("the forward spiral needs the scene's near and far bounds (none were given)")
+        poses = forward_spiral(train, n_frames, near_far)
     elif kind == "interpolate":
         poses = interpolate(train, n_frames, keyframes)
     else:

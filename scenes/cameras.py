@@ -73,6 +73,18 @@ class Cameras:
         """Camera centres in world space, [N, 3]."""
         return self.c2w[:, :3, 3]
 
+    def mean_pose(self) -> torch.Tensor:
+        """The mean camera-to-world pose [4, 4] (float64): mean centre, mean viewing axis, and the mean up
+        vector made orthonormal to it (LLFF's ``poses_avg``; the reference camera of NDC and of forward-facing
+        camera paths)."""
+        c2w = self.c2w.double()
+        back = torch.nn.functional.normalize(c2w[:, :3, 2].mean(0), dim=0)
+        right = torch.nn.functional.normalize(torch.linalg.cross(c2w[:, :3, 1].mean(0), back), dim=0)
+        pose = torch.eye(4, dtype=torch.float64)
+        pose[:3, :3] = torch.stack([right, torch.linalg.cross(back, right), back], 1)
+        pose[:3, 3] = c2w[:, :3, 3].mean(0)
+        return pose
+
     @staticmethod
     def from_fov(c2w: torch.Tensor, width: int | torch.Tensor, height: int | torch.Tensor, fov_x: float) -> "Cameras":
         """Cameras with a horizontal field of view in radians and the principal point at the image centre (one

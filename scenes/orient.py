@@ -102,13 +102,18 @@ def place(c2w: np.ndarray, points: np.ndarray | None = None) -> Placement:
     return Placement(rotation, centre, 1.0 / radius if radius > 1e-8 else 1.0)
 
 
+def bulk_box(points: np.ndarray) -> np.ndarray:
+    """The box [2, 3] of the bulk of SfM points [P, 3] (``BULK`` percentiles per axis: stray points left out)."""
+    return np.percentile(points, BULK, axis=0)
+
+
 def scene_box(cameras: np.ndarray, points: np.ndarray | None = None) -> torch.Tensor:
     """A box [2, 3] around the camera centres [N, 3] and the bulk of the points [P, 3] (world frame; for a
     capture without SfM points, any points that bound what the cameras see), grown by 5% each side. Without
     points it is the cameras' box grown by the unit radius they were scaled to."""
     lo, hi = cameras.min(0), cameras.max(0)
     if points is not None and len(points) > 0:
-        p_lo, p_hi = np.percentile(points, BULK, axis=0)
+        p_lo, p_hi = bulk_box(points)
         lo, hi = np.minimum(lo, p_lo), np.maximum(hi, p_hi)
         pad = 0.05 * (hi - lo).max()
     else:

@@ -229,6 +229,49 @@ def test_derived_paths_circle_the_scene_centre():
     assert steps.max() < 4 * steps.mean()  # smooth: no jumps between frames
 
 
+def forward_cameras(spread: tuple[float, float, float], n: int = 30, seed: int = 0) -> Cameras:
+    """``n`` cameras looking down +Y (up +Z) from offsets drawn uniformly in +-``spread`` around (0.3, -3, 0.1),
+    each turned a little off the mean direction (a hand-held forward-facing capture)."""
+    g = torch.Generator().manual_seed(seed)
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, :3, 3] = torch.tensor([0.3, -3.0, 0.1]) + (2 * torch.rand(n, 3, generator=g) - 1) * torch.tensor(spread)
+    for i, yaw in enumerate((torch.rand(n, generator=g) - 0.5) * 0.1):
+        c, s_ = math.cos(yaw), math.sin(yaw)
+        c2w[i, :3, :3] = torch.tensor([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ torch.tensor(
+            [[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # right +X, up +Z, looking down +Y, then a small yaw
+    return Cameras.from_fov(c2w, 40, 30, 0.8)
+
+
+def test_the_forward_spiral_stays_in_front_and_looks_at_the_focus():
+    """NeRF's LLFF spiral: every pose looks at the point the focus depth ahead of the mean pose (from the near/far
+    bounds) with the mean up roughly up; it circles the mean camera centre with the 90th percentile of the
+    cameras' offsets along each axis of the mean pose, so wider captures spiral wider; forward-facing cameras
+    get it by default, object captures the orbit."""
+    from scenes.camera_paths import default_path, focus_depth, forward_spiral
+
+    assert focus_depth(1.8, 4.5) == pytest.approx(1 / (0.25 / (0.9 * 1.8) + 0.75 / (5 * 4.5)))
+    cams = forward_cameras((0.4, 0.05, 0.2))
+    pose = cams.mean_pose().float()
+    poses = forward_spiral(cams, 40, (1.8, 4.5))
+    eyes = poses[:, :3, 3]
+    focus = pose[:3, 3] - focus_depth(1.8, 4.5) * pose[:3, 2]
+    looking = torch.nn.functional.normalize(focus - eyes, dim=-1)
+    assert torch.allclose(-poses[:, :3, 2], looking, atol=1e-5)
+    assert ((poses[:, :3, 1] * pose[:3, 1]).sum(-1) > 0.99).all()
+    local = (eyes - pose[:3, 3]) @ pose[:3, :3]  # in the mean pose's frame: right, up, back
+    want = np.percentile(np.abs(((cams.centers - pose[:3, 3]) @ pose[:3, :3]).numpy()), 90, axis=0)
+    assert np.allclose(local.abs().amax(0).numpy(), want, rtol=1e-4)  # cos, sin and sin(t / 2) reach 1 on frames
+    assert want[0] > 3 * want[2]  # the radii follow the spread per axis
+    wide = forward_cameras((0.8, 0.05, 0.2))
+    wide_pose = wide.mean_pose().float()
+    wider = (forward_spiral(wide, 40, (1.8, 4.5))[:, :3, 3] - wide_pose[:3, 3]) @ wide_pose[:3, :3]
+    assert wider[:, 0].abs().max() > 1.7 * local[:, 0].abs().max()
+    assert default_path(cams) == "forward-spiral" and default_path(procedural_cameras()) == "orbit"
+    assert default_path(procedural_cameras(), ndc=True) == "forward-spiral"
+    with pytest.raises(CameraPathError, match="near and far bounds"):
+        derived_path(cams, "forward-spiral", 4)
+
+
 def test_point_cloud_lies_on_the_surface(trained_run, tmp_path):
     out = tmp_path / "points.ply"
     main(["export", "pointcloud", str(trained_run), "--num-points", "2000", "--output", str(out), "--quiet"])
@@ -343,6 +386,8 @@ def test_runs_without_a_camera_record_load_it_from_their_scene(trained_run, tmp_
     (lambda r: {**r, "from_dataset": {**r["from_dataset"], "rotation": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]}},
      "'from_dataset.rotation' is not a rotation matrix"),
     (lambda r: {**r, "fisheye": "yes"}, "'fisheye' must be true or false"),
+    (lambda r: {**r, "near_far": [2.0, 1.0]}, "'near_far' must be two distances with 0 < near < far"),
+    (lambda r: {**r, "points_box": [[1, 1, 1], [0, 0, 0]]}, "'points_box' must be [min corner, max corner]"),
 ])
 def test_a_malformed_camera_record_is_named_in_one_line(edit, message, trained_run, tmp_path, capsys):
     import shutil
@@ -359,16 +404,21 @@ def test_a_malformed_camera_record_is_named_in_one_line(edit, message, trained_r
 
 
 def test_the_camera_record_keeps_lens_and_dataset_frame(tmp_path):
-    """A nerfstudio capture (OpenCV distortion, oriented and rescaled by the loader) and a fisheye variant come
-    back from cameras.json as they were written."""
+    """A nerfstudio capture (OpenCV distortion, oriented and rescaled by the loader, near/far bounds and SfM points)
+    and a fisheye variant come back from cameras.json as they were written (the points as the box of their
+    bulk)."""
     import dataclasses
 
     from conftest import write_nerfstudio
     from fields.run.scene_record import read_scene_record, write_scene_record
     from scenes.nerfstudio import load_nerfstudio
+    from scenes.orient import bulk_box
 
     split = load_nerfstudio(write_nerfstudio(tmp_path / "scene"), "train")
     assert not np.allclose(split.from_dataset_rotation, np.eye(3))  # the loader turned it: a real test
+    split = dataclasses.replace(split, near_far=(0.4, 3.5), points=torch.randn(200, 3, generator=torch.Generator()
+                                                                                    .manual_seed(0)))
+    assert read_scene_record(write_scene_record(tmp_path, dataclasses.replace(split, points=None))).points_box is None
     record = read_scene_record(write_scene_record(tmp_path, split))
     cams, back = split.cameras, record.cameras
     for name in ("c2w", "fx", "fy", "cx", "cy", "distortion"):
@@ -377,5 +427,7 @@ def test_the_camera_record_keeps_lens_and_dataset_frame(tmp_path):
     assert np.allclose(record.from_dataset[0], split.from_dataset[0]) and record.from_dataset[1] == pytest.approx(
         split.from_dataset[1])
     assert np.allclose(record.from_dataset_rotation, split.from_dataset_rotation, atol=1e-6)
+    assert record.near_far == pytest.approx(split.near_far)
+    assert torch.allclose(record.points_box, torch.tensor(bulk_box(split.points.numpy()), dtype=torch.float32))
     fisheye = dataclasses.replace(split, cameras=dataclasses.replace(cams, fisheye=True))
     assert read_scene_record(write_scene_record(tmp_path, fisheye)).cameras.fisheye

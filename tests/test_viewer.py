@@ -254,7 +254,7 @@ def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run
         assert tab.wait_gui(lambda t: any(str(p.get("_markdown", "")).startswith("Exports go to")
                                           for p in t.gui.values()), 10)
         status = next(u for u, p in tab.gui.items() if str(p.get("_markdown", "")).startswith("Exports go to"))
-        mesh_button, video_button = tab.find("Export mesh"), tab.find("Export orbit video")
+        mesh_button, video_button = tab.find("Export mesh"), tab.find("Export video")
 
         tab.set_value("Mesh resolution", 64)
         tab.set_value("Mesh format", "glb")
@@ -270,11 +270,11 @@ def test_export_buttons_write_a_mesh_and_a_video_into_the_run_folder(trained_run
 
         tab.set_value("Video height", 32)
         tab.set_value("Video seconds", 2.0)
-        tab.click("Export orbit video")
+        tab.click("Export video")
         assert tab.wait_gui(lambda t: t.gui[video_button]["disabled"], 30)
         tab.click("Export mesh")  # ignored while the video runs
-        assert tab.wait_gui(lambda t: written_path(t, status, "orbit video"), 120), tab.gui[status]
-        video_path = written_path(tab, status, "orbit video")
+        assert tab.wait_gui(lambda t: written_path(t, status, "video"), 120), tab.gui[status]
+        video_path = written_path(tab, status, "video")
         assert video_path.parent == run_dir.resolve() / "exports"
         assert iio.imread(video_path).shape == (60, 32, 32, 3)  # 2 s at 30 fps
         time.sleep(1.0)

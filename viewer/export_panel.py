@@ -1,4 +1,4 @@
-"""The viewer's Export folder: buttons that export a mesh or an orbit video of the run, with a few settings,
+"""The viewer's Export folder: buttons that export a mesh or a video of the run (on its default camera path), with a few settings,
 progress in the panel and the written path when done.
 
 The panel only drives an `Exporter` handed in by the application (``fields/export/run_exports.py``), which
@@ -26,7 +26,7 @@ class Exporter(Protocol):
 
     def mesh(self, resolution: int, fmt: str, progress: Progress) -> Path: ...
 
-    def orbit_video(self, height: int, seconds: float, progress: Progress) -> Path: ...
+    def video(self, height: int, seconds: float, progress: Progress) -> Path: ...
 
 
 class PanelProgress(Progress):
@@ -68,12 +68,13 @@ class ExportPanel:
             self.video_height = gui.add_slider("Video height", min=32, max=1024, step=16, initial_value=200,
                                                hint="Frame height in pixels; the width follows the training images.")
             self.video_seconds = gui.add_number("Video seconds", initial_value=6.0, min=0.1, max=120.0, step=0.1)
-            self.video_button = gui.add_button("Export orbit video", icon=viser.Icon.VIDEO)
+            self.video_button = gui.add_button("Export video", icon=viser.Icon.VIDEO,
+                                               hint="An orbit, or the forward spiral of a forward-facing capture.")
             self.progress = gui.add_progress_bar(0.0, visible=False)
             self.status = gui.add_markdown("Exports go to the run's `exports/` folder.")
         self.mesh_button.on_click(lambda _: self.start("mesh", lambda p: self.exporter.mesh(
             int(self.mesh_resolution.value), str(self.mesh_format.value), p)))
-        self.video_button.on_click(lambda _: self.start("orbit video", lambda p: self.exporter.orbit_video(
+        self.video_button.on_click(lambda _: self.start("video", lambda p: self.exporter.video(
             int(self.video_height.value), float(self.video_seconds.value), p)))
 
     @property

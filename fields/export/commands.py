@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import torch
 import tyro
 from rich.console import Console
 
@@ -47,6 +46,10 @@ class Mesh:
     seen_only: bool = True
     """Keep only faces some training camera sees (drops hollow interiors and hidden floaters that marching
     cubes closes but no image observed)."""
+    crop: tuple[float, float, float, float, float, float] | None = None
+    """Mesh only this box (x_min y_min z_min x_max y_max z_max, world units). Default: the scene box; for a run in
+    NDC (a forward-facing capture) the box of the bulk of the scene's SfM points, or without them the reference
+    camera's frustum out to the 90th percentile of the occupied cells' depths."""
     output: Path | None = None
     """Output file or folder (default: <run>/exports/; GLB is written y-up as glTF requires)."""
     quiet: bool = False
@@ -54,11 +57,14 @@ class Mesh:
 
     def run(self) -> None:
         from fields.export.mesh import MeshSettings, check_mesh_memory, extract_mesh, write_mesh  # heavy imports
+        from fields.export.region import crop_box, export_region
 
         check_mesh_memory(self.resolution)  # before loading the run: fail at once
+        crop = crop_box(self.crop)
         run = load_run(self.run_dir)
+        region = export_region(run.model, run.record, crop)
         settings = MeshSettings(self.resolution, self.threshold, self.opacity, self.clean, self.min_component,
-                                self.target_faces, self.seen_only)
+                                self.target_faces, self.seen_only, region)
         cameras = run.record.cameras if self.seen_only else None
         tic = time.perf_counter()
         mesh, threshold = extract_mesh(run.model, settings, cameras, not self.quiet)
@@ -74,13 +80,16 @@ class Mesh:
 
 @dataclass
 class Video:
-    """Render a camera path (orbit, spiral, through the training views, or a nerfstudio camera_path JSON) to mp4."""
+    """Render a camera path (orbit, spiral, forward spiral, through the training views, or a nerfstudio
+    camera_path JSON) to mp4."""
 
     run_dir: RunDir
     """Run folder (or its config.yaml)."""
-    path: str = "orbit"
-    """orbit | spiral | interpolate | PATH.json (a nerfstudio camera_path file, poses in this run's world frame
-    unless --dataparser-transforms is given)."""
+    path: str = "auto"
+    """auto | orbit | spiral | forward-spiral | interpolate | PATH.json (a nerfstudio camera_path file, poses in
+    this run's world frame unless --dataparser-transforms is given). forward-spiral: NeRF's spiral in front of a
+    forward-facing capture (LLFF), focused between the scene's near and far bounds. auto: forward-spiral for
+    forward-facing captures (and runs in NDC), orbit for the rest."""
     dataparser_transforms: Path | None = None
     """With a PATH.json made by nerfstudio for a nerfstudio-format dataset: the dataparser_transforms.json of
     that nerfstudio run, to map the path from nerfstudio's oriented, centred and scaled frame into ours.
@@ -102,15 +111,15 @@ class Video:
     """No progress bars."""
 
     def run(self) -> None:
-        from scenes.camera_paths import PATH_TYPES, derived_path, load_camera_path, resized
-        from fields.export.video import parse_outputs, render_video, video_paths
+        from scenes.camera_paths import PATH_TYPES, load_camera_path, resized
+        from fields.export.video import parse_outputs, render_video, run_path, video_paths
 
         outputs = parse_outputs(self.outputs)
         if self.resolution is not None and self.resolution < 2:
             raise ExportError(f"--resolution must be at least 2 pixels (got {self.resolution})")
         is_file = self.path.lower().endswith(".json")
-        if not is_file and self.path not in PATH_TYPES:
-            raise ExportError(f"--path '{self.path}': unknown camera path (known: {', '.join(PATH_TYPES)}, "
+        if not is_file and self.path not in ("auto", *PATH_TYPES):
+            raise ExportError(f"--path '{self.path}': unknown camera path (known: auto, {', '.join(PATH_TYPES)}, "
                               "or a nerfstudio camera_path .json file)")
         cam_path = None
         if is_file and self.dataparser_transforms is None:
@@ -127,8 +136,7 @@ class Video:
             n_frames = round(self.seconds * self.fps)
             if n_frames < 1:
                 raise ExportError(f"--seconds {self.seconds} at --fps {self.fps} gives no frames")
-            cam_path = derived_path(run.record.cameras, self.path, n_frames, self.keyframes)
-            name = self.path
+            cam_path, name = run_path(self.path, run.model, run.record, n_frames, self.keyframes)
         cams = resized(cam_path.cameras, self.resolution)
         paths = video_paths(output_path(run.path, self.output, f"video-{name}-step-{run.step:06d}.mp4"), outputs)
         width, height = cams.size(0)  # a path's frames share one size
@@ -150,8 +158,9 @@ class PointCloud:
     min_opacity: float = 0.95
     """Only rays at least this opaque give a point."""
     crop: tuple[float, float, float, float, float, float] | None = None
-    """Keep only points in this box (x_min y_min z_min x_max y_max z_max, world units). Default: the scene box of
-    a run with scene contraction (its foreground, not the walls and sky around it), everything otherwise."""
+    """Keep only points in this box (x_min y_min z_min x_max y_max z_max, world units). Default: the foreground, as
+    for meshes: the scene box of a run with scene contraction (not the walls and sky around it), the SfM points'
+    box (or the frustum out to most occupied cells) of a run in NDC, everything otherwise."""
     output: Path | None = None
     """Output file or folder (default: <run>/exports/)."""
     quiet: bool = False
@@ -159,15 +168,13 @@ class PointCloud:
 
     def run(self) -> None:
         from fields.export.pointcloud import check_point_memory, write_point_cloud
+        from fields.export.region import crop_box, export_region
         from renderers.surface_points import surface_points
 
         check_point_memory(self.num_points)
+        crop = crop_box(self.crop)
         run = load_run(self.run_dir)
-        region = run.grid.aabb if run.grid.contracted else None
-        if self.crop is not None:
-            region = torch.tensor(self.crop, dtype=torch.float32).reshape(2, 3)
-            if not bool((region[1] > region[0]).all()):
-                raise ExportError(f"--crop {' '.join(map(str, self.crop))}: each maximum must exceed its minimum")
+        region = export_region(run.model, run.record, crop)
         tic = time.perf_counter()
         points, colors = surface_points(run.model, run.record.cameras, self.num_points, self.min_opacity,
                                         region=region, show_progress=not self.quiet)

@@ -1,9 +1,18 @@
-"""Mesh export: density on a grid over the scene box, marching cubes, optional clean-up, vertex colours.
+"""Mesh export: density on a grid over the scene box (or a world region), marching cubes, optional clean-up,
+vertex colours.
 
 The density is evaluated only where the run's occupancy grid (dilated by one cell) says there is content;
 elsewhere it is taken as zero, which is what the renderer assumes too. The iso-level defaults to the density
 at which one marching step of the run's renderer becomes ``opacity`` opaque, so it follows the field's own
-scale rather than a constant tuned for one scene. Faces that no training camera sees are dropped (see
+scale rather than a constant tuned for one scene.
+
+A run in NDC (a forward-facing capture) has its field in the reference camera's NDC space, which reaches to
+infinity: its lattice covers a world region (``fields/export/region.py``: by default the box of the bulk of the
+SfM points), each world point beyond the near plane is looked up at its NDC position, and the NDC density (per
+NDC distance) is turned into world density by ``NDC.density_scale`` (NDC per world distance along the ray from
+the reference camera), so a threshold means the same as for other runs. Its default threshold is the NDC one
+(one marching step of the renderer ``opacity`` opaque) in world units at the middle of the region; its colours
+are the field's as the reference camera sees each vertex. Faces that no training camera sees are dropped (see
 ``fields/export/visibility.py``): inside a solid the field's density is never supervised, and marching cubes
 would otherwise close hollow interiors with surfaces nobody observed. Vertex colours come from the field
 looking at each vertex along its inverted normal, i.e. as a camera facing the surface would see it.
@@ -27,6 +36,7 @@ from skimage import measure
 
 from fields.backends.base import Field
 from fields.export import ExportError, import_open3d, rgba8
+from fields.export.region import export_region
 from fields.export.visibility import seen_faces
 from renderers.chunks import map_chunks
 from renderers.model import VolumeModel
@@ -51,27 +61,39 @@ def lattice_points(aabb: torch.Tensor, resolution: int) -> list[torch.Tensor]:
     return [torch.linspace(aabb[0, a].item(), aabb[1, a].item(), resolution) for a in range(3)]
 
 
+def field_points(model: VolumeModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points [N, 3] where the model's field lives: their positions there, whether each is there at all
+    (an NDC field holds only points beyond the near plane), and the world density per unit of field density."""
+    ndc = getattr(model, "ndc", None)
+    if ndc is None:
+        return x, torch.ones(len(x), dtype=torch.bool), torch.ones(len(x))
+    valid = ndc.beyond_near(x)
+    q, scale = x.clone(), torch.zeros(len(x))
+    q[valid], scale[valid] = ndc.from_world(x[valid]), ndc.density_scale(x[valid])
+    return q, valid, scale
+
+
 @torch.no_grad()
-def density_volume(model: VolumeModel, resolution: int, chunk: int = 1 << 17,
+def density_volume(model: VolumeModel, resolution: int, region: torch.Tensor | None = None, chunk: int = 1 << 17,
                    progress: Progress | None = None) -> np.ndarray:
-    """The field's density [R, R, R] (x, y, z order) at the lattice points, zero in empty cells of the grid and on
-    the box's faces."""
+    """The field's world density [R, R, R] (x, y, z order) at the lattice points over ``region`` [2, 3] (default:
+    the field's box), zero in empty cells of the grid, outside it and on the region's faces."""
     if resolution < 2:
         raise ExportError(f"mesh resolution must be at least 2 (got {resolution})")
     field, grid = model.field, model.grid
-    xs, ys, zs = lattice_points(field.aabb, resolution)
+    xs, ys, zs = lattice_points(field.aabb if region is None else region, resolution)
     # Dilate by one cell so that lattice points just outside an occupied cell are still evaluated.
     occupied = torch.nn.functional.max_pool3d(grid.binary[None, None].float(), 3, 1, 1)[0, 0] > 0
     volume = torch.zeros(resolution, resolution, resolution)
     task = progress.add_task("density", total=resolution) if progress is not None else None
     for i, x in enumerate(xs):  # one x-slice at a time keeps memory flat at any resolution
         yy, zz = torch.meshgrid(ys, zs, indexing="ij")
-        pts = torch.stack([torch.full_like(yy, x.item()), yy, zz], -1).reshape(-1, 3)
-        ijk = grid.cells(pts)[0]
-        keep = occupied[ijk[:, 0], ijk[:, 1], ijk[:, 2]].nonzero()[:, 0]
+        q, valid, scale = field_points(model, torch.stack([torch.full_like(yy, x.item()), yy, zz], -1).reshape(-1, 3))
+        ijk, inside = grid.cells(q)
+        keep = (occupied[ijk[:, 0], ijk[:, 1], ijk[:, 2]] & inside & valid).nonzero()[:, 0]
         if keep.numel():
-            sigma = torch.cat(map_chunks(field.density, (pts[keep],), chunk))
-            volume[i].view(-1)[keep] = sigma.float()
+            sigma = torch.cat(map_chunks(field.density, (q[keep],), chunk))
+            volume[i].view(-1)[keep] = sigma.float() * scale[keep]
         if task is not None:
             progress.advance(task)
     volume[[0, -1]] = 0  # closes surfaces that reach the box instead of leaving them open there
@@ -112,12 +134,39 @@ def clean(vertices: np.ndarray, faces: np.ndarray, min_component: float = 0.05,
     return np.asarray(mesh.vertices), np.asarray(mesh.triangles).astype(np.int64)
 
 
-@torch.no_grad()
-def vertex_colors(field: Field, vertices: np.ndarray, normals: np.ndarray, chunk: int = 1 << 16,
-                  progress: Progress | None = None) -> np.ndarray:
-    """Colours [V, 3] in [0, 1] seen by a camera looking at each vertex along its inverted normal."""
+def mesh_threshold(model: VolumeModel, settings: "MeshSettings", region: torch.Tensor | None) -> float:
+    """The iso-level in world density: ``settings.threshold``, else ``default_threshold`` (of an NDC run, in
+    world units at the middle of ``region``)."""
+    if settings.threshold is not None:
+        return settings.threshold
+    threshold = default_threshold(model.render_cfg, model.field.aabb, settings.opacity)
+    if getattr(model, "ndc", None) is None:
+        return threshold
+    middle = region.mean(0, keepdim=True)
+    _, valid, scale = field_points(model, middle)
+    if not bool(valid[0]):
+        raise ExportError(f"the middle of the mesh region {region.flatten().tolist()} lies before the run's NDC near "
+                          "plane, where its field holds nothing; crop further out or pass --threshold")
+    return threshold * float(scale[0])
+
+
+def colour_queries(model: VolumeModel, vertices: np.ndarray, normals: np.ndarray
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where and in which direction the field is asked each vertex's colour: at the vertex looking along its
+    inverted normal (as a camera facing the surface), or in NDC at its NDC position (clamped into the field's
+    box) looking from the reference camera's centre, NDC's +z (the way a forward-facing capture saw it)."""
     x = torch.tensor(np.asarray(vertices), dtype=torch.float32)
-    d = -torch.nn.functional.normalize(torch.tensor(np.asarray(normals), dtype=torch.float32), dim=-1)
+    ndc = getattr(model, "ndc", None)
+    if ndc is None:
+        return x, -torch.nn.functional.normalize(torch.tensor(np.asarray(normals), dtype=torch.float32), dim=-1)
+    aabb = model.field.aabb
+    return torch.maximum(torch.minimum(ndc.from_world(x), aabb[1]), aabb[0]), torch.tensor([0.0, 0.0, 1.0]).expand(len(x), 3)
+
+
+@torch.no_grad()
+def vertex_colors(field: Field, x: torch.Tensor, d: torch.Tensor, chunk: int = 1 << 16,
+                  progress: Progress | None = None) -> np.ndarray:
+    """Colours [V, 3] in [0, 1] of the field at points ``x`` [V, 3] seen along unit directions ``d`` [V, 3]."""
     task = progress.add_task("colours", total=len(x)) if progress is not None else None
 
     def colour(xc: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
@@ -140,6 +189,7 @@ class MeshSettings:
     min_component: float = 0.05
     target_faces: int | None = None
     seen_only: bool = True
+    region: torch.Tensor | None = None  # world box [2, 3] of the lattice (None: ``export_region``'s default)
 
 
 def check_mesh_memory(resolution: int) -> None:
@@ -158,32 +208,29 @@ def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | 
     ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
     Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     check_mesh_memory(settings.resolution)
-    if getattr(model, "ndc", None) is not None:
-        raise ExportError("mesh export of a run trained in NDC (a forward-facing capture) is not supported: its "
-                          "field lives in the reference camera's NDC space; train with --contraction on for a mesh")
     if settings.target_faces is not None and settings.target_faces < 4:
         raise ExportError(f"--target-faces must be at least 4 (got {settings.target_faces})")
     if not 0 < settings.opacity < 1:
         raise ExportError(f"--opacity must be in (0, 1) (got {settings.opacity})")
     if settings.seen_only and cameras is None:
         raise ExportError("keeping only the faces the training cameras see needs the cameras (or --no-seen-only)")
-    threshold = settings.threshold
-    if threshold is None:
-        threshold = default_threshold(model.render_cfg, model.field.aabb, settings.opacity)
-    field = model.field
+    region = settings.region if settings.region is not None else export_region(model, None)
+    box = model.field.aabb if region is None else region
+    threshold = mesh_threshold(model, settings, region)
     bar = nullcontext(progress) if progress is not None else Progress(disable=not show_progress, transient=True)
     with bar as progress:
-        volume = density_volume(model, settings.resolution, progress=progress)
-        vertices, faces = marching_cubes(volume, threshold, field.aabb)
+        volume = density_volume(model, settings.resolution, region, progress=progress)
+        vertices, faces = marching_cubes(volume, threshold, box)
         if settings.seen_only:
-            voxel = ((field.aabb[1] - field.aabb[0]).max().item()) / (settings.resolution - 1)
+            voxel = ((box[1] - box[0]).max().item()) / (settings.resolution - 1)
             faces = faces[seen_faces(vertices, faces, cameras, 2 * voxel, progress)]
             if not len(faces):
                 raise ExportError("no surface: none of the mesh's faces is seen by a training camera")
         if settings.clean or settings.target_faces is not None:
             vertices, faces = clean(vertices, faces, settings.min_component, settings.target_faces)
         mesh = trimesh.Trimesh(vertices, faces, process=False)
-        colors = vertex_colors(field, mesh.vertices, mesh.vertex_normals, progress=progress)
+        colors = vertex_colors(model.field, *colour_queries(model, mesh.vertices, mesh.vertex_normals),
+                               progress=progress)
     mesh.visual.vertex_colors = rgba8(colors)
     return mesh, threshold
 

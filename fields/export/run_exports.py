@@ -1,5 +1,6 @@
-"""The exports the viewer's buttons run: a mesh or an orbit video of a run, saved or still training, written
-into that run's ``exports/`` folder and nowhere else (every path goes through ``inside_exports``).
+"""The exports the viewer's buttons run: a mesh or a video (on the run's default camera path: an orbit, or the
+forward spiral of a forward-facing capture) of a run, saved or still training, written into that run's
+``exports/`` folder and nowhere else (every path goes through ``inside_exports``).
 
 Each export works on a copy of the field and occupancy grid taken when it starts, so a run that keeps training
 meanwhile yields a consistent result named after the step it was copied at.
@@ -16,10 +17,11 @@ from rich.progress import Progress
 
 from fields.export import ExportError, inside_exports
 from fields.export.mesh import MeshSettings, extract_mesh, write_mesh
-from fields.export.video import render_video
+from fields.export.region import export_region
+from fields.export.video import render_video, run_path
+from fields.run.scene_record import SceneRecord
 from renderers.model import VolumeModel
-from scenes.camera_paths import derived_path, resized
-from scenes.cameras import Cameras
+from scenes.camera_paths import resized
 
 if TYPE_CHECKING:
     from fields.run.folder import LoadedRun
@@ -31,14 +33,12 @@ class RunExporter:
 
     run_dir: Path
     model: VolumeModel
-    cameras: Cameras  # the training cameras (mesh visibility, orbit path)
-    background: tuple[float, float, float]
+    record: SceneRecord  # the training cameras (mesh visibility, video path), background and where content lies
     step: Callable[[], int]
 
     @classmethod
     def for_run(cls, run: "LoadedRun") -> "RunExporter":
-        return cls(run.path, run.model, run.record.cameras, run.record.background,
-                   lambda: run.step)
+        return cls(run.path, run.model, run.record, lambda: run.step)
 
     def _snapshot(self) -> tuple[VolumeModel, int]:
         """A copy of the model at the current step (training goes on while the export runs)."""
@@ -50,19 +50,21 @@ class RunExporter:
     def mesh(self, resolution: int, fmt: str, progress: Progress) -> Path:
         """A mesh with the default settings at ``resolution`` as ``exports/mesh-step-N.<fmt>``."""
         model, step = self._snapshot()
-        mesh, _ = extract_mesh(model, MeshSettings(resolution=resolution), self.cameras, progress=progress)
+        settings = MeshSettings(resolution=resolution, region=export_region(model, self.record))
+        mesh, _ = extract_mesh(model, settings, self.record.cameras, progress=progress)
         path = inside_exports(self.run_dir, f"mesh-step-{step:06d}.{fmt}")
         write_mesh(mesh, path)
         return path
 
-    def orbit_video(self, height: int, seconds: float, progress: Progress, fps: float = 30.0) -> Path:
-        """An RGB orbit about the training cameras' centre, ``height`` pixels high, as
-        ``exports/video-orbit-step-N.mp4``."""
+    def video(self, height: int, seconds: float, progress: Progress, fps: float = 30.0) -> Path:
+        """An RGB video on the run's default path (``run_path``'s auto), ``height`` pixels high, as
+        ``exports/video-<path>-step-N.mp4``."""
         frames = round(seconds * fps)
         if frames < 1:
             raise ExportError(f"{seconds} s at {fps:g} fps gives no frames")
         model, step = self._snapshot()
-        cams = resized(derived_path(self.cameras, "orbit", frames).cameras, height)
-        path = inside_exports(self.run_dir, f"video-orbit-step-{step:06d}.mp4")
-        render_video(model, cams, fps, self.background, {"rgb": path}, progress=progress)
+        cam_path, kind = run_path("auto", model, self.record, frames)
+        cams = resized(cam_path.cameras, height)
+        path = inside_exports(self.run_dir, f"video-{kind}-step-{step:06d}.mp4")
+        render_video(model, cams, fps, self.record.background, {"rgb": path}, progress=progress)
         return path

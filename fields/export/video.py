@@ -15,11 +15,13 @@ import torch
 from rich.progress import Progress
 
 from fields.export import ExportError
+from fields.run.scene_record import SceneRecord
 from renderers.contraction import normalized
 from renderers.imaging import depth_image, to_uint8
 from renderers.model import VolumeModel
 from renderers.ndc import NDC
 from renderers.occupancy import OccupancyGrid
+from scenes.camera_paths import CameraPath, default_path, derived_path
 from scenes.cameras import Cameras
 from scenes.memory import available_bytes, gigabytes
 
@@ -72,6 +74,21 @@ def depth_range(cams: Cameras, grid: OccupancyGrid, ndc: NDC | None = None) -> t
         d = (centres - eye).norm(dim=-1)
         lo, hi = min(lo, d.min().item()), max(hi, d.max().item())
     return lo, hi
+
+
+def run_path(kind: str, model: VolumeModel, record: SceneRecord, n_frames: int,
+             keyframes: int = 0) -> tuple[CameraPath, str]:
+    """A derived camera path of a run and its kind: ``auto`` is ``default_path`` (the forward spiral for a
+    forward-facing capture or NDC run, else the orbit). The forward spiral focuses by the scene's recorded
+    near/far bounds, or where the run's record has none (written before it kept them), by the nearest and
+    farthest occupied cells (``depth_range``)."""
+    ndc = getattr(model, "ndc", None)
+    if kind == "auto":
+        kind = default_path(record.cameras, ndc is not None)
+    near_far = record.near_far
+    if kind == "forward-spiral" and near_far is None:
+        near_far = depth_range(record.cameras, model.grid, ndc)
+    return derived_path(record.cameras, kind, n_frames, keyframes, near_far), kind
 
 
 def video_writer(path: Path, fps: float):

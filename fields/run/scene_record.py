@@ -1,6 +1,8 @@
 """What viewing and exporting a run need from its scene, kept in the run folder as ``cameras.json``: the
-training cameras (pinhole or fisheye), the scene box, the background colour, the scene's name and how its
-loader moved the dataset's poses (centre, scale and rotation, for nerfstudio camera paths).
+training cameras (pinhole or fisheye), the scene box, the background colour, the scene's name, how its
+loader moved the dataset's poses (centre, scale and rotation, for nerfstudio camera paths), and where a real
+capture's content lies: its near/far bounds (the forward spiral's focus) and the box of the bulk of its SfM
+points (the region mesh and point-cloud export of an NDC run keep); records written before these lack them.
 
 Training writes it when it starts, so a run folder copied to another machine without the training images can
 still be viewed and exported; only training and ``fields eval`` read the images.
@@ -19,6 +21,7 @@ from fields.run.checkpoint import atomic_write
 from fields.run.config import ConfigError
 from scenes import SceneSplit
 from scenes.cameras import Cameras
+from scenes.orient import bulk_box
 
 RECORD_NAME = "cameras.json"
 VERSION = 1
@@ -34,12 +37,21 @@ class SceneRecord:
     background: tuple[float, float, float]
     from_dataset: tuple[tuple[float, float, float], float] = ((0.0, 0.0, 0.0), 1.0)
     from_dataset_rotation: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    near_far: tuple[float, float] | None = None  # the split's near and far bounds (world units)
+    points_box: torch.Tensor | None = None  # [2, 3] box of the bulk of the split's SfM points (``bulk_box``)
 
     @classmethod
     def of(cls, split: SceneSplit) -> "SceneRecord":
         """The record of a loaded training split."""
         return cls(split.name, split.cameras, split.aabb.float().cpu(), tuple(split.background), split.from_dataset,
-                   split.from_dataset_rotation)
+                   split.from_dataset_rotation, split.near_far, points_box(split))
+
+
+def points_box(split: SceneSplit) -> torch.Tensor | None:
+    """The box [2, 3] of the bulk of a split's SfM points, or None without points."""
+    if split.points is None or not len(split.points):
+        return None
+    return torch.tensor(bulk_box(split.points.double().cpu().numpy()), dtype=torch.float32)
 
 
 def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
@@ -48,12 +60,15 @@ def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
     cams = split.cameras
     rows = lambda t: t.detach().cpu().double().tolist()  # noqa: E731  float32 values survive the round trip
     centre, scale = split.from_dataset
+    box = points_box(split)
     data = {"version": VERSION, "scene": split.name, **sizes_record(cams),
             "c2w": rows(cams.c2w), "fx": rows(cams.fx), "fy": rows(cams.fy), "cx": rows(cams.cx), "cy": rows(cams.cy),
             "distortion": None if cams.distortion is None else rows(cams.distortion), "fisheye": cams.fisheye,
             "aabb": rows(split.aabb), "background": [float(c) for c in split.background],
             "from_dataset": {"centre": [float(c) for c in centre], "scale": float(scale),
-                             "rotation": [[float(v) for v in row] for row in split.from_dataset_rotation]}}
+                             "rotation": [[float(v) for v in row] for row in split.from_dataset_rotation]},
+            "near_far": None if split.near_far is None else [float(v) for v in split.near_far],
+            "points_box": None if box is None else rows(box)}
     text = json.dumps(data).encode()
     return atomic_write(Path(run_dir) / RECORD_NAME, lambda f: f.write(text))
 
@@ -117,9 +132,16 @@ def read_scene_record(path: Path) -> SceneRecord:
         raise ConfigError(f"{path}: 'fisheye' must be true or false (got {fisheye!r})")
     if not isinstance(raw.get("scene"), str):
         raise ConfigError(f"{path}: 'scene' must be the scene's name")
+    near_far = None if raw.get("near_far") is None else tensor(raw["near_far"], "near_far", (2,))
+    if near_far is not None and not 0 < near_far[0] < near_far[1]:
+        raise ConfigError(f"{path}: 'near_far' must be two distances with 0 < near < far")
+    box = None if raw.get("points_box") is None else tensor(raw["points_box"], "points_box", (2, 3))
+    if box is not None and not bool((box[0] <= box[1]).all()):
+        raise ConfigError(f"{path}: 'points_box' must be [min corner, max corner] with min <= max")
     cams = Cameras(c2w, fx, fy, cx, cy, size["width"], size["height"], distortion, fisheye)
     return SceneRecord(raw["scene"], cams, aabb, tuple(background.tolist()), (tuple(centre.tolist()), float(scale)),
-                       tuple(tuple(row) for row in rotation.double().tolist()))
+                       tuple(tuple(row) for row in rotation.double().tolist()),
+                       None if near_far is None else tuple(near_far.tolist()), box)
 
 
 def whole_sizes(value: Any, n: int) -> bool:
