@@ -71,7 +71,7 @@ def test_the_map_sends_the_frustum_to_the_cube():
 
 def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
     """auto: NDC (recorded with its frame, 128 samples a diagonal, twice the samples a batch where unset, no
-    distortion loss) for a forward-facing capture with a ray-marched field; Gaussians splat in the world; an orbit
+    distortion loss, images pruned as with contraction) for a forward-facing capture with a ray-marched field; Gaussians splat in the world; an orbit
     capture and a synthetic scene keep the contraction they had."""
     from conftest import tiny_config
     from fields.backends.gaussians.field import GaussiansConfig
@@ -82,6 +82,7 @@ def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
     decided = cfg.for_scene(front)
     assert decided.capture.contraction == "ndc" and len(decided.capture.ndc_frame) == 15
     assert decided.render.samples_per_diagonal == 128 and decided.capture.distortion_weight == 0.0
+    assert (decided.render.image_stop_eps, decided.render.image_weight_thre) == (1e-3, 1e-3)  # images only
     unset = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, target_samples=None))
     assert unset.for_scene(front).batch_samples() == 2 * cfg.field_config.batch_samples  # twice the rays a batch
     given = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, target_samples=1000))
