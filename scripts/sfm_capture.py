@@ -4,6 +4,8 @@ test (tests/test_process.py) and bench_process.py's ground-truth video reconstru
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -15,6 +17,18 @@ from scenes.camera_paths import look_at
 from scenes.cameras import Cameras, image_rays
 
 FLOOR = -0.65
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the block, restored after: ``render``'s ops are small and element-wise, so extra
+    threads only spin (30x slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _texture(x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +84,9 @@ def write_video(path: Path, poses: torch.Tensor, width: int, height: int, fov_x:
     multiples of 8, which the encoder would otherwise stretch the frames to)."""
     writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, quality=7, macro_block_size=8)
     writer.send(None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small element-wise ops: extra threads only spin
     try:
-        for c2w in poses:
-            writer.send(np.ascontiguousarray(render(c2w, width, height, fov_x)))
+        with one_thread():
+            for c2w in poses:
+                writer.send(np.ascontiguousarray(render(c2w, width, height, fov_x)))
     finally:
-        torch.set_num_threads(threads)
         writer.close()

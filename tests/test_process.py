@@ -19,7 +19,7 @@ from fields.process.sfm import SfmOptions
 from fields.process.video import select_frames, sharpness
 from scenes import load_split
 from scenes.camera_paths import look_at
-from sfm_capture import render  # scripts/, on the path through conftest
+from sfm_capture import one_thread, render  # scripts/, on the path through conftest
 from similarity import umeyama
 
 VIEWS, SIZE, FOV = 16, 256, 0.9
@@ -32,16 +32,12 @@ def capture(tmp_path_factory) -> tuple[Path, np.ndarray]:
     folder = tmp_path_factory.mktemp("capture") / "photos"
     folder.mkdir()
     poses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small element-wise ops: extra threads only spin (30x slower on a busy machine)
-    try:
+    with one_thread():
         for i in range(VIEWS):
             a, el = 2 * math.pi * i / VIEWS, 0.5 + 0.15 * (i % 2)
             eye = 2.6 * torch.tensor([math.cos(el) * math.cos(a), math.cos(el) * math.sin(a), math.sin(el)])
             poses.append(look_at(eye, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0])))
             iio.imwrite(folder / f"view_{i:02d}.png", render(poses[-1], SIZE, SIZE, FOV))
-    finally:
-        torch.set_num_threads(threads)
     return folder, torch.stack(poses).numpy()
 
 
