@@ -96,10 +96,11 @@ inline void corners_ahead(const float* x, int64_t nb, float res_f, bool dense, u
     for (int64_t i = 0; i < nb; ++i) __builtin_prefetch(tab + static_cast<int64_t>(bc.row[c][i]) * nf);
 }
 
-// Features of one level for a block: out[i * out_stride + f] = sum_c w_c * table[row_c, f].
+// Features of one level for points begin..nb-1 of a block: out[i * out_stride + f] = sum_c w_c * table[row_c, f]
+// (begin > 0: the tail block_gather_pairs leaves).
 template <int F>
 inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __restrict tab, int features,
-                         float* __restrict out, int64_t out_stride) {
+                         float* __restrict out, int64_t out_stride, int begin = 0) {
   const int nf = F > 0 ? F : features;
   for (int f = 0; f < nf; ++f) {
     float acc[kBlock];
@@ -107,9 +108,9 @@ inline void block_gather(const BlockCorners& bc, int64_t nb, const float* __rest
     for (int i = 0; i < kBlock; ++i) acc[i] = 0.0f;
     for (int c = 0; c < 8; ++c) {
 #pragma omp simd
-      for (int i = 0; i < nb; ++i) acc[i] += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
+      for (int i = begin; i < nb; ++i) acc[i] += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * nf + f];
     }
-    for (int i = 0; i < nb; ++i) out[i * out_stride + f] = acc[i];
+    for (int i = begin; i < nb; ++i) out[i * out_stride + f] = acc[i];
   }
 }
 
@@ -203,7 +204,7 @@ inline void block16_two_features(const float* __restrict xin, int nb, const Hash
 inline void block_gather_pairs(const BlockCorners& bc, int64_t nb, const float* __restrict tab, float* __restrict out,
                                int64_t out_stride) {
   const double* pairs = reinterpret_cast<const double*>(tab);
-  int64_t i = 0;
+  int i = 0;
   for (; i + 8 <= nb; i += 8) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     for (int c = 0; c < 8; ++c) {
@@ -228,12 +229,7 @@ inline void block_gather_pairs(const BlockCorners& bc, int64_t nb, const float* 
       out[(i + k) * out_stride + 1] = f1[k];
     }
   }
-  for (; i < nb; ++i)  // the tail, as block_gather
-    for (int f = 0; f < 2; ++f) {
-      float acc = 0.0f;
-      for (int c = 0; c < 8; ++c) acc += bc.w[c][i] * tab[static_cast<int64_t>(bc.row[c][i]) * 2 + f];
-      out[i * out_stride + f] = acc;
-    }
+  block_gather<2>(bc, nb, tab, 2, out, out_stride, i);  // the tail (nb % 8 points)
 }
 #endif
 
