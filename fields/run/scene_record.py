@@ -57,17 +57,17 @@ def points_box(split: SceneSplit) -> torch.Tensor | None:
 def write_scene_record(run_dir: Path, split: SceneSplit) -> Path:
     """Write ``<run_dir>/cameras.json`` for the training split ``split`` (atomically: a killed process leaves
     the previous file or none, never half of one)."""
-    cams = split.cameras
+    record = SceneRecord.of(split)
+    cams, box = record.cameras, record.points_box
     rows = lambda t: t.detach().cpu().double().tolist()  # noqa: E731  float32 values survive the round trip
-    centre, scale = split.from_dataset
-    box = points_box(split)
-    data = {"version": VERSION, "scene": split.name, **sizes_record(cams),
+    centre, scale = record.from_dataset
+    data = {"version": VERSION, "scene": record.name, **sizes_record(cams),
             "c2w": rows(cams.c2w), "fx": rows(cams.fx), "fy": rows(cams.fy), "cx": rows(cams.cx), "cy": rows(cams.cy),
             "distortion": None if cams.distortion is None else rows(cams.distortion), "fisheye": cams.fisheye,
-            "aabb": rows(split.aabb), "background": [float(c) for c in split.background],
+            "aabb": rows(record.aabb), "background": [float(c) for c in record.background],
             "from_dataset": {"centre": [float(c) for c in centre], "scale": float(scale),
-                             "rotation": [[float(v) for v in row] for row in split.from_dataset_rotation]},
-            "near_far": None if split.near_far is None else [float(v) for v in split.near_far],
+                             "rotation": [[float(v) for v in row] for row in record.from_dataset_rotation]},
+            "near_far": None if record.near_far is None else [float(v) for v in record.near_far],
             "points_box": None if box is None else rows(box)}
     text = json.dumps(data).encode()
     return atomic_write(Path(run_dir) / RECORD_NAME, lambda f: f.write(text))
