@@ -32,6 +32,7 @@ from benchlib import write_section  # noqa: E402
 from fields.run.config import RunConfig  # noqa: E402
 from fields.export import ExportError  # noqa: E402
 from fields.export.mesh import MeshSettings, default_threshold, extract_mesh, write_mesh  # noqa: E402
+from fields.export.region import export_region  # noqa: E402
 from fields.export.surface_metrics import chamfer_fscore, sample_surface  # noqa: E402
 from fields.backends.registry import FIELD_CONFIGS  # noqa: E402
 from fields.run.folder import load_run, new_run_dir  # noqa: E402
@@ -66,7 +67,7 @@ def measure(run_dir: Path, resolution: int, samples: int, console: Console) -> d
     trained = last_metrics(run.path)
     row = {"field": run.config.field, "run": str(run.path), "steps": run.step,
            "train_s": trained.get("elapsed", float("nan")), "psnr": trained.get("psnr", float("nan"))}
-    settings = MeshSettings(resolution=resolution)
+    settings = MeshSettings(resolution=resolution, region=export_region(run.model, run.record))  # as the CLI
     row["threshold"] = default_threshold(run.config.render, run.field.aabb, settings.opacity)
     cameras = run.split("train").cameras
     tic = time.perf_counter()

@@ -195,6 +195,7 @@ def test_a_known_ndc_density_meshes_where_its_world_density_crosses_the_threshol
     surface |p| |z| = 2 near c / t (a cap at depth 2 on the axis here), in world coordinates; the default
     threshold (the NDC one in world units at the region's middle) puts it through that middle where c is the
     NDC one."""
+    from fields.export import ExportError
     from fields.export.mesh import MeshSettings, default_threshold, extract_mesh
 
     c = 0.3
@@ -211,6 +212,8 @@ def test_a_known_ndc_density_meshes_where_its_world_density_crosses_the_threshol
         return p.norm(dim=-1) * p[:, 2].abs()
 
     threshold = 2 * ndc.near * c / 2.0**2
+    with pytest.raises(ExportError, match="no world box"):  # NDC has no world box of its own: a region is needed
+        extract_mesh(model, MeshSettings(resolution=8, threshold=threshold, seen_only=False), None, show_progress=False)
     mesh, _ = extract_mesh(model, MeshSettings(resolution=40, threshold=threshold, clean=False, seen_only=False,
                                                region=region), None, show_progress=False)
     assert torch.allclose(cap(mesh), torch.tensor(4.0), rtol=0.03)

@@ -36,7 +36,6 @@ from skimage import measure
 
 from fields.backends.base import Field
 from fields.export import ExportError, import_open3d, rgba8
-from fields.export.region import export_region
 from fields.export.visibility import seen_faces
 from renderers.chunks import map_chunks
 from renderers.model import VolumeModel
@@ -189,7 +188,7 @@ class MeshSettings:
     min_component: float = 0.05
     target_faces: int | None = None
     seen_only: bool = True
-    region: torch.Tensor | None = None  # world box [2, 3] of the lattice (None: ``export_region``'s default)
+    region: torch.Tensor | None = None  # world box [2, 3] of the lattice (None: the field's box; not for NDC)
 
 
 def check_mesh_memory(resolution: int) -> None:
@@ -204,7 +203,8 @@ def check_mesh_memory(resolution: int) -> None:
 def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | None, show_progress: bool = True,
                  progress: Progress | None = None) -> tuple[trimesh.Trimesh, float]:
     """A vertex-coloured mesh of the model's surface (its field's density, in occupied cells of its grid) and the
-    density threshold used. With
+    density threshold used, over ``settings.region``: the run's default is ``export_region(model, record)``,
+    which an NDC run needs (its field has no world box). With
     ``settings.seen_only`` only faces that some of ``cameras`` (the training cameras) sees are kept.
     Progress goes to ``progress`` when given (the caller shows or polls it), else to a console bar."""
     check_mesh_memory(settings.resolution)
@@ -214,7 +214,9 @@ def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | 
         raise ExportError(f"--opacity must be in (0, 1) (got {settings.opacity})")
     if settings.seen_only and cameras is None:
         raise ExportError("keeping only the faces the training cameras see needs the cameras (or --no-seen-only)")
-    region = settings.region if settings.region is not None else export_region(model, None)
+    region = settings.region
+    if region is None and getattr(model, "ndc", None) is not None:
+        raise ExportError("an NDC run's field has no world box: its mesh needs a region (export_region)")
     box = model.field.aabb if region is None else region
     threshold = mesh_threshold(model, settings, region)
     bar = nullcontext(progress) if progress is not None else Progress(disable=not show_progress, transient=True)
