@@ -21,8 +21,8 @@ FLOOR = -0.65
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Torch on one thread for the block, restored after: ``render``'s ops are small and element-wise, so extra
-    threads only spin (30x slower on a busy machine)."""
+    """Torch on one thread for the block, restored after: small element-wise ops (``render``'s, the tests' tiny
+    fields) only spin on extra threads (30x slower on a busy machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

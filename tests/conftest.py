@@ -16,6 +16,16 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """Torch on one thread for a module of small workloads: one thread is faster than two there, and far faster
+    on a loaded machine (two OpenMP threads wait for each other on every small op)."""
+    from sfm_capture import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fields_cache(tmp_path_factory) -> Path:
     """Keep the procedural scene in $FIELDS_CACHE when CI sets it (reused across runs), else a session folder."""

@@ -48,14 +48,7 @@ FIT_STEPS = 200
 FIT_PSNR = {"hashgrid": 32.0, "mlp": 26.0, "mlp-gaussian": 26.0, "rbf": 24.0, "cam": 31.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These workloads are tiny: one thread is faster than two, and far faster on a machine under load (two
-    OpenMP threads then wait for each other on every small op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def small_config(name: str):

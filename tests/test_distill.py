@@ -33,13 +33,7 @@ MARGIN = {"hashgrid": 1.5, "rbf": 3.0, "cam": 2.5, "mlp": 4.5}
 GSTEPS, GMARGIN = 100, 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small workloads: one thread is faster than two, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
