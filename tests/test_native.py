@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -491,16 +492,32 @@ def test_splat_pixel_loops_vectorise(tmp_path):
 
 # -- CUDA build ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source", loader.CUDA_SOURCES)
-def test_cuda_sources_compile_standalone(source, tmp_path):
+@pytest.fixture(scope="module")
+def cuda_compiles(tmp_path_factory) -> Iterator[dict[str, tuple[subprocess.Popen, Path, Path]]]:
+    """Every CUDA source compiled by nvcc alone, all started at once (each nvcc runs one host compiler, so two
+    cores build two files in the time of one): source -> (process, object file, its stderr log)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH")
-    cmd = [nvcc, "-c", "-std=c++17", "--fmad=false", "-I", str(SOURCE_DIR), str(SOURCE_DIR / source),
-           "-o", str(tmp_path / "out.o")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "out.o").stat().st_size > 0
+    out = tmp_path_factory.mktemp("nvcc")
+    compiles = {}
+    for i, source in enumerate(loader.CUDA_SOURCES):
+        obj, log = out / f"{i}.o", out / f"{i}.log"
+        with open(log, "w") as err:
+            cmd = [nvcc, "-c", "-std=c++17", "--fmad=false", "-I", str(SOURCE_DIR), str(SOURCE_DIR / source),
+                   "-o", str(obj)]
+            compiles[source] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), obj, log)
+    yield compiles
+    for proc, _, _ in compiles.values():
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("source", loader.CUDA_SOURCES)
+def test_cuda_sources_compile_standalone(source, cuda_compiles):
+    proc, obj, log = cuda_compiles[source]
+    assert proc.wait() == 0, log.read_text()[-2000:]
+    assert obj.stat().st_size > 0
 
 
 def cuda_include_dir() -> Path | None:
