@@ -71,8 +71,8 @@ def test_the_map_sends_the_frustum_to_the_cube():
 
 def test_forward_facing_captures_of_marched_fields_choose_ndc(procedural_root):
     """auto: NDC (recorded with its frame, 128 samples a diagonal, twice the samples a batch where unset, no
-    distortion loss, images pruned as with contraction) for a forward-facing capture with a ray-marched field; Gaussians splat in the world; an orbit
-    capture and a synthetic scene keep the contraction they had."""
+    distortion loss, images pruned as with contraction) for a forward-facing capture with a ray-marched field;
+    Gaussians splat in the world; an orbit capture and a synthetic scene keep the contraction they had."""
     from conftest import tiny_config
     from fields.backends.gaussians.field import GaussiansConfig
     from scenes.orient import forward_facing

@@ -215,7 +215,7 @@ def extract_mesh(model: VolumeModel, settings: MeshSettings, cameras: Cameras | 
     if settings.seen_only and cameras is None:
         raise ExportError("keeping only the faces the training cameras see needs the cameras (or --no-seen-only)")
     region = settings.region
-    if region is None and getattr(model, "ndc", None) is not None:
+    if region is None and model.ndc is not None:
         raise ExportError("an NDC run's field has no world box: its mesh needs a region (export_region)")
     box = model.field.aabb if region is None else region
     threshold = mesh_threshold(model, settings, region)
