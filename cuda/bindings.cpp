@@ -457,14 +457,14 @@ std::tuple<Tensor, Tensor, Tensor> sh_color_bwd(const Tensor& v_rgb_, const Tens
 
 // -- CPU-only ops (CUDA tensors take the plain-PyTorch path) -----------------------------------------------
 
-Tensor contract_unit(const Tensor& x_, const Tensor& aabb_) {
+std::tuple<Tensor, Tensor> contract_unit(const Tensor& x_, const Tensor& aabb_) {
   TORCH_CHECK(x_.device().is_cpu() && x_.dim() == 2 && x_.size(1) == 3, "contract_unit: x must be CPU [N, 3]");
   Tensor x = f32(x_, "x"), aabb = f32(aabb_, "aabb").cpu();
   TORCH_CHECK(aabb.numel() == 6, "contract_unit: aabb must be [2, 3]");
-  Tensor out = at::empty_like(x);
+  Tensor out = at::empty_like(x), scale = at::empty({x.size(0)}, x.options());
   const float* box = aabb.data_ptr<float>();
-  if (x.size(0) > 0) fields::cpu::contract_unit(x.data_ptr<float>(), x.size(0), box, box + 3, mptr(out));
-  return out;
+  if (x.size(0) > 0) fields::cpu::contract_unit(x.data_ptr<float>(), x.size(0), box, box + 3, mptr(out), mptr(scale));
+  return {out, scale};
 }
 
 Tensor sh_encode(const Tensor& d_, int64_t degree) {
@@ -601,7 +601,7 @@ TORCH_LIBRARY(fields, m) {
   m.def("sh_color_bwd(Tensor v_rgb, Tensor dirs, Tensor sh0, Tensor shN, int bands) -> (Tensor, Tensor, Tensor)");
   // CPU only
   m.def("sh_encode(Tensor dirs, int degree) -> Tensor");
-  m.def("contract_unit(Tensor x, Tensor aabb) -> Tensor");
+  m.def("contract_unit(Tensor x, Tensor aabb) -> (Tensor, Tensor)");
   m.def("ssim_fwd(Tensor x, Tensor y, Tensor window, float c1, float c2, float eps) -> (Tensor, Tensor)");
   m.def("ssim_bwd(Tensor v_map, Tensor x, Tensor y, Tensor window, Tensor partials) -> Tensor");
   m.def("modulated_relu_fwd(Tensor h, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");

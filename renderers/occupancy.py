@@ -6,7 +6,9 @@ is on opacity per step, not raw density, which kept the whole box occupied). ``o
 are marched at all; ``RenderConfig.alpha_thre`` separately drops marched samples too faint to matter. During warm-up every cell is
 re-evaluated; afterwards a random quarter of the cells plus up to as many occupied ones, as in Instant-NGP.
 A ``contracted`` grid tiles the contracted cube of its box (``renderers.contraction``): the box itself gets the
-middle half of the cells along each axis and the whole world beyond it the rest.
+middle half of the cells along each axis and the whole world beyond it the rest. Its cells are judged by
+density per unit of contracted length (world density over ``density_scale``): the opacity of one marcher step
+there, up to hundreds of box steps long in the world far out (``renderers.contraction``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from renderers.contraction import contracted_cell, uncontract
+from renderers.contraction import contracted_cell, density_scale, uncontract
 
 
 class OccupancyGrid(nn.Module):
@@ -69,6 +71,8 @@ class OccupancyGrid(nn.Module):
             idx = torch.cat([rand, occupied])
         x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator).to(dev))
         occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
+        if self.contracted:  # the opacity of a marching step there (see the module docstring)
+            occ = occ / density_scale(x, self.aabb)
         self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
         thre = min(self.occs.double().mean().item(), occ_thre)  # float64: a uniform field's mean is exact
         # >= keeps a uniform field (every cell at the mean) occupied instead of emptying the box before training

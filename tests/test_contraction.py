@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import devices, needs_device
-from renderers.contraction import contract, contract_unit, contract_unit_reference, contracted_cell, uncontract
+from renderers.contraction import (contract, contract_unit, contract_unit_reference, contracted_cell, density_scale,
+                                   normalized, uncontract)
 from renderers.marching import Samples, march_rays_reference, ray_aabb
 from renderers.occupancy import OccupancyGrid
 
@@ -50,6 +51,57 @@ def test_contracted_grid_cells_round_trip():
     assert torch.equal(grid.query(x), grid.binary.view(-1))
 
 
+def test_density_scale_is_the_contractions_stretch_along_rays():
+    """1 in the box; beyond it, contracted length per world length relative to the box's (finite differences
+    along axis rays from the centre, where the L-inf norm is that axis' coordinate)."""
+    g = torch.Generator().manual_seed(2)
+    inside = AABB[0] + torch.rand(100, 3, generator=g) * (AABB[1] - AABB[0])
+    assert torch.equal(density_scale(inside, AABB), torch.ones(100))
+    half = (AABB[1] - AABB[0]) / 2
+    for axis in range(3):
+        s = torch.logspace(0.05, 2, 50, dtype=torch.float64)  # |u|_inf from 1.1 to 100 along the axis
+        x = AABB.mean(0).double().repeat(50, 1)
+        x[:, axis] += s * half[axis]
+        dx = 1e-4 * half[axis]
+        step = torch.zeros(3, dtype=torch.float64)
+        step[axis] = dx
+        stretch = (contract(x + step, AABB.double()) - contract(x - step, AABB.double()))[:, axis] / (2 * dx)
+        expected = stretch * half[axis]  # the box's own stretch is 1 / half
+        assert torch.allclose(density_scale(x.float(), AABB).double(), expected, rtol=1e-4)
+
+
+def test_the_contracted_grid_keeps_faint_far_content_that_renders():
+    """A dense object in the box and a faint far shell (a wall beyond the box whose world density times one box
+    step is far below ``occ_thre``, yet which renders half opaque along the marcher's long outer steps): the
+    grid, filled from the world density, renders what a grid with every cell occupied renders."""
+    from renderers.render import RenderConfig, render_rays
+
+    def density(x, rho):
+        m = normalized(x, AABB).abs().amax(-1)
+        wall = ((m > 4) & (m < 16)).float() * rho * density_scale(x, AABB)  # rho per unit of contracted length
+        return torch.where(m < 0.3, torch.full_like(m, 200.0), wall)
+
+    cfg = RenderConfig()
+    step = cfg.step_size(AABB)
+    g = torch.Generator().manual_seed(3)
+    origins = AABB[0] + (0.2 + 0.6 * torch.rand(400, 3, generator=g)) * (AABB[1] - AABB[0])
+    dirs = torch.nn.functional.normalize(torch.randn(400, 3, generator=g), dim=-1)
+    for rho in (3.0, 10.0):  # above occ_thre per contracted step of the marcher
+        inner_face = AABB.mean(0) + torch.tensor([4.0, 0, 0]) * (AABB[1] - AABB[0]) / 2  # the shell's densest
+        world_opacity_per_step = (rho * density_scale(inner_face[None], AABB) * step).item()
+        full = OccupancyGrid(AABB, 32, contracted=True)  # every cell occupied
+        grid = OccupancyGrid(AABB, 32, contracted=True)
+        for _ in range(16):
+            grid.update(lambda x: density(x, rho), step, generator=g)
+        geometry = lambda x: (density(x, rho), x)  # noqa: E731
+        color = lambda f, d: torch.ones_like(f)  # noqa: E731
+        opacity = {name: render_rays(geometry, color, gr, origins, dirs, cfg, torch.zeros(3))["opacity"]
+                   for name, gr in (("full", full), ("grid", grid))}
+        assert opacity["full"].mean() > 0.05 and world_opacity_per_step < 0.01  # faint per box step
+        assert (opacity["grid"] - opacity["full"]).abs().mean() < 0.02, (rho, opacity["full"].mean(),
+                                                                       opacity["grid"].mean())
+
+
 def rays(n=500, seed=0):
     g = torch.Generator().manual_seed(seed)
     origins = AABB[0] + torch.rand(n, 3, generator=g) * (AABB[1] - AABB[0])  # cameras inside the box
@@ -65,11 +117,12 @@ def test_contract_unit_native_is_the_reference_bit_for_bit(ops):
     g = torch.Generator().manual_seed(7)
     x = torch.cat([torch.rand(5000, 3, generator=g) * 4 - 1.5, torch.randn(5000, 3, generator=g) * 50,
                    AABB, AABB.mean(0, keepdim=True), torch.tensor([[1e8, -3.0, 0.2], [0.5, 0.0, -1e9]])])
-    got, ref = ops.contract_unit(x, AABB), contract_unit_reference(x, AABB)
-    assert torch.equal(got, ref)
-    assert torch.equal(contract_unit(x, AABB), ref) and ((ref >= 0) & (ref <= 1)).all()
+    (got, got_scale), (ref, ref_scale) = ops.contract_unit(x, AABB), contract_unit_reference(x, AABB)
+    assert torch.equal(got, ref) and torch.equal(got_scale, ref_scale)
+    assert torch.equal(contract_unit(x, AABB)[0], ref) and ((ref >= 0) & (ref <= 1)).all()
+    assert ((ref_scale > 0) & (ref_scale <= 1)).all() and (ref_scale < 1).sum() > 4000
     xg = x[:100].clone().requires_grad_()
-    contract_unit(xg, AABB).sum().backward()
+    sum(t.sum() for t in contract_unit(xg, AABB)).backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 

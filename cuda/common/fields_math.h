@@ -248,8 +248,9 @@ FIELDS_HD double empty_exit(const float o[3], const float d[3], float t, const M
 // ---------------------------------------------------------------------------------------------------------
 // Scene contraction (renderers/contraction.py: contract, contracted_cell), in the reference's float32 operations.
 
-// Point x in the box's normalised frame (the box lo..hi -> [-1, 1]^3), contracted into [-2, 2]^3 (L-inf).
-FIELDS_HD void contract_point(const float x[3], const float lo[3], const float hi[3], float u[3]) {
+// Point x in the box's normalised frame (the box lo..hi -> [-1, 1]^3), contracted into [-2, 2]^3 (L-inf); returns
+// the normalised point's L-inf norm (contraction's density_scale is 1 / max(it, 1)^2).
+FIELDS_HD float contract_point(const float x[3], const float lo[3], const float hi[3], float u[3]) {
   float m = 0.0f;
   for (int a = 0; a < 3; ++a) {
     const float c = (lo[a] + hi[a]) * 0.5f, h = (hi[a] - lo[a]) * 0.5f;
@@ -260,6 +261,7 @@ FIELDS_HD void contract_point(const float x[3], const float lo[3], const float h
     const float s = (2.0f - 1.0f / m) / m;
     for (int a = 0; a < 3; ++a) u[a] = u[a] * s;
   }
+  return m;
 }
 
 // Cell of the grid over the contracted cube [-2, 2]^3 holding world point x (clamped: every point has one);

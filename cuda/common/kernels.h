@@ -119,9 +119,9 @@ void ssim_forward(const float* x, const float* y, int64_t h, int64_t w, int c, c
                   float c2, float eps, float* map, float* partials);
 void ssim_backward(const float* v_map, const float* x, const float* y, int64_t h, int64_t w, int c, const float* k,
                    int ks, const float* partials, float* v_x);
-// World points [N, 3] -> the contracted cube of the box lo..hi mapped to [0, 1]^3 (renderers/contraction.py:
-// contract_unit), out [N, 3].
-void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out);
+// World points [N, 3] -> the contracted cube of the box lo..hi mapped to [0, 1]^3, out [N, 3], and the
+// contraction's stretch there, scale [N] (renderers/contraction.py: contract_unit, density_scale).
+void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out, float* scale);
 // y = relu(gamma * layer_norm(h) + beta) per row of h [N, W] (float32 or bfloat16), gamma and beta [N]; saves the
 // rows' mean and 1/std [N] for the backward.
 void modulated_relu_forward(const float* h, const float* gamma, const float* beta, int64_t n, int64_t w, double eps,

@@ -469,12 +469,13 @@ void round_samples(const int64_t* ray_indices, const float* t_starts, const floa
 // Scene contraction of a contracted field's inputs: one pass instead of torch's ~12 element-wise ones (a twentieth
 // of an office_table frame), in contract_point's float32 operations, which are the reference's.
 
-void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out) {
+void contract_unit(const float* x, int64_t n, const float lo[3], const float hi[3], float* out, float* scale) {
 #pragma omp parallel for schedule(static) if (n > 16384)
   for (int64_t i = 0; i < n; ++i) {
     float u[3];
-    contract_point(x + 3 * i, lo, hi, u);
+    const float m = contract_point(x + 3 * i, lo, hi, u), mc = m > 1.0f ? m : 1.0f;
     for (int a = 0; a < 3; ++a) out[3 * i + a] = u[a] * 0.25f + 0.5f;
+    scale[i] = 1.0f / (mc * mc);
   }
 }
 

@@ -89,14 +89,15 @@ class Field(nn.Module):
         return f"the mean of the {self.appearance_codes.shape[0]} training images' appearance codes"
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points mapped to [0, 1]^3 over the box (clamped), and a mask of those inside it; with contraction,
-        the contracted cube mapped to [0, 1]^3 (every point inside)."""
+        """Points mapped to [0, 1]^3 over the box (clamped), and what turns the density network's output there
+        into world density: 1 inside the box, 0 outside it; with contraction, the contracted cube mapped to
+        [0, 1]^3 and the contraction's stretch (``renderers.contraction.density_scale``), so that the network
+        gives density per unit of contracted length, the measure the occupancy grid and the marcher use."""
         if self.contracted:
-            u = contract_unit(x, self.aabb)
-            return u, torch.ones(u.shape[:-1], dtype=torch.bool, device=u.device)
+            return contract_unit(x, self.aabb)
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((u >= 0) & (u <= 1)).all(-1)
-        return u.clamp(0, 1), inside
+        return u.clamp(0, 1), inside.to(u.dtype)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """Volume density ``sigma >= 0`` at points ``x`` [N, 3] -> [N] (zero outside the box)."""

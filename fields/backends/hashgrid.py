@@ -63,9 +63,9 @@ class HashGridField(Field):
         self.color_net = mlp(16 + cfg.geo_features + self.appearance_dim, cfg.hidden, cfg.color_layers, 3, bf16)
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u, inside = self.normalize(x)
+        u, scale = self.normalize(x)
         h = self.density_net(self.encoding(u))
-        sigma = trunc_exp(h[:, 0] - 1.0) * inside  # the -1 starts training with a mostly empty box
+        sigma = trunc_exp(h[:, 0] - 1.0) * scale  # the -1 starts training with a mostly empty box
         return sigma, h[:, 1:]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:

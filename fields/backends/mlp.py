@@ -137,13 +137,13 @@ class MLPField(Field):
         return self._use_bf16 and x.device.type == "cpu"
 
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u, inside = self.normalize(x)
+        u, scale = self.normalize(x)
         n, bf16 = u.shape[0], self._bf16(x)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             u = pad_rows(u, BF16_ROWS if bf16 else 1)
             h = self.trunk(self.encoding(u), *self.trunk_modulation(u))
             s = self.density_head(h)[:n, 0]
-        sigma = trunc_exp(s.float() - 1.0) * inside  # -1: start with a mostly empty box
+        sigma = trunc_exp(s.float() - 1.0) * scale  # -1: start with a mostly empty box
         return sigma, h[:n]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:

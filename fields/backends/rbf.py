@@ -150,10 +150,10 @@ class RBFField(Field):
         self.appearance_head = nn.Linear(self.appearance_dim, 6, bias=False) if self.appearance_dim else None
 
     def _outputs(self, x: torch.Tensor, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-        u, inside = self.normalize(x)
+        u, scale = self.normalize(x)
         phi = self.rbf.activations(self.encoding(u))
         out = nn.functional.linear(phi, self.rbf.readout.weight[:n_out], self.rbf.readout.bias[:n_out])
-        sigma = trunc_exp(out[:, 0] - 1.0) * inside  # -1: start with a mostly empty box
+        sigma = trunc_exp(out[:, 0] - 1.0) * scale  # -1: start with a mostly empty box
         return sigma, out[:, 1:]
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
