@@ -70,14 +70,18 @@ class OccupancyGrid(nn.Module):
                 occupied = occupied[torch.randint(0, occupied.numel(), (n // 4,), generator=generator).to(dev)]
             idx = torch.cat([rand, occupied])
         x = self.cell_centers(idx, torch.rand(idx.shape[0], 3, generator=generator).to(dev))
-        occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * step_size
-        if self.contracted:  # the opacity of a marching step there (see the module docstring)
-            occ = occ / density_scale(x, self.aabb)
+        occ = torch.cat([density_fn(c) for c in x.split(chunk)]) * self.step_lengths(x, step_size)
         self.occs[idx] = torch.maximum(self.occs[idx] * ema_decay, occ)
         thre = min(self.occs.double().mean().item(), occ_thre)  # float64: a uniform field's mean is exact
         # >= keeps a uniform field (every cell at the mean) occupied instead of emptying the box before training
         self.binary.copy_((self.occs.double() >= thre).reshape(self.binary.shape))
         self.updates += 1
+
+    def step_lengths(self, x: torch.Tensor, step_size: float) -> torch.Tensor | float:
+        """About how long (world units) a marching step at points ``x`` [N, 3] is, for a box step of ``step_size``:
+        that step everywhere, or with contraction ``step_size / density_scale`` [N] (one box step of the
+        contracted cube; the marcher's samples beyond the box are about that long)."""
+        return step_size / density_scale(x, self.aabb) if self.contracted else step_size
 
     def occupied_fraction(self) -> float:
         return self.binary.float().mean().item()

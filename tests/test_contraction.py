@@ -70,6 +70,29 @@ def test_density_scale_is_the_contractions_stretch_along_rays():
         assert torch.allclose(density_scale(x.float(), AABB).double(), expected, rtol=1e-4)
 
 
+def test_grid_step_lengths_follow_the_contracted_marchers_samples():
+    """What the grid (and distillation) take a marching step at a point to be: the box step inside, and beyond
+    the box about the length of the contracted marcher's samples there, out to hundreds of boxes."""
+    from renderers.render import RenderConfig
+
+    cfg = RenderConfig()
+    step = cfg.step_size(AABB)
+    grid = OccupancyGrid(AABB, 32, contracted=True)
+    g = torch.Generator().manual_seed(4)
+    origins = AABB[0] + (0.1 + 0.8 * torch.rand(300, 3, generator=g)) * (AABB[1] - AABB[0])
+    dirs = torch.nn.functional.normalize(torch.randn(300, 3, generator=g), dim=-1)
+    s = march_rays_reference(origins, dirs, grid.binary, AABB, step, contract=True, n_outer=cfg.outer_samples)
+    x = s.positions(origins, dirs)[0]
+    m = normalized(x, AABB).abs().amax(-1)
+    ratio = (s.t_ends - s.t_starts) / grid.step_lengths(x, step)
+    assert torch.allclose(ratio[m < 0.99], torch.ones(1), rtol=1e-3)
+    for lo, hi in ((1.5, 3), (3, 10), (10, 100)):
+        r = ratio[(m > lo) & (m <= hi)]
+        assert len(r) > 1000 and 0.7 < r.median() < 1.6, (lo, hi, r.median())
+        assert 1 / 3 < r.quantile(0.05) and r.quantile(0.95) < 4, (lo, hi, r.quantile(0.05), r.quantile(0.95))
+    assert OccupancyGrid(AABB, 32).step_lengths(x, step) == step  # a grid over the box alone: the box step
+
+
 def test_the_contracted_grid_keeps_faint_far_content_that_renders():
     """A dense object in the box and a faint far shell (a wall beyond the box whose world density times one box
     step is far below ``occ_thre``, yet which renders half opaque along the marcher's long outer steps): the

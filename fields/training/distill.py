@@ -90,7 +90,7 @@ def build_student(cfg: RunConfig, teacher: LoadedRun) -> tuple[Field, OccupancyG
     return field, grid
 
 
-def log_opacity(sigma: torch.Tensor, step: float) -> torch.Tensor:
+def log_opacity(sigma: torch.Tensor, step: torch.Tensor | float) -> torch.Tensor:
     return torch.log(sigma * step + 1e-12)
 
 
@@ -218,7 +218,7 @@ class DistillSteps(Steps):
             sigma_t, rgb_t = self.teacher.field(x, d)
         sigma_s, rgb_s = self.field(x, d)
         lo, hi = self.dcfg.log_opacity_range
-        step = self.photo.model.step_size
+        step = self.grid.step_lengths(x, self.photo.model.step_size)  # opacities of marching steps, far out too
         dens = density_error(log_opacity(sigma_s, step), log_opacity(sigma_t, step), lo, hi)
         alpha = 1 - torch.exp(-sigma_t * step)
         col = alpha * ((rgb_s - rgb_t) ** 2).mean(-1)
