@@ -169,7 +169,7 @@ def test_auto_capture_settings_follow_the_measurements(procedural_root):
     captured = dataclasses.replace(data, near_far=(0.1, 100.0))  # a capture whose far bound is far beyond its cameras
     resolved = cfg.for_scene(captured).capture
     assert resolved.camera_refinement == "off" and resolved.appearance_dim == 0
-    assert resolved.contraction == "on" and resolved.distortion_weight == 0.01
+    assert resolved.contraction == "on" and resolved.distortion_weight == 0.005
     boxed = cfg.for_scene(data).capture
     assert boxed.contraction == "off" and boxed.distortion_weight == 0.0
 
