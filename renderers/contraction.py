@@ -11,7 +11,7 @@ evenly in disparity beyond the box (``renderers.marching``), which is about even
 A contracted field's density network gives density per unit of *contracted* length (``density_scale`` turns it
 into world density): the grid then judges every cell by the opacity of one marcher step there, and the far shell
 starts as empty as the box. With density per world length, faint far walls were culled (holes of background
-colour in office_table's corridor) and a tiny contracted object scene trained to 16.7 dB against 19.7 now.
+colour in office_table's corridor) and a tiny contracted object scene trained to 16.7 dB instead of 19.7.
 
 Operations are float32 in a fixed order that the native marcher and ``contract_unit``'s CPU op
 (cuda/common/fields_math.h: contract_point, contracted_cell) repeat exactly, so the two classify every sample into

@@ -109,8 +109,8 @@ def test_the_contracted_grid_keeps_faint_far_content_that_renders():
     g = torch.Generator().manual_seed(3)
     origins = AABB[0] + (0.2 + 0.6 * torch.rand(400, 3, generator=g)) * (AABB[1] - AABB[0])
     dirs = torch.nn.functional.normalize(torch.randn(400, 3, generator=g), dim=-1)
+    inner_face = AABB.mean(0) + torch.tensor([4.0, 0, 0]) * (AABB[1] - AABB[0]) / 2  # the shell's densest
     for rho in (3.0, 10.0):  # above occ_thre per contracted step of the marcher
-        inner_face = AABB.mean(0) + torch.tensor([4.0, 0, 0]) * (AABB[1] - AABB[0]) / 2  # the shell's densest
         world_opacity_per_step = (rho * density_scale(inner_face[None], AABB) * step).item()
         full = OccupancyGrid(AABB, 32, contracted=True)  # every cell occupied
         grid = OccupancyGrid(AABB, 32, contracted=True)

@@ -192,8 +192,8 @@ class CaptureConfig:
     marcher spaces them. auto: 0.005 with contraction, else 0: since contracted fields give density per contracted
     length, office_table (hashgrid, 600 s on one Zen 3 thread, pairs side by side, seeds 0 / 1) reached 25.98 /
     25.95 dB with 0.005 against 25.61 / 25.73 with 0.01 (more steps: rays no longer end so sharply, so fewer
-    samples are marched and pruned per kept one) and 25.92 / 25.96 with none, a held-out view rendering in ~1.2x,
-    ~1.0x and ~2x the time of 0.01's. Before that (0.01 chosen; 120 s on 2 cores): office_table
+    samples are marched and pruned per kept one) and 25.92 / 25.96 with none; a held-out view renders in ~1.2x
+    0.01's time with 0.005 and ~2x without the loss. Before that (0.01 chosen; 120 s on 2 cores): office_table
     24.85 dB against 24.29 without, a held-out view rendered in 7.4 s against 12.4 (40 evaluated samples a
     ray against 65); fern 22.12 against 22.54 dB, but 4.1 s against 16.0 (45 samples a ray against 228); 0.03
     lost 1.5 dB on office_table and 6 on fern. In NDC (fern, 300 s, Zen 3) 0.01 gave 17.72 dB against 23.86 without,
