@@ -59,9 +59,9 @@ class VolumeModel:
         ``ndc`` too), ``opacity`` [H, W]."""
         if self.ndc is None:
             return render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background)
-        out = render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background,
-                           ray_map=self.ndc.rays)
         origins, dirs = (t.reshape(-1, 3) for t in image_rays(cams, i))
+        out = render_image(self.field.geometry, self.field.color, self.grid, cams, i, self.render_cfg, background,
+                           rays=self.ndc.rays(origins, dirs))
         depth = self.ndc.world_depth(origins, dirs, out["depth"].flatten(), out["opacity"].flatten())
         return {**out, "depth": depth.reshape(out["depth"].shape)}
 

@@ -27,8 +27,6 @@ GeometryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ColorFn = Callable[..., torch.Tensor]
 """``(features, d) -> rgb``: the rest of it, on features from ``GeometryFn``; called ``(features, d, codes)``
 when rays carry codes (``render_rays``'s ``ray_codes``, gathered per sample)."""
-RayMap = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""World rays (origins, directions) -> the rays the grid and field see (e.g. ``renderers.ndc.NDC.rays``)."""
 
 
 @dataclass
@@ -236,15 +234,13 @@ def render_rays_front_to_back(geometry_fn: GeometryFn, color_fn: ColorFn, grid: 
 @torch.no_grad()
 def render_image(geometry_fn: GeometryFn, color_fn: ColorFn, grid: OccupancyGrid, cams: Cameras, i: int,
                  cfg: RenderConfig, background: torch.Tensor, chunk: int = 8192,
-                 ray_map: RayMap | None = None) -> dict[str, torch.Tensor]:
+                 rays: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Render camera ``i`` in chunks of rays (halved when memory runs out); returns ``rgb [H, W, 3]``,
     ``depth [H, W]``, ``opacity [H, W]`` on the CPU. The rays are cast on the grid's device (a field training on
-    a GPU renders there). Pruned with ``cfg.for_images()``. ``ray_map`` takes the camera's world rays to the
-    space the grid and field live in (``renderers.ndc``)."""
+    a GPU renders there). Pruned with ``cfg.for_images()``. ``rays``: the camera's rays [H * W, 3] mapped into the
+    space the grid and field live in (``renderers.ndc``), where that is not the world."""
     dev, cfg = grid.aabb.device, cfg.for_images()
-    origins, dirs = image_rays(cams, i)
-    if ray_map is not None:
-        origins, dirs = ray_map(origins, dirs)
+    origins, dirs = image_rays(cams, i) if rays is None else rays
     origins, dirs = origins.reshape(-1, 3).to(dev), dirs.reshape(-1, 3).to(dev)
     background = background.to(dev)
     parts = map_chunks(lambda o, d: render_rays_front_to_back(geometry_fn, color_fn, grid, o, d, cfg, background),
