@@ -289,13 +289,19 @@ def rasterize_gaussians(proj: Projection, colors: torch.Tensor, opacities: torch
     ops = native.ops_for(proj.means2d, proj.conics, colors, opacities)
     if ops is None:
         return rasterize_reference(proj, colors, opacities, width, height, background, tile_size)
-    ids, offsets = ops.splat_bin(proj.means2d.detach(), proj.conics.detach(), opacities.detach(), proj.radii,
-                                 proj.depths.detach(), width, height, tile_size)
+    ids, offsets = native_bins(ops, proj, opacities, width, height, tile_size)
     image, alpha = RasterizeGaussians.apply(proj.means2d, proj.conics, colors.contiguous(), opacities.contiguous(), ids,
                                          offsets, (width, height, tile_size))
     if background is not None:
         image = image + (1 - alpha)[..., None] * background.to(image)
     return image, alpha
+
+
+def native_bins(ops, proj: Projection, opacities: torch.Tensor, width: int, height: int, tile_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bin_gaussians`` by the native ops ``ops`` (``splat_bin``); no gradient flows through binning."""
+    return ops.splat_bin(proj.means2d.detach(), proj.conics.detach(), opacities.detach(), proj.radii,
+                         proj.depths.detach(), width, height, tile_size)
 
 
 def crop_projection(proj: Projection, window: tuple[int, int, int, int]) -> Projection:
@@ -339,8 +345,7 @@ def render_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     ops = native.ops_for(seen.means2d, seen.conics, feats, opacities)
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (seen.means2d, seen.conics, feats, opacities))
     if ops is not None and not wants_grad:  # viewing: the kernel finishes the pixels and saves nothing for backward
-        ids, offsets = ops.splat_bin(seen.means2d, seen.conics, opacities, seen.radii, seen.depths, width, height,
-                                     TILE)
+        ids, offsets = native_bins(ops, seen, opacities, width, height, TILE)
         image, alpha = ops.splat_rasterize_render(seen.means2d, seen.conics, feats, opacities.contiguous(), ids,
                                                   offsets, background.to(feats), width, height, TILE)
         return {"rgb": image[..., :-1], "depth": image[..., -1], "opacity": alpha, "means2d": proj.means2d,
