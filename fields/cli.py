@@ -320,6 +320,9 @@ class Eval:
         (run.path / "eval" / "metrics.json").write_text(json.dumps({**result, "images": str(out)}, indent=2))
         console.print(f"{self.split}: PSNR {result['psnr']:.2f} dB  SSIM {result['ssim']:.4f}  "
                       f"over {result['views']} views ({result['seconds_per_view']:.2f} s/view); images in {out}")
+        if "psnr_every_pixel" in result:
+            console.print(f"masks: the figures leave masked pixels out; PSNR over every pixel "
+                          f"{result['psnr_every_pixel']:.2f} dB")
         if appearance is not None:
             console.print(f"appearance: {self.split} views are rendered with {appearance} (a held-out image's own "
                           "exposure and white balance are unknown)")

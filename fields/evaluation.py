@@ -29,7 +29,8 @@ def default_every(split: SceneSplit) -> int:
 def evaluate(model: Renderable, split: SceneSplit, every: int | None = None, out_dir: Path | None = None,
              show_progress: bool = True, appearance: str | None = None) -> dict:
     """Render every ``every``-th view of ``split`` (None: ``default_every``) with ``model``; return mean PSNR/SSIM
-    (over the pixels the scene's masks keep) and per-view figures. A model that projects through a pinhole only
+    (over the pixels the scene's masks keep; with masks, also ``psnr_every_pixel``, masked pixels included, to
+    compare with tools that keep them) and per-view figures. A model that projects through a pinhole only
     is compared with the images undistorted onto pinhole cameras. ``appearance``: what the held-out views are
     rendered with where the run learned a per-image appearance (``Field.held_out_appearance``), recorded in the
     result, since held-out images' own exposure cannot be known.
@@ -50,6 +51,8 @@ def evaluate(model: Renderable, split: SceneSplit, every: int | None = None, out
             rgb = out["rgb"].clamp(0, 1)
             mask = None if split.masks is None else split.masks[i]
             per_view.append({"view": i, "psnr": psnr(rgb, gt, mask), "ssim": ssim(rgb, gt, mask).item()})
+            if mask is not None:
+                per_view[-1]["psnr_every_pixel"] = psnr(rgb, gt)
             if out_dir is not None:
                 err = colormap((rgb - gt).abs().mean(-1), 0.0, 0.25)
                 grid_img = torch.cat([gt, rgb, err, depth_image(out["depth"], out["opacity"])], dim=1)
@@ -60,6 +63,8 @@ def evaluate(model: Renderable, split: SceneSplit, every: int | None = None, out
               "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
               "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
               "seconds_per_view": seconds / len(views), "per_view": per_view}
+    if split.masks is not None:
+        result["psnr_every_pixel"] = sum(v["psnr_every_pixel"] for v in per_view) / len(per_view)
     if appearance is not None:
         result["appearance"] = appearance
     return result

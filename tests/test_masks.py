@@ -92,6 +92,7 @@ def test_evaluation_leaves_masked_pixels_out(tmp_path):
     oracle = Oracle(test)
     result = evaluate(oracle, test, every=1, show_progress=False)
     assert result["views"] == 2 and result["psnr"] == pytest.approx(100.0)  # exact where it counts (the floor)
+    assert result["psnr_every_pixel"] < 20  # the masked pixels are wrong, and counted in this figure
     assert evaluate(oracle, dataclasses.replace(test, masks=None), every=1, show_progress=False)["psnr"] < 20
 
 

@@ -17,6 +17,7 @@ from fields.backends.registry import FIELD_CONFIGS, field_name
 from renderers.ndc import NDC
 from renderers.render import RenderConfig
 from scenes import SceneSplit, find_scene, load_split
+from scenes.borders import mask_black_borders
 from scenes.orient import forward_facing
 
 
@@ -78,6 +79,9 @@ class SceneConfig:
     """Colour that transparent pixels are composited on for evaluation."""
     allow_outside_data: bool = False
     """Read images that the scene's JSON places outside its folder (../, absolute paths, symlinks out)."""
+    black_borders: Literal["mask", "keep"] = "mask"
+    """Edge rows and columns black in every image (padding: office_table's images_2 end in one): mask them, with
+    the line next to them, out of training and evaluation (``scenes.borders``), or keep them."""
 
     @property
     def name(self) -> str:
@@ -87,12 +91,14 @@ class SceneConfig:
         return Path(self.data) if self.data is not None else find_scene(self.scene, self.data_root)
 
     def load(self, split: str) -> SceneSplit:
-        return load_split(self.folder(), split, self.downscale, self.background, self.allow_outside_data)
+        data = load_split(self.folder(), split, self.downscale, self.background, self.allow_outside_data)
+        return mask_black_borders(data) if self.black_borders == "mask" else data
 
     def validate(self) -> None:
         """SettingError for a setting that makes no sense."""
         downscale = (lambda v: v is None or v == "auto" or AT_LEAST_1[0](v), f"{AT_LEAST_1[1]}, or auto")
-        check_settings(self, {"downscale": downscale, "background": (
+        check_settings(self, {"downscale": downscale, "black_borders": (
+            lambda v: v in ("mask", "keep"), "mask or keep"), "background": (
             lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(_number(c) and 0 <= c <= 1 for c in v),
             "three numbers between 0 and 1 (red, green, blue)")})
 
