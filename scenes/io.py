@@ -273,7 +273,7 @@ def read_images(paths: list[Path], sizes: Sequence[tuple[int, int]] | None = Non
             factor = width // out_w
             exact = width == factor * out_w and height == factor * out_h  # one pass over whole blocks
             small = rgb.reduce(factor) if exact else rgb.resize((out_w, out_h), Image.Resampling.BOX)
-            target[..., :3] = torch.from_numpy(np.asarray(small))
+            np.copyto(target.numpy()[..., :3], np.asarray(small))  # PIL's array is read-only: no tensor of it
             target[..., 3] = 255
         else:  # transparency: premultiplied in float (8-bit premultiplied colour loses the faint edges)
             target[...] = to_uint8(resample(read_as_float(img), out_w, out_h))
