@@ -71,8 +71,7 @@ def mask_black_borders(split: SceneSplit) -> SceneSplit:
     for i in range(len(split)):
         keep = border_mask(*split.images.size(i), lines)
         masks.append(keep if split.masks is None else keep & split.masks[i])
-    where = ", ".join(f"{n} {'rows' if e in ('top', 'bottom') else 'columns'} at the {e}" if n > 1 else
-                      f"1 {'row' if e in ('top', 'bottom') else 'column'} at the {e}"
+    where = ", ".join(f"{n} {'row' if e in ('top', 'bottom') else 'column'}{'s' if n > 1 else ''} at the {e}"
                       for e, n in zip(EDGES, lines) if n)
     say_once(f"scene '{split.name}': every image has a black border ({where}: padding, not scene); masked, with "
              "the line next to it, out of training and evaluation (--black-borders keep to use them)")
